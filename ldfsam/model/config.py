@@ -1,0 +1,68 @@
+"""Model configuration: the LDFSAM network as typed dataclasses whose defaults are the paper's (sections 3, 4.2).
+
+Saved inside every checkpoint, so a model file always says which network it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional, Tuple
+
+PromptMode = Literal["box", "dense", "sparse", "dense+sparse"]
+SamPreset = Literal["vit_b", "vit_l", "vit_h", "small"]
+YoloScale = Literal["n", "s", "m", "l", "x"]
+
+
+@dataclass
+class SamConfig:
+    """SAM image encoder, prompt encoder and mask decoder (SAM-Med2D style: 256 input, adapters)."""
+
+    preset: SamPreset = "vit_b"
+    image_size: int = 256
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    adapters: bool = True
+    adapter_mlp_ratio: float = 0.25
+    # Official SAM checkpoint the encoder was initialised from (provenance only; None for random init).
+    init_checkpoint: Optional[str] = None
+
+
+@dataclass
+class PromptGeneratorConfig:
+    """The YOLOv8 detection model whose P3/P4/P5 features become the prompts."""
+
+    scale: YoloScale = "n"
+    image_size: int = 640
+    num_classes: int = 1
+    # Phase 1 student weights the generator was loaded from (provenance only).
+    init_weights: Optional[str] = None
+
+
+@dataclass
+class FeaturePromptConfig:
+    """Phi_mix, the Dense Feature Prompt head and the Sparse Feature Prompt head (section 3.2)."""
+
+    mix_channels: int = 256
+    num_sparse_tokens: int = 4
+    sparse_hidden: int = 512
+    alpha_init: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """The whole network: prompt generator + feature prompt encoder + SAM."""
+
+    sam: SamConfig = field(default_factory=SamConfig)
+    prompt_generator: PromptGeneratorConfig = field(default_factory=PromptGeneratorConfig)
+    feature_prompts: FeaturePromptConfig = field(default_factory=FeaturePromptConfig)
+    prompt_mode: PromptMode = "dense+sparse"
+    # One output mask channel per class; binary "tooth" by default.
+    class_names: List[str] = field(default_factory=lambda: ["tooth"])
+    # Box mode: the most detected boxes used as SAM box prompts per image, and their confidence threshold.
+    max_boxes: int = 32
+    box_conf: float = 0.25
