@@ -24,19 +24,29 @@ if os.environ.get("LDFSAM_TEST_NO_NETWORK") == "1":
         except ValueError:
             return False
 
+    def _record(what) -> None:
+        # Tests that must prove "no attempt at all" (not merely "no success") read this log.
+        log = os.environ.get("LDFSAM_TEST_NETLOG")
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"{what!r}\n")
+
     def _guarded_connect(self, address):
         if not _is_local(address):
+            _record(address)
             raise OSError(101, f"network disabled in LDFSAM tests: {address!r}")
         return _connect(self, address)
 
     def _guarded_connect_ex(self, address):
         if not _is_local(address):
+            _record(address)
             return 101
         return _connect_ex(self, address)
 
     def _guarded_getaddrinfo(host, *args, **kwargs):
         name = host.decode() if isinstance(host, bytes) else host
         if name is not None and not _is_local((name, 0)):
+            _record(name)
             raise socket.gaierror(socket.EAI_NONAME, f"network disabled in LDFSAM tests: {name}")
         return _getaddrinfo(host, *args, **kwargs)
 
