@@ -36,10 +36,19 @@ def atomic_path(target: PathLike, overwrite: bool = True) -> Iterator[Path]:
         yield tmp
         if not overwrite and target.exists():
             raise LDFSAMError("appeared while writing; pass --force to overwrite it", target)
+        if tmp.is_file():
+            # mkstemp creates 0600; give the file the permissions a plain open() would have.
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(target: PathLike, data: bytes) -> None:

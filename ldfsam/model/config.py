@@ -28,6 +28,11 @@ class SamConfig:
     prompt_embed_dim: int = 256
     adapters: bool = True
     adapter_mlp_ratio: float = 0.25
+    mlp_ratio: float = 4.0
+    # SAM's mask decoder (two-way transformer); the official decoder is 2 blocks, 8 heads, MLP width 2048.
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
     # Official SAM checkpoint the encoder was initialised from (provenance only; None for random init).
     init_checkpoint: Optional[str] = None
 
@@ -47,9 +52,12 @@ class PromptGeneratorConfig:
 class FeaturePromptConfig:
     """Phi_mix, the Dense Feature Prompt head and the Sparse Feature Prompt head (section 3.2)."""
 
-    mix_channels: int = 256
+    # The paper gives no head widths, only the prompt branch's size: ~3.3 M parameters and ~9.4 GFLOPs at 640
+    # (section 4.5). YOLOv8n alone is 3.0 M / 8.1 GFLOPs, so the heads are light: Φmix width 64 and a 128-wide
+    # sparse MLP give 0.35 M / 1.3 GFLOPs (docs/model.md); widths 256/512 would make them 2.0 M / 11 GFLOPs.
+    mix_channels: int = 64
     num_sparse_tokens: int = 4
-    sparse_hidden: int = 512
+    sparse_hidden: int = 128
     alpha_init: float = 0.0
 
 

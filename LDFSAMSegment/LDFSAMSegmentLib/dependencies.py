@@ -1,0 +1,133 @@
+"""Which Python packages the core needs in Slicer's Python, and the pip command that installs them safely.
+
+The core's requirements (``Resources/requirements.txt``, kept equal to ``pyproject.toml`` by a test) are checked
+against what is installed. torch and torchvision go through the PyTorch extension, which picks the build for the
+machine's GPU; everything else goes through pip with a constraints file that pins the packages Slicer ships
+(numpy, SimpleITK, requests, ...) to their installed versions, so an install never replaces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+# Installed by the PyTorch extension (the right CUDA/CPU build), never by our pip command.
+TORCH_PACKAGES = ("torch", "torchvision")
+# Shipped with Slicer, built against its other libraries: pinned, never upgraded or replaced.
+SLICER_PACKAGES = ("numpy", "SimpleITK", "requests", "vtk", "pydicom", "packaging", "pip", "setuptools", "wheel")
+
+VersionOf = Callable[[str], Optional[str]]
+
+
+def installed_version(name: str) -> Optional[str]:
+    """The installed version of a distribution, or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def read_requirements(path: str | Path) -> List[str]:
+    """Requirement lines of a requirements file (comments and blank lines dropped), each checked for syntax."""
+    lines = []
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            Requirement(line)
+        except InvalidRequirement as e:
+            raise ValueError(f"{path}:{number}: invalid requirement {line!r}: {e}") from None
+        lines.append(line)
+    return lines
+
+
+def unmet(requirements: Iterable[str], version_of: VersionOf = installed_version) -> List[str]:
+    """The requirements that are not installed, or installed in a version outside their specifier."""
+    missing = []
+    for line in requirements:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        version = version_of(req.name)
+        if version is None or (req.specifier and not req.specifier.contains(version, prereleases=True)):
+            missing.append(line)
+    return missing
+
+
+def constraints(version_of: VersionOf = installed_version, packages: Iterable[str] = SLICER_PACKAGES) -> str:
+    """A pip constraints file pinning every installed Slicer package to its current version."""
+    pins = [f"{name}=={version}" for name in packages if (version := version_of(name))]
+    return "".join(pin + "\n" for pin in pins)
+
+
+@dataclass
+class InstallPlan:
+    """What first use must install: torch via the PyTorch extension, the rest via pip with constraints."""
+
+    torch: List[str] = field(default_factory=list)
+    pip: List[str] = field(default_factory=list)
+    conflicts: List[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.torch and not self.pip
+
+    def message(self) -> str:
+        """The text of the one confirmation question."""
+        lines = ["LDFSAM needs these Python packages, which are not installed yet:", ""]
+        if self.torch:
+            lines.append("via the PyTorch extension: " + ", ".join(self.torch))
+        if self.pip:
+            lines.append("via pip: " + ", ".join(self.pip))
+        lines += ["", "Packages that Slicer ships (numpy, SimpleITK, requests, ...) are kept at their versions.",
+                  "This downloads several hundred MB and may take some minutes. Install now?"]
+        return "\n".join(lines)
+
+
+def plan(requirements: Iterable[str], version_of: VersionOf = installed_version) -> InstallPlan:
+    """Split the unmet requirements into the torch part and the pip part; report clashes with Slicer's packages."""
+    result = InstallPlan()
+    slicer = {canonicalize_name(p) for p in SLICER_PACKAGES}
+    torch = {canonicalize_name(p) for p in TORCH_PACKAGES}
+    for line in unmet(requirements, version_of):
+        name = canonicalize_name(Requirement(line).name)
+        if name in torch:
+            result.torch.append(line)
+        elif name in slicer and version_of(Requirement(line).name) is not None:
+            result.conflicts.append(f"{line} (Slicer ships {Requirement(line).name} "
+                                    f"{version_of(Requirement(line).name)}, which is kept)")
+        else:
+            result.pip.append(line)
+    return result
+
+
+def pip_install_args(requirements: List[str], constraints_file: str | Path) -> List[str]:
+    """The arguments after ``python -m pip install`` (``slicer.util.pip_install`` adds the ``install``)."""
+    return ["--disable-pip-version-check", "--constraint", str(constraints_file), *requirements]
+
+
+def needs_restart(installed: Iterable[str], loaded_modules: Dict[str, object]) -> bool:
+    """True when a package that was just installed or upgraded is already imported in this process."""
+    import_names = {"pillow": "PIL", "pyyaml": "yaml", "scikit-image": "skimage", "opencv-python": "cv2"}
+    for line in installed:
+        name = canonicalize_name(Requirement(line).name)
+        module = import_names.get(name, name.replace("-", "_"))
+        if module in loaded_modules:
+            return True
+    return False
+
+
+def torch_version_requirement(torch_lines: Iterable[str]) -> Optional[str]:
+    """The version specifier for torch (for example ">=2.1") to pass to the PyTorch extension's installer."""
+    for line in torch_lines:
+        req = Requirement(line)
+        if canonicalize_name(req.name) == "torch":
+            return str(req.specifier) or None
+    return None

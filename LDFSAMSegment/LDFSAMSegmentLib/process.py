@@ -1,0 +1,180 @@
+"""A background ``ldfsam`` process that Slicer polls from a timer, and that Cancel stops with all its children.
+
+The process starts in its own session (POSIX) or process group (Windows), so that Cancel reaches every process
+it started (data loader workers, torchrun workers): SIGTERM to the whole group first, which the core turns
+into a clean exit (status 130, no partial files), then SIGKILL once the grace period has passed. On Windows,
+``taskkill /T /F`` ends the tree. Pipes are read by two daemon threads, so :meth:`poll` never blocks the GUI.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Sequence
+
+from ldfsam.progress import parse_event
+
+IS_WINDOWS = sys.platform == "win32"
+
+
+@dataclass
+class Output:
+    """What a process printed since the last poll: events, other stdout lines, stderr lines."""
+
+    events: List[dict] = field(default_factory=list)
+    stdout: List[str] = field(default_factory=list)
+    stderr: List[str] = field(default_factory=list)
+
+
+class BackgroundProcess:
+    """Runs one command line without blocking: ``start``, then ``poll`` until ``returncode`` is not None."""
+
+    def __init__(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+                 grace_s: float = 10.0, tail_lines: int = 40):
+        self.argv = [str(a) for a in argv]
+        self.env = env
+        self.cwd = cwd
+        self.grace_s = grace_s
+        self.process: Optional[subprocess.Popen] = None
+        self.cancelled = False
+        self._kill_at: Optional[float] = None
+        self._lines: queue.Queue[tuple] = queue.Queue()
+        self._stderr_tail: Deque[str] = collections.deque(maxlen=tail_lines)
+        self._readers: List[threading.Thread] = []
+
+    # -- life cycle -----------------------------------------------------------------------------------------
+    def start(self) -> BackgroundProcess:
+        kwargs = {}
+        if IS_WINDOWS:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("PYTHONIOENCODING", "utf-8")
+        self.process = subprocess.Popen(
+            self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+        for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
+            t = threading.Thread(target=self._read, args=(name, stream), daemon=True)
+            t.start()
+            self._readers.append(t)
+        return self
+
+    def _read(self, name: str, stream) -> None:
+        for line in iter(stream.readline, ""):
+            self._lines.put((name, line.rstrip("\r\n")))
+        stream.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit status of the process once it has ended; None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def finished(self) -> bool:
+        """The process has ended, no process of its group is left behind, and all its output is queued."""
+        if self.returncode is None:
+            return False
+        if self.group_alive():
+            # Strays that outlived the main process (after Cancel or not) get the same SIGTERM-then-SIGKILL.
+            if self._kill_at is None:
+                self._signal_tree(kill=False)
+                self._kill_at = time.monotonic() + self.grace_s
+            return False
+        for reader in self._readers:
+            reader.join(timeout=1.0)  # every writer is gone: the pipes are at their end
+        return not any(reader.is_alive() for reader in self._readers)
+
+    def poll(self) -> Output:
+        """New output since the last call; also escalates a pending Cancel to SIGKILL once the grace is over."""
+        out = Output()
+        while True:
+            try:
+                name, line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if name == "stderr":
+                out.stderr.append(line)
+                if line.strip():
+                    self._stderr_tail.append(line)
+                continue
+            event = parse_event(line)
+            if event is not None:
+                out.events.append(event)
+            else:
+                out.stdout.append(line)
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            self._kill_at = None
+            self._signal_tree(kill=True)
+        return out
+
+    def cancel(self) -> None:
+        """Ask the whole process tree to stop now; anything still alive after ``grace_s`` is killed by ``poll``."""
+        if self.process is None:
+            return
+        self.cancelled = True
+        self._signal_tree(kill=IS_WINDOWS)
+        self._kill_at = time.monotonic() + self.grace_s
+
+    def wait(self, timeout: Optional[float] = None, poll_s: float = 0.05) -> Output:
+        """Block until the process has ended (for scripts and tests); returns everything it printed."""
+        collected = Output()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            finished = self.finished  # before the poll: once finished, this poll reads the last lines
+            out = self.poll()
+            collected.events += out.events
+            collected.stdout += out.stdout
+            collected.stderr += out.stderr
+            if finished:
+                return collected
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.argv[:4]} still running after {timeout} s")
+            time.sleep(poll_s)
+
+    def stderr_tail(self) -> str:
+        """The last non-empty lines the process wrote to stderr: the real cause of a failure."""
+        return "\n".join(self._stderr_tail)
+
+    # -- signalling -----------------------------------------------------------------------------------------
+    def _signal_tree(self, kill: bool) -> None:
+        pid = self.process.pid
+        if IS_WINDOWS:
+            # taskkill /T also reaches children that outlived their parent's console group.
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+            return
+        try:
+            # The session leader's pid is the group id, valid while any member lives (even after the leader died).
+            os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def group_alive(self) -> bool:
+        """Whether any process of the group still exists (POSIX); the process itself on Windows."""
+        if self.process is None:
+            return False
+        if IS_WINDOWS or self.process.poll() is None:
+            return self.process.poll() is None
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @property
+    def kill_pending(self) -> bool:
+        return self._kill_at is not None

@@ -1,0 +1,54 @@
+"""Shared by the inference tests: a small random-weight model file and small volumes, made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def tiny_model_config():
+    from ldfsam.model.presets import model_config, sam_config
+
+    cfg = model_config("small")
+    cfg.sam = sam_config("small", embed_dim=64, num_heads=2, prompt_embed_dim=64, decoder_mlp_dim=128)
+    cfg.feature_prompts.mix_channels = 32
+    cfg.feature_prompts.sparse_hidden = 64
+    return cfg
+
+
+def save_tiny_model(path: Path, cfg=None, seed: int = 0) -> Path:
+    """A randomly initialised LDFSAM model file (small preset, narrow) with 256-pixel inputs."""
+    import torch
+
+    from ldfsam.checkpoint import save_checkpoint
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.model.build import build_model
+    from ldfsam.offline import import_ultralytics
+
+    import_ultralytics()
+    torch.manual_seed(seed)
+    cfg = cfg or tiny_model_config()
+    model = build_model(cfg)
+    save_checkpoint(path, model, cfg, PreprocessConfig(target_spacing=None, sam_size=256, yolo_size=256))
+    return path
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                direction=None) -> Path:
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def oblique_direction(angle_deg: float = 20.0, tilt_deg: float = 10.0):
+    """A proper rotation (det +1) about z then x: an oblique direction matrix, row-major 9 values."""
+    a, t = np.radians(angle_deg), np.radians(tilt_deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    return tuple(float(v) for v in (rz @ rx).ravel())

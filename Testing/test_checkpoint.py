@@ -1,0 +1,169 @@
+"""LDFSAM model files: bit-exact round trip, atomic writes, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from _model_helpers import small_model
+
+from ldfsam.checkpoint import (
+    load_checkpoint,
+    load_state,
+    read_checkpoint_meta,
+    save_checkpoint,
+    save_state,
+)
+from ldfsam.data.config import PreprocessConfig
+from ldfsam.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = small_model("dense+sparse", classes=("upper", "lower"))
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    pre = PreprocessConfig(class_names=["upper", "lower"], label_map={"1": 1, "2": 2}, fixed_window=(-500.0, 2500.0))
+    save_checkpoint(path, model, model.cfg, pre, training={"epoch": 7, "val_dice": 0.81, "data": "/x/splits.json"})
+    return path, model, pre
+
+
+def test_round_trip_is_bit_exact(saved):
+    path, model, pre = saved
+    loaded = load_checkpoint(path)
+    a, b = model.state_dict(), loaded.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    assert loaded.model_cfg == model.cfg
+    assert loaded.preprocess == pre
+    assert loaded.meta["training"] == {"epoch": 7, "val_dice": 0.81, "data": "/x/splits.json"}
+    assert loaded.meta["class_names"] == ["upper", "lower"]
+    assert not loaded.model.training
+
+
+def test_meta_reads_header_only(saved):
+    path, model, _ = saved
+    meta = read_checkpoint_meta(path)
+    assert meta["format"] == "ldfsam-model" and meta["version"] == 1
+    assert meta["model"]["sam"]["preset"] == "small"
+    assert meta["preprocess"]["fixed_window"] == [-500.0, 2500.0]
+    import ldfsam
+
+    assert meta["package_version"] == ldfsam.__version__
+    # Header only: a file cut right after its header still yields its document.
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    cut = path.with_name("header-only.safetensors")
+    cut.write_bytes(raw[: 8 + n])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint_meta(cut)
+
+
+def test_no_pickle_in_file(saved):
+    path, _, _ = saved
+    head = path.read_bytes()[:8]
+    (n,) = struct.unpack("<Q", head)
+    header = json.loads(path.read_bytes()[8: 8 + n])
+    assert "ldfsam" in header["__metadata__"]
+    assert b"\x80\x04" not in path.read_bytes()[: 8 + n]  # no pickle protocol marker in the header
+
+
+def test_truncated_file(saved, tmp_path):
+    path, _, _ = saved
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated") as e:
+        load_checkpoint(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_file_that_is_no_checkpoint(tmp_path):
+    text = tmp_path / "notes.safetensors"
+    text.write_text("this is a text file, not a model\n" * 20)
+    with pytest.raises(CheckpointError, match="not a safetensors") as e:
+        load_checkpoint(text)
+    assert str(text) in str(e.value)
+    tiny = tmp_path / "tiny.safetensors"
+    tiny.write_bytes(b"abc")
+    with pytest.raises(CheckpointError, match="too short"):
+        load_checkpoint(tiny)
+    pt = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, pt)  # a zip/pickle file
+    with pytest.raises(CheckpointError, match="not a safetensors"):
+        load_checkpoint(pt)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_corrupt_header(saved, tmp_path):
+    path, _, _ = saved
+    raw = bytearray(path.read_bytes())
+    raw[8:20] = b"!!!!!!!!!!!!"
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="header is not JSON"):
+        load_checkpoint(bad)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="not an LDFSAM one"):
+        load_checkpoint(foreign)
+    other = tmp_path / "state.safetensors"
+    save_state(other, {"step": torch.tensor(3)}, {"format": "ldfsam-train-state", "version": 1})
+    with pytest.raises(CheckpointError, match="not an LDFSAM model file"):
+        load_checkpoint(other)
+
+
+def test_another_architecture(saved, tmp_path):
+    """A file whose tensors do not fit the network its configuration describes (e.g. weights of another preset)."""
+    path, model, _ = saved
+    tensors, document = load_state(path)
+    other = small_model("dense+sparse", classes=("tooth",)).state_dict()
+    bad = tmp_path / "mixed.safetensors"
+    save_state(bad, dict(other), document)
+    with pytest.raises(CheckpointError, match="another shape") as e:
+        load_checkpoint(bad)
+    assert "mask_decoder" in str(e.value) and str(bad) in str(e.value)
+    fewer = dict(tensors)
+    fewer.pop("feature_prompts.alpha")
+    bad2 = tmp_path / "fewer.safetensors"
+    save_state(bad2, fewer, document)
+    with pytest.raises(CheckpointError, match="missing .*feature_prompts.alpha"):
+        load_checkpoint(bad2)
+
+
+def test_save_is_atomic(saved, tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file intact and no partial file behind."""
+    import safetensors.torch
+
+    path, model, pre = saved
+    target = tmp_path / "m.safetensors"
+    target.write_bytes(path.read_bytes())
+    before = target.read_bytes()
+
+    def half_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OSError):
+        save_checkpoint(target, model, model.cfg, pre)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_state_round_trip(tmp_path):
+    tensors = {"opt.0.exp_avg": torch.randn(4, 3), "step": torch.tensor(12, dtype=torch.int64),
+               "half": torch.randn(5).half()}
+    doc = {"format": "ldfsam-train-state", "version": 1, "structure": {"groups": [{"lr": 1e-4}]}}
+    save_state(tmp_path / "s.safetensors", tensors, doc)
+    back, doc2 = load_state(tmp_path / "s.safetensors")
+    assert doc2 == doc
+    assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors)

@@ -1,0 +1,38 @@
+"""``ldfsam demo`` on a fresh machine: the bundled model segments the bundled phantom and reports Dice."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import slicerio
+
+from ldfsam.models import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bundled_files_match_the_registry_and_the_size_budget():
+    entry = load_registry()["ldfsam-demo"]
+    path = entry.bundled_path
+    assert path.stat().st_size == entry.size
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
+    demo = path.parent
+    total = sum(p.stat().st_size for p in demo.iterdir() if p.is_file())
+    assert total <= 20 * 2**20, f"bundled demo files take {total / 2**20:.1f} MB"
+
+
+def test_demo_command(tmp_path):
+    out = tmp_path / "demo.seg.nrrd"
+    r = subprocess.run([sys.executable, "-m", "ldfsam", "demo", "-o", str(out), "--progress", "none"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"Dice against the phantom's truth: ([0-9.]+)", r.stdout)
+    assert m, r.stdout
+    assert float(m.group(1)) >= 0.85, r.stdout
+    assert "not a clinical model" in r.stdout
+    seg = slicerio.read_segmentation(str(out))
+    assert [s["name"] for s in seg["segments"]] == ["Tooth"]

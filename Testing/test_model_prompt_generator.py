@@ -1,0 +1,121 @@
+"""The YOLOv8 prompt generator: P3/P4/P5 features, detection, and its weight files."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ldfsam.errors import CheckpointError
+from ldfsam.model.config import PromptGeneratorConfig
+from ldfsam.model.prompt_generator import (
+    PromptGenerator,
+    load_prompt_generator_weights,
+    load_ultralytics_pt,
+    save_prompt_generator,
+)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    return PromptGenerator(PromptGeneratorConfig(scale="n", num_classes=2, image_size=128)).eval()
+
+
+def test_features_are_the_detect_heads_inputs(generator):
+    x = torch.rand(2, 3, 128, 128)
+    seen = {}
+    hook = generator.head.register_forward_pre_hook(lambda m, args: seen.setdefault("x", [t.clone() for t in args[0]]))
+    try:
+        with torch.no_grad():
+            generator.detector(x)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        feats = generator.features(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]
+    assert generator.feature_channels == (64, 128, 256)
+    for ours, theirs in zip(feats, seen["x"]):
+        assert torch.equal(ours, theirs)
+
+
+def test_detect_matches_full_model_and_nms(generator):
+    from ldfsam.offline import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.utils.nms import non_max_suppression
+
+    with torch.no_grad():  # make some boxes pass the threshold
+        for seq in generator.head.cv3:
+            seq[-1].bias.fill_(2.0)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        ours = generator.detect(x, conf=0.25, max_det=7)
+        ref = non_max_suppression(generator.detector(x)[0], conf_thres=0.25, iou_thres=0.7, max_det=7, nc=2)
+    assert len(ours) == 2
+    for a, b in zip(ours, ref):
+        assert a.shape[1] == 6 and 0 < a.shape[0] <= 7
+        assert torch.equal(a, b)
+        assert torch.all(a[:, 4] >= 0.25) and set(a[:, 5].tolist()) <= {0.0, 1.0}
+
+
+def test_weight_file_round_trip_and_build(tmp_path, generator):
+    from ldfsam.model.build import build_model
+    from ldfsam.model.presets import model_config
+
+    path = tmp_path / "student.safetensors"
+    save_prompt_generator(path, generator.detector, generator.cfg, training={"epochs": 3, "teacher": "yolov8x"})
+    state, cfg, meta = load_prompt_generator_weights(path)
+    assert cfg == generator.cfg and meta["training"]["teacher"] == "yolov8x"
+    own = generator.detector.state_dict()
+    assert state.keys() == own.keys() and all(torch.equal(state[k], own[k]) for k in own)
+
+    mcfg = model_config("small")
+    mcfg.prompt_generator = PromptGeneratorConfig(scale="n", num_classes=2, image_size=256, init_weights=str(path))
+    model = build_model(mcfg)
+    loaded = model.prompt_generator.detector.state_dict()
+    assert all(torch.equal(loaded[k], own[k]) for k in own)
+
+    mcfg.prompt_generator = PromptGeneratorConfig(scale="n", num_classes=1, image_size=256, init_weights=str(path))
+    with pytest.raises(CheckpointError, match="yolov8n with 2 class") as e:
+        build_model(mcfg)
+    assert str(path) in str(e.value)
+
+
+def test_model_file_is_not_a_prompt_generator(tmp_path):
+    from ldfsam.checkpoint import save_state
+
+    path = tmp_path / "model.safetensors"
+    save_state(path, {"a": torch.zeros(1)}, {"format": "ldfsam-model", "version": 1})
+    with pytest.raises(CheckpointError, match="not an LDFSAM prompt generator"):
+        load_prompt_generator_weights(path)
+
+
+def test_ultralytics_pt_import(tmp_path, generator):
+    plain = tmp_path / "plain.pt"
+    torch.save(generator.detector.state_dict(), plain)
+    state, cfg = load_ultralytics_pt(plain)
+    assert (cfg.scale, cfg.num_classes) == ("n", 2)
+    assert all(torch.equal(state[k], v) for k, v in generator.detector.state_dict().items())
+
+    # An ultralytics training checkpoint: a pickled model object of ultralytics' own classes, read weights-only
+    # against ultralytics' allow-list, with no opt-in needed.
+    pickled = tmp_path / "best.pt"
+    torch.save({"model": generator.detector, "epoch": 3}, pickled)
+    state, cfg = load_ultralytics_pt(pickled)
+    assert (cfg.scale, cfg.num_classes) == ("n", 2)
+    assert all(torch.equal(state[k], v) for k, v in generator.detector.state_dict().items())
+
+    # A pickle of a class outside that list could run code: refused unless the user opts in.
+    foreign = tmp_path / "foreign.pt"
+    detector = copy.deepcopy(generator.detector)
+    detector.__class__ = type("ForeignDetectionModel", (type(detector),), {"__module__": __name__})
+    globals()["ForeignDetectionModel"] = detector.__class__
+    torch.save({"model": detector}, foreign)
+    with pytest.raises(CheckpointError, match="allow_pickle") as e:
+        load_ultralytics_pt(foreign)
+    assert str(foreign) in str(e.value)
+    state, cfg = load_ultralytics_pt(foreign, allow_pickle=True)
+    assert (cfg.scale, cfg.num_classes) == ("n", 2)
+    assert all(torch.equal(state[k], v) for k, v in generator.detector.state_dict().items())

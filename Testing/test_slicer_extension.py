@@ -1,0 +1,231 @@
+"""The Slicer extension's packaging: CMake, the .s4ext description, the catalog entry, resources, .ui files."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = ("LDFSAMSegment", "LDFSAMTrain")
+# Where the wrapper's field types meet the widget classes that parameterNodeWrapper can connect them to.
+CONNECTABLE = {"QCheckBox": {"bool"}, "QSpinBox": {"int"}, "QDoubleSpinBox": {"float"}, "QComboBox": {"Choice"},
+               "QLineEdit": {"str"}, "ctkPathLineEdit": {"Path"}, "qMRMLNodeComboBox": {"node"}}
+
+
+def cmake_sets(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    return {m.group(1): m.group(2) for m in re.finditer(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text)}
+
+
+def distinct_colors(img) -> int:
+    import numpy as np
+
+    return len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0))
+
+
+def s4ext(path: Path) -> dict:
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            out[key] = value.strip()
+    return out
+
+
+def test_s4ext_agrees_with_the_cmake_extension_variables():
+    cm, desc = cmake_sets(REPO / "CMakeLists.txt"), s4ext(REPO / "LDFSAM.s4ext")
+    assert cm["EXTENSION_CATEGORY"] == desc["category"] == "Segmentation"
+    for key, field in (("HOMEPAGE", "homepage"), ("CONTRIBUTORS", "contributors"), ("DESCRIPTION", "description"),
+                       ("ICONURL", "iconurl"), ("SCREENSHOTURLS", "screenshoturls"), ("DEPENDS", "depends")):
+        assert cm[f"EXTENSION_{key}"] == desc[field], key
+    assert desc["depends"].split() == ["PyTorch"]
+    assert desc["scm"] == "git" and desc["scmurl"].startswith(cm["EXTENSION_HOMEPAGE"])
+
+
+def test_catalog_entry_follows_the_extensions_index_schema():
+    entry = json.loads((REPO / "LDFSAM.json").read_text(encoding="utf-8"))
+    desc = s4ext(REPO / "LDFSAM.s4ext")
+    # slicer-extension-catalog-entry-schema v1.0.2: these keys only (additionalProperties false), three required.
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert set(entry) <= allowed
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert re.search(r"slicer-extension-catalog-entry-schema-v1\.0\.\d+\.json#?$", entry["$schema"])
+    assert entry["category"] == desc["category"]
+    assert entry["scm_url"] == desc["scmurl"] and entry["scm_revision"] == desc["scmrevision"]
+    assert entry["scm_type"] in ("git", "local")
+    assert entry["build_dependencies"] == desc["depends"].split()
+    assert entry["build_subdirectory"] == desc["build_subdirectory"]
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+
+
+def test_every_module_is_added_and_the_urls_point_at_files_of_the_repository():
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.findall(r"add_subdirectory\((\w+)\)", top) == list(MODULES)
+    cm = cmake_sets(REPO / "CMakeLists.txt")
+    raw = "https://raw.githubusercontent.com/LDFSAM/SlicerLDFSAM/main/"
+    for url in [cm["EXTENSION_ICONURL"]] + cm["EXTENSION_SCREENSHOTURLS"].split():
+        assert url.startswith(raw) and (REPO / url[len(raw):]).is_file(), url
+
+
+def _listed_files(module: str) -> set:
+    text = (REPO / module / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", module)
+    listed = set()
+    for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)\s+(.*?)\)", text, re.S):
+        listed |= set(block.split())
+    return listed
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmake_lists_every_script_and_resource(module):
+    folder = REPO / module
+    listed = _listed_files(module)
+    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.name != "CMakeLists.txt"}
+    assert on_disk - listed == set(), "files that would not be installed"
+    assert listed - on_disk == set(), "listed files that do not exist"
+    assert {f"{module}.py", f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"} <= listed
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_registers_its_self_test(module):
+    cmake = (REPO / module / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"if\(BUILD_TESTING\)\s+#[^\n]*\n\s*add_subdirectory\(Testing\)", cmake)
+    assert "add_subdirectory(Python)" in (REPO / module / "Testing" / "CMakeLists.txt").read_text()
+    tests = (REPO / module / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
+    script = re.search(r"slicer_add_python_unittest\(\s*SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)", tests).group(1)
+    source = (REPO / module / "Testing" / "Python" / script).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    test_class = classes[script[:-3]]
+    assert any(getattr(b, "id", None) == "ScriptedLoadableModuleTest" for b in test_class.bases)
+    methods = {n.name for n in test_class.body if isinstance(n, ast.FunctionDef)}
+    assert "runTest" in methods and any(m.startswith("test_") for m in methods)
+
+
+def test_the_core_is_installed_once_beside_the_modules_and_train_depends_on_segment():
+    cmake = (REPO / "LDFSAMSegment" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "${PROJECT_SOURCE_DIR}/ldfsam/*.py" in cmake and "${PROJECT_SOURCE_DIR}/ldfsam/resources/*" in cmake
+    assert re.search(r"ctkMacroCompilePythonScript\(.*SOURCE_DIR \$\{PROJECT_SOURCE_DIR\}.*"
+                     r"INSTALL_DIR \$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}", cmake, re.S)
+    train_cmake = (REPO / "LDFSAMTrain" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "ctkMacroCompilePythonScript" not in train_cmake and "/ldfsam/" not in train_cmake  # installed once
+    tree = ast.parse((REPO / "LDFSAMTrain" / "LDFSAMTrain.py").read_text(encoding="utf-8"))
+    deps = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Attribute) and t.attr == "dependencies" for t in n.targets)]
+    assert [ast.literal_eval(d) for d in deps] == [["LDFSAMSegment"]]
+
+
+def test_icons_are_128_pixel_pngs_and_screenshots_are_real_images():
+    from PIL import Image
+
+    for path in [REPO / "Resources" / "Icons" / "LDFSAM.png"] + \
+                [REPO / m / "Resources" / "Icons" / f"{m}.png" for m in MODULES]:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size == (128, 128), path
+            assert distinct_colors(img) > 50, f"{path} is nearly blank"
+    for m in MODULES:
+        with Image.open(REPO / "Resources" / "Screenshots" / f"{m}.png") as img:
+            assert img.format == "PNG" and img.size[0] >= 400 and img.size[1] >= 500
+
+
+def test_requirements_shipped_with_the_module_are_the_core_dependencies():
+    tomllib = pytest.importorskip("tomllib")
+    sys.path.insert(0, str(REPO / "LDFSAMSegment"))
+    from LDFSAMSegmentLib import dependencies, requirements_file
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert dependencies.read_requirements(requirements_file()) == project["dependencies"]
+
+
+# -- .ui files -------------------------------------------------------------------------------------------------
+def _wrapper_fields(module: str) -> dict:
+    """Fields of the module's @parameterNodeWrapper class -> "bool", "int", "float", "str", "Path", "Choice",
+    "node"."""
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
+                                                  for d in node.decorator_list):
+            fields = {}
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign):
+                    text = ast.unparse(item.annotation)
+                    kind = "Choice" if "Choice(" in text else text.split("[")[-1].split(",")[0].strip()
+                    fields[item.target.id] = "node" if kind.startswith("vtkMRML") else kind
+            return fields
+    raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
+
+
+def _ui_widgets(module: str):
+    """(name -> class in the .ui, name -> SlicerParameterName), loaded with the real QUiLoader (offscreen)."""
+    pytest.importorskip("PySide6")
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    QApplication.instance() or QApplication([])
+    path = REPO / module / "Resources" / "UI" / f"{module}.ui"
+    widget = QUiLoader().load(str(path))
+    assert widget is not None, path
+    names = {w.objectName() for w in widget.findChildren(QWidget)} | {widget.objectName()}
+    # QUiLoader turns the Slicer-only classes into QWidget: the declared class comes from the file.
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    classes, params = {}, {}
+    for w in root.iter("widget"):
+        classes[w.get("name")] = w.get("class")
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                params[w.get("name")] = prop.find("string").text
+    assert set(classes) <= names | {None}
+    return names, classes, params
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_loads_and_has_every_widget_the_module_uses(module):
+    names, _, _ = _ui_widgets(module)
+    source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    # Widgets reached by name (getattr(self.ui, name) over a tuple of names).
+    used |= set(re.findall(r'"(\w+(?:Button|ComboBox|SpinBox|LineEdit|Label|Widget|Edit|Bar|Frame))"', source))
+    assert used, "the module uses no widget of its .ui file?"
+    assert used - names == set()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_parameter_bindings_match_the_parameter_node_wrapper(module):
+    _, classes, params = _ui_widgets(module)
+    fields = _wrapper_fields(module)
+    assert params, "no widget is bound to the parameter node"
+    for widget, field in params.items():
+        assert field in fields, f"{widget} is bound to {field!r}, which the parameter node does not have"
+        assert fields[field] in CONNECTABLE[classes[widget]], \
+            f"{widget} ({classes[widget]}) cannot show {field} ({fields[field]})"
+    assert len(set(params.values())) == len(params), "two widgets bound to one parameter"
+
+
+def test_panels_render_offscreen(tmp_path):
+    pytest.importorskip("PySide6")
+    sys.path.insert(0, str(REPO / "Resources"))
+    import make_images
+    from PIL import Image
+
+    make_images.render_segment(tmp_path / "segment.png")
+    make_images.render_train(tmp_path / "train.png")
+    make_images.make_icon(tmp_path / "icon.png")
+    for name in ("segment.png", "train.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.size[0] >= 400 and distinct_colors(img) > 20
+    with Image.open(tmp_path / "icon.png") as img:
+        assert img.size == (128, 128)
+
+
+def test_plain_python_helpers_need_neither_slicer_nor_qt():
+    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|PySide6)\b", re.M)
+    libs = [p for m in MODULES for p in (REPO / m / f"{m}Lib").rglob("*.py")]
+    assert libs and [str(p) for p in libs if pattern.search(p.read_text(encoding="utf-8"))] == []

@@ -1,0 +1,158 @@
+"""The Train module's plain-Python layer: progress and curves from core events, the evaluation table from the
+core's CSV, and (slow) a tiny training run end to end through the module's command lines and processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "LDFSAMSegment"), str(REPO / "LDFSAMTrain")]
+
+from LDFSAMSegmentLib.commands import core_env  # noqa: E402
+from LDFSAMSegmentLib.process import BackgroundProcess  # noqa: E402
+from LDFSAMSegmentLib.run_state import RunState, failure_message, format_seconds  # noqa: E402
+from LDFSAMTrainLib import commands as train  # noqa: E402
+from LDFSAMTrainLib.curves import curve_columns  # noqa: E402
+from LDFSAMTrainLib.evaluation_table import read_evaluation_csv  # noqa: E402
+
+from ldfsam.progress import Progress, parse_event  # noqa: E402
+
+
+class Lines:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def core_events(emit) -> list:
+    """Events as the core's Progress writes them in JSON mode, read back with the core's parser."""
+    out = Lines()
+    emit(Progress("json", stream=out))
+    return [parse_event(line) for line in out.text.splitlines()]
+
+
+def test_training_events_become_status_and_curves():
+    def emit(p):
+        p.start("teacher", total=2, message="YOLOv8x teacher")
+        p.update("teacher", 1, 2, epoch=1, epochs=2, loss=3.5)
+        p.update("teacher", 2, 2, epoch=2, epochs=2, loss=2.5, val_dice=None)
+        p.done("teacher")
+        p.start("finetune", total=4)
+        p.update("finetune", 1, 4, epoch=1, epochs=2, loss=0.9)
+        p.update("finetune", 2, 4, epoch=1, epochs=2, loss=0.8)
+        p.log("finetune", "validation", epoch=1, val_dice=0.41)
+        p.update("finetune", 3, 4, epoch=2, epochs=2, loss=0.6, val_dice=0.55)
+        p.log("finetune", "checkpoint is bigger than expected", level="warning")
+
+    state = RunState()
+    for event in core_events(emit):
+        state.feed(event)
+    assert state.phase == "finetune" and state.percent == 75 and state.done_phases == ["teacher"]
+    assert state.status.startswith("Phase 2: SAM fine-tuning, epoch 2/2, 3/4, loss 0.6, val Dice 0.550, ETA ")
+    assert "[finetune] warning: checkpoint is bigger than expected" in state.log
+    assert [(p.phase, p.epoch, p.loss, p.val_dice) for p in state.curve] == [
+        ("teacher", 1.0, 3.5, None), ("teacher", 2.0, 2.5, None), ("finetune", 1.0, 0.8, 0.41),
+        ("finetune", 2.0, 0.6, 0.55)]
+    columns = curve_columns(state.curve)
+    # Phase 2 epochs continue after the last teacher epoch on the chart's x axis.
+    assert columns["step"] == [1.0, 2.0, 3.0, 4.0]
+    assert columns["phase"] == ["teacher", "teacher", "finetune", "finetune"]
+    assert columns["loss"] == [3.5, 2.5, 0.8, 0.6]
+    assert math.isnan(columns["val_dice"][0]) and columns["val_dice"][2:] == [0.41, 0.55]
+
+
+def test_error_event_and_exit_status_give_the_real_cause():
+    state = RunState()
+    for event in core_events(lambda p: p.error("prepare", "/data/x.nii.gz: not a 3D image")):
+        state.feed(event)
+    assert state.error == "/data/x.nii.gz: not a 3D image"
+    tail = "Traceback (most recent call last):\n  ...\nldfsam prepare: error: /data: no labelled cases found"
+    assert failure_message(2, state, tail, False) == \
+        "Failed (exit status 2): ldfsam prepare: error: /data: no labelled cases found"
+    assert failure_message(1, state, "", False) == "Failed (exit status 1): /data/x.nii.gz: not a 3D image"
+    assert failure_message(130, RunState(), "", False) == "Cancelled."
+    assert failure_message(-9, RunState(), "", False) == "Failed: the process was killed by signal 9 (out of memory?)."
+    assert failure_message(-9, RunState(), "", True) == "Cancelled."
+    assert failure_message(0, RunState(), "", False) is None
+    assert [format_seconds(s) for s in (5, 65, 3725)] == ["5 s", "1 min 05 s", "1 h 02 min"]
+
+
+def test_evaluation_table_reads_the_core_csv(tmp_path):
+    from ldfsam.evaluate.folders import case_rows
+    from ldfsam.evaluate.report import summarize, write_report
+
+    ref = np.zeros((8, 16, 16), np.uint8)
+    ref[2:6, 4:12, 4:12] = 1
+    rows = []
+    for i, shift in enumerate((0, 2, 5)):
+        rows += case_rows(f"case{i}", np.roll(ref, shift, axis=2), ref, (0.5, 0.5, 0.5), None)
+    paths = write_report(tmp_path, rows, summarize(rows, resamples=20))
+    table = read_evaluation_csv(paths["per_case"])
+    assert table.columns[:3] == ["case_id", "class", "dice"]
+    assert [r[0] for r in table.rows] == ["case0", "case1", "case2"]
+    dice = table.column("dice")
+    assert dice[0] == 1.0 and dice[0] > dice[1] > dice[2] > 0
+    summary = json.loads(paths["summary"].read_text())
+    assert table.means()["dice"] == pytest.approx(summary["metrics"]["foreground"]["dice"]["mean"], rel=1e-5)
+    assert "case_id" not in table.means()
+
+    (tmp_path / "ragged.csv").write_text("case_id,dice\nc1,0.5,extra\n")
+    with pytest.raises(ValueError, match="ragged.csv: line 2 has 3 fields, the header 2"):
+        read_evaluation_csv(tmp_path / "ragged.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty evaluation table"):
+        read_evaluation_csv(tmp_path / "empty.csv")
+
+
+@pytest.mark.slow
+def test_tiny_training_end_to_end_through_the_module_commands(tmp_path):
+    """Prepare, Phase 1, Phase 2, evaluate and install, each as the Train module runs it (2-6 min on 2 CPU cores)."""
+    import SimpleITK as sitk
+
+    from ldfsam.data.phantom import make_phantom
+
+    data = tmp_path / "data"
+    for sub in ("images", "labels"):
+        (data / sub).mkdir(parents=True)
+    for i in range(5):
+        image, labels = make_phantom(shape=(16, 64, 64), spacing=0.5, seed=i)
+        sitk.WriteImage(image, str(data / "images" / f"case{i}.nii.gz"))
+        sitk.WriteImage(labels, str(data / "labels" / f"case{i}.nii.gz"))
+    s = train.TrainSettings(dataset=str(data), output=str(tmp_path / "run"), teacher_scale="n", student_scale="n",
+                            sam_preset="small", distill_epochs=1, finetune_epochs=1, batch_size=4, device="CPU")
+    s.check()
+    env = core_env(str(tmp_path / "home"))
+    curve = []
+    for step in ("prepare", "distill", "finetune", "evaluate"):
+        process = BackgroundProcess(train.step_argv(step, s), env=env).start()
+        out = process.wait(timeout=1800)
+        state = RunState()
+        for event in out.events:
+            state.feed(event)
+        assert process.returncode == 0, f"{step}: {process.stderr_tail()}"
+        assert state.error is None and state.done_phases, step
+        curve += state.curve
+    # The chart's data: a loss for every epoch of every training phase, and Phase 2's validation Dice.
+    assert {p.phase for p in curve} == {"teacher", "student", "finetune"}
+    assert all(p.loss is not None and math.isfinite(p.loss) for p in curve)
+    assert any(p.val_dice is not None and 0 <= p.val_dice <= 1 for p in curve if p.phase == "finetune")
+    assert curve_columns(curve)["step"] == sorted(curve_columns(curve)["step"])
+    layout = train.layout(s)
+    assert layout.prompt_generator.is_file() and layout.model.is_file()
+    table = read_evaluation_csv(layout.evaluation_csv)
+    assert len(table.rows) >= 1 and "dice" in table.columns
+    process = BackgroundProcess(train.import_argv(s, "tiny-test"), env=env).start()
+    process.wait(timeout=300)
+    assert process.returncode == 0, process.stderr_tail()
+    assert (tmp_path / "home" / "models" / "tiny-test.safetensors").is_file()

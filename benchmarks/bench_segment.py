@@ -1,0 +1,221 @@
+"""Benchmark ``ldfsam segment`` on the CPU: seconds per volume, slices per second, peak memory, and the share of
+the machine's bf16 matmul throughput (measured in the same run) that the SAM image encoder reaches.
+
+    python benchmarks/bench_segment.py                          # vit_b and small, 40% and 100% tooth slices
+    python benchmarks/bench_segment.py --presets small --fractions 0.4 --slices 420 --size 650
+
+The volume is a procedural phantom of SLICES×SIZE×SIZE voxels at 0.25 mm (``ldfsam.data.phantom``) whose teeth
+occupy the given fraction of the slices. Weights are random (timing does not depend on them), so the untrained
+prompt generator cannot decide which slices hold teeth: the phantom's truth selects them instead (the
+``keep_slices`` argument of ``segment_volume``); everything else is the real pipeline, including the
+prompt generator on every slice, the clean-up and writing a .seg.nrrd. Each segmentation runs in a fresh child
+process that loads the model from a file, as ``ldfsam segment`` does, so its peak memory (VmHWM) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bf16_matmul_peak(threads: int, n: int = 3072, repeat: int = 5) -> float:
+    """Best bf16 GEMM throughput (FLOP/s) of an n×n×n product at ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def encoder_flops(model, size: int) -> float:
+    """FLOPs of one image through the SAM image encoder (matmuls and convolutions, as torch counts them)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.encode_image(torch.rand(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def encoder_rate(model, size: int, batch: int, dtype, repeat: int = 3) -> float:
+    """Seconds per image through the encoder alone (best of ``repeat`` batches)."""
+    import torch
+
+    x = torch.rand(batch, 3, size, size)
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
+    best = float("inf")
+    with torch.inference_mode(), ctx:
+        model.encode_image(x)
+        for _ in range(repeat):
+            t = time.perf_counter()
+            model.encode_image(x)
+            best = min(best, (time.perf_counter() - t) / batch)
+    return best
+
+
+def build(preset: str):
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.model.build import build_model
+    from ldfsam.model.presets import model_config
+    from ldfsam.offline import import_ultralytics
+
+    import_ultralytics()
+    import torch
+
+    torch.manual_seed(0)
+    cfg = model_config(preset)
+    pre = PreprocessConfig(target_spacing=None, yolo_size=cfg.prompt_generator.image_size)
+    return cfg, pre, build_model(cfg).eval()
+
+
+def child(args) -> int:
+    """Segment one volume and print one JSON line (run in a fresh process for a clean peak-memory figure)."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ldfsam.infer import segment_volume
+
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels))
+    keep = truth.reshape(truth.shape[0], -1).any(axis=1)
+    del truth
+    out = Path(args.workdir) / f"out_{args.preset}_{os.getpid()}.seg.nrrd"
+    t = time.perf_counter()
+    r = segment_volume(args.volume, out, model=args.model, device="cpu", batch=args.batch, precision=args.precision,
+                       keep_slices=np.asarray(keep), force=True)
+    seconds = time.perf_counter() - t
+    out.unlink()
+    peak = _peak_rss()
+    print(json.dumps({"seconds": seconds, "slices": r.slices, "encoded": r.slices_with_teeth, "batch": r.batch,
+                      "peak_bytes": peak, "timings": r.timings}))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["vit_b", "small"])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 1.0])
+    ap.add_argument("--slices", type=int, default=420)
+    ap.add_argument("--size", type=int, default=650)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--volume", help=argparse.SUPPRESS)
+    ap.add_argument("--labels", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    import SimpleITK as sitk
+    import torch
+
+    from ldfsam.data.phantom import make_phantom
+    from ldfsam.infer.predictor import resolve_precision
+
+    torch.set_num_threads(args.threads)
+    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+               "python": platform.python_version(), "load_before": os.getloadavg()}
+    peak = bf16_matmul_peak(args.threads)
+    print(f"machine: {machine}", flush=True)
+    print(f"bf16 matmul peak: {peak / 1e9:.0f} GFLOP/s", flush=True)
+    dtype = resolve_precision(args.precision, torch.device("cpu"))
+    results = {"machine": machine, "bf16_peak_gflops": peak / 1e9, "precision": str(dtype), "runs": []}
+    with tempfile.TemporaryDirectory(prefix="ldfsam-bench-") as work:
+        for preset in args.presets:
+            cfg, pre, model = build(preset)
+            flops = encoder_flops(model, pre.sam_size)
+            per_image = encoder_rate(model, pre.sam_size, args.batch, dtype)
+            enc = {"encoder_gflop_per_slice": flops / 1e9, "encoder_s_per_slice": per_image,
+                   "encoder_fraction_of_bf16_peak": flops / per_image / peak}
+            print(f"{preset}: encoder {flops / 1e9:.1f} GFLOP/slice, {per_image * 1e3:.0f} ms/slice "
+                  f"({flops / per_image / 1e9:.0f} GFLOP/s = {enc['encoder_fraction_of_bf16_peak']:.0%} of the "
+                  "bf16 matmul peak)", flush=True)
+            # The child loads the model from a file, as `ldfsam segment` does (random weights, saved once).
+            model_file = Path(work) / f"{preset}.safetensors"
+            from ldfsam.checkpoint import save_checkpoint
+
+            save_checkpoint(model_file, model, cfg, pre)
+            del model
+            for fraction in args.fractions:
+                vol = Path(work) / f"phantom_{fraction}.nrrd"
+                lab = Path(work) / f"phantom_{fraction}_labels.nrrd"
+                if not vol.exists():
+                    image, labels = make_phantom((args.slices, args.size, args.size), spacing=0.25, seed=1,
+                                                 teeth_fraction=fraction)
+                    sitk.WriteImage(image, str(vol))
+                    sitk.WriteImage(labels, str(lab), True)
+                    del image, labels
+                cmd = [sys.executable, __file__, "--child", "--model", str(model_file), "--preset", preset,
+                       "--volume", str(vol), "--labels",
+                       str(lab), "--workdir", work, "--batch", str(args.batch), "--precision", args.precision,
+                       "--threads", str(args.threads)]
+                load = os.getloadavg()
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+                if proc.returncode != 0:
+                    print(proc.stderr, file=sys.stderr)
+                    return proc.returncode
+                run = json.loads(proc.stdout.strip().splitlines()[-1])
+                run.update(preset=preset, teeth_fraction=fraction, load_avg=load, **enc)
+                run["slices_per_s"] = run["slices"] / run["seconds"]
+                results["runs"].append(run)
+                t = run["timings"]
+                print(f"{preset} teeth {fraction:.0%}: {run['seconds']:.1f} s/volume, {run['slices_per_s']:.1f} "
+                      f"slices/s, {run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
+                      f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
+                      f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
+                      f"{t['cleanup']:.1f} s, write {t['write']:.1f} s | load {load[0]:.1f}", flush=True)
+    results["machine"]["load_after"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory (bytes). VmHWM belongs to the address space made at exec, whereas
+    ru_maxrss also counts the parent's pages at fork time (Linux keeps it across execve)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())

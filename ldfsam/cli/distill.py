@@ -1,0 +1,82 @@
+"""``ldfsam distill``: Phase 1, train the YOLOv8 teacher and distil the YOLOv8n prompt generator from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+COMMAND = "distill"
+HELP = "Phase 1: train the YOLOv8 teacher, then the prompt generator with localization distillation."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="folder written by `ldfsam prepare`, or a YOLO data.yaml (or the folder holding it)")
+    p.add_argument("-o", "--out", required=True, help="run folder (checkpoints, logs, teacher/student .safetensors)")
+    p.add_argument("--stage", choices=("teacher", "student", "both"), default="both",
+                   help="train the teacher, the student, or both in turn (default both)")
+    p.add_argument("--teacher-weights", help="trained teacher (.safetensors) for the student stage")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--budget", type=float, default=100.0, metavar="PERCENT",
+                   help="annotation budget of a prepared dataset, in percent of its training cases (default 100)")
+    p.add_argument("--config", help="DistillConfig JSON file; the options below override it")
+    p.add_argument("--scheme", choices=("none", "kd", "ld_main", "ld_main_vlr"),
+                   help="distillation scheme of the student (default ld_main_vlr)")
+    p.add_argument("--teacher-scale", choices=tuple("nsmlx"), help="teacher YOLOv8 scale (default x)")
+    p.add_argument("--student-scale", choices=tuple("nsmlx"), help="student YOLOv8 scale (default n)")
+    p.add_argument("--epochs", type=int, help="epochs of both stages (default 100)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher stage")
+    p.add_argument("--student-epochs", type=int, help="epochs of the student stage")
+    p.add_argument("--batch", type=int, help="batch size (default 16)")
+    p.add_argument("--imgsz", type=int, help="input size, a multiple of 32 (default 640)")
+    p.add_argument("--device", help="torch device for ultralytics: cpu (default), 0, 0,1, ...")
+    p.add_argument("--temperature", type=float, help="LD temperature tau (default 10)")
+    p.add_argument("--lambda-main", type=float, help="weight of LD on the main region (default 1)")
+    p.add_argument("--lambda-vlr", type=float, help="weight of LD on the VLR (default 1)")
+    p.add_argument("--vlr-gamma", type=float, help="VLR band: gamma * alpha_pos <= DIoU < alpha_pos (default 0.25)")
+    p.add_argument("--teacher-init", help="local weights to start the teacher from (.safetensors or ultralytics .pt)")
+    p.add_argument("--student-init", help="local weights to start the student from (.safetensors or ultralytics .pt)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress output (default bar)")
+
+
+def build_config(args: argparse.Namespace):
+    """The DistillConfig of a command line: --config file (or defaults), then the options given."""
+    from ..config import load_json
+    from ..distill.config import DistillConfig
+
+    cfg = load_json(DistillConfig, args.config) if args.config else DistillConfig()
+    recipe = {k: v for k, v in (("batch", args.batch), ("imgsz", args.imgsz), ("device", args.device)) if v is not None}
+    cfg.teacher = dataclasses.replace(cfg.teacher, **recipe)
+    cfg.student = dataclasses.replace(cfg.student, **recipe)
+    epochs = {"teacher": args.teacher_epochs or args.epochs, "student": args.student_epochs or args.epochs}
+    for name, n in epochs.items():
+        if n is not None:
+            setattr(cfg, name, dataclasses.replace(getattr(cfg, name), epochs=n))
+    ld = {k: v for k, v in (("scheme", args.scheme), ("temperature", args.temperature),
+                            ("lambda_main", args.lambda_main), ("lambda_vlr", args.lambda_vlr),
+                            ("vlr_gamma", args.vlr_gamma)) if v is not None}
+    cfg.ld = dataclasses.replace(cfg.ld, **ld)
+    for key in ("teacher_scale", "student_scale", "teacher_init", "student_init"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    return cfg.validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..distill.run import run_distillation
+    from ..errors import ConfigError
+    from ..progress import Progress
+
+    if not 0 < args.budget <= 100:
+        raise ConfigError(f"--budget {args.budget} must be in (0, 100]")
+    cfg = build_config(args)
+    progress = Progress(args.progress, stream=sys.stdout if args.progress == "json" else None)
+    try:
+        made = run_distillation(args.data, args.out, cfg, stage=args.stage, teacher_weights=args.teacher_weights,
+                                resume=args.resume, progress=progress, budget=args.budget / 100.0)
+    finally:
+        progress.close()
+    for role, path in made.items():
+        print(f"{role}: {path}", file=sys.stderr if args.progress == "json" else sys.stdout)
+    return 0

@@ -1,0 +1,106 @@
+"""``ldfsam models list|download|import|remove``: the model registry and the user's model cache."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = "models"
+HELP = "List, download, import and remove segmentation models (cache: $LDFSAM_HOME/models)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("list", help="known and installed models")
+    p = sub.add_parser("download", help="download a registry model (resumes, verifies SHA256)")
+    p.add_argument("name", help="model name from `ldfsam models list`")
+    p.add_argument("--force", action="store_true", help="download again even when installed")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p = sub.add_parser("import", help="copy a local .safetensors model into the cache")
+    p.add_argument("path", help="an LDFSAM model file (.safetensors)")
+    p.add_argument("--name", help="name to install it under (default: the file name)")
+    p.add_argument("--force", action="store_true", help="replace an installed model of the same name")
+    p = sub.add_parser("remove", help="delete an installed model")
+    p.add_argument("name")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _list() -> int:
+    from ..models import installed_models, load_registry, models_dir
+    from ..models.resolve import DEFAULT_MODEL
+
+    registry = load_registry()
+    installed = installed_models()
+    by_file = {p.name: name for name, p in installed.items()}
+    rows = []
+    for e in registry.values():
+        if e.bundled:
+            state = "bundled"
+        elif e.file in by_file or e.name in installed:
+            state = "installed"
+        else:
+            state = "available"
+        default = " (default)" if e.name == DEFAULT_MODEL else ""
+        rows.append((e.name + default, e.kind, state, _size(e.size), e.description))
+    listed_files = {e.file for e in registry.values()} | set(registry)
+    for name, p in installed.items():
+        if name not in listed_files and p.name not in listed_files:
+            rows.append((name, "ldfsam", "installed", _size(p.stat().st_size), f"imported: {p}"))
+    widths = [max(len(r[i]) for r in rows + [("NAME", "KIND", "STATE", "SIZE", "")]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("NAME", "KIND", "STATE", "SIZE"), widths)) + "  DESCRIPTION")
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+    print(f"\ncache folder: {models_dir()}")
+    return 0
+
+
+def _download(args) -> int:
+    from ..errors import InputError
+    from ..models import download_file, load_registry, models_dir
+    from ..progress import Progress
+
+    registry = load_registry()
+    entry = registry.get(args.name)
+    if entry is None:
+        raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
+    if entry.url is None:
+        print(f"{entry.name} is bundled with ldfsam; nothing to download")
+        return 0
+    target = models_dir(create=True) / entry.file
+    if target.exists() and not args.force:
+        print(f"{entry.name} is installed already: {target} (pass --force to download again)")
+        return 0
+    progress = Progress(args.progress)
+    try:
+        download_file(entry.url, target, entry.sha256, entry.size, progress=progress)
+    finally:
+        progress.close()
+    if args.progress != "json":
+        print(f"installed {entry.name}: {target}")
+    return 0
+
+
+def run(args) -> int:
+    if args.action == "list":
+        return _list()
+    if args.action == "download":
+        return _download(args)
+    if args.action == "import":
+        from ..models import import_model
+
+        path = import_model(args.path, args.name, force=args.force)
+        print(f"installed {path.name[:-len('.safetensors')]}: {path}")
+        return 0
+    if args.action == "remove":
+        from ..models import remove_model
+
+        path = remove_model(args.name)
+        print(f"removed {path}")
+        return 0
+    return 2

@@ -1,0 +1,87 @@
+"""``ldfsam segment INPUT -o OUTPUT``: segment the teeth of a CBCT volume onto its own voxel grid."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = "segment"
+HELP = "Segment the teeth in a CBCT volume (output: .nii.gz label map or .seg.nrrd Slicer segmentation)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="CBCT volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM series folder")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output file; the format follows the extension: .nii.gz/.nii (label map, 1 = tooth) "
+                             "or .seg.nrrd (3D Slicer segmentation with names, colours and terminology)")
+    parser.add_argument("--model", default=None,
+                        help="model name (see `ldfsam models list`) or path to a .safetensors model "
+                             "(default: the bundled demo model, trained on synthetic phantoms only)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="slices per batch (default 8; reduced automatically to fit the available memory)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bfloat16 where the CPU/GPU has native support, else float32")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    parser.add_argument("--threshold", type=float, default=0.5, help="tooth probability threshold (default 0.5)")
+    parser.add_argument("--min-island-mm3", type=float, default=10.0,
+                        help="remove connected pieces smaller than this volume in mm³ (default 10; 0 keeps all)")
+    parser.add_argument("--no-fill-holes", action="store_true", help="keep enclosed holes in the mask")
+    parser.add_argument("--split-teeth", action="store_true",
+                        help="label each tooth separately (one segment per tooth, numbered, not FDI)")
+    parser.add_argument("--probabilities", metavar="PATH", help="also write the tooth probability map (.nii.gz)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def exit_on_interrupt(command: str, func, *args):
+    """Run ``func``; on Ctrl-C/SIGTERM (after every ``with`` block has removed its temporary files) report and
+    leave at once: a normal interpreter shutdown with torch and ultralytics loaded takes seconds."""
+    import os
+    import sys
+
+    try:
+        return func(*args)
+    except KeyboardInterrupt:
+        print(f"ldfsam {command}: cancelled; no output was written", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
+
+
+def run(args) -> int:
+    return exit_on_interrupt(COMMAND, _run, args)
+
+
+def _run(args) -> int:
+    import sys
+
+    from ..progress import Progress
+
+    progress = Progress(args.progress)
+    if args.progress == "json":
+        # Keep stdout for events: libraries that print (ultralytics) go to stderr.
+        stdout, sys.stdout = sys.stdout, sys.stderr
+        progress.stream = stdout
+    try:
+        from ..offline import import_ultralytics
+
+        import_ultralytics()
+        from ..infer import segment_volume
+
+        result = segment_volume(args.input, args.output, model=args.model, device=args.device, batch=args.batch,
+                                progress=progress, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
+                                fill=not args.no_fill_holes, split=args.split_teeth,
+                                probabilities=args.probabilities, force=args.force, precision=args.precision)
+    except Exception as e:
+        from ..errors import LDFSAMError
+
+        if isinstance(e, LDFSAMError) and args.progress == "json":
+            progress.error("segment", str(e))
+        raise
+    finally:
+        progress.close()
+        if args.progress == "json":
+            sys.stdout = stdout
+    if args.progress != "json":
+        t = result.timings
+        print(f"{result.slices_with_teeth} of {result.slices} slices hold teeth; {len(result.segment_names)} "
+              f"segment(s); {t['total']:.1f} s (model {t['predict']:.1f} s); wrote {args.output}")
+    return 0

@@ -1,0 +1,99 @@
+"""Phase 1 configuration: teacher training and localization distillation of the student (sections 3.3, 4.2).
+
+Defaults are the paper's: YOLOv8x teacher, YOLOv8n student, 640 input, the YOLOv8 SGD recipe, LD temperature 10,
+lambda_main = lambda_vlr = 1, and the LD paper's VLR band gamma = 0.25 on ATSS virtual anchors of side 8 * stride.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..errors import ConfigError
+from ..model.config import YoloScale
+
+Scheme = Literal["none", "kd", "ld_main", "ld_main_vlr"]
+SCHEMES = ("none", "kd", "ld_main", "ld_main_vlr")
+
+
+@dataclass
+class TrainRecipe:
+    """The YOLOv8 optimisation recipe (SGD, linear LR decay, warm-up), passed to the ultralytics trainer."""
+
+    epochs: int = 100
+    batch: int = 16
+    imgsz: int = 640
+    optimizer: str = "SGD"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    # Mosaic is switched off for the final epochs, as in ultralytics' recipe.
+    close_mosaic: int = 10
+    mosaic: float = 1.0
+    patience: int = 100
+    seed: int = 0
+    workers: int = 0
+    device: str = "cpu"
+    # Validate (mAP) after every epoch; the last epoch is always validated.
+    val: bool = True
+
+
+@dataclass
+class LDConfig:
+    """Localization Distillation on the DFL box-side distributions (and the KD baseline of Table 2)."""
+
+    scheme: Scheme = "ld_main_vlr"
+    temperature: float = 10.0
+    lambda_main: float = 1.0
+    lambda_vlr: float = 1.0
+    # VLR band: gamma * alpha_pos <= DIoU < alpha_pos.
+    vlr_gamma: float = 0.25
+    # ATSS virtual anchors: squares of side anchor_scale * stride; candidates per level for alpha_pos.
+    anchor_scale: float = 8.0
+    atss_topk: int = 9
+    # "kd" scheme: classification-logit distillation (binary, per class) with its own temperature and weight.
+    kd_temperature: float = 1.0
+    lambda_kd: float = 1.0
+
+
+@dataclass
+class DistillConfig:
+    """Everything Phase 1 needs, saved in the run folder and in the student file's training record."""
+
+    teacher_scale: YoloScale = "x"
+    student_scale: YoloScale = "n"
+    teacher: TrainRecipe = field(default_factory=TrainRecipe)
+    student: TrainRecipe = field(default_factory=TrainRecipe)
+    ld: LDConfig = field(default_factory=LDConfig)
+    # Optional local weights to initialise teacher / student from (nothing is downloaded).
+    teacher_init: Optional[str] = None
+    student_init: Optional[str] = None
+
+    def validate(self) -> DistillConfig:
+        """Raise ConfigError on values no training can use."""
+        if self.ld.scheme not in SCHEMES:
+            raise ConfigError(f"ld.scheme: {self.ld.scheme!r} is not one of {list(SCHEMES)}")
+        if not self.ld.temperature > 0 or not self.ld.kd_temperature > 0:
+            raise ConfigError("ld.temperature and ld.kd_temperature must be > 0")
+        if not 0 < self.ld.vlr_gamma <= 1:
+            raise ConfigError(f"ld.vlr_gamma: {self.ld.vlr_gamma} is not in (0, 1]")
+        if min(self.ld.lambda_main, self.ld.lambda_vlr, self.ld.lambda_kd) < 0:
+            raise ConfigError("ld.lambda_* must be >= 0")
+        if self.ld.atss_topk < 1 or self.ld.anchor_scale <= 0:
+            raise ConfigError("ld.atss_topk must be >= 1 and ld.anchor_scale > 0")
+        for name in ("teacher", "student"):
+            r: TrainRecipe = getattr(self, name)
+            if r.epochs < 1 or r.batch < 1:
+                raise ConfigError(f"{name}.epochs and {name}.batch must be >= 1")
+            if "," in r.device:
+                # ultralytics runs multi-GPU training in re-launched worker processes that cannot carry the teacher.
+                raise ConfigError(f"{name}.device: {r.device!r}: Phase 1 trains on one device (cpu, 0, 1, ...)")
+            if r.imgsz < 32 or r.imgsz % 32:
+                raise ConfigError(f"{name}.imgsz: {r.imgsz} must be a multiple of 32 (the largest YOLO stride)")
+        if self.teacher.imgsz != self.student.imgsz:
+            raise ConfigError("teacher.imgsz and student.imgsz must match: LD compares predictions anchor by anchor")
+        return self

@@ -1,0 +1,225 @@
+"""Phase 1 from start to finish: train the teacher, distil the student, save both as prompt generator files.
+
+Run folder layout (``out``)::
+
+    distill.json              the DistillConfig of the run (read back on resume)
+    data.yaml                 the data set's data.yaml with every path made absolute (what ultralytics reads)
+    teacher/, student/        ultralytics run folders (weights/last.pt for resume, results.csv, args.yaml)
+    teacher/state.json        epochs done and the best epoch's metrics, written after every checkpoint
+    teacher.safetensors       the trained teacher (prompt generator format), reusable with --teacher-weights
+    student.safetensors       the distilled student: Phase 2's prompt generator
+
+Each stage's product appears (atomically) only when its training has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
+
+from ..atomic import atomic_path, write_text_atomic
+from ..config import load_json, save_json, to_dict
+from ..errors import ConfigError, InputError
+from ..model.config import PromptGeneratorConfig
+from ..progress import Progress
+from .config import DistillConfig, TrainRecipe
+from .data import read_detection_data
+
+PathLike = Union[str, Path]
+STAGES = ("teacher", "student", "both")
+
+
+@contextlib.contextmanager
+def library_output_to(stream: IO[str]) -> Iterator[None]:
+    """Send ultralytics' log lines and anything printed to ``stream`` (stdout stays free for JSON events)."""
+    logger = logging.getLogger("ultralytics")
+    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    previous = [h.stream for h in handlers]
+    for h in handlers:
+        h.setStream(stream)
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield
+    finally:
+        for h, s in zip(handlers, previous):
+            h.setStream(s)
+
+
+def _overrides(recipe: TrainRecipe, data_yaml: Path, out: Path, stage: str, model: str) -> Dict[str, Any]:
+    on_cpu = recipe.device.lower() in ("cpu", "")
+    return dict(
+        # Absolute save_dir: ultralytics would put a relative project under its global runs folder.
+        model=model, data=str(data_yaml), project=str(out.resolve()), name=stage, exist_ok=True, task="detect",
+        save_dir=str((out / stage).resolve()),
+        epochs=recipe.epochs, batch=recipe.batch, imgsz=recipe.imgsz, optimizer=recipe.optimizer, lr0=recipe.lr0,
+        lrf=recipe.lrf, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+        warmup_epochs=recipe.warmup_epochs, warmup_momentum=recipe.warmup_momentum,
+        warmup_bias_lr=recipe.warmup_bias_lr, close_mosaic=recipe.close_mosaic, mosaic=recipe.mosaic,
+        patience=recipe.patience, seed=recipe.seed, workers=recipe.workers, device=recipe.device, val=recipe.val,
+        pretrained=False, plots=False, amp=not on_cpu, verbose=False, save=True, cache=False,
+    )
+
+
+class _Stage:
+    """Files of one stage (teacher or student) inside the run folder."""
+
+    def __init__(self, out: Path, role: str):
+        self.role = role
+        self.dir = out / role
+        self.product = out / f"{role}.safetensors"
+        self.staging = self.dir / "best.safetensors"
+        self.state = self.dir / "state.json"
+        self.last = self.dir / "weights" / "last.pt"
+
+    def read_state(self) -> Optional[Dict[str, Any]]:
+        try:
+            return json.loads(self.state.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path, num_classes: int,
+                 progress: Progress, resume: bool, training_meta: Dict[str, Any], teacher=None, ld=None,
+                 init: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
+    from ..model.prompt_generator import save_prompt_generator
+    from .trainer import Phase1Trainer, map_fields, weights_only_checkpoints
+    from .weights import load_init_source, yolo_yaml
+
+    phase = stage.role
+    if stage.product.exists():
+        if resume:
+            progress.log(phase, f"{stage.product} is finished; reusing it")
+            return stage.product, {}
+        raise InputError(f"exists already: this run's {phase} is trained (pass --resume to reuse it, or choose "
+                         "another output folder)", stage.product)
+    if stage.dir.exists() and any(stage.dir.iterdir()) and not resume:
+        raise InputError(f"holds an unfinished {phase} run: pass --resume to continue it, or choose another "
+                         "output folder", stage.dir)
+    gen_cfg = PromptGeneratorConfig(scale=scale, image_size=recipe.imgsz, num_classes=num_classes)
+    state = stage.read_state() if resume else None
+
+    def finalize(metrics: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
+        if not stage.staging.exists():
+            raise InputError(f"{phase} training ended without a validated checkpoint", stage.dir)
+        os.replace(stage.staging, stage.product)
+        progress.done(phase, message=f"{phase} saved to {stage.product}", path=str(stage.product), **metrics)
+        return stage.product, metrics
+
+    if state and state.get("epoch", 0) >= state.get("epochs", 1) and stage.staging.exists():
+        progress.log(phase, f"{phase} training had finished before the interruption; saving it")
+        return finalize(state.get("best", {}))
+
+    def on_save(trainer: Phase1Trainer, is_best: bool) -> None:
+        record = stage.read_state() or {}
+        if is_best or not stage.staging.exists():
+            metrics = {k: v for k, v in map_fields(trainer.metrics).items() if v is not None}
+            meta = {**training_meta, "epoch": trainer.epoch + 1, "epochs": trainer.epochs, "metrics": metrics}
+            with atomic_path(stage.staging) as tmp:
+                save_prompt_generator(tmp, trainer.ema.ema, gen_cfg, training=meta)
+            record["best"] = {**metrics, "best_epoch": trainer.epoch + 1}
+        record.update(epoch=trainer.epoch + 1, epochs=trainer.epochs)
+        write_text_atomic(stage.state, json.dumps(record, indent=2) + "\n")
+
+    overrides = _overrides(recipe, data_yaml, stage.dir.parent, stage.role, yolo_yaml(scale))
+    if resume and stage.last.exists():
+        overrides.update(resume=str(stage.last), model=str(stage.last))
+        progress.log(phase, f"resuming {phase} from {stage.last}")
+    init_source = load_init_source(init) if init and "resume" not in overrides else None
+    try:
+        with weights_only_checkpoints():
+            trainer = Phase1Trainer(overrides, phase, progress, on_save=on_save, teacher=teacher, ld=ld,
+                                    init_source=init_source)
+            trainer.train()
+    except AssertionError as e:
+        # Interrupted after the last epoch's checkpoint but before its state record: nothing is left to train.
+        if "nothing to resume" not in str(e):
+            raise
+        progress.log(phase, f"{phase} training had finished before the interruption; saving it")
+    best = (stage.read_state() or {}).get("best", {})
+    final = {k: v for k, v in map_fields(trainer.final_metrics).items() if v is not None}
+    return finalize({**best, **final})
+
+
+def _run_config(out: Path, cfg: DistillConfig, resume: bool, progress: Progress) -> DistillConfig:
+    saved = out / "distill.json"
+    if resume and saved.exists():
+        stored = load_json(DistillConfig, saved)
+        if to_dict(stored) != to_dict(cfg):
+            progress.log("teacher", f"resuming with the run's own settings from {saved}", level="warning")
+        return stored.validate()
+    save_json(cfg, saved)
+    return cfg
+
+
+def run_distillation(data: PathLike, out: PathLike, cfg: Optional[DistillConfig] = None, stage: str = "both",
+                     teacher_weights: Optional[PathLike] = None, resume: bool = False,
+                     progress: Optional[Progress] = None, budget: float = 1.0) -> Dict[str, Path]:
+    """Run Phase 1 (``stage`` teacher, student or both) into the run folder ``out``; returns the files made.
+
+    data: a YOLO data.yaml, or a prepared dataset folder (``budget``: share of its training cases).
+    teacher_weights: a trained teacher (prompt generator ``.safetensors``) for the student stage instead of this
+    run's own. resume: continue the stages of an interrupted run (finished stages are reused).
+    """
+    cfg = (cfg or DistillConfig()).validate()
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    progress = progress or Progress("none")
+    if progress.mode == "json" and progress.stream is None:
+        progress.stream = sys.stdout  # before the redirection below: events keep the real stdout
+    phase = ["student" if stage == "student" else "teacher"]  # the stage running, updated by _run
+    try:
+        return _run(Path(data), Path(out), cfg, stage, teacher_weights, resume, progress, budget, phase)
+    except Exception as e:  # reported as an event too, so a reader of the JSON stream sees why it stopped
+        progress.error(phase[0], str(e))
+        raise
+
+
+def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights: Optional[PathLike], resume: bool,
+         progress: Progress, budget: float, phase: List[str]) -> Dict[str, Path]:
+    data_set = read_detection_data(data, budget)
+    names = data_set.names
+    need_teacher = cfg.ld.scheme != "none"
+    train_teacher = stage == "teacher" or (stage == "both" and need_teacher and teacher_weights is None)
+    teacher_path = Path(teacher_weights) if teacher_weights else out / "teacher.safetensors"
+    if stage == "student" and need_teacher and not teacher_path.is_file():
+        raise InputError("no trained teacher here: train one (--stage teacher) or pass --teacher-weights",
+                         teacher_path)
+    out.mkdir(parents=True, exist_ok=True)
+    data_yaml = data_set.write(out / "data.yaml")
+    cfg = _run_config(out, cfg, resume, progress)
+    made: Dict[str, Path] = {}
+    base_meta = {"phase": 1, "data": str(data_set.source), "class_names": [names[k] for k in sorted(names)],
+                 "distill": to_dict(cfg)}
+    with library_output_to(sys.stderr):
+        if train_teacher:
+            made["teacher"], _ = _train_stage(
+                _Stage(out, "teacher"), cfg.teacher_scale, cfg.teacher, data_yaml, len(names), progress, resume,
+                {**base_meta, "role": "teacher"}, init=cfg.teacher_init)
+        if stage in ("student", "both"):
+            phase[0] = "student"
+            teacher, teacher_meta = None, {}
+            if need_teacher:
+                teacher, teacher_meta = _load_teacher(made.get("teacher", teacher_path), len(names), progress)
+            made["student"], _ = _train_stage(
+                _Stage(out, "student"), cfg.student_scale, cfg.student, data_yaml, len(names), progress, resume,
+                {**base_meta, "role": "student", "scheme": cfg.ld.scheme, "teacher": teacher_meta},
+                teacher=teacher, ld=cfg.ld, init=cfg.student_init)
+    return made
+
+
+def _load_teacher(path: Path, num_classes: int, progress: Progress):
+    from .criterion import FrozenTeacher
+    from .weights import load_generator_file
+
+    if not path.is_file():
+        raise InputError("no trained teacher here: train one (--stage teacher) or pass --teacher-weights", path)
+    model, gen_cfg, _ = load_generator_file(path)
+    if gen_cfg.num_classes != num_classes:
+        raise InputError(f"teacher has {gen_cfg.num_classes} classes but the data set has {num_classes}", path)
+    progress.log("student", f"distilling from YOLOv8{gen_cfg.scale} teacher {path}")
+    return FrozenTeacher(model), {"path": str(path), "config": to_dict(gen_cfg)}

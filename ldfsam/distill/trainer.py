@@ -1,0 +1,138 @@
+"""Ultralytics' YOLOv8 detection trainer with LDFSAM's progress events, atomic checkpoints and the LD criterion.
+
+One class serves both stages: the teacher trains with the plain detection loss; the student gets the
+distillation criterion (``teacher`` set) once the EMA copy exists, so the teacher never enters it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional
+
+from ..offline import import_ultralytics
+from ..progress import Progress
+from .config import LDConfig
+from .criterion import FrozenTeacher, make_distillation_loss
+
+import_ultralytics()
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+MAP50 = "metrics/mAP50(B)"
+MAP50_95 = "metrics/mAP50-95(B)"
+
+
+@contextlib.contextmanager
+def weights_only_checkpoints() -> Iterator[None]:
+    """Within the block, ultralytics reads .pt checkpoints (resume's last.pt) with ``torch.load(weights_only=True)``
+    against its allow-list of model classes instead of as a free pickle."""
+    from ultralytics.nn import tasks
+
+    previous = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = True
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = previous
+
+
+def map_fields(metrics: Optional[Dict[str, Any]]) -> Dict[str, Optional[float]]:
+    """mAP50 and mAP50-95 from an ultralytics metrics dict, as event fields."""
+    metrics = metrics or {}
+    return {"mAP50": metrics.get(MAP50), "mAP50_95": metrics.get(MAP50_95)}
+
+
+class Phase1Trainer(DetectionTrainer):
+    """DetectionTrainer reporting to ``progress`` under ``phase``; ``on_save(trainer, is_best)`` follows each save.
+
+    teacher/ld: distil from this frozen teacher (student stage); init_source: weights for the first epoch (anything
+    ``DetectionModel.load`` accepts), ignored on resume.
+    """
+
+    def __init__(self, overrides: Dict[str, Any], phase: str, progress: Progress,
+                 on_save: Optional[Callable[[Phase1Trainer, bool], None]] = None,
+                 teacher: Optional[FrozenTeacher] = None, ld: Optional[LDConfig] = None, init_source: Any = None):
+        self.phase = phase
+        self.progress = progress
+        self.on_save = on_save
+        self.teacher = teacher
+        self.ld = ld
+        self.init_source = init_source
+        self.final_metrics: Dict[str, Any] = {}
+        self._in_final_eval = False
+        self._batch = 0
+        self._nb = 1
+        super().__init__(overrides=overrides)
+        self.add_callback("on_pretrain_routine_end", lambda t: self._install_criterion())
+        self.add_callback("on_train_start", lambda t: self._on_train_start())
+        self.add_callback("on_train_epoch_start", lambda t: setattr(self, "_batch", 0))
+        self.add_callback("on_train_batch_end", lambda t: self._on_batch_end())
+        self.add_callback("on_fit_epoch_end", lambda t: self._on_fit_epoch_end())
+        self.add_callback("on_model_save", lambda t: self._on_model_save())
+
+    # -- model --------------------------------------------------------------------------------------------------
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        if weights is None and self.init_source is not None and not self.resume:
+            weights = self.init_source
+        return super().get_model(cfg=cfg, weights=weights, verbose=False)
+
+    def _install_criterion(self) -> None:
+        # After the EMA copy and any resume: the criterion (and the teacher it holds) stays out of both.
+        if self.teacher is None:
+            return
+        model = unwrap_model(self.model)
+        self.teacher.model.to(self.device)
+        model.criterion = make_distillation_loss(model, self.teacher, self.ld or LDConfig())
+
+    # -- progress -----------------------------------------------------------------------------------------------
+    def _on_train_start(self) -> None:
+        self._nb = len(self.train_loader)
+        self.progress.start(self.phase, total=self.epochs * self._nb, epochs=self.epochs,
+                            start_epoch=self.start_epoch + 1, message=f"{self.phase}: {self.epochs} epochs")
+
+    def _on_batch_end(self) -> None:
+        self._batch += 1
+        losses = {k: float(v) for k, v in (self.tloss or {}).items()}
+        self.progress.update(self.phase, step=self.epoch * self._nb + self._batch, total=self.epochs * self._nb,
+                             epoch=self.epoch + 1, epochs=self.epochs, loss=sum(losses.values()), losses=losses)
+
+    def _on_fit_epoch_end(self) -> None:
+        if self._in_final_eval:
+            self.final_metrics = dict(self.metrics or {})
+            return
+        losses = {k: float(v) for k, v in (self.tloss or {}).items()}
+        self.progress.update(self.phase, step=(self.epoch + 1) * self._nb, total=self.epochs * self._nb,
+                             epoch=self.epoch + 1, epochs=self.epochs, loss=sum(losses.values()),
+                             **map_fields(self.metrics))
+
+    def final_eval(self):
+        self._in_final_eval = True
+        try:
+            super().final_eval()
+        finally:
+            self._in_final_eval = False
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def save_model(self):
+        # ultralytics writes last.pt/best.pt in place; write beside them and rename, so an interruption never
+        # leaves a truncated checkpoint that resume would then fail on.
+        last, best = self.last, self.best
+        parts = {last: last.with_name(".last.pt.part"), best: best.with_name(".best.pt.part")}
+        self.last, self.best = parts[last], parts[best]
+        try:
+            saved = super().save_model()
+            for target, part in parts.items():
+                if part.exists():
+                    os.replace(part, target)
+        finally:
+            self.last, self.best = last, best
+            for part in parts.values():
+                with contextlib.suppress(FileNotFoundError):
+                    Path(part).unlink()
+        return saved
+
+    def _on_model_save(self) -> None:
+        if self.on_save is not None:
+            self.on_save(self, self.best_fitness == self.fitness)

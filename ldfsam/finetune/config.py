@@ -1,0 +1,76 @@
+"""Phase 2 training configuration (section 4.2), saved in every run folder and model file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+DatasetFormat = Literal["auto", "slices", "images"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+BoxPrompts = Literal["detected", "ground_truth"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Segmentation fine-tuning: AdamW 1e-4, cosine schedule, Dice + BCE, 200 epochs, batch 16 per process."""
+
+    # -- data --------------------------------------------------------------------------------------------------
+    # A prepared Phase 2 dataset folder (slices) or a 2D image/mask dataset (Kvasir-SEG, ISIC 2018, MMOTU layouts).
+    data: str = ""
+    dataset_format: DatasetFormat = "auto"
+    # Splits file (JSON with "train", "val", "test" id lists); None: the prepared folder's own, or for 2D
+    # datasets the paper protocol (sorted ids, one shuffle with split_seed, test_fraction, then val_fraction).
+    splits: Optional[str] = None
+    split_seed: int = 2025
+    test_fraction: float = 0.0
+    val_fraction: float = 0.1
+    # Annotation budget: the fraction of training cases used (10/20/50/100 % in section 4.5), drawn with split_seed.
+    budget: float = 1.0
+    # Use at most this many training / validation items (for quick runs); None: all.
+    max_train_items: Optional[int] = None
+    max_val_items: Optional[int] = None
+    # -- optimisation ------------------------------------------------------------------------------------------
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    # Clip the gradient norm (0: off); the norm is also how a non-finite step is detected and skipped.
+    grad_clip: float = 0.0
+    # Stop after this many optimiser steps in total (None: train all epochs).
+    max_steps: Optional[int] = None
+    seed: int = 2025
+    precision: Precision = "auto"
+    num_workers: int = 2
+    # -- checkpoints and validation ----------------------------------------------------------------------------
+    # Training state is saved at every epoch end and, when > 0, every this many optimiser steps.
+    checkpoint_every_steps: int = 0
+    validate_every_epochs: int = 1
+    # Stop when validation Dice has not improved for this many validations (0: never).
+    early_stop_patience: int = 0
+    threshold: float = 0.5
+    # Box mode only: prompt with the detector's boxes (the paper's baseline) or with the tight boxes of the
+    # reference masks' connected components (an oracle baseline independent of the detector).
+    box_prompts: BoxPrompts = "detected"
+
+    def validate(self) -> None:
+        from ..errors import ConfigError
+
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 < self.budget <= 1, "budget must be in (0, 1]"),
+            (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+             and self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be below 1"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.checkpoint_every_steps >= 0, "checkpoint_every_steps must be 0 or more"),
+            (self.validate_every_epochs >= 1, "validate_every_epochs must be at least 1"),
+            (self.num_workers >= 0, "num_workers must be 0 or more"),
+            (0 < self.threshold < 1, "threshold must be in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"FinetuneConfig: {message}")

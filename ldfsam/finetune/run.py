@@ -1,0 +1,121 @@
+"""A fine-tuning run from start to end: the run folder, its saved configuration, model building and resuming.
+
+Run folder: ``config.json`` (FinetuneConfig, ModelConfig, initial weights), ``splits.json`` (ids used),
+``log.csv``, ``tensorboard/``, ``state.safetensors`` (resumable state, rewritten atomically) and
+``model.safetensors`` (the model selected by validation Dice, in the core's checkpoint format).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .. import __version__
+from ..atomic import write_text_atomic
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, InputError
+from ..model.config import ModelConfig
+from ..progress import Progress
+from .config import FinetuneConfig
+
+CONFIG_FILE = "config.json"
+RUN_FORMAT = "ldfsam-finetune-run"
+
+
+def read_run_config(run_dir: Path):
+    """(FinetuneConfig, ModelConfig, init dict) saved in a run folder."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("is not a fine-tuning run folder (no config.json)", run_dir) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot be read ({e})", path) from None
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+        raise InputError("is not a fine-tuning run configuration", path)
+    try:
+        return (from_dict(FinetuneConfig, doc["finetune"], "finetune"), from_dict(ModelConfig, doc["model"], "model"),
+                doc.get("init", {}))
+    except (ConfigError, KeyError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _build(model_cfg: ModelConfig, sam_checkpoint: Optional[str], seed: int, load_init: bool = True):
+    """The model with Phase 2's trainable parameters; ``load_init=False`` (resuming: the saved state has every
+    tensor) skips reading the prompt generator and SAM files."""
+    import torch
+
+    from ..model.build import build_model
+    from ..model.trainable import configure_phase2
+
+    # Same seed on every rank: randomly initialised parts are identical before DDP broadcasts them anyway.
+    torch.manual_seed(seed)
+    model = build_model(model_cfg, load_prompt_generator=load_init)
+    if sam_checkpoint and load_init:
+        from ..model.sam_weights import load_sam_weights
+
+        load_sam_weights(model, sam_checkpoint)
+    names = configure_phase2(model)
+    return model, names
+
+
+def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], run_dir: Path, resume: bool = False,
+             sam_checkpoint: Optional[str] = None, device: str = "auto", progress: Optional[Progress] = None):
+    """Start a new run in ``run_dir`` (which must not hold one) or resume the one there (``resume=True``).
+
+    For a new run ``model_cfg.prompt_generator.init_weights`` names the Phase 1 prompt generator file (None:
+    random initialisation, for tests) and ``sam_checkpoint`` an official SAM checkpoint for the encoder.
+    """
+    from . import distributed
+    from .data import load_data
+    from .trainer import MODEL_FILE, STATE_FILE, Trainer
+
+    run_dir = Path(run_dir)
+    if resume:
+        cfg, model_cfg, init = read_run_config(run_dir)
+        sam_checkpoint = init.get("sam_checkpoint")
+        if not (run_dir / STATE_FILE).is_file():
+            raise InputError(f"has no {STATE_FILE} to resume from (the run never saved a state)", run_dir)
+    else:
+        if (run_dir / CONFIG_FILE).exists() and ((run_dir / STATE_FILE).exists() or (run_dir / MODEL_FILE).exists()):
+            raise InputError("holds a fine-tuning run already; pass --resume to continue it or choose a new "
+                             "folder", run_dir)
+        if cfg is None or model_cfg is None:
+            raise ConfigError("a new run needs a FinetuneConfig and a ModelConfig")
+        init = {"prompt_generator": model_cfg.prompt_generator.init_weights, "sam_checkpoint": sam_checkpoint}
+    cfg.validate()
+    env = distributed.setup(device)
+    # Every rank has checked the folder above before rank 0 writes into it below.
+    distributed.barrier(env)
+    try:
+        data = load_data(cfg, model_cfg.sam.image_size, model_cfg.prompt_generator.image_size,
+                         list(model_cfg.class_names))
+        if list(data.preprocess.class_names) != list(model_cfg.class_names):
+            model_cfg.class_names = list(data.preprocess.class_names)
+        model_cfg.sam.image_size = data.preprocess.sam_size
+        model_cfg.prompt_generator.image_size = data.preprocess.yolo_size
+        if sam_checkpoint:
+            model_cfg.sam.init_checkpoint = str(sam_checkpoint)
+        model, names = _build(model_cfg, sam_checkpoint, cfg.seed, load_init=not resume)
+        # Written once data and model are known to work: a failed start leaves no run to "resume".
+        if not resume and env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            doc = {"format": RUN_FORMAT, "package_version": __version__, "finetune": to_dict(cfg),
+                   "model": to_dict(model_cfg), "init": init}
+            write_text_atomic(run_dir / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
+            write_text_atomic(run_dir / "splits.json", json.dumps(data.splits, indent=1) + "\n")
+        distributed.barrier(env)
+        provenance: Dict[str, Any] = {
+            "dataset": str(Path(cfg.data).resolve()), "dataset_format": data.info.get("format"),
+            "splits_file": cfg.splits, "splits_sha256": data.splits_sha256(),
+            "split_counts": {k: len(v) for k, v in data.splits.items()}, "budget": cfg.budget,
+            "epochs": cfg.epochs, "seed": cfg.seed, "prompt_generator": init.get("prompt_generator"),
+            "sam_checkpoint": sam_checkpoint, "trainable_parameters": len(names),
+        }
+        trainer = Trainer(cfg, model, model_cfg, data, run_dir, env, progress, provenance)
+        if resume:
+            trainer.resume()
+        return trainer.fit()
+    finally:
+        distributed.teardown(env)

@@ -1,0 +1,94 @@
+"""The YOLO-based Dense–Sparse Feature Prompt encoder (paper section 3.2): Φmix, the DFP head and the SFP head.
+
+P3/P4/P5 (strides 8/16/32 of the YOLO input) -> Φmix -> F_fused (stride 8, ``mix_channels``)
+  -> Dense Feature Prompt  P_dense  B×D×G×G   (added to the SAM embedding: Z_cond = Z_img + α·P_dense, α init 0)
+  -> Sparse Feature Prompt T_sparse B×K×D     (K extra prompt tokens for the mask decoder)
+with D = the SAM prompt dimension (256) and G×G the SAM embedding grid (16×16 for a 256 input).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeatureMix(nn.Module):
+    """Φmix: concat(P3, up(P4), up(P5)) -> 1×1 conv (channel reduction) -> GELU -> 3×3 conv (spatial smoothing)."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(sum(in_channels), out_channels, kernel_size=1)
+        self.act = nn.GELU()
+        self.smooth = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        p3 = features[0]
+        size = p3.shape[-2:]
+        # Bilinear up-sampling of the coarser levels to P3's grid (paper eq. 1).
+        ups = [p3] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]]
+        return self.smooth(self.act(self.reduce(torch.cat(ups, dim=1))))
+
+
+class DenseFeaturePrompt(nn.Module):
+    """Φdense: one 3×3 conv with stride 2 (stride 8 -> 16, mix -> D channels), then resampling to the SAM grid.
+
+    The strided conv does the paper's 1/8 -> 1/16 step and the channel alignment at once. The YOLO input (640, or
+    256 for the small preset) and the SAM input (256) differ, so the stride-16 map (40×40 for 640) is then brought
+    to the SAM grid (16×16): by adaptive average pooling when it is larger (an area average, so every YOLO cell
+    contributes) and by bilinear interpolation when it is smaller; when sizes already match (YOLO 256 -> 16×16)
+    nothing is done.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, grid: Tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.down = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        x = self.down(fused)
+        h, w = x.shape[-2:]
+        if (h, w) == self.grid:
+            return x
+        if h >= self.grid[0] and w >= self.grid[1]:
+            return F.adaptive_avg_pool2d(x, self.grid)
+        return F.interpolate(x, size=self.grid, mode="bilinear", align_corners=False)
+
+
+class SparseFeaturePrompt(nn.Module):
+    """GAP(F_fused) -> MLP -> K tokens of D (paper eq. 3)."""
+
+    def __init__(self, in_channels: int, hidden: int, num_tokens: int, token_dim: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.token_dim = token_dim
+        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * token_dim))
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.mlp(fused.mean(dim=(2, 3))).view(-1, self.num_tokens, self.token_dim)
+
+
+class FeaturePromptEncoder(nn.Module):
+    """Φmix plus whichever heads the prompt mode uses (``dense`` and/or ``sparse``), and the learnable α."""
+
+    def __init__(self, in_channels: Sequence[int], mix_channels: int, token_dim: int, grid: Tuple[int, int],
+                 dense: bool, sparse: bool, num_sparse_tokens: int = 4, sparse_hidden: int = 512,
+                 alpha_init: float = 0.0) -> None:
+        super().__init__()
+        self.mix = FeatureMix(in_channels, mix_channels)
+        self.dense = DenseFeaturePrompt(mix_channels, token_dim, grid) if dense else None
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init))) if dense else None
+        self.sparse = SparseFeaturePrompt(mix_channels, sparse_hidden, num_sparse_tokens, token_dim) if sparse else None
+        self.token_dim = token_dim
+
+    def forward(self, features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(P3, P4, P5) -> (α·P_dense B×D×G×G or None, T_sparse B×K×D, with K = 0 without the sparse head)."""
+        fused = self.mix(features)
+        dense = self.alpha * self.dense(fused) if self.dense is not None else None
+        if self.sparse is not None:
+            tokens = self.sparse(fused)
+        else:
+            tokens = fused.new_zeros((fused.shape[0], 0, self.token_dim))
+        return dense, tokens

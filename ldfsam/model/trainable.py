@@ -1,0 +1,32 @@
+"""Which parameters Phase 2 trains: the one place that defines it (paper section 3.4).
+
+Trained: the encoder's adapters, the feature prompt encoder (Φmix, the dense head and α, the sparse head), SAM's
+prompt encoder and the mask decoder. Frozen: the ViT encoder's original weights and the whole YOLO prompt generator.
+Parameters that the configured prompt mode never uses are frozen too, so that every trainable parameter receives
+a gradient: SAM's box-corner embeddings take part only in box mode.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from torch import nn
+
+
+def _is_trainable(name: str, prompt_mode: str) -> bool:
+    if name.startswith("image_encoder."):
+        return ".adapter." in name
+    if name.startswith("prompt_encoder.box_corner_embeddings."):
+        return prompt_mode == "box"
+    return name.startswith(("feature_prompts.", "prompt_encoder.", "mask_decoder."))
+
+
+def configure_phase2(model: nn.Module) -> List[str]:
+    """Set ``requires_grad`` for Phase 2 on an LDFSAM model; returns the trainable parameter names in order."""
+    mode = model.cfg.prompt_mode
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(_is_trainable(name, mode))
+        if p.requires_grad:
+            names.append(name)
+    return names

@@ -1,0 +1,104 @@
+"""The model registry: a JSON list of known models (name, URL, SHA256, size, description).
+
+The registry shipped in ``ldfsam/resources/models.json`` is read first; ``$LDFSAM_MODEL_REGISTRY`` may name
+further registry files (separated by the path separator) whose entries are added or override by name, so a site
+can publish its own models without changing the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..errors import ConfigError
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+REGISTRY_FILE = RESOURCES / "models.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One known model. ``bundled`` names a file in ``ldfsam/resources`` (then ``url`` may be None)."""
+
+    name: str
+    url: Optional[str]
+    sha256: str
+    size: int
+    description: str
+    file: str
+    kind: str = "ldfsam"  # "ldfsam": a segmentation model; "sam-checkpoint": official SAM weights to fine-tune from
+    bundled: Optional[str] = None
+
+    @property
+    def bundled_path(self) -> Optional[Path]:
+        return None if self.bundled is None else RESOURCES / self.bundled
+
+
+def check_name(name: str, where: str = "model name") -> str:
+    """A model name is a file-name-safe word: letters, digits, '-', '_', '.'."""
+    if not _NAME.match(name or ""):
+        raise ConfigError(f"{where} {name!r}: use 1-64 letters, digits, '-', '_' or '.' (starting with a letter "
+                          "or digit)")
+    return name
+
+
+def _entry(raw: object, source: Path, index: int) -> ModelEntry:
+    where = f"{source}: entry {index}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected an object")
+    allowed = {"name", "url", "sha256", "size", "description", "file", "kind", "bundled"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    for key in ("name", "sha256", "size", "description"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing '{key}'")
+    name = check_name(str(raw["name"]), f"{where}: name")
+    sha = str(raw["sha256"]).lower()
+    if not _SHA256.match(sha):
+        raise ConfigError(f"{where} ({name}): sha256 must be 64 hexadecimal digits")
+    size = raw["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ConfigError(f"{where} ({name}): size must be a positive number of bytes")
+    url, bundled = raw.get("url"), raw.get("bundled")
+    if url is None and bundled is None:
+        raise ConfigError(f"{where} ({name}): needs a 'url' or a 'bundled' file")
+    if url is not None and not re.match(r"^(https?|file)://", str(url)):
+        raise ConfigError(f"{where} ({name}): url must start with http://, https:// or file://")
+    file = str(raw.get("file") or f"{name}.safetensors")
+    if "/" in file or "\\" in file or file.startswith("."):
+        raise ConfigError(f"{where} ({name}): file must be a plain file name")
+    kind = str(raw.get("kind", "ldfsam"))
+    if kind not in ("ldfsam", "sam-checkpoint"):
+        raise ConfigError(f"{where} ({name}): kind must be 'ldfsam' or 'sam-checkpoint'")
+    return ModelEntry(name=name, url=url, sha256=sha, size=size, description=str(raw["description"]), file=file,
+                      kind=kind, bundled=bundled)
+
+
+def read_registry_file(path: Path) -> List[ModelEntry]:
+    """Entries of one registry file (``{"models": [...]}``), each checked."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("model registry not found", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"not a readable model registry ({e})", path) from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ConfigError("a model registry is an object with a 'models' list", path)
+    return [_entry(raw, Path(path), i) for i, raw in enumerate(data["models"])]
+
+
+def load_registry() -> Dict[str, ModelEntry]:
+    """All known models by name: the shipped registry, then any in ``$LDFSAM_MODEL_REGISTRY``."""
+    entries: Dict[str, ModelEntry] = {}
+    files = [REGISTRY_FILE] + [Path(p) for p in os.environ.get("LDFSAM_MODEL_REGISTRY", "").split(os.pathsep) if p]
+    for f in files:
+        for e in read_registry_file(f):
+            entries[e.name] = e
+    return entries
