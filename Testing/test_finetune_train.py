@@ -107,19 +107,15 @@ def test_finetune_lowers_loss_and_trains_only_phase2(tmp_path):
 
 
 def test_finetune_on_a_prepared_cbct_phantom(tmp_path):
-    import SimpleITK as sitk
 
     from ldfsam.checkpoint import read_checkpoint_meta
     from ldfsam.data.config import PreprocessConfig
-    from ldfsam.data.phantom import make_phantom
+    from ldfsam.data.phantom import write_phantom_dataset
     from ldfsam.data.prepared import PrepareOptions, prepare_dataset
 
     src = tmp_path / "cbct"
     src.mkdir()
-    for i in range(3):
-        image, labels = make_phantom(shape=(10, 40, 40), spacing=0.5, seed=i)
-        sitk.WriteImage(image, str(src / f"p{i}.nii.gz"))
-        sitk.WriteImage(labels, str(src / f"p{i}_label.nii.gz"))
+    write_phantom_dataset(src, cases=3, shape=(10, 40, 40), spacing=0.5)
     prepared = tmp_path / "prepared"
     prepare_dataset(src, prepared, PreprocessConfig(target_spacing=None),
                     PrepareOptions(test_count=0, val_fraction=0.34, yolo=False))

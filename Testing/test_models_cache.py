@@ -90,3 +90,20 @@ def test_bad_registry_entries(home, tmp_path, monkeypatch, entry, message):
     with pytest.raises(ConfigError) as e:
         load_registry()
     assert message in str(e.value) and str(reg) in str(e.value)
+
+
+def test_models_list_json_shows_bundled_available_and_imported(home, model_file):
+    import os
+    import subprocess
+    import sys
+
+    import_model(model_file, "my-model")
+    out = subprocess.run([sys.executable, "-m", "ldfsam", "models", "list", "--json"], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    models = {m["name"]: m for m in json.loads(out.stdout)}
+    assert models["ldfsam-demo"]["state"] == "bundled" and models["ldfsam-demo"]["default"] is True
+    assert models["sam-vit-b"]["state"] == "available" and models["sam-vit-b"]["path"] is None
+    mine = models["my-model"]
+    assert (mine["kind"], mine["state"], mine["size"]) == ("ldfsam", "installed", model_file.stat().st_size)
+    assert mine["path"] == str(home / "models" / "my-model.safetensors")

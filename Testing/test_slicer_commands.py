@@ -234,16 +234,9 @@ def test_segments_without_metadata_get_tooth_defaults(tmp_path):
 
 # -- Train module --------------------------------------------------------------------------------------------------
 def _dataset(root: Path, cases: int = 5) -> Path:
-    import SimpleITK as sitk
+    from ldfsam.data.phantom import write_phantom_dataset
 
-    from ldfsam.data.phantom import make_phantom
-
-    for sub in ("images", "labels"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(cases):
-        image, labels = make_phantom(shape=(16, 48, 48), spacing=0.5, seed=i)
-        sitk.WriteImage(image, str(root / "images" / f"case{i}.nii.gz"))
-        sitk.WriteImage(labels, str(root / "labels" / f"case{i}.nii.gz"))
+    write_phantom_dataset(root, cases=cases, shape=(16, 48, 48), spacing=0.5)
     return root
 
 

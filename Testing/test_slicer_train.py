@@ -118,17 +118,10 @@ def test_evaluation_table_reads_the_core_csv(tmp_path):
 @pytest.mark.slow
 def test_tiny_training_end_to_end_through_the_module_commands(tmp_path):
     """Prepare, Phase 1, Phase 2, evaluate and install, each as the Train module runs it (2-6 min on 2 CPU cores)."""
-    import SimpleITK as sitk
-
-    from ldfsam.data.phantom import make_phantom
+    from ldfsam.data.phantom import write_phantom_dataset
 
     data = tmp_path / "data"
-    for sub in ("images", "labels"):
-        (data / sub).mkdir(parents=True)
-    for i in range(5):
-        image, labels = make_phantom(shape=(16, 64, 64), spacing=0.5, seed=i)
-        sitk.WriteImage(image, str(data / "images" / f"case{i}.nii.gz"))
-        sitk.WriteImage(labels, str(data / "labels" / f"case{i}.nii.gz"))
+    write_phantom_dataset(data, cases=5, shape=(16, 64, 64), spacing=0.5)
     s = train.TrainSettings(dataset=str(data), output=str(tmp_path / "run"), teacher_scale="n", student_scale="n",
                             sam_preset="small", distill_epochs=1, finetune_epochs=1, batch_size=4, device="CPU")
     s.check()

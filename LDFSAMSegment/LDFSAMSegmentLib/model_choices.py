@@ -1,6 +1,6 @@
 """The entries of the model selector: installed and bundled models first, then those that can be downloaded.
 
-Read straight from the core's registry and cache (``ldfsam.models``, the code behind ``ldfsam models list``):
+Read straight from the core's model catalog (``ldfsam.models.list_models``, as ``ldfsam models list`` is):
 no torch, no process start, so the list refreshes instantly. ``LDFSAM_HOME`` chooses the cache, as for the core.
 """
 
@@ -30,31 +30,15 @@ def model_choices(ldfsam_home: Optional[str] = None) -> List[ModelChoice]:
     if ldfsam_home:
         os.environ["LDFSAM_HOME"] = str(ldfsam_home)
     try:
-        from ldfsam.models import DEFAULT_MODEL, installed_models, load_registry
+        from ldfsam.models import list_models
 
-        registry = load_registry()
-        installed = installed_models()
+        models = list_models()
     finally:
         if ldfsam_home:
             if previous is None:
                 os.environ.pop("LDFSAM_HOME", None)
             else:
                 os.environ["LDFSAM_HOME"] = previous
-    by_file = {path.name for path in installed.values()}
-    choices, seen = [], set()
-    for entry in registry.values():
-        if entry.kind != "ldfsam":
-            continue
-        if entry.bundled:
-            state = "bundled"
-        elif entry.name in installed or entry.file in by_file:
-            state = "installed"
-        else:
-            state = "available"
-        choices.append(ModelChoice(entry.name, state, entry.description, entry.name == DEFAULT_MODEL))
-        seen |= {entry.name, entry.file}
-    for name, path in installed.items():
-        if name not in seen and path.name not in seen:
-            choices.append(ModelChoice(name, "installed", f"imported: {path}", name == DEFAULT_MODEL))
+    choices = [ModelChoice(m.name, m.state, m.description, m.default) for m in models if m.kind == "ldfsam"]
     order = {"bundled": 0, "installed": 0, "available": 1}
     return sorted(choices, key=lambda c: (order[c.state], not c.default, c.name.lower()))

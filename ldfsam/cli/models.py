@@ -10,7 +10,8 @@ HELP = "List, download, import and remove segmentation models (cache: $LDFSAM_HO
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("list", help="known and installed models")
+    p = sub.add_parser("list", help="known and installed models")
+    p.add_argument("--json", action="store_true", help="print the list as JSON (for programs)")
     p = sub.add_parser("download", help="download a registry model (resumes, verifies SHA256)")
     p.add_argument("name", help="model name from `ldfsam models list`")
     p.add_argument("--force", action="store_true", help="download again even when installed")
@@ -31,27 +32,19 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _list() -> int:
-    from ..models import installed_models, load_registry, models_dir
-    from ..models.resolve import DEFAULT_MODEL
+def _list(as_json: bool = False) -> int:
+    from ..models import list_models, models_dir
 
-    registry = load_registry()
-    installed = installed_models()
-    by_file = {p.name: name for name, p in installed.items()}
-    rows = []
-    for e in registry.values():
-        if e.bundled:
-            state = "bundled"
-        elif e.file in by_file or e.name in installed:
-            state = "installed"
-        else:
-            state = "available"
-        default = " (default)" if e.name == DEFAULT_MODEL else ""
-        rows.append((e.name + default, e.kind, state, _size(e.size), e.description))
-    listed_files = {e.file for e in registry.values()} | set(registry)
-    for name, p in installed.items():
-        if name not in listed_files and p.name not in listed_files:
-            rows.append((name, "ldfsam", "installed", _size(p.stat().st_size), f"imported: {p}"))
+    models = list_models()
+    if as_json:
+        import json
+
+        print(json.dumps([{"name": m.name, "kind": m.kind, "state": m.state, "size": m.size,
+                           "description": m.description, "default": m.default,
+                           "path": None if m.path is None else str(m.path)} for m in models], indent=2))
+        return 0
+    rows = [(m.name + (" (default)" if m.default else ""), m.kind, m.state, _size(m.size), m.description)
+            for m in models]
     widths = [max(len(r[i]) for r in rows + [("NAME", "KIND", "STATE", "SIZE", "")]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(("NAME", "KIND", "STATE", "SIZE"), widths)) + "  DESCRIPTION")
     for r in rows:
@@ -88,7 +81,7 @@ def _download(args) -> int:
 
 def run(args) -> int:
     if args.action == "list":
-        return _list()
+        return _list(args.json)
     if args.action == "download":
         return _download(args)
     if args.action == "import":

@@ -6,6 +6,7 @@ model in ``ldfsam/resources`` or to a file in the cache folder (``$LDFSAM_HOME/m
 """
 
 from .cache import import_model, installed_models, models_dir, remove_model
+from .catalog import ModelInfo, list_models
 from .download import download_file
 from .registry import ModelEntry, load_registry
 from .resolve import DEFAULT_MODEL, resolve_model
@@ -13,9 +14,11 @@ from .resolve import DEFAULT_MODEL, resolve_model
 __all__ = [
     "DEFAULT_MODEL",
     "ModelEntry",
+    "ModelInfo",
     "download_file",
     "import_model",
     "installed_models",
+    "list_models",
     "load_registry",
     "models_dir",
     "remove_model",

@@ -33,17 +33,10 @@ class LDFSAMTrainSelfTest(ScriptedLoadableModuleTest):
             self.tearDown()
 
     def _dataset(self):
-        import SimpleITK as sitk
-
-        from ldfsam.data.phantom import make_phantom
+        from ldfsam.data.phantom import write_phantom_dataset
 
         data = self.folder / "data"
-        for sub in ("images", "labels"):
-            (data / sub).mkdir(parents=True)
-        for i in range(5):
-            image, labels = make_phantom(shape=(16, 64, 64), spacing=0.5, seed=i)
-            sitk.WriteImage(image, str(data / "images" / f"case{i}.nii.gz"))
-            sitk.WriteImage(labels, str(data / "labels" / f"case{i}.nii.gz"))
+        write_phantom_dataset(data, cases=5, shape=(16, 64, 64), spacing=0.5)
         return data
 
     def _run(self, logic, parameters, step, resume=False, stopAfterEvents=None):
