@@ -167,3 +167,25 @@ def test_state_round_trip(tmp_path):
     back, doc2 = load_state(tmp_path / "s.safetensors")
     assert doc2 == doc
     assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors)
+
+
+def test_loading_builds_without_initialising(saved):
+    """A model about to receive a file's weights is built on the meta device with ``torch.nn.init`` off: no
+    random numbers are drawn, torch's compiler stack is never imported (1-2 s of every load), and the init
+    functions are back afterwards."""
+    import subprocess
+    import sys
+
+    path = saved[0]
+    code = (
+        "import sys, torch\n"
+        "from ldfsam.checkpoint import load_checkpoint\n"
+        f"load_checkpoint({str(path)!r})\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n"
+        "from ldfsam.model.build import _INIT_FUNCTIONS\n"
+        "import torch.nn.init as init\n"
+        "assert all(getattr(init, n).__module__ == 'torch.nn.init' for n in _INIT_FUNCTIONS)\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

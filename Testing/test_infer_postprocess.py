@@ -61,5 +61,8 @@ def test_hole_filling_equals_scipy():
 
     rng = np.random.default_rng(0)
     for shape in ((20, 30, 40), (50, 60)):
-        mask = rng.random(shape) > 0.5
-        assert np.array_equal(_fill(mask), ndimage.binary_fill_holes(mask))
+        for density in (0.5, 0.7):
+            mask = rng.random(shape) < density
+            want = ndimage.binary_fill_holes(mask)
+            assert want.sum() > mask.sum()
+            assert np.array_equal(_fill(mask), want)

@@ -60,6 +60,24 @@ def test_detect_matches_full_model_and_nms(generator):
         assert torch.all(a[:, 4] >= 0.25) and set(a[:, 5].tolist()) <= {0.0, 1.0}
 
 
+def test_has_objects_is_whether_nms_keeps_a_box():
+    """The NMS-free test of "this slice holds teeth" agrees with the full detection, image by image, at
+    thresholds that split the images both ways."""
+    torch.manual_seed(1)
+    gen = PromptGenerator(PromptGeneratorConfig(scale="n", num_classes=1, image_size=128)).eval()
+    # Random P3/P4/P5 features: a fresh backbone's are near zero, so every image would score alike.
+    feats = tuple(torch.randn(8, c, 128 // s, 128 // s) for c, s in zip(gen.feature_channels, (8, 16, 32)))
+    with torch.no_grad():
+        best = gen._head_predictions(feats)[:, 4].amax(dim=1)
+        splits = 0
+        for conf in torch.quantile(best, torch.tensor([0.2, 0.5, 0.8])).tolist():
+            has = gen.has_objects(feats, conf=conf)
+            boxes = gen.detect_from_features(feats, conf=conf)
+            assert has.tolist() == [b.shape[0] > 0 for b in boxes]
+            splits += 0 < int(has.sum()) < len(has)
+    assert splits == 3
+
+
 def test_weight_file_round_trip_and_build(tmp_path, generator):
     from ldfsam.model.build import build_model
     from ldfsam.model.presets import model_config

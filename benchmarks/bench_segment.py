@@ -1,15 +1,18 @@
 """Benchmark ``ldfsam segment`` on the CPU: seconds per volume, slices per second, peak memory, and the share of
 the machine's bf16 matmul throughput (measured in the same run) that the SAM image encoder reaches.
 
-    python benchmarks/bench_segment.py                          # vit_b and small, 40% and 100% tooth slices
-    python benchmarks/bench_segment.py --presets small --fractions 0.4 --slices 420 --size 650
+    python benchmarks/bench_segment.py                  # vit_b, small and demo; 40% and 100% tooth slices
+    python benchmarks/bench_segment.py --presets demo --fractions 0.4 --slice-spacing native
 
 The volume is a procedural phantom of SLICES×SIZE×SIZE voxels at 0.25 mm (``ldfsam.data.phantom``) whose teeth
-occupy the given fraction of the slices. Weights are random (timing does not depend on them), so the untrained
-prompt generator cannot decide which slices hold teeth: the phantom's truth selects them instead (the
-``keep_slices`` argument of ``segment_volume``); everything else is the real pipeline, including the
-prompt generator on every slice, the clean-up and writing a .seg.nrrd. Each segmentation runs in a fresh child
-process that loads the model from a file, as ``ldfsam segment`` does, so its peak memory (VmHWM) is its own.
+occupy the given fraction of the slices. "vit_b" and "small" have random weights (timing does not depend on
+them), so their untrained prompt generator cannot decide which slices hold teeth: the phantom's truth selects
+them instead (the ``keep_slices`` argument of ``segment_volume``), and their masks are noise (which makes the
+clean-up slower than on real masks). "demo" is the bundled trained model of the small preset: the real pipeline
+end to end, with the Dice against the phantom's truth. Everything else is the real pipeline for all three,
+including the prompt generator on every model slice, the clean-up and writing a .seg.nrrd. Each segmentation
+runs in a fresh child process that loads the model from a file, as ``ldfsam segment`` does, so its peak memory
+(VmHWM) is its own; "process" is that child's wall time from its start, imports included.
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ def build(preset: str):
     import_ultralytics()
     import torch
 
+    if preset == "demo":
+        from ldfsam.checkpoint import load_checkpoint
+        from ldfsam.models import resolve_model
+
+        loaded = load_checkpoint(resolve_model(None))
+        return loaded.model_cfg, loaded.preprocess, loaded.model.eval()
     torch.manual_seed(0)
     cfg = model_config(preset)
     pre = PreprocessConfig(target_spacing=None, yolo_size=cfg.prompt_generator.image_size)
@@ -95,29 +104,40 @@ def child(args) -> int:
     torch.set_num_threads(args.threads)
     from ldfsam.infer import segment_volume
 
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels))
-    keep = truth.reshape(truth.shape[0], -1).any(axis=1)
-    del truth
+    keep = None
+    if args.preset != "demo":  # random weights: the truth says which slices hold teeth
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels))
+        keep = np.asarray(truth.reshape(truth.shape[0], -1).any(axis=1))
+        del truth
     out = Path(args.workdir) / f"out_{args.preset}_{os.getpid()}.seg.nrrd"
     t = time.perf_counter()
     r = segment_volume(args.volume, out, model=args.model, device="cpu", batch=args.batch, precision=args.precision,
-                       keep_slices=np.asarray(keep), force=True)
+                       keep_slices=keep, slice_spacing=args.slice_spacing, force=True)
     seconds = time.perf_counter() - t
+    process = time.time() - _process_start()
     out.unlink()
     peak = _peak_rss()
-    print(json.dumps({"seconds": seconds, "slices": r.slices, "encoded": r.slices_with_teeth, "batch": r.batch,
-                      "peak_bytes": peak, "timings": r.timings}))
+    dice = None
+    if args.preset == "demo":
+        truth = sitk.GetArrayViewFromImage(sitk.ReadImage(args.labels)) > 0
+        pred = r.labels > 0
+        dice = float(2 * np.count_nonzero(truth & pred) / (np.count_nonzero(truth) + np.count_nonzero(pred)))
+    print(json.dumps({"seconds": seconds, "process_seconds": process, "slices": r.slices,
+                      "model_slices": r.model_slices, "encoded": r.slices_with_teeth, "batch": r.batch,
+                      "peak_bytes": peak, "dice": dice, "timings": r.timings}))
     return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["vit_b", "small"])
+    ap.add_argument("--presets", nargs="+", default=["vit_b", "small", "demo"],
+                    help="vit_b, small (random weights) and/or demo (the bundled trained small model)")
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 1.0])
     ap.add_argument("--slices", type=int, default=420)
     ap.add_argument("--size", type=int, default=650)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    ap.add_argument("--slice-spacing", default="auto", help="as `ldfsam segment --slice-spacing` (auto, native, mm)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -143,7 +163,8 @@ def main() -> int:
     print(f"machine: {machine}", flush=True)
     print(f"bf16 matmul peak: {peak / 1e9:.0f} GFLOP/s", flush=True)
     dtype = resolve_precision(args.precision, torch.device("cpu"))
-    results = {"machine": machine, "bf16_peak_gflops": peak / 1e9, "precision": str(dtype), "runs": []}
+    results = {"machine": machine, "bf16_peak_gflops": peak / 1e9, "precision": str(dtype),
+               "slice_spacing": args.slice_spacing, "runs": []}
     with tempfile.TemporaryDirectory(prefix="ldfsam-bench-") as work:
         for preset in args.presets:
             cfg, pre, model = build(preset)
@@ -156,9 +177,14 @@ def main() -> int:
                   "bf16 matmul peak)", flush=True)
             # The child loads the model from a file, as `ldfsam segment` does (random weights, saved once).
             model_file = Path(work) / f"{preset}.safetensors"
-            from ldfsam.checkpoint import save_checkpoint
+            if preset == "demo":
+                from ldfsam.models import resolve_model
 
-            save_checkpoint(model_file, model, cfg, pre)
+                model_file = resolve_model(None)
+            else:
+                from ldfsam.checkpoint import save_checkpoint
+
+                save_checkpoint(model_file, model, cfg, pre)
             del model
             for fraction in args.fractions:
                 vol = Path(work) / f"phantom_{fraction}.nrrd"
@@ -172,7 +198,7 @@ def main() -> int:
                 cmd = [sys.executable, __file__, "--child", "--model", str(model_file), "--preset", preset,
                        "--volume", str(vol), "--labels",
                        str(lab), "--workdir", work, "--batch", str(args.batch), "--precision", args.precision,
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--slice-spacing", args.slice_spacing]
                 load = os.getloadavg()
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                 if proc.returncode != 0:
@@ -183,8 +209,10 @@ def main() -> int:
                 run["slices_per_s"] = run["slices"] / run["seconds"]
                 results["runs"].append(run)
                 t = run["timings"]
-                print(f"{preset} teeth {fraction:.0%}: {run['seconds']:.1f} s/volume, {run['slices_per_s']:.1f} "
-                      f"slices/s, {run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
+                dice = "" if run["dice"] is None else f", Dice {run['dice']:.3f}"
+                print(f"{preset} teeth {fraction:.0%}: {run['seconds']:.1f} s/volume ({run['process_seconds']:.1f} s "
+                      f"process){dice}, {run['slices_per_s']:.1f} slices/s, model on {run['model_slices']}, "
+                      f"{run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
                       f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
                       f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
                       f"{t['cleanup']:.1f} s, write {t['write']:.1f} s | load {load[0]:.1f}", flush=True)
@@ -204,6 +232,13 @@ def _peak_rss() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _process_start() -> float:
+    """This process's start time (seconds since the epoch)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _cpu_name() -> str:

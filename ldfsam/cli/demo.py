@@ -74,7 +74,8 @@ def _run(args) -> int:
     if args.progress == "json":
         progress.log("evaluate", f"Dice {dice:.4f}", dice=round(dice, 4))
     else:
-        print(f"segmented the demo phantom ({result.slices} slices, {result.slices_with_teeth} with teeth) in "
+        print(f"segmented the demo phantom ({result.slices} slices; the model ran on {result.model_slices}, "
+              f"{result.slices_with_teeth} with teeth) in "
               f"{result.timings['total']:.1f} s; wrote {output}")
         print(f"Dice against the phantom's truth: {dice:.4f}")
         print("(demo model trained on synthetic phantoms only; not a clinical model)")

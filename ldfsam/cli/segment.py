@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="tooth probability threshold (default 0.5)")
     parser.add_argument("--min-island-mm3", type=float, default=10.0,
                         help="remove connected pieces smaller than this volume in mm³ (default 10; 0 keeps all)")
+    parser.add_argument("--slice-spacing", default="auto", metavar="auto|native|MM",
+                        help="largest distance between the slices the model runs on; the slices between are "
+                             "interpolated. auto (default): one model pixel (the field of view / 256), finer than "
+                             "the masks the model resolves in-plane; native: every slice; or a distance in mm")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep enclosed holes in the mask")
     parser.add_argument("--split-teeth", action="store_true",
                         help="label each tooth separately (one segment per tooth, numbered, not FDI)")
@@ -69,7 +73,8 @@ def _run(args) -> int:
         result = segment_volume(args.input, args.output, model=args.model, device=args.device, batch=args.batch,
                                 progress=progress, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                                 fill=not args.no_fill_holes, split=args.split_teeth,
-                                probabilities=args.probabilities, force=args.force, precision=args.precision)
+                                probabilities=args.probabilities, force=args.force, precision=args.precision,
+                                slice_spacing=args.slice_spacing)
     except Exception as e:
         from ..errors import LDFSAMError
 
@@ -82,6 +87,7 @@ def _run(args) -> int:
             sys.stdout = stdout
     if args.progress != "json":
         t = result.timings
-        print(f"{result.slices_with_teeth} of {result.slices} slices hold teeth; {len(result.segment_names)} "
+        print(f"teeth on {result.slices_with_teeth} of the {result.model_slices} slices the model ran on "
+              f"({result.slices} in the volume); {len(result.segment_names)} "
               f"segment(s); {t['total']:.1f} s (model {t['predict']:.1f} s); wrote {args.output}")
     return 0

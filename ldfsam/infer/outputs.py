@@ -96,8 +96,9 @@ def write_segmentation(path: Path, labels: np.ndarray, reference, names: Optiona
         raise ValueError(f"{len(names)} segment names for {n} labels")
     dtype = np.uint8 if n < 256 else np.uint16
     # slicerio indexes voxels (i, j, k); the transposed view of the z×y×x array is that, without a copy.
-    voxels = np.ascontiguousarray(labels.astype(dtype, copy=False)).transpose(2, 1, 0)
-    boxes = _extents(voxels, n)
+    labels = np.ascontiguousarray(labels.astype(dtype, copy=False))
+    voxels = labels.transpose(2, 1, 0)
+    boxes = _extents(labels, n) if n > 1 else [_extent(labels)]
     colors = [TOOTH_COLOR] if n == 1 else _palette(n)
     segments = []
     for i in range(n):
@@ -125,14 +126,26 @@ def write_segmentation(path: Path, labels: np.ndarray, reference, names: Optiona
     return Path(path)
 
 
-def _extents(voxels: np.ndarray, n: int) -> List[List[int]]:
+def _extent(labels: np.ndarray) -> List[int]:
+    """The extent [i0, i1, j0, j1, k0, k1] of all nonzero voxels (a single segment)."""
+    from .postprocess import bounding_box
+
+    box = bounding_box(labels)
+    if box is None:
+        return [0, -1, 0, -1, 0, -1]
+    return [v for s in box[::-1] for v in (int(s.start), int(s.stop) - 1)]
+
+
+def _extents(labels: np.ndarray, n: int) -> List[List[int]]:
+    """Each label's extent [i0, i1, j0, j1, k0, k1] (inclusive) from the contiguous z×y×x array: scanning it in
+    memory order is ~10× faster than scanning its transposed (i, j, k) view."""
     from scipy import ndimage
 
-    boxes = ndimage.find_objects(voxels, max_label=n)
+    boxes = ndimage.find_objects(labels, max_label=n)
     out = []
     for b in boxes:
         if b is None:
             out.append([0, -1, 0, -1, 0, -1])
         else:
-            out.append([v for s in b for v in (int(s.start), int(s.stop) - 1)])
+            out.append([v for s in b[::-1] for v in (int(s.start), int(s.stop) - 1)])
     return out

@@ -1,13 +1,14 @@
 """Volume segmentation: a CBCT volume in, a tooth label map on the input's exact voxel grid out.
 
-read -> (reorient, only for volumes not stored axially) -> normalise (percentile window) -> axial slices -> batched
-prompt generator + SAM (encoder only where the prompt generator finds teeth) -> per-slice logits -> resized back
-onto the slice grid -> threshold -> 3D clean-up -> inverse reorientation -> outputs (atomic).
+read -> (reorient, only for volumes not stored axially) -> normalise (percentile window) -> axial slices, about
+one model pixel apart -> batched prompt generator + SAM (encoder only where the prompt generator finds teeth) ->
+per-slice logits -> trilinear back onto the input grid -> threshold -> 3D clean-up -> inverse reorientation ->
+outputs (atomic).
 
 Slices are taken in index space as in training (``ldfsam.data.preprocess``). Resampling to the model's target
 spacing and resizing a slice to the model input compose into one resize of the whole slice, so the model sees the
-same field of view at S×S either way; and since slices are taken at the input's own z positions, no interpolation
-along z is needed to come back to the input grid: the result lands on it exactly.
+same field of view at S×S either way. The model slices are input slices, and the ones between them are
+interpolated along z (``slice_sampling``), so the result lands on the input grid exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .fdi import fdi_segment_names
 from .memory import plan_memory
 from .orientation import IDENTITY, reorientation_for
 from .postprocess import bounding_box, fill_holes, remove_islands, split_teeth
+from .slice_sampling import SliceFiller, SliceSpacing, resolve_slice_spacing, slice_positions
 
 PathLike = Union[str, Path]
 # Largest ratio of voxel spacings accepted: the model works on near-isotropic CBCT (paper: 0.25 mm).
@@ -44,7 +46,8 @@ class SegmentationResult:
     segment_names: list
     probabilities: Optional[np.ndarray] = None
     slices: int = 0
-    slices_with_teeth: int = 0
+    slices_with_teeth: int = 0  # model slices on which the prompt generator found teeth (encoder passes)
+    model_slices: int = 0  # slices the model ran on (all of them with slice_spacing="native")
     batch: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
     outputs: Dict[str, str] = field(default_factory=dict)
@@ -115,7 +118,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
                    batch: int = 8, progress: Optional[Progress] = None, threshold: float = 0.5,
                    min_island_mm3: float = 10.0, fill: bool = True, split: bool = False,
                    probabilities: Optional[PathLike] = None, force: bool = False, precision: str = "auto",
-                   memory_limit: Optional[int] = None, keep_slices: Optional[np.ndarray] = None,
+                   memory_limit: Optional[int] = None, slice_spacing: SliceSpacing = "auto",
+                   keep_slices: Optional[np.ndarray] = None,
                    should_stop: Optional[Callable[[], bool]] = None) -> SegmentationResult:
     """Segment the teeth in the volume ``input`` and write ``output`` (.nii/.nii.gz label map or .seg.nrrd).
 
@@ -123,6 +127,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     bundled demo model. threshold: on the tooth probability. min_island_mm3: connected components smaller than
     this are removed. split: label each tooth separately. probabilities: also write the probability map there.
     memory_limit: bytes the run may use (default 80% of the available memory); the batch shrinks to fit.
+    slice_spacing: "auto" runs the model on slices about one model pixel apart and interpolates the rest
+    (``slice_sampling``), "native" on every slice, a number on slices at most that many mm apart.
     keep_slices: bool per input slice (model order) overriding which slices the encoder runs on (benchmarks).
     Raises InputError/CheckpointError naming the file; KeyboardInterrupt or ``should_stop()`` leave no output.
     """
@@ -154,12 +160,9 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     if not orient.identity:
         progress.log("segment", f"{input.name} is not stored in axial slices; segmenting its axial planes",
                      level="warning")
-    # Our own writable copy of the voxels: once a slice has been through the model its grey values are no longer
-    # needed and its labels are written over them, so no second volume-sized array is held during the model pass.
     grid = Grid.of(image)
-    source = sitk.GetArrayFromImage(image)
-    del image
-    volume = orient.apply(source)  # a view: (z, y, x) = (S, P, L)
+    # A read-only view of the voxels (no copy): the model reads only its slices, labels go to their own array.
+    volume = orient.apply(sitk.GetArrayViewFromImage(image))  # (z, y, x) = (S, P, L)
     nz, ny, nx = volume.shape
     spacing = orient.spacing(grid.spacing)
     dtype = resolve_precision(precision, dev)
@@ -172,48 +175,37 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     if plan.reduced:
         progress.log("segment", f"batch reduced from {batch} to {plan.batch} to fit in "
                                 f"{plan.available_bytes / 2**30:.1f} GB of memory", level="warning")
+    step_mm = resolve_slice_spacing(slice_spacing, spacing, (nz, ny, nx), pre.sam_size)
+    positions = slice_positions(nz, spacing[2], step_mm)
     window = intensity_window(volume, pre)
-    predictor = SlicePredictor(loaded.model, pre.sam_size, pre.yolo_size, dev, dtype, box_conf=cfg.box_conf)
+    predictor = SlicePredictor(loaded.model, pre.sam_size, pre.yolo_size, dev, dtype)
     classes = list(cfg.class_names)
     n_classes = len(classes)
-    cut = math.log(threshold / (1.0 - threshold))
-
+    labels = np.zeros((nz, ny, nx), dtype=np.uint8)
     probs = np.zeros((nz, ny, nx), dtype=np.float32) if probabilities is not None else None
+    filler = SliceFiller(labels, math.log(threshold / (1.0 - threshold)), n_classes, probs)
     with_teeth = 0
-    progress.start("segment", total=nz, message=f"segmenting {input.name}: {nz} slices of {nx}x{ny}",
-                   batch=plan.batch, device=str(dev), precision=str(dtype).replace("torch.", ""))
+    m = len(positions)
+    every = f"every {spacing[2] * (nz - 1) / max(1, m - 1):.2g} mm" if m < nz else "every slice"
+    progress.start("segment", total=m, message=f"segmenting {input.name}: {nz} slices of {nx}x{ny}, the model on "
+                   f"{m} ({every})", batch=plan.batch, device=str(dev), precision=str(dtype).replace("torch.", ""))
     t1 = time.perf_counter()
     timings["prepare"] = t1 - t0 - timings["load"]
-    for z0 in range(0, nz, plan.batch):
+    for k0 in range(0, m, plan.batch):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled; no output was written", output)
-        z1 = min(nz, z0 + plan.batch)
-        block = normalize(volume[z0:z1], window)
-        keep = None if keep_slices is None else torch.from_numpy(np.asarray(keep_slices[z0:z1], dtype=bool))
+        pos = positions[k0:k0 + plan.batch]
+        block = normalize(volume[pos], window)
+        keep = None if keep_slices is None else torch.from_numpy(np.asarray(keep_slices, dtype=bool)[pos])
         logits, has = predictor.predict(torch.from_numpy(block), keep)
         with_teeth += int(has.sum())
-        volume[z0:z1] = 0
-        idx = torch.nonzero(has).flatten()
-        if idx.numel():
-            # Back onto the slice grid: bilinear on the logits, then the threshold.
-            up = torch.nn.functional.interpolate(logits[idx], size=(ny, nx), mode="bilinear", align_corners=False)
-            if n_classes > 1:
-                best, arg = up.max(dim=1)
-                lab = (arg.to(torch.uint8) + 1) * (best > cut)
-            else:
-                best = up[:, 0]
-                lab = (best > cut).to(torch.uint8)
-            for j, i in enumerate(idx.tolist()):
-                volume[z0 + i] = lab[j].numpy()
-                if probs is not None:
-                    probs[z0 + i] = torch.sigmoid(best[j]).numpy()
-        progress.update("segment", z1, nz, slices_with_teeth=with_teeth)
+        filler.add(pos, logits, has)
+        progress.update("segment", k0 + len(pos), m, slices_with_teeth=with_teeth)
+    filler.finish()
     t2 = time.perf_counter()
     timings["predict"] = t2 - t1
     timings.update({f"predict.{k}": round(v, 3) for k, v in predictor.times.items()})
-    del predictor, loaded, block, logits
-    labels = volume.astype(np.uint8)
-    del volume, source
+    del predictor, loaded, block, logits, filler, volume, image
 
     # 3D clean-up, class by class, inside the box holding all teeth (a small part of a CBCT volume).
     box = bounding_box(labels)
@@ -251,9 +243,10 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
         written["probabilities"] = str(probabilities)
     timings["write"] = time.perf_counter() - t3
     timings["total"] = time.perf_counter() - t0
-    progress.done("segment", message=f"{with_teeth} of {nz} slices hold teeth; wrote {output}" if output else
-                  f"{with_teeth} of {nz} slices hold teeth", slices=nz, slices_with_teeth=with_teeth,
+    said = f"teeth on {with_teeth} of the {m} slices the model ran on ({nz} in the volume)"
+    progress.done("segment", message=f"{said}; wrote {output}" if output else said, slices=nz, model_slices=m,
+                  slices_with_teeth=with_teeth,
                   segments=len(names), seconds=round(timings["total"], 3), **written)
     return SegmentationResult(labels=labels_in, grid=grid, segment_names=names, probabilities=probs_in,
-                              slices=nz, slices_with_teeth=with_teeth, batch=plan.batch, timings=timings,
-                              outputs=written)
+                              slices=nz, slices_with_teeth=with_teeth, model_slices=m, batch=plan.batch,
+                              timings=timings, outputs=written)

@@ -32,13 +32,16 @@ def bounding_box(labels: np.ndarray) -> Optional[Tuple[slice, slice, slice]]:
 
 def remove_islands(mask: np.ndarray, spacing_xyz: Sequence[float], min_mm3: float) -> np.ndarray:
     """``mask`` (bool, z×y×x) without the connected components smaller than ``min_mm3`` (in place when possible)."""
+    import cc3d  # connected components ~4-10× faster than scipy's ndimage.label
+
     if min_mm3 <= 0 or not mask.any():
         return mask
     min_voxels = min_mm3 / voxel_volume(spacing_xyz)
-    labels, n = ndimage.label(mask, structure=_FULL)
+    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    # Counting only the mask's voxels: teeth fill a few % of their box, and bincount over all of it costs 5×.
+    sizes = np.bincount(labels[mask], minlength=n + 1)
     small = sizes < min_voxels
     small[0] = False
     if small.any():
@@ -47,15 +50,17 @@ def remove_islands(mask: np.ndarray, spacing_xyz: Sequence[float], min_mm3: floa
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
-    """Holes of ``mask`` filled: background components (face connectivity, as scipy's binary_fill_holes) that do
-    not touch the array border. One labelling pass instead of binary_fill_holes' iterated dilation."""
-    background, n = ndimage.label(~mask)
-    if n == 0:
-        return mask
+    """``mask`` (2D or 3D) with its holes filled: background components (face connectivity, as scipy's
+    binary_fill_holes) that do not touch the array border. One labelling pass instead of iterated dilation."""
+    import cc3d
+
+    background, n = cc3d.connected_components(~mask, connectivity=6 if mask.ndim == 3 else 4, return_N=True)
     outside = np.zeros(n + 1, dtype=bool)
     for axis in range(mask.ndim):
         for index in (0, -1):
             outside[np.take(background, index, axis=axis)] = True
+    if outside[1:].all():
+        return mask
     hole = ~outside
     hole[0] = False
     return mask | hole[background]
@@ -67,7 +72,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         return mask
     # Work inside the bounding box: the cost is linear in the box, not in the whole volume.
     box = bounding_box(mask)
-    sub = _fill(mask[box])
+    sub = _fill(np.ascontiguousarray(mask[box]))
     for z in range(sub.shape[0]):
         if sub[z].any():
             sub[z] = _fill(sub[z])

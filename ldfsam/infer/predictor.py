@@ -74,13 +74,12 @@ class SlicePredictor:
     matmuls and convolutions in bf16, softmax and LayerNorm in float32."""
 
     def __init__(self, model: torch.nn.Module, sam_size: int, yolo_size: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32, box_conf: Optional[float] = None, skip_empty: bool = True):
+                 dtype: torch.dtype = torch.float32, skip_empty: bool = True):
         self.model = model.eval().to(device)
         self.device = device
         self.dtype = dtype
         self.sam_size = sam_size
         self.yolo_size = yolo_size
-        self.box_conf = box_conf
         self.skip_empty = skip_empty
         # Seconds spent per stage over all calls (benchmarks report them).
         self.times: Dict[str, float] = {"inputs": 0.0, "prompt_features": 0.0, "detect": 0.0, "encoder": 0.0,
@@ -106,7 +105,7 @@ class SlicePredictor:
         from ..data.preprocess import to_model_input
 
         sam = to_model_input(slices, self.sam_size).to(self.device)
-        yolo = to_model_input(slices, self.yolo_size).to(self.device)
+        yolo = sam if self.yolo_size == self.sam_size else to_model_input(slices, self.yolo_size).to(self.device)
         return sam, yolo.contiguous(memory_format=torch.channels_last)
 
     def _detect(self, features) -> list:
@@ -131,15 +130,18 @@ class SlicePredictor:
         with self._autocast():
             features = self.generator.features(yolo)
         t = self._tick("prompt_features", t)
-        detections = self._detect(features) if (self.skip_empty and keep is None) or self._needs_boxes() else None
-        t = self._tick("detect", t)
+        detections = self._detect(features) if self._needs_boxes() else None
         if keep is None:
-            if self.skip_empty:
-                conf = self.box_conf
-                keep = torch.tensor([bool(d.shape[0] and (conf is None or (d[:, 4] >= conf).any()))
-                                     for d in detections])
-            else:
+            if not self.skip_empty:
                 keep = torch.ones(n, dtype=torch.bool)
+            elif detections is not None:
+                keep = torch.tensor([d.shape[0] > 0 for d in detections])
+            else:
+                # Which slices hold teeth needs no boxes (feature prompts do not use them): no NMS, and the
+                # head runs in the backbone's precision.
+                with self._autocast():
+                    keep = self.generator.has_objects(features, conf=model.cfg.box_conf).cpu()
+        t = self._tick("detect", t)
         keep = keep.to(torch.bool).cpu()
         out = torch.full((n, c, self.sam_size, self.sam_size), EMPTY_LOGIT, dtype=torch.float32)
         idx = torch.nonzero(keep).flatten()

@@ -58,7 +58,7 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
     s = cfg.sam
     grid = s.image_size // s.patch_size
     generator = PromptGenerator(cfg.prompt_generator)  # on CPU always: ultralytics runs a forward pass to build it
-    with torch.device("meta") if shapes_only else contextlib.nullcontext():
+    with _meta_without_init() if shapes_only else contextlib.nullcontext():
         encoder, prompt_encoder, decoder, feature_prompts = _build_sam_parts(cfg, grid, generator)
     # Outside the meta context: LDFSAM's own (non-persistent) pixel statistics must be real tensors.
     model = LDFSAM(cfg, encoder, prompt_encoder, decoder, generator, feature_prompts)
@@ -71,6 +71,25 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
                                   f"model needs a yolov8{want.scale} with {want.num_classes}", path)
         generator.load_weights(state, path)
     return model
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "constant_", "zeros_", "ones_")
+
+
+@contextlib.contextmanager
+def _meta_without_init():
+    """Build on the meta device with ``torch.nn.init`` switched off. Random initialisation of meta tensors is
+    pointless, and any random op on them makes torch import its compiler stack (1-2 s of every model load)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) -> Tuple[

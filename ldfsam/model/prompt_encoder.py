@@ -18,7 +18,10 @@ class PositionEmbeddingRandom(nn.Module):
 
     def __init__(self, num_pos_feats: int = 128, scale: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+        # Drawn on the CPU even inside a meta-device build: a random op on meta tensors makes torch import its
+        # compiler stack (~1.5 s) for a 2×n buffer that the model file replaces anyway.
+        gaussian = scale * torch.randn((2, num_pos_feats), device="cpu")
+        self.register_buffer("positional_encoding_gaussian_matrix", gaussian)
 
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
         coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix

@@ -64,11 +64,8 @@ class PromptGenerator(nn.Module):
             outputs.append(x if layer.i in self.detector.save else None)
         return tuple(outputs[j] if j != -1 else x for j in self.head.f)
 
-    def detect_from_features(self, features: Tuple[torch.Tensor, ...], conf: float = 0.25, iou: float = 0.7,
-                             max_det: int = 300) -> List[torch.Tensor]:
-        """Run the Detect head and NMS on (P3, P4, P5): one N_i×6 (x0, y0, x1, y1, conf, cls) per image."""
-        from ultralytics.utils.nms import non_max_suppression
-
+    def _head_predictions(self, features: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The Detect head's decoded predictions B×(4+nc)×anchors (boxes xywh, class scores)."""
         head = self.head
         was_training = head.training
         head.eval()
@@ -76,8 +73,21 @@ class PromptGenerator(nn.Module):
             preds = head(list(features))
         finally:
             head.train(was_training)
-        preds = preds[0] if isinstance(preds, (tuple, list)) else preds
+        return preds[0] if isinstance(preds, (tuple, list)) else preds
+
+    def detect_from_features(self, features: Tuple[torch.Tensor, ...], conf: float = 0.25, iou: float = 0.7,
+                             max_det: int = 300) -> List[torch.Tensor]:
+        """Run the Detect head and NMS on (P3, P4, P5): one N_i×6 (x0, y0, x1, y1, conf, cls) per image."""
+        from ultralytics.utils.nms import non_max_suppression
+
+        preds = self._head_predictions(features)
         return non_max_suppression(preds, conf_thres=conf, iou_thres=iou, max_det=max_det, nc=self.cfg.num_classes)
+
+    def has_objects(self, features: Tuple[torch.Tensor, ...], conf: float = 0.25) -> torch.Tensor:
+        """B bool: whether :meth:`detect_from_features` would return a box scoring above ``conf``, without NMS
+        (which always keeps the best-scoring candidate, so the answer is whether any candidate scores above)."""
+        preds = self._head_predictions(features)
+        return preds[:, 4:4 + self.cfg.num_classes].amax(dim=(1, 2)).float() > conf
 
     def detect(self, image: torch.Tensor, conf: float = 0.25, iou: float = 0.7,
                max_det: int = 300) -> List[torch.Tensor]:

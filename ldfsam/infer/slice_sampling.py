@@ -1,0 +1,115 @@
+"""Which axial slices the model sees, and how the label map between them is filled.
+
+The model works on S×S slices (S = 256), so in-plane it resolves the field of view in S pixels, and its masks
+are finer still only through interpolation (SAM's decoder predicts at S/4). Running it on every slice of a thin-
+sliced CBCT (0.2-0.3 mm) spends most of the work on slices that are closer together than anything it resolves
+in-plane. By default (``"auto"``) the model therefore runs on slices about one model pixel apart, and the
+logits of every input slice in between are interpolated linearly along z from the two nearest model slices:
+with the bilinear in-plane resize this is trilinear interpolation of the logits onto the input grid. Model
+slices are input slices (no interpolation of grey values), the first and the last included, so the result on
+them is exactly what the model says; ``"native"`` runs the model on every slice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .predictor import EMPTY_LOGIT
+
+SliceSpacing = Union[str, float, None]
+
+
+def resolve_slice_spacing(option: SliceSpacing, spacing_xyz: Sequence[float], shape_zyx: Sequence[int],
+                          sam_size: int) -> Optional[float]:
+    """The largest distance (mm) between model slices: "auto" -> the model's in-plane pixel (the field of view
+    over ``sam_size``, the finer of x and y), "native"/None -> None (every slice), a number -> that many mm."""
+    if option is None or option == "native":
+        return None
+    if option == "auto":
+        _, ny, nx = shape_zyx
+        return min(nx * spacing_xyz[0], ny * spacing_xyz[1]) / sam_size
+    try:
+        mm = float(option)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--slice-spacing {option!r}: give 'auto', 'native' or a distance in mm") from None
+    if not (mm > 0 and math.isfinite(mm)):
+        raise ConfigError(f"--slice-spacing {option!r}: must be a positive distance in mm")
+    return mm
+
+
+def slice_positions(nz: int, z_spacing: float, max_spacing: Optional[float]) -> np.ndarray:
+    """Indices of the slices the model runs on: first and last included, evenly spread with a mean gap of at
+    most ``max_spacing`` mm (each gap is that mean rounded to whole slices); every slice when None or when the
+    slices are already that far apart."""
+    if max_spacing is None or max_spacing <= z_spacing or nz <= 2:
+        return np.arange(nz)
+    count = math.ceil((nz - 1) * z_spacing / max_spacing) + 1
+    return np.unique(np.rint(np.linspace(0, nz - 1, count)).astype(np.int64))
+
+
+class SliceFiller:
+    """Streams model slices, in increasing z, into the label map (and probabilities) of every input slice.
+
+    ``labels`` (z×y×x uint8, zero on entry) is written in place; ``probabilities`` likewise when given. Model
+    slices without teeth count as logit ``EMPTY_LOGIT`` everywhere. Input slices up to the latest model slice
+    are final once ``add`` returns, so the caller may reuse their grey values' memory.
+    """
+
+    def __init__(self, labels: np.ndarray, cut: float, num_classes: int,
+                 probabilities: Optional[np.ndarray] = None) -> None:
+        self.labels, self.probs, self.cut, self.classes = labels, probabilities, cut, num_classes
+        _, self.ny, self.nx = labels.shape
+        self.empty = torch.full((num_classes, self.ny, self.nx), EMPTY_LOGIT)
+        self.last: Optional[int] = None
+        self.last_logits: Optional[torch.Tensor] = None  # None: the last model slice had no teeth
+
+    def add(self, positions: Sequence[int], logits: torch.Tensor, has_teeth: torch.Tensor) -> None:
+        """``logits`` B×C×S×S for the model slices at ``positions`` (B, increasing); ``has_teeth`` B bool."""
+        has = has_teeth.tolist()
+        idx = [j for j, h in enumerate(has) if h]
+        up = {}
+        if idx:
+            # Back onto the slice grid: bilinear on the logits.
+            full = torch.nn.functional.interpolate(logits[idx], size=(self.ny, self.nx), mode="bilinear",
+                                                   align_corners=False)
+            up = {j: full[k] for k, j in enumerate(idx)}
+        for j, z in enumerate(int(p) for p in positions):
+            current = up.get(j)
+            if self.last is not None:
+                self._fill(self.last, z, self.last_logits, current)
+            self.last, self.last_logits = z, current
+
+    def finish(self) -> None:
+        """Write the last model slice itself."""
+        if self.last is not None:
+            self._fill(self.last, self.last + 1, self.last_logits, None)
+            self.last = None
+
+    def _fill(self, z0: int, z1: int, a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> None:
+        """Input slices z0 (the model slice with logits ``a``) up to z1 (exclusive; the next one, ``b``)."""
+        if a is None and b is None:
+            return  # no teeth on either side: the zeros already there
+        for z in range(z0, z1):
+            w = (z - z0) / (z1 - z0)
+            if w == 0.0:
+                if a is None:
+                    continue
+                value = a
+            else:
+                value = torch.lerp(a if a is not None else self.empty, b if b is not None else self.empty, w)
+            self._write(z, value)
+
+    def _write(self, z: int, value: torch.Tensor) -> None:
+        if self.classes > 1:
+            best, arg = value.max(dim=0)
+            self.labels[z] = ((arg.to(torch.uint8) + 1) * (best > self.cut)).numpy()
+        else:
+            best = value[0]
+            self.labels[z] = (best > self.cut).numpy()
+        if self.probs is not None:
+            self.probs[z] = torch.sigmoid(best).numpy()
