@@ -119,7 +119,7 @@ def child(args) -> int:
     peak = _peak_rss()
     dice = None
     if args.preset == "demo":
-        truth = sitk.GetArrayViewFromImage(sitk.ReadImage(args.labels)) > 0
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels)) > 0
         pred = r.labels > 0
         dice = float(2 * np.count_nonzero(truth & pred) / (np.count_nonzero(truth) + np.count_nonzero(pred)))
     print(json.dumps({"seconds": seconds, "process_seconds": process, "slices": r.slices,

@@ -27,6 +27,7 @@ from .atomic import atomic_path
 from .config import from_dict, to_dict
 from .data.config import PreprocessConfig
 from .errors import CheckpointError, ConfigError
+from .heap import release_free_memory
 from .model.config import ModelConfig
 
 PathLike = Union[str, Path]
@@ -184,6 +185,16 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, model_cfg: ModelConf
     save_state(path, dict(model.state_dict()), document)
 
 
+def read_checkpoint_configs(path: PathLike) -> Tuple[ModelConfig, PreprocessConfig, Dict[str, Any]]:
+    """(ModelConfig, PreprocessConfig, the whole document) of a model file, from its header alone."""
+    meta = read_checkpoint_meta(path)  # also checks the header and that the file is complete
+    try:
+        return (from_dict(ModelConfig, meta.get("model"), "model"),
+                from_dict(PreprocessConfig, meta.get("preprocess"), "preprocess"), meta)
+    except ConfigError as e:
+        raise CheckpointError(f"has an invalid configuration: {e}", path) from None
+
+
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
                     encoder_dtype: torch.dtype = torch.float32) -> LoadedCheckpoint:
     """Read an LDFSAM model file and rebuild the model (eval mode, on ``device``).
@@ -195,12 +206,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
     from .model.build import build_model
 
     path = Path(path)
-    meta = read_checkpoint_meta(path)  # also checks the header and that the file is complete
-    try:
-        model_cfg = from_dict(ModelConfig, meta.get("model"), "model")
-        preprocess = from_dict(PreprocessConfig, meta.get("preprocess"), "preprocess")
-    except ConfigError as e:
-        raise CheckpointError(f"has an invalid configuration: {e}", path) from None
+    model_cfg, preprocess, meta = read_checkpoint_configs(path)
     tensors = _read_tensors(path, lambda key: encoder_dtype if key.startswith("image_encoder.") else torch.float32)
     try:
         # Shapes only: every weight comes from the file, so random initialisation (seconds for vit_b) is skipped.
@@ -210,7 +216,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
     load_strict(model, tensors, path, assign=True,
                 what=f"the LDFSAM {model_cfg.sam.preset} network its configuration describes")
     del tensors
-    _release_free_memory()
+    release_free_memory()
     return LoadedCheckpoint(model.to(device).eval(), model_cfg, preprocess, meta)
 
 
@@ -244,18 +250,6 @@ def _read_tensors(path: Path, float_dtype: Callable[[str], torch.dtype]) -> Dict
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot be read as safetensors: {e}", path) from None
     return tensors
-
-
-def _release_free_memory() -> None:
-    """Hand the read buffers' freed heap back to the system (glibc keeps it otherwise); a no-op elsewhere."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def load_strict(module: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: PathLike, what: str,

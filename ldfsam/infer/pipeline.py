@@ -22,7 +22,9 @@ from typing import Any, Callable, Dict, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
+from ..checkpoint import read_checkpoint_configs
 from ..errors import Cancelled, CheckpointError, ConfigError, InputError
+from ..heap import release_free_memory
 from ..progress import Progress
 from . import outputs as out_io
 from .fdi import fdi_segment_names
@@ -149,9 +151,11 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     _check_outputs(output, probabilities, force)
     dev = resolve_device(device)
 
+    resolve_slice_spacing(slice_spacing, (1.0, 1.0, 1.0), (2, 2, 2), 256)  # a bad option fails before any work
     from ..data.volume import read_volume
 
     model_file = _check_model_file(model)
+    pre = model.preprocess if model_file is None else read_checkpoint_configs(model_file)[1]
     image = read_volume(input)
     _check_geometry(image, input)
     from ..data.preprocess import Grid, intensity_window, normalize, slice_axis
@@ -161,13 +165,19 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
         progress.log("segment", f"{input.name} is not stored in axial slices; segmenting its axial planes",
                      level="warning")
     grid = Grid.of(image)
-    # A read-only view of the voxels (no copy): the model reads only its slices, labels go to their own array.
-    volume = orient.apply(sitk.GetArrayViewFromImage(image))  # (z, y, x) = (S, P, L)
-    nz, ny, nx = volume.shape
+    view = orient.apply(sitk.GetArrayViewFromImage(image))  # (z, y, x) = (S, P, L), no copy
+    nz, ny, nx = view.shape
     spacing = orient.spacing(grid.spacing)
+    positions = slice_positions(nz, spacing[2], resolve_slice_spacing(slice_spacing, spacing, (nz, ny, nx),
+                                                                       pre.sam_size))
+    window = intensity_window(view, pre)
+    # From here on only the model slices' grey values are needed: keep those, free the volume before the model
+    # arrives (at 2.5 input slices per model slice, 60% of the volume's memory).
+    slices = np.ascontiguousarray(view[positions])
+    del view, image
     dtype = resolve_precision(precision, dev)
     loaded = load_model(model if model_file is None else model_file, encoder_dtype=dtype)
-    cfg, pre = loaded.model_cfg, loaded.preprocess
+    cfg = loaded.model_cfg
     timings["load"] = time.perf_counter() - t0
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     plan = plan_memory(input, (nz, ny, nx), cfg.sam.preset, batch, model_bytes, probabilities is not None,
@@ -175,9 +185,6 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     if plan.reduced:
         progress.log("segment", f"batch reduced from {batch} to {plan.batch} to fit in "
                                 f"{plan.available_bytes / 2**30:.1f} GB of memory", level="warning")
-    step_mm = resolve_slice_spacing(slice_spacing, spacing, (nz, ny, nx), pre.sam_size)
-    positions = slice_positions(nz, spacing[2], step_mm)
-    window = intensity_window(volume, pre)
     predictor = SlicePredictor(loaded.model, pre.sam_size, pre.yolo_size, dev, dtype)
     classes = list(cfg.class_names)
     n_classes = len(classes)
@@ -195,7 +202,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled; no output was written", output)
         pos = positions[k0:k0 + plan.batch]
-        block = normalize(volume[pos], window)
+        block = normalize(slices[k0:k0 + plan.batch], window)
         keep = None if keep_slices is None else torch.from_numpy(np.asarray(keep_slices, dtype=bool)[pos])
         logits, has = predictor.predict(torch.from_numpy(block), keep)
         with_teeth += int(has.sum())
@@ -205,7 +212,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     t2 = time.perf_counter()
     timings["predict"] = t2 - t1
     timings.update({f"predict.{k}": round(v, 3) for k, v in predictor.times.items()})
-    del predictor, loaded, block, logits, filler, volume, image
+    del predictor, loaded, block, logits, filler, slices
+    release_free_memory()  # the model's memory, before the clean-up needs its own
 
     # 3D clean-up, class by class, inside the box holding all teeth (a small part of a CBCT volume).
     box = bounding_box(labels)
