@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ldfsam.infer import segment_volume
 from ldfsam.models.registry import RESOURCES
@@ -25,23 +26,26 @@ def test_bf16_matches_fp32_on_the_phantom():
     assert _dice(fp32.labels, bf16.labels) >= 0.99
 
 
-def test_unpadded_windows_equal_sams_padded_windows():
-    """The encoder's windowed attention skips the padded tokens' projections (see image_encoder.py); on a
-    ViT-B-shaped block with random relative positions the output equals SAM's pad-and-partition definition."""
+@pytest.mark.parametrize("grid, window", [((16, 16), 14), ((14, 14), 7), ((16, 20), 7), ((10, 12), 14)])
+def test_unpadded_windows_equal_sams_padded_windows(grid, window):
+    """The encoder's windowed attention works on the real tokens only (no projections of padded tokens, no
+    padded queries; see image_encoder.py). On a block with random relative positions and qkv bias, the output
+    equals SAM's pad-and-partition definition, for grids that pad (several window shapes at once) or do not."""
     import torch
+    from _sam_reference import window_partition, window_unpartition
 
-    from ldfsam.model.image_encoder import Block, window_partition, window_unpartition
+    from ldfsam.model.image_encoder import Block
 
     torch.manual_seed(0)
-    block = Block(96, 4, 4.0, window_size=14, input_size=(16, 16), adapter=True, adapter_mlp_ratio=0.25).eval()
+    block = Block(96, 4, 4.0, window_size=window, input_size=grid, adapter=True, adapter_mlp_ratio=0.25).eval()
     with torch.no_grad():
         block.attn.rel_pos_h.normal_(0, 0.5)
         block.attn.rel_pos_w.normal_(0, 0.5)
         block.attn.qkv.bias.normal_(0, 0.5)
-        x = torch.randn(3, 16, 16, 96)
+        x = torch.randn(3, *grid, 96)
         y = block.norm1(x)
-        windows, pad_hw = window_partition(y, 14)  # zero-padded 28×28, as SAM does
-        h = x + window_unpartition(block.attn(windows), 14, pad_hw, (16, 16))
+        windows, pad_hw = window_partition(y, window)  # zero-padded, as SAM does
+        h = x + window_unpartition(block.attn(windows), window, pad_hw, grid)
         z = block.norm2(h)
         ref = h + block.mlp(z) + block.adapter(z)
         torch.testing.assert_close(block(x), ref, rtol=0, atol=1e-5)

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import torch
+from _sam_reference import add_decomposed_rel_pos, window_partition, window_unpartition
 
-from ldfsam.model.image_encoder import (
-    Adapter,
-    Attention,
-    Block,
-    ImageEncoderViT,
-    add_decomposed_rel_pos,
-    window_partition,
-    window_unpartition,
-)
+from ldfsam.model.image_encoder import Adapter, Attention, Block, ImageEncoderViT
 
 
 def test_window_partition_pads_16_to_28_and_round_trips():

@@ -9,7 +9,7 @@ image B×3×S×S -> patch tokens B×G×G×D -> blocks -> neck -> embedding B×ou
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,32 +54,6 @@ class Adapter(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1))
 
 
-def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """B×H×W×C -> (B·nW)×ws×ws×C, zero-padding H and W up to multiples of ws (16×16 -> 28×28 for ws=14)."""
-    b, h, w, c = x.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
-    windows = x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, c)
-    return windows, (hp, wp)
-
-
-def window_unpartition(windows: torch.Tensor, window_size: int, pad_hw: Tuple[int, int],
-                       hw: Tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, dropping the padding."""
-    hp, wp = pad_hw
-    h, w = hw
-    b = windows.shape[0] // (hp * wp // window_size // window_size)
-    x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, hp, wp, -1)
-    if hp > h or wp > w:
-        x = x[:, :h, :w, :].contiguous()
-    return x
-
-
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative position embeddings for every (query, key) pair along one axis: q_size×k_size×C."""
     max_rel_dist = 2 * max(q_size, k_size) - 1
@@ -93,37 +67,25 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative.long()]
 
 
-def add_decomposed_rel_pos(attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                           q_size: Tuple[int, int], k_size: Tuple[int, int]) -> torch.Tensor:
-    """Add MViTv2-style decomposed relative position terms to attention logits (B·heads)×(qh·qw)×(kh·kw)."""
-    q_h, q_w = q_size
-    k_h, k_w = k_size
-    rh = get_rel_pos(q_h, k_h, rel_pos_h)
-    rw = get_rel_pos(q_w, k_w, rel_pos_w)
-    b, _, dim = q.shape
-    r_q = q.reshape(b, q_h, q_w, dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
-    attn = attn.view(b, q_h, q_w, k_h, k_w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-    return attn.view(b, q_h * q_w, k_h * k_w)
-
-
 def rel_pos_augment(q: torch.Tensor, k: torch.Tensor, scale: float, rel_pos_h: torch.Tensor,
-                    rel_pos_w: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold the decomposed relative positions into the query-key product (queries and keys N×(H·W)×C).
+                    rel_pos_w: torch.Tensor, size: Tuple[int, int],
+                    q_size: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold the decomposed relative positions into the query-key product: keys N×(H·W)×C on the grid ``size``,
+    queries N×(h·w)×C on its top-left ``q_size`` corner (default: the whole grid).
 
     With q' = [scale·q, q·Rh[qh, :], q·Rw[qw, :]] and k' = [k, onehot(kh), onehot(kw)], q'·k' equals
-    scale·q·k + rel_h[qh, kh] + rel_w[qw, kw], i.e. :func:`add_decomposed_rel_pos`, without its two broadcast
-    additions over every (query, key) pair, which are the slowest part of windowed attention on a CPU.
+    scale·q·k + rel_h[qh, kh] + rel_w[qw, kw], i.e. SAM's ``add_decomposed_rel_pos``, without its two
+    broadcast additions over every (query, key) pair, which are the slowest part of windowed attention on a CPU.
     """
     h, w = size
-    n, hw, dim = q.shape
-    r_q = q.reshape(n, h, w, dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h)).reshape(n, hw, h)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w)).reshape(n, hw, w)
+    qh, qw = q_size or size
+    n, _, dim = q.shape
+    r_q = q.reshape(n, qh, qw, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h)[:qh]).reshape(n, qh * qw, h)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w)[:qw]).reshape(n, qh * qw, w)
     q_aug = torch.cat([q * scale, rel_h.to(q.dtype), rel_w.to(q.dtype)], dim=-1)
-    index = torch.arange(hw, device=k.device)
-    onehot = torch.zeros(hw, h + w, dtype=k.dtype, device=k.device)
+    index = torch.arange(h * w, device=k.device)
+    onehot = torch.zeros(h * w, h + w, dtype=k.dtype, device=k.device)
     onehot[index, index // w] = 1
     onehot[index, h + index % w] = 1
     k_aug = torch.cat([k, onehot.expand(n, -1, -1)], dim=-1)
@@ -151,36 +113,56 @@ class Attention(nn.Module):
 
     def _attend(self, qkv: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
         """Projected q/k/v B×H×W×3C -> attended values B×H×W×C (before the output projection)."""
-        qkv = qkv.reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
+        c = qkv.shape[-1] // 3
+        return self._attend_corner(qkv[..., :c], qkv[..., c:], (h, w))
+
+    def _attend_corner(self, q: torch.Tensor, kv: torch.Tensor, q_size: Tuple[int, int]) -> torch.Tensor:
+        """Queries B×h×w×C, the top-left corner of the key/value grid B×H×W×2C -> attended values B×h×w×C."""
+        b, kh, kw, c2 = kv.shape
+        qh, qw = q_size
+        heads, hd = self.num_heads, c2 // 2 // self.num_heads
+        q = q.reshape(b, qh * qw, heads, hd).transpose(1, 2).reshape(b * heads, qh * qw, hd)
+        k, v = kv.reshape(b, kh * kw, 2, heads, hd).permute(2, 0, 3, 1, 4).reshape(2, b * heads, kh * kw, hd)
         if self.use_rel_pos:
-            q, k = rel_pos_augment(q, k, self.scale, self.rel_pos_h, self.rel_pos_w, (h, w))
+            q, k = rel_pos_augment(q, k, self.scale, self.rel_pos_h, self.rel_pos_w, (kh, kw), (qh, qw))
             attn = q @ k.transpose(-2, -1)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn.softmax(dim=-1)
-        return (attn @ v).view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+        return (attn @ v).view(b, heads, qh, qw, hd).permute(0, 2, 3, 1, 4).reshape(b, qh, qw, heads * hd)
 
     def forward_windows(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
         """Windowed attention over B×H×W×C, equal to SAM's pad -> partition -> attend -> unpartition -> crop.
 
         SAM zero-pads the normalised tokens to a multiple of the window (16×16 -> 28×28 for windows of 14, three
-        times the tokens). A zero token's q, k and v are exactly the qkv bias, so the q/k/v projection runs on
-        the real tokens only and the padding is filled with the bias; the padded keys and values (with their
-        relative-position terms) still take part in the attention, so the result is the same. The output
-        projection is per token, so it too runs on the real tokens only. This saves ~40% of a ViT-B encoder.
+        times the tokens) and attends over every padded window. Here only the real tokens are worked on: a zero
+        token's k and v are exactly the qkv bias, so the projection runs on the real tokens and the padded keys
+        and values are filled with the bias (they, with their relative positions, still take part in the
+        attention); and since the padded queries' outputs are cropped away, each window attends for its real
+        queries only (the top-left corner of the window: 196 + 28 + 28 + 4 of 4×196 for a 16×16 grid). The output
+        projection is per token, so it too runs on the real tokens. Same result; a third of SAM's attention work.
         """
         b, h, w, c = x.shape
+        ws = window_size
         qkv = self.qkv(x)
-        pad_h = (window_size - h % window_size) % window_size
-        pad_w = (window_size - w % window_size) % window_size
-        if pad_h or pad_w:
-            full = self.qkv.bias.to(qkv.dtype).expand(b, h + pad_h, w + pad_w, 3 * c).clone()
-            full[:, :h, :w] = qkv
-            qkv = full
-        windows, pad_hw = window_partition(qkv, window_size)
-        out = self._attend(windows, windows.shape[0], window_size, window_size)
-        return self.proj(window_unpartition(out, window_size, pad_hw, (h, w)))
+        out = qkv.new_empty(b, h, w, c)
+        # Windows of the same real size (full ones; the cut ones along the bottom and right) attend together.
+        groups: Dict[Tuple[int, int], list] = {}
+        for r0 in range(0, h, ws):
+            for c0 in range(0, w, ws):
+                groups.setdefault((min(ws, h - r0), min(ws, w - c0)), []).append((r0, c0))
+        for (rh, rw), corners in groups.items():
+            parts = [qkv[:, r0:r0 + rh, c0:c0 + rw] for r0, c0 in corners]
+            real = torch.cat(parts) if len(parts) > 1 else parts[0]  # (n·B)×rh×rw×3C
+            kv = real[..., c:]
+            if (rh, rw) != (ws, ws):
+                full = self.qkv.bias[c:].to(qkv.dtype).expand(kv.shape[0], ws, ws, 2 * c).clone()
+                full[:, :rh, :rw] = kv
+                kv = full
+            attended = self._attend_corner(real[..., :c], kv, (rh, rw))
+            for i, (r0, c0) in enumerate(corners):
+                out[:, r0:r0 + rh, c0:c0 + rw] = attended[i * b:(i + 1) * b]
+        return self.proj(out)
 
 
 class Block(nn.Module):
