@@ -215,7 +215,8 @@ def main() -> int:
                       f"{run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
                       f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
                       f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
-                      f"{t['cleanup']:.1f} s, write {t['write']:.1f} s | load {load[0]:.1f}", flush=True)
+                      f"{t['cleanup']:.1f} s, write {t['write']:.1f} s, read+load {t['load']:.1f} s | load average "
+                      f"{load[0]:.1f}", flush=True)
     results["machine"]["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -217,7 +217,12 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
 
     # 3D clean-up, class by class, inside the box holding all teeth (a small part of a CBCT volume).
     box = bounding_box(labels)
-    if box is not None:
+    if box is not None and n_classes == 1:
+        mask = labels[box].view(bool)  # the 0/1 labels themselves, cleaned in place: no mask-sized copy
+        remove_islands(mask, spacing, min_island_mm3)
+        if fill:
+            fill_holes(mask)
+    elif box is not None:
         sub = labels[box]  # a view: changes land in ``labels``
         for c in range(1, n_classes + 1):
             mask = sub == c

@@ -56,11 +56,16 @@ def remove_islands(mask: np.ndarray, spacing_xyz: Sequence[float], min_mm3: floa
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
-    """``mask`` (2D or 3D) with its holes filled: background components (face connectivity, as scipy's
-    binary_fill_holes) that do not touch the array border. One labelling pass instead of iterated dilation."""
+    """Fill the holes of ``mask`` (2D or 3D, contiguous) in place: background components (face connectivity, as
+    scipy's binary_fill_holes) that do not touch the array border. One labelling pass instead of iterated
+    dilation, and no mask-sized temporaries besides the labels."""
     import cc3d
 
-    background, n = cc3d.connected_components(~mask, connectivity=6 if mask.ndim == 3 else 4, return_N=True)
+    np.logical_not(mask, out=mask)  # label the background without a copy of it
+    try:
+        background, n = cc3d.connected_components(mask, connectivity=6 if mask.ndim == 3 else 4, return_N=True)
+    finally:
+        np.logical_not(mask, out=mask)
     outside = np.zeros(n + 1, dtype=bool)
     for axis in range(mask.ndim):
         for index in (0, -1):
@@ -69,20 +74,28 @@ def _fill(mask: np.ndarray) -> np.ndarray:
         return mask
     hole = ~outside
     hole[0] = False
-    return mask | hole[background]
+    for z in range(0, mask.shape[0], _SLAB):
+        mask[z:z + _SLAB] |= hole[background[z:z + _SLAB]]
+    return mask
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill enclosed cavities in 3D, then per axial slice (pulp chambers open at one end are holes in 2D)."""
+    """Fill enclosed cavities in 3D, then per axial slice (pulp chambers open at one end are holes in 2D), in
+    place."""
     if not mask.any():
         return mask
     # Work inside the bounding box: the cost is linear in the box, not in the whole volume.
     box = bounding_box(mask)
-    sub = _fill(np.ascontiguousarray(mask[box]))
+    sub = mask[box]
+    contiguous = sub.flags.c_contiguous
+    if not contiguous:
+        sub = np.ascontiguousarray(sub)
+    _fill(sub)
     for z in range(sub.shape[0]):
         if sub[z].any():
-            sub[z] = _fill(sub[z])
-    mask[box] = sub
+            _fill(sub[z])
+    if not contiguous:
+        mask[box] = sub
     return mask
 
 
