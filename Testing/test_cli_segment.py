@@ -74,6 +74,22 @@ def test_refuses_to_overwrite_without_force(tmp_path, tiny_model, phantom):
     assert "slices the model ran on" in r.stdout
 
 
+def test_slice_spacing(tmp_path, tiny_model, phantom):
+    """--slice-spacing 1.0 on 0.5 mm slices: the model on 13 of the 24 slices (first and last included), the
+    output still on every slice of the input grid; a bad value fails before any work."""
+    out = tmp_path / "teeth.nii.gz"
+    r = _segment(phantom, "-o", out, "--model", tiny_model, "--progress", "json", "--slice-spacing", "1.0")
+    assert r.returncode == 0, r.stderr
+    events = [parse_event(line) for line in r.stdout.splitlines() if line.strip()]
+    assert events[0]["total"] == 13 and "the model on 13 (every 0.96 mm)" in events[0]["message"]
+    assert events[-1]["model_slices"] == 13 and events[-1]["slices"] == 24
+    assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(phantom)).GetSize()
+    r = _segment(phantom, "-o", tmp_path / "x.nii.gz", "--model", tiny_model, "--slice-spacing", "fast")
+    assert r.returncode == 2
+    assert "--slice-spacing 'fast': give 'auto', 'native' or a distance in mm" in r.stderr
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
 def test_errors_name_the_file(tmp_path, tiny_model, phantom):
     missing = tmp_path / "missing.nii.gz"
     r = _segment(missing, "-o", tmp_path / "o.nii.gz", "--model", tiny_model, "--progress", "json")
