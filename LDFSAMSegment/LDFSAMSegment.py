@@ -54,6 +54,7 @@ class LDFSAMSegmentParameterNode:
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
     minIslandMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 10.0
     splitTeeth: bool = False
+    sliceSpacing: Annotated[str, Choice(["auto", "2px", "native"])] = "auto"
 
 
 def cacheFolder() -> Optional[str]:
@@ -372,7 +373,7 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(folder, ignore_errors=True)
             raise RuntimeError(f"{inputPath}: could not write the input volume")
         argv = segment_argv(inputPath, outputPath, parameters.model, parameters.device, parameters.threshold,
-                            parameters.minIslandMm3, parameters.splitTeeth)
+                            parameters.minIslandMm3, parameters.splitTeeth, slice_spacing=parameters.sliceSpacing)
         process = BackgroundProcess(argv, env=core_env(ldfsamHome))
         self._pending = (process, folder, outputPath, volume, parameters.outputSegmentation)
         return process.start() if start else process

@@ -142,8 +142,9 @@ def render_segment(path: Path) -> None:
     _child(panel, "deviceComboBox").addItems(["auto", "CPU", "GPU"])
     _child(panel, "thresholdSpinBox").setValue(0.5)
     _child(panel, "minIslandSpinBox").setValue(10.0)
+    _child(panel, "sliceSpacingComboBox").addItems(["auto", "2px", "native"])
     _child(panel, "segmentButton").setEnabled(True)
-    _grab(panel, path, 440, 620)
+    _grab(panel, path, 440, 650)
 
 
 def render_train(path: Path) -> None:

@@ -42,7 +42,9 @@ def test_resolve_slice_spacing():
     assert resolve_slice_spacing(None, (0.25,) * 3, (10, 20, 20), 256) is None
     assert resolve_slice_spacing("0.5", (0.25,) * 3, (10, 20, 20), 256) == 0.5
     assert resolve_slice_spacing(1.5, (0.25,) * 3, (10, 20, 20), 256) == 1.5
-    for bad in ("fast", "-1", "0", "nan", "inf"):
+    assert resolve_slice_spacing("1px", (0.25,) * 3, (10, 650, 650), 256) == pytest.approx(650 * 0.25 / 256)
+    assert resolve_slice_spacing("2px", (0.25,) * 3, (10, 650, 650), 256) == pytest.approx(2 * 650 * 0.25 / 256)
+    for bad in ("fast", "-1", "0", "nan", "inf", "px", "-2px", "0px"):
         with pytest.raises(ConfigError, match="--slice-spacing"):
             resolve_slice_spacing(bad, (0.25,) * 3, (10, 20, 20), 256)
 

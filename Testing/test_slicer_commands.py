@@ -49,7 +49,10 @@ def test_segment_command_is_accepted_by_the_core(device, expected):
                                                                    "my-model")
     assert (args.device, args.threshold, args.min_island_mm3, args.split_teeth, args.progress) == \
         (expected, 0.35, 12.5, True, "json")
-    assert parse(commands.segment_argv("a.nrrd", "b.seg.nrrd", "m", python=PY)).split_teeth is False
+    defaults = parse(commands.segment_argv("a.nrrd", "b.seg.nrrd", "m", python=PY))
+    assert defaults.split_teeth is False and defaults.slice_spacing == "auto"
+    assert parse(commands.segment_argv("a.nrrd", "b.seg.nrrd", "m", slice_spacing="2px",
+                                       python=PY)).slice_spacing == "2px"
     with pytest.raises(ValueError, match="seg.nrrd"):
         commands.segment_argv("a.nrrd", "b.nii.gz", "m", python=PY)
     with pytest.raises(ValueError, match="unknown device"):

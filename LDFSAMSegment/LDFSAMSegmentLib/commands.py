@@ -55,13 +55,13 @@ def ldfsam_argv(*args: object, python: Optional[str] = None) -> List[str]:
 
 def segment_argv(input_path: str, output_path: str, model: str, device: str = "auto", threshold: float = 0.5,
                  min_island_mm3: float = 10.0, split_teeth: bool = False, batch: Optional[int] = None,
-                 python: Optional[str] = None) -> List[str]:
+                 slice_spacing: str = "auto", python: Optional[str] = None) -> List[str]:
     """``ldfsam segment INPUT -o OUTPUT.seg.nrrd`` with the module's options and JSON progress events."""
     if not str(output_path).endswith(".seg.nrrd"):
         raise ValueError(f"{output_path}: the output must be a .seg.nrrd file")
     args: List[object] = ["segment", input_path, "-o", output_path, "--model", model, "--device", device_arg(device),
                           "--threshold", f"{threshold:g}", "--min-island-mm3", f"{min_island_mm3:g}",
-                          "--progress", "json"]
+                          "--slice-spacing", slice_spacing, "--progress", "json"]
     if split_teeth:
         args.append("--split-teeth")
     if batch:

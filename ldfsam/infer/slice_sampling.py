@@ -26,20 +26,25 @@ SliceSpacing = Union[str, float, None]
 
 def resolve_slice_spacing(option: SliceSpacing, spacing_xyz: Sequence[float], shape_zyx: Sequence[int],
                           sam_size: int) -> Optional[float]:
-    """The largest distance (mm) between model slices: "auto" -> the model's in-plane pixel (the field of view
-    over ``sam_size``, the finer of x and y), "native"/None -> None (every slice), a number -> that many mm."""
+    """The largest mean distance (mm) between model slices. "auto" = "1px": one model pixel, the field of view
+    over ``sam_size`` (the finer of x and y); "Npx": N model pixels; "native" or None: every slice (None); a
+    number: that many mm."""
     if option is None or option == "native":
         return None
-    if option == "auto":
-        _, ny, nx = shape_zyx
-        return min(nx * spacing_xyz[0], ny * spacing_xyz[1]) / sam_size
+    text = str(option).strip().lower()
+    if text == "auto":
+        text = "1px"
     try:
-        mm = float(option)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--slice-spacing {option!r}: give 'auto', 'native' or a distance in mm") from None
-    if not (mm > 0 and math.isfinite(mm)):
-        raise ConfigError(f"--slice-spacing {option!r}: must be a positive distance in mm")
-    return mm
+        value = float(text[:-2]) if text.endswith("px") else float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"--slice-spacing {option!r}: give 'auto', 'native', a number of model pixels such as "
+                          "'2px', or a distance in mm")
+    if text.endswith("px"):
+        _, ny, nx = shape_zyx
+        return value * min(nx * spacing_xyz[0], ny * spacing_xyz[1]) / sam_size
+    return value
 
 
 def slice_positions(nz: int, z_spacing: float, max_spacing: Optional[float]) -> np.ndarray:
