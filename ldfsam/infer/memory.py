@@ -38,7 +38,7 @@ def plan_memory(path, shape_zyx, preset: str, batch: int, model_bytes: int, prob
     """
     nz, ny, nx = shape_zyx
     voxels = nz * ny * nx
-    # label map (1 byte) + clean-up working copies (bool masks, int32 component labels: ~7 bytes)
+    # label map (1 byte) + the clean-up's component labels (4 bytes) and masks (up to 2 bytes), rounded up
     volume_bytes = voxels * 8 + (voxels * 4 if probabilities else 0)
     per_slice = PER_SLICE_BYTES.get(preset, PER_SLICE_BYTES["vit_b"]) + ny * nx * 12
     available = int(memory_limit) if memory_limit is not None else int(0.8 * available_memory())

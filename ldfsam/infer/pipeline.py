@@ -129,8 +129,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     bundled demo model. threshold: on the tooth probability. min_island_mm3: connected components smaller than
     this are removed. split: label each tooth separately. probabilities: also write the probability map there.
     memory_limit: bytes the run may use (default 80% of the available memory); the batch shrinks to fit.
-    slice_spacing: "auto" runs the model on slices about one model pixel apart and interpolates the rest
-    (``slice_sampling``), "native" on every slice, a number on slices at most that many mm apart.
+    slice_spacing: "auto" (= "1px") runs the model on slices about one model pixel apart and interpolates the
+    rest (``slice_sampling``); "Npx" N model pixels apart; "native" on every slice; a number that many mm apart.
     keep_slices: bool per input slice (model order) overriding which slices the encoder runs on (benchmarks).
     Raises InputError/CheckpointError naming the file; KeyboardInterrupt or ``should_stop()`` leave no output.
     """
