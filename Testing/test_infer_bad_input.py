@@ -97,14 +97,20 @@ def test_single_slice_volume(tmp_path, tiny_model):
 
 def test_too_large_for_memory_reduces_batch_then_refuses(tmp_path, tiny_model, volume):
     base = segment_volume(volume, None, model=tiny_model, batch=8, keep_slices=np.ones(12, bool))
-    # Room for the volume arrays, the model and two slices in flight: the batch shrinks, the result does not.
+    # Room for the grey values of the model slices (all 12 here), the volume arrays, the model and two slices in
+    # flight: the batch shrinks, the result does not.
     from ldfsam.infer.memory import PER_SLICE_BYTES
 
     model_bytes = (tiny_model.stat().st_size)
-    limit = 12 * 32 * 32 * 8 + model_bytes + 2 * (PER_SLICE_BYTES["small"] + 32 * 32 * 12) + 1000
+    held = 12 * 32 * 32 * sitk.ReadImage(str(volume)).GetSizeOfPixelComponent()
+    limit = held + 12 * 32 * 32 * 8 + model_bytes + 2 * (PER_SLICE_BYTES["small"] + 32 * 32 * 12) + 1000
     small = segment_volume(volume, None, model=tiny_model, batch=8, keep_slices=np.ones(12, bool),
                            memory_limit=limit)
     assert small.batch == 2 and base.batch == 8
+    # The grey values already held count against the limit: without room for them, one slice fewer fits.
+    tighter = segment_volume(volume, None, model=tiny_model, batch=8, keep_slices=np.ones(12, bool),
+                             memory_limit=limit - held)
+    assert tighter.batch == 1
     np.testing.assert_array_equal(small.labels, base.labels)
     with pytest.raises(InputError) as e:
         segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model, memory_limit=model_bytes)

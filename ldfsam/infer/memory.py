@@ -29,19 +29,21 @@ def available_memory() -> int:
 
 
 def plan_memory(path, shape_zyx, preset: str, batch: int, model_bytes: int, probabilities: bool,
-                memory_limit: Optional[int] = None) -> MemoryPlan:
+                memory_limit: Optional[int] = None, held_bytes: int = 0) -> MemoryPlan:
     """Choose a batch size that fits ``memory_limit`` (default: 80% of the available memory).
 
     The volume-sized arrays still to come (the label map, the clean-up's working copies inside the teeth's box,
     counted as if the box were the whole volume, and the probabilities when asked) must fit with the model at
-    batch 1; otherwise the error names the file, what it needs and what is free.
+    batch 1; otherwise the error names the file, what it needs and what is free. ``held_bytes`` (the model
+    slices' grey values, already in memory) counts against ``memory_limit``; the available memory the system
+    reports has them deducted already.
     """
     nz, ny, nx = shape_zyx
     voxels = nz * ny * nx
     # label map (1 byte) + the clean-up's component labels (4 bytes) and masks (up to 2 bytes), rounded up
     volume_bytes = voxels * 8 + (voxels * 4 if probabilities else 0)
     per_slice = PER_SLICE_BYTES.get(preset, PER_SLICE_BYTES["vit_b"]) + ny * nx * 12
-    available = int(memory_limit) if memory_limit is not None else int(0.8 * available_memory())
+    available = int(memory_limit) - held_bytes if memory_limit is not None else int(0.8 * available_memory())
     free_for_batches = available - volume_bytes - model_bytes
     if free_for_batches < per_slice:
         need = volume_bytes + model_bytes + per_slice

@@ -181,7 +181,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     timings["load"] = time.perf_counter() - t0
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     plan = plan_memory(input, (nz, ny, nx), cfg.sam.preset, batch, model_bytes, probabilities is not None,
-                       memory_limit)
+                       memory_limit, held_bytes=slices.nbytes)
     if plan.reduced:
         progress.log("segment", f"batch reduced from {batch} to {plan.batch} to fit in "
                                 f"{plan.available_bytes / 2**30:.1f} GB of memory", level="warning")
