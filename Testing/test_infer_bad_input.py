@@ -96,22 +96,21 @@ def test_single_slice_volume(tmp_path, tiny_model):
 
 
 def test_too_large_for_memory_reduces_batch_then_refuses(tmp_path, tiny_model, volume):
-    base = segment_volume(volume, None, model=tiny_model, batch=8, keep_slices=np.ones(12, bool))
-    # Room for the grey values of the model slices (all 12 here), the volume arrays, the model and two slices in
-    # flight: the batch shrinks, the result does not.
+    from ldfsam.checkpoint import load_checkpoint
     from ldfsam.infer.memory import PER_SLICE_BYTES
 
-    model_bytes = (tiny_model.stat().st_size)
+    run = dict(model=tiny_model, batch=8, keep_slices=np.ones(12, bool), precision="fp32")
+    base = segment_volume(volume, None, **run)
+    # Room for the grey values of the model slices (all 12 here), the volume arrays, the model and two slices in
+    # flight: the batch shrinks, the result does not.
+    model_bytes = sum(p.numel() * p.element_size() for p in load_checkpoint(tiny_model).model.parameters())
     held = 12 * 32 * 32 * sitk.ReadImage(str(volume)).GetSizeOfPixelComponent()
     limit = held + 12 * 32 * 32 * 8 + model_bytes + 2 * (PER_SLICE_BYTES["small"] + 32 * 32 * 12) + 1000
-    small = segment_volume(volume, None, model=tiny_model, batch=8, keep_slices=np.ones(12, bool),
-                           memory_limit=limit)
+    small = segment_volume(volume, None, memory_limit=limit, **run)
     assert small.batch == 2 and base.batch == 8
-    # The grey values already held count against the limit: without room for them, one slice fewer fits.
-    tighter = segment_volume(volume, None, model=tiny_model, batch=8, keep_slices=np.ones(12, bool),
-                             memory_limit=limit - held)
-    assert tighter.batch == 1
     np.testing.assert_array_equal(small.labels, base.labels)
+    # The grey values already held count against the limit: without room for them, one slice fewer fits.
+    assert segment_volume(volume, None, memory_limit=limit - held, **run).batch == 1
     with pytest.raises(InputError) as e:
         segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model, memory_limit=model_bytes)
     assert str(volume) in str(e.value) and "GB of memory" in str(e.value)
