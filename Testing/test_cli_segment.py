@@ -42,7 +42,8 @@ def _segment(*args, timeout=300):
 
 def test_json_progress_and_seg_nrrd(tmp_path, tiny_model, phantom):
     out = tmp_path / "teeth.seg.nrrd"
-    r = _segment(phantom, "-o", out, "--model", tiny_model, "--progress", "json", "--batch", "4")
+    r = _segment(phantom, "-o", out, "--model", tiny_model, "--progress", "json", "--batch", "4",
+                 "--slice-spacing", "native")
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if line.strip()]
     events = [parse_event(line) for line in lines]
@@ -55,6 +56,18 @@ def test_json_progress_and_seg_nrrd(tmp_path, tiny_model, phantom):
     assert [s["name"] for s in seg["segments"]] == ["Tooth"]
     assert seg["segments"][0]["terminology"]["type"][1] == "38199008"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teeth.seg.nrrd"]
+
+
+def test_progress_of_the_default_coarse_to_fine_run(tmp_path, tiny_model, phantom):
+    """With --slice-spacing auto, ``step`` counts settled candidates: it rises to ``total``, and
+    ``model_slices`` (those the model ran on) rises with it, up to the count the done event reports."""
+    r = _segment(phantom, "-o", tmp_path / "t.nii.gz", "--model", tiny_model, "--progress", "json", "--batch", "4")
+    assert r.returncode == 0, r.stderr
+    events = [parse_event(line) for line in r.stdout.splitlines() if line.strip()]
+    steps = [e for e in events if e["kind"] == "progress"]
+    assert len(steps) >= 2 and steps[-1]["step"] == steps[-1]["total"] == events[0]["total"]
+    assert all(a["step"] < b["step"] and a["model_slices"] < b["model_slices"] for a, b in zip(steps, steps[1:]))
+    assert steps[-1]["model_slices"] == events[-1]["model_slices"] <= events[-1]["slices"]
 
 
 def test_refuses_to_overwrite_without_force(tmp_path, tiny_model, phantom):

@@ -182,7 +182,8 @@ def test_stop_request_leaves_no_output(tmp_path, tiny_model, volume):
     calls = []
     out = tmp_path / "o.seg.nrrd"
     with pytest.raises(Cancelled):
-        segment_volume(volume, out, model=tiny_model, batch=2, should_stop=lambda: calls.append(1) or len(calls) > 2)
+        segment_volume(volume, out, model=tiny_model, batch=2, slice_spacing="native",
+                       should_stop=lambda: calls.append(1) or len(calls) > 2)
     assert len(calls) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.nii.gz"]
 

@@ -1,5 +1,6 @@
 """Benchmark ``ldfsam segment`` on the CPU: seconds per volume, slices per second, peak memory, and the share of
-the machine's bf16 matmul throughput (measured in the same run) that the SAM image encoder reaches.
+the machine's matmul throughput in the precision the pipeline picks (bf16 where the CPU has native bf16, else
+fp32; measured in the same run) that the SAM image encoder reaches.
 
     python benchmarks/bench_segment.py                  # vit_b, small and demo; 40% and 100% tooth slices
     python benchmarks/bench_segment.py --presets demo --fractions 0.4 --slice-spacing native
@@ -31,13 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bf16_matmul_peak(threads: int, n: int = 3072, repeat: int = 5) -> float:
-    """Best bf16 GEMM throughput (FLOP/s) of an n×n×n product at ``threads`` threads."""
+def matmul_peak(threads: int, dtype, n: int = 3072, repeat: int = 5) -> float:
+    """Best GEMM throughput (FLOP/s) of an n×n×n product in ``dtype`` at ``threads`` threads."""
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     for _ in range(2):
         a @ b
     best = 0.0
@@ -154,16 +155,19 @@ def main() -> int:
     import torch
 
     from ldfsam.data.phantom import make_phantom
-    from ldfsam.infer.predictor import resolve_precision
+    from ldfsam.infer.predictor import cpu_supports_bf16, resolve_precision
 
     torch.set_num_threads(args.threads)
     machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                "python": platform.python_version(), "load_before": os.getloadavg()}
-    peak = bf16_matmul_peak(args.threads)
-    print(f"machine: {machine}", flush=True)
-    print(f"bf16 matmul peak: {peak / 1e9:.0f} GFLOP/s", flush=True)
     dtype = resolve_precision(args.precision, torch.device("cpu"))
-    results = {"machine": machine, "bf16_peak_gflops": peak / 1e9, "precision": str(dtype),
+    precision = str(dtype).replace("torch.", "")
+    machine["native_bf16"] = cpu_supports_bf16()
+    machine["isa"] = torch.backends.cpu.get_cpu_capability()  # AVX2, AVX512, ...
+    peak = matmul_peak(args.threads, dtype)
+    print(f"machine: {machine}", flush=True)
+    print(f"{precision} matmul peak: {peak / 1e9:.0f} GFLOP/s", flush=True)
+    results = {"machine": machine, "matmul_peak_gflops": peak / 1e9, "precision": precision,
                "slice_spacing": args.slice_spacing, "runs": []}
     with tempfile.TemporaryDirectory(prefix="ldfsam-bench-") as work:
         for preset in args.presets:
@@ -171,10 +175,10 @@ def main() -> int:
             flops = encoder_flops(model, pre.sam_size)
             per_image = encoder_rate(model, pre.sam_size, args.batch, dtype)
             enc = {"encoder_gflop_per_slice": flops / 1e9, "encoder_s_per_slice": per_image,
-                   "encoder_fraction_of_bf16_peak": flops / per_image / peak}
+                   "encoder_fraction_of_matmul_peak": flops / per_image / peak}
             print(f"{preset}: encoder {flops / 1e9:.1f} GFLOP/slice, {per_image * 1e3:.0f} ms/slice "
-                  f"({flops / per_image / 1e9:.0f} GFLOP/s = {enc['encoder_fraction_of_bf16_peak']:.0%} of the "
-                  "bf16 matmul peak)", flush=True)
+                  f"({flops / per_image / 1e9:.0f} GFLOP/s = {enc['encoder_fraction_of_matmul_peak']:.0%} of the "
+                  f"{precision} matmul peak)", flush=True)
             # The child loads the model from a file, as `ldfsam segment` does (random weights, saved once).
             model_file = Path(work) / f"{preset}.safetensors"
             if preset == "demo":

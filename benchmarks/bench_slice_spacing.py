@@ -31,7 +31,7 @@ def dice(a, b) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spacings", nargs="+", default=["native", "auto", "1.0", "1.27", "1.9", "2.54"])
+    ap.add_argument("--spacings", nargs="+", default=["native", "auto", "1px", "1.0", "2px", "1.9", "2.54"])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 1.0])
     ap.add_argument("--slices", type=int, default=420)
     ap.add_argument("--size", type=int, default=650)
@@ -48,7 +48,7 @@ def main() -> int:
 
     import_ultralytics()
     torch.set_num_threads(args.threads)
-    spacings = ["native" if s == "native" else "auto" if s == "auto" else float(s) for s in args.spacings]
+    spacings = [s if s in ("native", "auto") or s.endswith("px") else float(s) for s in args.spacings]
     if spacings[0] != "native":
         spacings.insert(0, "native")  # the reference
     runs = []

@@ -26,10 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-island-mm3", type=float, default=10.0,
                         help="remove connected pieces smaller than this volume in mm³ (default 10; 0 keeps all)")
     parser.add_argument("--slice-spacing", default="auto", metavar="auto|native|Npx|MM",
-                        help="largest mean distance between the slices the model runs on; the slices between are "
-                             "interpolated. auto (default) = 1px: one model pixel (the field of view / 256), "
-                             "finer than the masks the model resolves in-plane; Npx: N model pixels (2px: about "
-                             "twice as fast); native: every slice; or a distance in mm")
+                        help="which slices the model runs on; the slices between are interpolated. auto "
+                             "(default): candidates one model pixel apart (the field of view / 256), coarse to "
+                             "fine: every 4th first, then the ones between wherever neighbouring masks differ; "
+                             "Npx: every candidate N model pixels apart (1px: all of auto's candidates); native: "
+                             "every slice; or a distance in mm")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep enclosed holes in the mask")
     parser.add_argument("--split-teeth", action="store_true",
                         help="label each tooth separately (one segment per tooth, numbered, not FDI)")

@@ -1,9 +1,9 @@
 """Volume segmentation: a CBCT volume in, a tooth label map on the input's exact voxel grid out.
 
 read -> (reorient, only for volumes not stored axially) -> normalise (percentile window) -> axial slices, about
-one model pixel apart -> batched prompt generator + SAM (encoder only where the prompt generator finds teeth) ->
-per-slice logits -> trilinear back onto the input grid -> threshold -> 3D clean-up -> inverse reorientation ->
-outputs (atomic).
+one model pixel apart, coarse to fine -> batched prompt generator + SAM (encoder only where the prompt generator
+finds teeth) -> per-slice logits -> trilinear back onto the input grid -> threshold -> 3D clean-up -> inverse
+reorientation -> outputs (atomic).
 
 Slices are taken in index space as in training (``ldfsam.data.preprocess``). Resampling to the model's target
 spacing and resizing a slice to the model input compose into one resize of the whole slice, so the model sees the
@@ -27,6 +27,7 @@ from ..errors import Cancelled, CheckpointError, ConfigError, InputError
 from ..heap import release_free_memory
 from ..progress import Progress
 from . import outputs as out_io
+from .adaptive_slices import COARSE_STEP, SliceSchedule
 from .fdi import fdi_segment_names
 from .memory import plan_memory
 from .orientation import IDENTITY, reorientation_for
@@ -129,14 +130,15 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     bundled demo model. threshold: on the tooth probability. min_island_mm3: connected components smaller than
     this are removed. split: label each tooth separately. probabilities: also write the probability map there.
     memory_limit: bytes the run may use (default 80% of the available memory); the batch shrinks to fit.
-    slice_spacing: "auto" (= "1px") runs the model on slices about one model pixel apart and interpolates the
-    rest (``slice_sampling``); "Npx" N model pixels apart; "native" on every slice; a number that many mm apart.
+    slice_spacing: "auto" runs the model on candidate slices about one model pixel apart, coarse to fine, and
+    interpolates the rest (``adaptive_slices``); "Npx" on every candidate N model pixels apart; "native" on every
+    slice; a number: candidates that many mm apart.
     keep_slices: bool per input slice (model order) overriding which slices the encoder runs on (benchmarks).
     Raises InputError/CheckpointError naming the file; KeyboardInterrupt or ``should_stop()`` leave no output.
     """
     import torch
 
-    from .predictor import SlicePredictor, resolve_device, resolve_precision
+    from .predictor import SlicePredictor, cpu_supports_bf16, resolve_device, resolve_precision
 
     progress = progress or Progress("none")
     timings: Dict[str, float] = {}
@@ -176,6 +178,9 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     slices = np.ascontiguousarray(view[positions])
     del view, image
     dtype = resolve_precision(precision, dev)
+    if dtype == torch.bfloat16 and dev.type == "cpu" and not cpu_supports_bf16():
+        progress.log("segment", "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 runs emulated, "
+                                "tens of times slower than fp32; --precision auto picks fp32 here", level="warning")
     loaded = load_model(model if model_file is None else model_file, encoder_dtype=dtype)
     cfg = loaded.model_cfg
     timings["load"] = time.perf_counter() - t0
@@ -190,29 +195,36 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     n_classes = len(classes)
     labels = np.zeros((nz, ny, nx), dtype=np.uint8)
     probs = np.zeros((nz, ny, nx), dtype=np.float32) if probabilities is not None else None
-    filler = SliceFiller(labels, math.log(threshold / (1.0 - threshold)), n_classes, probs)
-    with_teeth = 0
+    cut = math.log(threshold / (1.0 - threshold))
     m = len(positions)
-    every = f"every {spacing[2] * (nz - 1) / max(1, m - 1):.2g} mm" if m < nz else "every slice"
+    adaptive = str(slice_spacing).strip().lower() == "auto" and m > 2
+    schedule = SliceSchedule(m, positions, SliceFiller(labels, cut, n_classes, probs), cut,
+                             coarse=COARSE_STEP if adaptive else 1)
+    with_teeth = 0
+    every = f"{spacing[2] * (nz - 1) / max(1, m - 1):.2g} mm"
+    where = (f"up to {m} ({every} apart where the teeth change, up to {COARSE_STEP}x that where they do not)"
+             if adaptive else f"{m} (every {every})" if m < nz else f"{m} (every slice)")
     progress.start("segment", total=m, message=f"segmenting {input.name}: {nz} slices of {nx}x{ny}, the model on "
-                   f"{m} ({every})", batch=plan.batch, device=str(dev), precision=str(dtype).replace("torch.", ""))
+                   f"{where}", batch=plan.batch, device=str(dev), precision=str(dtype).replace("torch.", ""))
     t1 = time.perf_counter()
     timings["prepare"] = t1 - t0 - timings["load"]
-    for k0 in range(0, m, plan.batch):
+    while (chosen := schedule.next_batch(plan.batch)) is not None:
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled; no output was written", output)
-        pos = positions[k0:k0 + plan.batch]
-        block = normalize(slices[k0:k0 + plan.batch], window)
-        keep = None if keep_slices is None else torch.from_numpy(np.asarray(keep_slices, dtype=bool)[pos])
+        block = normalize(slices[chosen], window)
+        keep = None
+        if keep_slices is not None:
+            keep = torch.from_numpy(np.asarray(keep_slices, dtype=bool)[positions[chosen]])
         logits, has = predictor.predict(torch.from_numpy(block), keep)
         with_teeth += int(has.sum())
-        filler.add(pos, logits, has)
-        progress.update("segment", k0 + len(pos), m, slices_with_teeth=with_teeth)
-    filler.finish()
+        schedule.record(chosen, logits, has)
+        progress.update("segment", schedule.resolved, m, slices_with_teeth=with_teeth,
+                        model_slices=schedule.model_slices)
+    m = schedule.model_slices
     t2 = time.perf_counter()
     timings["predict"] = t2 - t1
     timings.update({f"predict.{k}": round(v, 3) for k, v in predictor.times.items()})
-    del predictor, loaded, block, logits, filler, slices
+    del predictor, loaded, block, logits, schedule, slices
     release_free_memory()  # the model's memory, before the clean-up needs its own
 
     # 3D clean-up, class by class, inside the box holding all teeth (a small part of a CBCT volume).

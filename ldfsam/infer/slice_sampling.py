@@ -3,11 +3,12 @@
 The model works on S×S slices (S = 256), so in-plane it resolves the field of view in S pixels, and its masks
 are finer still only through interpolation (SAM's decoder predicts at S/4). Running it on every slice of a thin-
 sliced CBCT (0.2-0.3 mm) spends most of the work on slices that are closer together than anything it resolves
-in-plane. By default (``"auto"``) the model therefore runs on slices about one model pixel apart, and the
+in-plane. The model therefore runs on candidate slices about one model pixel apart (``"1px"``), and the
 logits of every input slice in between are interpolated linearly along z from the two nearest model slices:
 with the bilinear in-plane resize this is trilinear interpolation of the logits onto the input grid. Model
 slices are input slices (no interpolation of grey values), the first and the last included, so the result on
-them is exactly what the model says; ``"native"`` runs the model on every slice.
+them is exactly what the model says; ``"native"`` runs the model on every slice. The default ``"auto"`` runs on
+the same candidates coarse to fine, skipping those that interpolation recovers (``adaptive_slices``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ SliceSpacing = Union[str, float, None]
 
 def resolve_slice_spacing(option: SliceSpacing, spacing_xyz: Sequence[float], shape_zyx: Sequence[int],
                           sam_size: int) -> Optional[float]:
-    """The largest mean distance (mm) between model slices. "auto" = "1px": one model pixel, the field of view
-    over ``sam_size`` (the finer of x and y); "Npx": N model pixels; "native" or None: every slice (None); a
-    number: that many mm."""
+    """The largest mean distance (mm) between candidate slices. "auto" and "1px": one model pixel, the field of
+    view over ``sam_size`` (the finer of x and y); "Npx": N model pixels; "native" or None: every slice (None);
+    a number: that many mm."""
     if option is None or option == "native":
         return None
     text = str(option).strip().lower()
@@ -75,19 +76,19 @@ class SliceFiller:
 
     def add(self, positions: Sequence[int], logits: torch.Tensor, has_teeth: torch.Tensor) -> None:
         """``logits`` B×C×S×S for the model slices at ``positions`` (B, increasing); ``has_teeth`` B bool."""
-        has = has_teeth.tolist()
-        idx = [j for j, h in enumerate(has) if h]
-        up = {}
-        if idx:
+        for j, (z, h) in enumerate(zip(positions, has_teeth.tolist())):
+            self.add_slice(int(z), logits[j] if h else None)
+
+    def add_slice(self, position: int, logits: Optional[torch.Tensor]) -> None:
+        """One model slice: ``logits`` C×S×S, or None when it holds no teeth."""
+        current = None
+        if logits is not None:
             # Back onto the slice grid: bilinear on the logits.
-            full = torch.nn.functional.interpolate(logits[idx], size=(self.ny, self.nx), mode="bilinear",
-                                                   align_corners=False)
-            up = {j: full[k] for k, j in enumerate(idx)}
-        for j, z in enumerate(int(p) for p in positions):
-            current = up.get(j)
-            if self.last is not None:
-                self._fill(self.last, z, self.last_logits, current)
-            self.last, self.last_logits = z, current
+            current = torch.nn.functional.interpolate(logits[None], size=(self.ny, self.nx), mode="bilinear",
+                                                      align_corners=False)[0]
+        if self.last is not None:
+            self._fill(self.last, position, self.last_logits, current)
+        self.last, self.last_logits = position, current
 
     def finish(self) -> None:
         """Write the last model slice itself."""
