@@ -9,7 +9,9 @@ The volume is a procedural phantom of SLICES×SIZE×SIZE voxels at 0.25 mm (``ld
 occupy the given fraction of the slices. "vit_b" and "small" have random weights (timing does not depend on
 them), so their untrained prompt generator cannot decide which slices hold teeth: the phantom's truth selects
 them instead (the ``keep_slices`` argument of ``segment_volume``), and their masks are noise (which makes the
-clean-up slower than on real masks). "demo" is the bundled trained model of the small preset: the real pipeline
+clean-up slower than on real masks). Noise masks cannot drive the coarse-to-fine choice of ``auto`` either
+(neighbouring noise looks alike, so it would run on too few slices), so for them ``auto`` is timed as ``1px``,
+every candidate: the most ``auto`` can cost. "demo" is the bundled trained model of the small preset: the real pipeline
 end to end, with the Dice against the phantom's truth. Everything else is the real pipeline for all three,
 including the prompt generator on every model slice, the clean-up and writing a .seg.nrrd. Each segmentation
 runs in a fresh child process that loads the model from a file, as ``ldfsam segment`` does, so its peak memory
@@ -75,6 +77,21 @@ def encoder_rate(model, size: int, batch: int, dtype, repeat: int = 3) -> float:
     return best
 
 
+# Models with trained weights: real prompt generator and masks, the pipeline end to end, Dice against the truth.
+TRAINED = ("demo", "vit_b-phantom")
+
+
+def trained_file(preset: str) -> Path:
+    if preset == "demo":
+        from ldfsam.models import resolve_model
+
+        return resolve_model(None)
+    path = Path.home() / ".cache" / "ldfsam" / "bench" / "vit_b-phantom.safetensors"
+    if not path.exists():
+        raise SystemExit(f"{path}: missing; make it with python benchmarks/make_vit_b_phantom_model.py")
+    return path
+
+
 def build(preset: str):
     from ldfsam.data.config import PreprocessConfig
     from ldfsam.model.build import build_model
@@ -84,11 +101,10 @@ def build(preset: str):
     import_ultralytics()
     import torch
 
-    if preset == "demo":
+    if preset in TRAINED:
         from ldfsam.checkpoint import load_checkpoint
-        from ldfsam.models import resolve_model
 
-        loaded = load_checkpoint(resolve_model(None))
+        loaded = load_checkpoint(trained_file(preset))
         return loaded.model_cfg, loaded.preprocess, loaded.model.eval()
     torch.manual_seed(0)
     cfg = model_config(preset)
@@ -106,7 +122,7 @@ def child(args) -> int:
     from ldfsam.infer import segment_volume
 
     keep = None
-    if args.preset != "demo":  # random weights: the truth says which slices hold teeth
+    if args.preset not in TRAINED:  # random weights: the truth says which slices hold teeth
         truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels))
         keep = np.asarray(truth.reshape(truth.shape[0], -1).any(axis=1))
         del truth
@@ -119,7 +135,7 @@ def child(args) -> int:
     out.unlink()
     peak = _peak_rss()
     dice = None
-    if args.preset == "demo":
+    if args.preset in TRAINED:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels)) > 0
         pred = r.labels > 0
         dice = float(2 * np.count_nonzero(truth & pred) / (np.count_nonzero(truth) + np.count_nonzero(pred)))
@@ -132,7 +148,8 @@ def child(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["vit_b", "small", "demo"],
-                    help="vit_b, small (random weights) and/or demo (the bundled trained small model)")
+                    help="vit_b, small (random weights), demo (the bundled trained small model) and/or "
+                         "vit_b-phantom (vit_b trained on phantoms: benchmarks/make_vit_b_phantom_model.py)")
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 1.0])
     ap.add_argument("--slices", type=int, default=420)
     ap.add_argument("--size", type=int, default=650)
@@ -181,15 +198,16 @@ def main() -> int:
                   f"{precision} matmul peak)", flush=True)
             # The child loads the model from a file, as `ldfsam segment` does (random weights, saved once).
             model_file = Path(work) / f"{preset}.safetensors"
-            if preset == "demo":
-                from ldfsam.models import resolve_model
-
-                model_file = resolve_model(None)
+            if preset in TRAINED:
+                model_file = trained_file(preset)
             else:
                 from ldfsam.checkpoint import save_checkpoint
 
                 save_checkpoint(model_file, model, cfg, pre)
             del model
+            spacing = args.slice_spacing
+            if preset not in TRAINED and spacing == "auto":
+                spacing = "1px"  # random weights: the upper bound of auto (see the module docstring)
             for fraction in args.fractions:
                 vol = Path(work) / f"phantom_{fraction}.nrrd"
                 lab = Path(work) / f"phantom_{fraction}_labels.nrrd"
@@ -202,19 +220,20 @@ def main() -> int:
                 cmd = [sys.executable, __file__, "--child", "--model", str(model_file), "--preset", preset,
                        "--volume", str(vol), "--labels",
                        str(lab), "--workdir", work, "--batch", str(args.batch), "--precision", args.precision,
-                       "--threads", str(args.threads), "--slice-spacing", args.slice_spacing]
+                       "--threads", str(args.threads), "--slice-spacing", spacing]
                 load = os.getloadavg()
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                 if proc.returncode != 0:
                     print(proc.stderr, file=sys.stderr)
                     return proc.returncode
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
-                run.update(preset=preset, teeth_fraction=fraction, load_avg=load, **enc)
+                run.update(preset=preset, teeth_fraction=fraction, load_avg=load, slice_spacing=spacing, **enc)
                 run["slices_per_s"] = run["slices"] / run["seconds"]
                 results["runs"].append(run)
                 t = run["timings"]
                 dice = "" if run["dice"] is None else f", Dice {run['dice']:.3f}"
-                print(f"{preset} teeth {fraction:.0%}: {run['seconds']:.1f} s/volume ({run['process_seconds']:.1f} s "
+                print(f"{preset} teeth {fraction:.0%}, --slice-spacing {spacing}: {run['seconds']:.1f} s/volume "
+                      f"({run['process_seconds']:.1f} s "
                       f"process){dice}, {run['slices_per_s']:.1f} slices/s, model on {run['model_slices']}, "
                       f"{run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
                       f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
