@@ -122,7 +122,9 @@ def write_segmentation(path: Path, labels: np.ndarray, reference, names: Optiona
         "referenceImageExtentOffset": [0, 0, 0],
     }
     with atomic_path(path, overwrite=overwrite) as tmp:
-        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
+        # zlib level 1: a tooth mask is mostly zeros, so level 6 only shrinks a 420×650² mask from 1.1 to 0.36 MB
+        # but takes 1.3 s instead of 0.7 s to write it.
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=1)
     return Path(path)
 
 
