@@ -44,7 +44,7 @@ def _model(indices, classes: int = 1):
 
 def _segment(count: int, coarse: int, classes: int = 1, batch: int = 8):
     labels = np.zeros((count,) + YX, np.uint8)
-    schedule = SliceSchedule(count, np.arange(count), SliceFiller(labels, 0.0, classes), 0.0, coarse=coarse)
+    schedule = SliceSchedule(np.arange(count), SliceFiller(labels, 0.0, classes), 0.0, coarse=coarse)
     runs, held = [], 0
     while (chosen := schedule.next_batch(batch)) is not None:
         assert len(chosen) <= batch
@@ -102,7 +102,7 @@ def test_adaptive_with_several_classes():
 
 def test_batches_never_mix_levels_and_the_first_level_is_coarse():
     labels = np.zeros((50,) + YX, np.uint8)
-    schedule = SliceSchedule(50, np.arange(50), SliceFiller(labels, 0.0, 1), 0.0, coarse=4)
+    schedule = SliceSchedule(np.arange(50), SliceFiller(labels, 0.0, 1), 0.0, coarse=4)
     first = []
     while (chosen := schedule.next_batch(100)) is not None and not first:
         first = chosen
@@ -114,7 +114,7 @@ def test_positions_map_candidates_to_input_slices():
     """Candidates are indices into ``positions``: the filler writes input slices between them."""
     positions = np.arange(0, 303, 3)  # 101 candidates, 3 input slices apart
     labels = np.zeros((303,) + YX, np.uint8)
-    schedule = SliceSchedule(101, positions, SliceFiller(labels, 0.0, 1), 0.0, coarse=COARSE_STEP)
+    schedule = SliceSchedule(positions, SliceFiller(labels, 0.0, 1), 0.0, coarse=COARSE_STEP)
     while (chosen := schedule.next_batch(8)) is not None:
         schedule.record(chosen, *_model(chosen))
     rows = labels.reshape(303, -1).any(1)

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 
 from .predictor import EMPTY_LOGIT
-from .slice_sampling import SliceFiller
+from .slice_sampling import SliceFiller, threshold_logits
 
 # Candidates between the first model slices: 4 model pixels (2.5 mm for a 16 cm field of view).
 COARSE_STEP = 4
@@ -33,17 +33,18 @@ TOLERANCE = 0.05
 
 
 class SliceSchedule:
-    """Coarse-to-fine choice among ``count`` candidate slices, feeding a :class:`SliceFiller`.
+    """Coarse-to-fine choice among the candidate slices at input ``positions``, feeding a :class:`SliceFiller`.
 
     ``next_batch(n)`` gives up to n candidate indices to run (None when done); ``record`` takes their logits
     (B×C×S×S) and teeth flags; the filler receives every model slice once its left gap is settled.
     """
 
-    def __init__(self, count: int, positions: Sequence[int], filler: SliceFiller, cut: float, coarse: int = 1,
+    def __init__(self, positions: Sequence[int], filler: SliceFiller, cut: float, coarse: int = 1,
                  tolerance: float = TOLERANCE) -> None:
-        if len(positions) != count or count < 1:
-            raise ValueError(f"need {count} positions, got {len(positions)}")
-        self.count, self.positions, self.filler = count, [int(p) for p in positions], filler
+        if len(positions) < 1:
+            raise ValueError("no candidate slices")
+        self.positions, self.filler = [int(p) for p in positions], filler
+        count = len(self.positions)
         self.cut, self.tolerance = cut, tolerance
         self.logits: Dict[int, Optional[torch.Tensor]] = {}  # model slices not yet flushed (None: no teeth)
         self.teeth: Dict[int, bool] = {}  # every model slice
@@ -118,9 +119,7 @@ class SliceSchedule:
         return torch.count_nonzero(mg != mm).item() <= self.tolerance * union
 
     def _mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """C×S×S logits -> S×S labels (0 background), thresholded as the filler does."""
-        best, arg = logits.max(dim=0)
-        return (arg + 1) * (best > self.cut)
+        return threshold_logits(logits, self.cut)[0]  # as the filler thresholds
 
     def _flush(self) -> None:
         """Hand the filler every model slice whose left gap is settled (or has no candidates), in order."""

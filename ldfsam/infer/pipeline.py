@@ -198,7 +198,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     cut = math.log(threshold / (1.0 - threshold))
     m = len(positions)
     adaptive = str(slice_spacing).strip().lower() == "auto" and m > 2
-    schedule = SliceSchedule(m, positions, SliceFiller(labels, cut, n_classes, probs), cut,
+    schedule = SliceSchedule(positions, SliceFiller(labels, cut, n_classes, probs), cut,
                              coarse=COARSE_STEP if adaptive else 1)
     with_teeth = 0
     every = f"{spacing[2] * (nz - 1) / max(1, m - 1):.2g} mm"

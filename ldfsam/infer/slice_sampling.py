@@ -14,7 +14,7 @@ the same candidates coarse to fine, skipping those that interpolation recovers (
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -111,11 +111,17 @@ class SliceFiller:
             self._write(z, value)
 
     def _write(self, z: int, value: torch.Tensor) -> None:
-        if self.classes > 1:
-            best, arg = value.max(dim=0)
-            self.labels[z] = ((arg.to(torch.uint8) + 1) * (best > self.cut)).numpy()
-        else:
-            best = value[0]
-            self.labels[z] = (best > self.cut).numpy()
+        labels, best = threshold_logits(value, self.cut)
+        self.labels[z] = labels.numpy()
         if self.probs is not None:
             self.probs[z] = torch.sigmoid(best).numpy()
+
+
+def threshold_logits(logits: torch.Tensor, cut: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """C×H×W logits -> (H×W uint8 labels, 0 background: the best class where its logit is above ``cut``;
+    H×W best logit)."""
+    if logits.shape[0] == 1:
+        best = logits[0]
+        return (best > cut).to(torch.uint8), best
+    best, arg = logits.max(dim=0)
+    return (arg.to(torch.uint8) + 1) * (best > cut), best
