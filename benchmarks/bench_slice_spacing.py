@@ -6,8 +6,9 @@ against every-slice inference, model slices, seconds).
     python benchmarks/bench_slice_spacing.py --spacings native auto 1.27 --fractions 0.4 --json out.json
 
 The phantoms are those of ``bench_segment.py``: SLICES×SIZE×SIZE voxels at 0.25 mm, teeth on the given fraction
-of the slices (``ldfsam.data.phantom``, seed 1). "1px" is every candidate one model pixel apart (SIZE × 0.25 mm
-/ 256); "auto" chooses among the same candidates coarse to fine, and is also compared with "1px".
+of the slices (``ldfsam.data.phantom``, seed 1 unless ``--seed``). "1px" is every candidate one model pixel
+apart (SIZE × 0.25 mm / 256); "auto" chooses among the same candidates coarse to fine, and is also compared
+with "1px".
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 1.0])
     ap.add_argument("--slices", type=int, default=420)
     ap.add_argument("--size", type=int, default=650)
+    ap.add_argument("--seed", type=int, default=1, help="phantom seed")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -58,7 +60,7 @@ def main() -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="ldfsam-bench-") as work:
         for fraction in args.fractions:
-            image, labels = make_phantom((args.slices, args.size, args.size), spacing=0.25, seed=1,
+            image, labels = make_phantom((args.slices, args.size, args.size), spacing=0.25, seed=args.seed,
                                          teeth_fraction=fraction)
             path = Path(work) / f"phantom_{fraction}.nrrd"
             sitk.WriteImage(image, str(path))
