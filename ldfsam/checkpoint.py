@@ -167,7 +167,12 @@ def read_checkpoint_meta(path: PathLike) -> Dict[str, Any]:
 
 def save_checkpoint(path: PathLike, model: torch.nn.Module, model_cfg: ModelConfig, preprocess: PreprocessConfig,
                     training: Optional[Dict[str, Any]] = None) -> None:
-    """Write an LDFSAM model file (weights, configurations, provenance) atomically."""
+    """Write an LDFSAM model file (weights, configurations, provenance) atomically.
+
+    A model whose image encoder is still exactly its published pretrained one (the lite preset's frozen
+    LiteMedSAM encoder) does not store it: the document's ``base`` names the weights and their file's SHA256, and
+    :func:`load_checkpoint` takes those tensors from the verified local copy.
+    """
     if list(preprocess.class_names) != list(model_cfg.class_names):
         raise ConfigError(f"class names differ between the model {model_cfg.class_names} and the preprocessing "
                           f"{preprocess.class_names}")
@@ -182,7 +187,14 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, model_cfg: ModelConf
         "training": training or {},
     }
     model = getattr(model, "module", model)  # DistributedDataParallel: save the network, not the wrapper
-    save_state(path, dict(model.state_dict()), document)
+    tensors = dict(model.state_dict())
+    from .model.pretrained import unchanged_base
+
+    base = unchanged_base(model_cfg, tensors)
+    if base is not None:
+        document["base"] = base
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(base["prefix"])}
+    save_state(path, tensors, document)
 
 
 def read_checkpoint_configs(path: PathLike) -> Tuple[ModelConfig, PreprocessConfig, Dict[str, Any]]:
@@ -208,6 +220,11 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
     path = Path(path)
     model_cfg, preprocess, meta = read_checkpoint_configs(path)
     tensors = _read_tensors(path, lambda key: encoder_dtype if key.startswith("image_encoder.") else torch.float32)
+    if meta.get("base") is not None:
+        from .model.pretrained import base_tensors
+
+        for key, value in base_tensors(meta["base"], path).items():
+            tensors.setdefault(key, value.to(encoder_dtype if key.startswith("image_encoder.") else torch.float32))
     try:
         # Shapes only: every weight comes from the file, so random initialisation (seconds for vit_b) is skipped.
         model = build_model(model_cfg, load_prompt_generator=False, shapes_only=True)

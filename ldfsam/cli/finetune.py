@@ -36,9 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-val-items", type=int)
     g = p.add_argument_group("model")
     g.add_argument("--model-config", type=Path, help="ModelConfig JSON (default: the --preset's)")
-    g.add_argument("--preset", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "small"],
-                   help="SAM size: vit_b (paper), vit_l, vit_h, or small (CPU tests and demos)")
-    g.add_argument("--prompt-mode", choices=["box", "dense", "sparse", "dense+sparse"])
+    g.add_argument("--preset", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "small", "lite"],
+                   help="SAM size: vit_b (paper), vit_l, vit_h, small (CPU tests and demos), or lite (the "
+                        "pretrained LiteMedSAM encoder, frozen; its embeddings are cached)")
+    g.add_argument("--prompt-mode", choices=["box", "zero-shot", "dense", "sparse", "dense+sparse"])
     g.add_argument("--box-prompts", choices=["detected", "ground_truth"],
                    help="box mode: the detector's boxes (default) or the reference masks' boxes (oracle baseline)")
     g.add_argument("--prompt-generator", type=Path, help="Phase 1 prompt generator .safetensors (frozen)")

@@ -10,7 +10,7 @@ from typing import Any, Dict
 
 COMMAND = "info"
 HELP = "show a model's architecture and parameter counts (a preset name or a .safetensors model file)"
-PRESETS = ("vit_b", "vit_l", "vit_h", "small")
+PRESETS = ("vit_b", "vit_l", "vit_h", "small", "lite")
 
 PARTS = OrderedDict([
     ("image_encoder", "SAM image encoder (ViT, frozen)"),
@@ -55,20 +55,28 @@ def summarize(model: Any) -> Dict[str, Any]:
     }
 
 
+def _encoder_text(s: Any) -> str:
+    if s.encoder == "tiny_vit":
+        t = s.tiny_vit
+        return (f"TinyViT (LiteMedSAM) stages {list(t.embed_dims)}, depths {list(t.depths)}, heads "
+                f"{list(t.num_heads)}, windows {list(t.window_sizes)}; input {s.image_size} -> embedding "
+                f"{s.prompt_embed_dim}×{s.grid}×{s.grid}; frozen, no adapters; pixels {s.pixel_norm}")
+    return (f"ViT width {s.embed_dim}, depth {s.depth}, {s.num_heads} heads, {s.window_size}×{s.window_size} "
+            f"windows, global blocks {list(s.global_attn_indexes)}; input {s.image_size} -> embedding "
+            f"{s.prompt_embed_dim}×{s.grid}×{s.grid}; adapters {'on' if s.adapters else 'off'} "
+            f"(ratio {s.adapter_mlp_ratio})")
+
+
 def _architecture(cfg: Any, model: Any) -> Dict[str, Any]:
     s, g, f = cfg.sam, cfg.prompt_generator, cfg.feature_prompts
-    grid = s.image_size // s.patch_size
     return {
         "preset": s.preset,
-        "sam": f"ViT width {s.embed_dim}, depth {s.depth}, {s.num_heads} heads, {s.window_size}×{s.window_size} "
-               f"windows, global blocks {list(s.global_attn_indexes)}; input {s.image_size} -> embedding "
-               f"{s.prompt_embed_dim}×{grid}×{grid}; adapters {'on' if s.adapters else 'off'} "
-               f"(ratio {s.adapter_mlp_ratio})",
+        "sam": _encoder_text(s),
         "decoder": f"two-way transformer depth {s.decoder_depth}, {s.decoder_num_heads} heads, MLP "
                    f"{s.decoder_mlp_dim}; {len(cfg.class_names)} class mask token(s)",
         "prompt_generator": f"YOLOv8{g.scale}, {g.num_classes} class(es), input {g.image_size}, P3/P4/P5 channels "
                             f"{'/'.join(str(c) for c in model.prompt_generator.feature_channels)}",
-        "feature_prompts": "none (box prompts)" if cfg.prompt_mode == "box" else
+        "feature_prompts": "none (box prompts)" if cfg.uses_boxes else
                            f"mix {f.mix_channels} channels, K={f.num_sparse_tokens} sparse tokens, hidden "
                            f"{f.sparse_hidden}",
         "prompt_mode": cfg.prompt_mode,
@@ -115,8 +123,11 @@ def collect(spec: str) -> Dict[str, Any]:
                                   "model": build_model(cfg, shapes_only=True)}
     else:
         source = _from_file(Path(spec))
+    from ..model.flops import gflops_per_part
+
     out = {"source": source["source"], "architecture": _architecture(source["cfg"], source["model"])}
     out.update(summarize(source["model"]))
+    out["gflops"] = gflops_per_part(source["model"])
     for key in ("training", "package_version"):
         if key in source:
             out[key] = source[key]
@@ -140,8 +151,11 @@ def format_table(info: Dict[str, Any]) -> str:
     for key, label in PARTS.items():
         part = info["parts"][key]
         lines.append(f"  {label:<36}{part['total']:>14,}{part['trainable']:>22,}")
-    lines += [f"  {'total':<36}{info['total']:>14,}{info['trainable']:>22,}",
-              "",
+    lines += [f"  {'total':<36}{info['total']:>14,}{info['trainable']:>22,}", ""]
+    g = info["gflops"]
+    lines.append("  GFLOPs per image   " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in g.items())
+                 + f"; total {sum(g.values()):.2f}")
+    lines += ["",
               f"  total                         {_m(info['total'])}",
               f"  trainable (Phase 2)           {_m(info['trainable'])}",
               f"  trainable + frozen YOLO       {_m(info['trainable_paper_convention'])}"

@@ -39,9 +39,11 @@ def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Opti
     return discovery.kind, sorted(cases, key=lambda c: c.case_id)
 
 
-def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Optional[np.ndarray] = None) -> np.ndarray:
+def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Optional[np.ndarray] = None,
+                embeddings=None) -> np.ndarray:
     """RGB image H×W×3 uint8 -> boolean masks C×H×W; with ``ref`` (H×W bool, box mode) the prompts are the
-    boxes of the reference's connected components instead of the detected ones."""
+    boxes of the reference's connected components instead of the detected ones. With ``embeddings`` (an
+    EmbeddingCache of the model's frozen encoder) the image embedding is looked up there, or computed and kept."""
     import torch
     import torch.nn.functional as F
 
@@ -51,13 +53,25 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
     pre = loaded.preprocess
     sam = torch.from_numpy(resize_square(image, pre.sam_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
     yolo = torch.from_numpy(resize_square(image, pre.yolo_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
+    model = loaded.model
     with torch.no_grad():
-        if ref is None:
-            logits = loaded.model(sam.to(device), yolo.to(device)).float()
-        else:
+        boxes = None
+        if ref is not None:
             small = torch.from_numpy(resize_square(ref.astype(np.uint8), pre.sam_size, True).copy())[None, None]
             boxes = boxes_from_masks(small, pre.yolo_size / pre.sam_size)
-            logits = BoxPrompted(loaded.model)(sam.to(device), yolo.to(device), boxes).float()
+        if embeddings is not None:
+            from ..finetune.embedding_cache import image_key
+
+            key = image_key(sam[0])
+            embedding = embeddings.get(key)
+            if embedding is None:
+                embedding = model.encode_image(sam.to(device)).float()[0]
+                embeddings.put(key, embedding)
+            logits = model.decode(embedding[None].to(device), model.prompt_features(yolo.to(device)), boxes).float()
+        elif boxes is None:
+            logits = model(sam.to(device), yolo.to(device)).float()
+        else:
+            logits = BoxPrompted(model)(sam.to(device), yolo.to(device), boxes).float()
         logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return (torch.sigmoid(logits[0]) > threshold).cpu().numpy()
 
@@ -81,8 +95,15 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
     loaded = load_checkpoint(resolve_model(model), device=resolve_device(device))
     names = list(loaded.model_cfg.class_names)
     gt_boxes = box_prompts == "ground_truth"
-    if gt_boxes and (kind != "2d" or loaded.model_cfg.prompt_mode != "box"):
+    if gt_boxes and (kind != "2d" or not loaded.model_cfg.uses_boxes):
         raise InputError("ground-truth box prompts need a box-mode model and a 2D dataset", model)
+    embeddings = None
+    if kind == "2d" and loaded.model_cfg.sam.encoder == "tiny_vit":
+        # The lite preset's encoder is LiteMedSAM's, frozen: the embeddings of its training run (and of earlier
+        # evaluations) are valid here, and it costs 10-20× the rest of the model.
+        from ..finetune.embedding_cache import EmbeddingCache, encoder_fingerprint
+
+        embeddings = EmbeddingCache(encoder_fingerprint(loaded.model))
     rows: List[Dict[str, Any]] = []
     if progress is not None:
         progress.start("evaluate", total=len(cases), message=f"evaluating {model} on {len(cases)} {kind} cases")
@@ -94,7 +115,8 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
             if image.shape[:2] != ref.shape:
                 raise InputError(f"mask size {ref.shape[::-1]} differs from its image's {image.shape[1::-1]}",
                                  case.label)
-            pred = _predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None)
+            pred = _predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None,
+                               embeddings)
             pred_classes = np.zeros(ref.shape, np.uint8)
             for c in range(pred.shape[0]):
                 pred_classes[pred[c]] = c + 1

@@ -8,6 +8,7 @@ from typing import Literal, Optional
 DatasetFormat = Literal["auto", "slices", "images"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 BoxPrompts = Literal["detected", "ground_truth"]
+EmbeddingCacheMode = Literal["auto", "off"]
 
 
 @dataclass
@@ -54,6 +55,9 @@ class FinetuneConfig:
     # Box mode only: prompt with the detector's boxes (the paper's baseline) or with the tight boxes of the
     # reference masks' connected components (an oracle baseline independent of the detector).
     box_prompts: BoxPrompts = "detected"
+    # "auto": when the image encoder has no trainable parameter (the lite preset), encode every image once and
+    # train on the cached embeddings (finetune/embedding_cache.py); "off": encode in every step.
+    embedding_cache: EmbeddingCacheMode = "auto"
 
     def validate(self) -> None:
         from ..errors import ConfigError

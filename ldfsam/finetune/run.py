@@ -52,10 +52,10 @@ def _build(model_cfg: ModelConfig, sam_checkpoint: Optional[str], seed: int, loa
     # Same seed on every rank: randomly initialised parts are identical before DDP broadcasts them anyway.
     torch.manual_seed(seed)
     model = build_model(model_cfg, load_prompt_generator=load_init)
-    if sam_checkpoint and load_init:
-        from ..model.sam_weights import load_sam_weights
+    if load_init:
+        from ..model.pretrained import load_pretrained_sam
 
-        load_sam_weights(model, sam_checkpoint)
+        load_pretrained_sam(model, sam_checkpoint)
     names = configure_phase2(model)
     return model, names
 

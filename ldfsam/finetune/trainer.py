@@ -24,6 +24,7 @@ from ..progress import Progress
 from . import distributed
 from .config import FinetuneConfig
 from .data import RunData
+from .embedding_cache import EmbeddingCache, FromEmbeddings, encode_dataset, encoder_fingerprint, encoder_is_frozen
 from .gt_boxes import BoxPrompted, boxes_from_masks
 from .loss import dice_bce_loss, hard_dice
 from .precision import autocast, make_scaler, resolve_precision
@@ -59,14 +60,16 @@ def cosine_lr(cfg: FinetuneConfig, step: int, total: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
-def _forward(net, sam: torch.Tensor, yolo: torch.Tensor, mask: torch.Tensor, gt_boxes: bool) -> torch.Tensor:
+def _forward(net, image: torch.Tensor, yolo: torch.Tensor, mask: torch.Tensor, gt_boxes: bool) -> torch.Tensor:
+    """``image`` is the SAM image, or its cached embedding when ``net`` is a FromEmbeddings."""
     if not gt_boxes:
-        return net(sam, yolo)
-    return net(sam, yolo, boxes_from_masks(mask, yolo.shape[-1] / sam.shape[-1]))
+        return net(image, yolo)
+    return net(image, yolo, boxes_from_masks(mask, yolo.shape[-1] / mask.shape[-1]))
 
 
 def _to_device(batch: Dict[str, Any], device: torch.device):
-    return (batch["sam_image"].to(device, non_blocking=True), batch["yolo_image"].to(device, non_blocking=True),
+    image = batch["embedding"] if "embedding" in batch else batch["sam_image"]
+    return (image.to(device, non_blocking=True), batch["yolo_image"].to(device, non_blocking=True),
             batch["mask"].to(device, non_blocking=True))
 
 
@@ -82,12 +85,20 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, env.device)
         self.scaler = make_scaler(self.precision, env.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
+        # A zero-shot model is the pretrained SAM prompted with detected boxes: nothing trains, it is validated
+        # and written as it is.
+        self.zero_shot = model_cfg.prompt_mode == "zero-shot"
+        if not self.params and not self.zero_shot:
             raise LDFSAMError("the model has no trainable parameters (configure_phase2 was not applied?)")
         self.gt_boxes = cfg.box_prompts == "ground_truth"
-        if self.gt_boxes and model_cfg.prompt_mode != "box":
-            raise ConfigError(f"box_prompts 'ground_truth' needs prompt mode 'box', not {model_cfg.prompt_mode!r}")
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if self.gt_boxes and not model_cfg.uses_boxes:
+            raise ConfigError("box_prompts 'ground_truth' needs a box prompt mode (box or zero-shot), not "
+                              f"{model_cfg.prompt_mode!r}")
+        self.cached = cfg.embedding_cache == "auto" and encoder_is_frozen(self.model)
+        if self.cached:
+            self._cache_embeddings()
+        self.optimizer = (torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                          if self.params else None)
         self.sampler = ResumableBatchSampler(len(data.train), cfg.batch_size, env.rank, env.world_size,
                                              shuffle=True, seed=cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
@@ -97,6 +108,33 @@ class Trainer:
         self.pos: Dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "loss_sum": 0.0,
                                     "loss_count": 0, "best_val_dice": None, "best_epoch": None, "bad_validations": 0,
                                     "skipped_steps": 0, "complete": False, "seconds": 0.0}
+
+    def _cache_embeddings(self) -> None:
+        """Encode every training and validation image once (the encoder is frozen); see embedding_cache.py."""
+        cache = EmbeddingCache(encoder_fingerprint(self.model))
+        total = (0 if self.zero_shot else len(self.data.train)) + (len(self.data.val) if self.data.val else 0)
+        self.progress.start("embeddings", total=total, message=f"image embeddings: {total} items, cache {cache.dir}")
+        done = [0, 0]
+
+        def report(offset: int):
+            def on_progress(i: int, n: int, encoded: int) -> None:
+                done[1] = offset + i
+                self.progress.update("embeddings", done[1], total, encoded=done[0] + encoded)
+            return on_progress
+
+        start = time.monotonic()
+        if not self.zero_shot:  # a zero-shot run only validates
+            self.data.train = encode_dataset(self.model, self.data.train, cache, self.cfg.batch_size, report(0))
+        if self.data.val is not None and len(self.data.val):
+            self.data.val = encode_dataset(self.model, self.data.val, cache, self.cfg.batch_size,
+                                           report(0 if self.zero_shot else len(self.data.train)))
+        self.progress.done("embeddings", message=f"image embeddings ready in {time.monotonic() - start:.1f} s")
+
+    def _net(self) -> torch.nn.Module:
+        """What one step calls: the model, or a wrapper taking given boxes and/or cached embeddings."""
+        if self.cached:
+            return FromEmbeddings(self.model)
+        return BoxPrompted(self.model) if self.gt_boxes else self.model
 
     # -- state --------------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -128,7 +166,7 @@ class Trainer:
         """Mean per-image Dice and loss over the validation set (all ranks together); None without one."""
         if self.data.val is None or len(self.data.val) == 0:
             return None
-        net = BoxPrompted(self.model) if self.gt_boxes else self.model
+        net = self._net()
         net.eval()
         idx = shard(len(self.data.val), self.env.rank, self.env.world_size)
         batches = [idx[i: i + self.cfg.batch_size] for i in range(0, len(idx), self.cfg.batch_size)]
@@ -178,13 +216,27 @@ class Trainer:
         self.optimizer.step()
         return loss.item()
 
+    def _fit_zero_shot(self) -> FitResult:
+        metrics = self.validate()
+        val_dice = None if metrics is None else metrics["val_dice"]
+        if self.env.is_main:
+            self._save_model(self.model_path, {"epochs_done": 0, "global_step": 0, "selected": "zero-shot",
+                                               "val_dice": val_dice})
+        distributed.barrier(self.env)
+        text = "" if val_dice is None else f", validation Dice {val_dice:.4f}"
+        self.progress.done(PHASE, message=f"zero-shot model: {self.model_path} (nothing trained{text})", step=0,
+                           best_val_dice=val_dice, model=str(self.model_path))
+        return FitResult(self.model_path, 0, 0, val_dice, False)
+
     def fit(self) -> FitResult:
         cfg, env, pos = self.cfg, self.env, self.pos
+        if self.zero_shot:
+            return self._fit_zero_shot()
         if pos["complete"]:
             self.progress.done(PHASE, message=f"the run in {self.run_dir} is complete already", step=pos["global_step"])
             return FitResult(self.model_path if self.model_path.exists() else None, pos["global_step"], pos["epoch"],
                              pos["best_val_dice"], False)
-        net = BoxPrompted(self.model) if self.gt_boxes else self.model
+        net = self._net()
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
 

@@ -167,4 +167,4 @@ class SlicePredictor:
         return now
 
     def _needs_boxes(self) -> bool:
-        return self.model.cfg.prompt_mode == "box"
+        return self.model.cfg.uses_boxes

@@ -6,6 +6,7 @@ import contextlib
 from typing import Optional, Tuple
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .config import ModelConfig
@@ -21,16 +22,18 @@ from .prompt_generator import PromptGenerator, load_prompt_generator_weights
 def check_config(cfg: ModelConfig) -> None:
     """Raise ConfigError for a configuration that cannot be built."""
     s = cfg.sam
-    if s.preset in OFFICIAL:
+    if s.preset in OFFICIAL + ("lite",):
         for key, value in SAM_PRESETS[s.preset].items():
-            if getattr(s, key) != value:
+            if key != "init_checkpoint" and getattr(s, key) != value:
                 raise ConfigError(f"sam.{key}: preset {s.preset} has {value!r}, got {getattr(s, key)!r} "
                                   "(use preset 'small' for a custom encoder)")
-    if s.image_size <= 0 or s.image_size % s.patch_size:
+    if s.encoder == "tiny_vit":
+        _check_tiny_vit(s)
+    elif s.image_size <= 0 or s.image_size % s.patch_size:
         raise ConfigError(f"sam.image_size: {s.image_size} is not a positive multiple of patch_size {s.patch_size}")
-    if s.embed_dim % s.num_heads:
+    if s.encoder == "vit" and s.embed_dim % s.num_heads:
         raise ConfigError(f"sam.num_heads: {s.num_heads} does not divide embed_dim {s.embed_dim}")
-    if any(not 0 <= i < s.depth for i in s.global_attn_indexes):
+    if s.encoder == "vit" and any(not 0 <= i < s.depth for i in s.global_attn_indexes):
         raise ConfigError(f"sam.global_attn_indexes: {list(s.global_attn_indexes)} must lie in 0..{s.depth - 1}")
     if s.prompt_embed_dim % s.decoder_num_heads or s.prompt_embed_dim % 8:
         raise ConfigError(f"sam.prompt_embed_dim: {s.prompt_embed_dim} must be a multiple of 8 and of "
@@ -46,6 +49,24 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("max_boxes: must be at least 1")
 
 
+def _check_tiny_vit(s) -> None:
+    t = s.tiny_vit
+    if t is None:
+        raise ConfigError("sam.tiny_vit: the tiny_vit encoder needs its dimensions (use preset 'lite')")
+    if s.adapters:
+        raise ConfigError("sam.adapters: the tiny_vit encoder has no adapters (it stays wholly frozen)")
+    # Three halvings inside TinyViT (1/1 -> 1/2 -> 1/4 of the grid), each needing an even side, and a grid that
+    # is input / 4: the input must be a multiple of 16.
+    if s.image_size <= 0 or s.image_size % 16:
+        raise ConfigError(f"sam.image_size: {s.image_size} is not a positive multiple of 16 (tiny_vit)")
+    n = len(t.embed_dims)
+    if not (len(t.depths) == len(t.num_heads) == len(t.window_sizes) == n == 4):
+        raise ConfigError("sam.tiny_vit: embed_dims, depths, num_heads and window_sizes need four stages each")
+    for dim, heads in zip(t.embed_dims[1:], t.num_heads[1:]):
+        if dim % heads:
+            raise ConfigError(f"sam.tiny_vit.num_heads: {heads} does not divide the stage width {dim}")
+
+
 def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_only: bool = False) -> LDFSAM:
     """Build LDFSAM. With ``cfg.prompt_generator.init_weights`` set (and ``load_prompt_generator``), the Phase 1
     prompt-generator file is loaded into the YOLO part; SAM weights are loaded separately (``sam_weights.py``).
@@ -56,7 +77,7 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
     """
     check_config(cfg)
     s = cfg.sam
-    grid = s.image_size // s.patch_size
+    grid = s.grid
     generator = PromptGenerator(cfg.prompt_generator)  # on CPU always: ultralytics runs a forward pass to build it
     with _meta_without_init() if shapes_only else contextlib.nullcontext():
         encoder, prompt_encoder, decoder, feature_prompts = _build_sam_parts(cfg, grid, generator)
@@ -92,23 +113,36 @@ def _meta_without_init():
             setattr(torch.nn.init, name, fn)
 
 
-def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) -> Tuple[
-        ImageEncoderViT, PromptEncoder, MaskDecoder, Optional[FeaturePromptEncoder]]:
-    s = cfg.sam
-    encoder = ImageEncoderViT(
+def _build_encoder(s) -> nn.Module:
+    if s.encoder == "tiny_vit":
+        from .tiny_vit import TinyViT
+
+        t = s.tiny_vit
+        return TinyViT(image_size=s.image_size, embed_dims=tuple(t.embed_dims), depths=tuple(t.depths),
+                       num_heads=tuple(t.num_heads), window_sizes=tuple(t.window_sizes), mlp_ratio=t.mlp_ratio,
+                       mbconv_expand_ratio=t.mbconv_expand_ratio, local_conv_size=t.local_conv_size,
+                       out_chans=s.prompt_embed_dim)
+    return ImageEncoderViT(
         image_size=s.image_size, patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
         num_heads=s.num_heads, mlp_ratio=s.mlp_ratio, out_chans=s.prompt_embed_dim, window_size=s.window_size,
         global_attn_indexes=tuple(s.global_attn_indexes), adapters=s.adapters, adapter_mlp_ratio=s.adapter_mlp_ratio,
     )
+
+
+def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) -> Tuple[
+        nn.Module, PromptEncoder, MaskDecoder, Optional[FeaturePromptEncoder]]:
+    s = cfg.sam
+    encoder = _build_encoder(s)
     prompt_encoder = PromptEncoder(s.prompt_embed_dim, (grid, grid), (s.image_size, s.image_size))
     decoder = MaskDecoder(len(cfg.class_names), s.prompt_embed_dim, s.decoder_depth, s.decoder_num_heads,
                           s.decoder_mlp_dim)
     feature_prompts = None
-    if cfg.prompt_mode != "box":
+    if not cfg.uses_boxes:
         fp = cfg.feature_prompts
         feature_prompts = FeaturePromptEncoder(
             generator.feature_channels, fp.mix_channels, s.prompt_embed_dim, (grid, grid),
             dense="dense" in cfg.prompt_mode, sparse="sparse" in cfg.prompt_mode,
             num_sparse_tokens=fp.num_sparse_tokens, sparse_hidden=fp.sparse_hidden, alpha_init=fp.alpha_init,
+            yolo_size=cfg.prompt_generator.image_size,
         )
     return encoder, prompt_encoder, decoder, feature_prompts

@@ -8,16 +8,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional, Tuple
 
-PromptMode = Literal["box", "dense", "sparse", "dense+sparse"]
-SamPreset = Literal["vit_b", "vit_l", "vit_h", "small"]
+PromptMode = Literal["box", "zero-shot", "dense", "sparse", "dense+sparse"]
+SamPreset = Literal["vit_b", "vit_l", "vit_h", "small", "lite"]
+BOX_MODES = ("box", "zero-shot")
+EncoderKind = Literal["vit", "tiny_vit"]
+PixelNorm = Literal["imagenet", "none"]
+
+
+@dataclass
+class TinyViTConfig:
+    """LiteMedSAM's TinyViT encoder (MedSAM distilled into TinyViT-5M): four stages at 1/1, 1/2, 1/4, 1/4 of the
+    patch grid (itself 1/1 of the input: no stride in the stem), then SAM's neck to ``prompt_embed_dim``. The
+    embedding grid is ``image_size / 4`` (64×64 for a 256 input)."""
+
+    embed_dims: Tuple[int, ...] = (64, 128, 160, 320)
+    depths: Tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: Tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: Tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+
+
 YoloScale = Literal["n", "s", "m", "l", "x"]
 
 
 @dataclass
 class SamConfig:
-    """SAM image encoder, prompt encoder and mask decoder (SAM-Med2D style: 256 input, adapters)."""
+    """SAM image encoder, prompt encoder and mask decoder (SAM-Med2D style: 256 input, adapters).
+
+    ``encoder`` "vit" is SAM's ViT (the paper's); "tiny_vit" is LiteMedSAM's TinyViT (preset ``lite``), whose
+    dimensions are in ``tiny_vit`` and which has no adapters (it stays wholly frozen, so its embeddings can be
+    cached during Phase 2).
+    """
 
     preset: SamPreset = "vit_b"
+    encoder: EncoderKind = "vit"
     image_size: int = 256
     patch_size: int = 16
     embed_dim: int = 768
@@ -35,6 +61,14 @@ class SamConfig:
     decoder_mlp_dim: int = 2048
     # Official SAM checkpoint the encoder was initialised from (provenance only; None for random init).
     init_checkpoint: Optional[str] = None
+    # SAM normalises with ImageNet's mean/std; LiteMedSAM takes the [0, 1] image as it is.
+    pixel_norm: PixelNorm = "imagenet"
+    tiny_vit: Optional[TinyViTConfig] = None
+
+    @property
+    def grid(self) -> int:
+        """Side of the image embedding grid: input / 16 for the ViT, input / 4 for TinyViT."""
+        return self.image_size // (4 if self.encoder == "tiny_vit" else self.patch_size)
 
 
 @dataclass
@@ -74,3 +108,9 @@ class ModelConfig:
     # Box mode: the most detected boxes used as SAM box prompts per image, and their confidence threshold.
     max_boxes: int = 32
     box_conf: float = 0.25
+
+    @property
+    def uses_boxes(self) -> bool:
+        """Box prompts from the prompt generator's detections ("box", or "zero-shot": the pretrained decoder
+        unchanged) rather than feature prompts."""
+        return self.prompt_mode in BOX_MODES

@@ -3,7 +3,8 @@
 P3/P4/P5 (strides 8/16/32 of the YOLO input) -> Φmix -> F_fused (stride 8, ``mix_channels``)
   -> Dense Feature Prompt  P_dense  B×D×G×G   (added to the SAM embedding: Z_cond = Z_img + α·P_dense, α init 0)
   -> Sparse Feature Prompt T_sparse B×K×D     (K extra prompt tokens for the mask decoder)
-with D = the SAM prompt dimension (256) and G×G the SAM embedding grid (16×16 for a 256 input).
+with D = the SAM prompt dimension (256) and G×G the SAM embedding grid (16×16 for a 256 input to the ViT, 64×64 to
+LiteMedSAM's TinyViT).
 """
 
 from __future__ import annotations
@@ -33,19 +34,19 @@ class FeatureMix(nn.Module):
 
 
 class DenseFeaturePrompt(nn.Module):
-    """Φdense: one 3×3 conv with stride 2 (stride 8 -> 16, mix -> D channels), then resampling to the SAM grid.
+    """Φdense: one 3×3 conv (mix -> D channels), then resampling to the SAM grid.
 
-    The strided conv does the paper's 1/8 -> 1/16 step and the channel alignment at once. The YOLO input (640, or
-    256 for the small preset) and the SAM input (256) differ, so the stride-16 map (40×40 for 640) is then brought
-    to the SAM grid (16×16): by adaptive average pooling when it is larger (an area average, so every YOLO cell
-    contributes) and by bilinear interpolation when it is smaller; when sizes already match (YOLO 256 -> 16×16)
-    nothing is done.
+    The paper's conv has stride 2 (YOLO's stride 8 -> SAM's stride 16). That holds where P3 is at least twice the
+    SAM grid (YOLO 640 or 256 against the ViT's 16×16 grid of a 256 input); where it is not (the lite preset:
+    YOLO 512 gives a 64×64 P3, TinyViT's grid of a 256 input is 64×64, stride 4) the conv keeps stride 1. The map
+    is then brought to the SAM grid: by adaptive average pooling when it is larger (an area average, so every
+    YOLO cell contributes), by bilinear interpolation when it is smaller, and not at all when sizes match.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, grid: Tuple[int, int]) -> None:
+    def __init__(self, in_channels: int, out_channels: int, grid: Tuple[int, int], stride: int = 2) -> None:
         super().__init__()
         self.grid = tuple(grid)
-        self.down = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.down = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         x = self.down(fused)
@@ -55,6 +56,11 @@ class DenseFeaturePrompt(nn.Module):
         if h >= self.grid[0] and w >= self.grid[1]:
             return F.adaptive_avg_pool2d(x, self.grid)
         return F.interpolate(x, size=self.grid, mode="bilinear", align_corners=False)
+
+
+def dense_stride(yolo_size: int, grid: int) -> int:
+    """2 (the paper's stride-8 -> stride-16 step) when YOLO's P3 is at least twice the SAM grid, else 1."""
+    return 2 if yolo_size // 8 >= 2 * grid else 1
 
 
 class SparseFeaturePrompt(nn.Module):
@@ -75,10 +81,11 @@ class FeaturePromptEncoder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], mix_channels: int, token_dim: int, grid: Tuple[int, int],
                  dense: bool, sparse: bool, num_sparse_tokens: int = 4, sparse_hidden: int = 512,
-                 alpha_init: float = 0.0) -> None:
+                 alpha_init: float = 0.0, yolo_size: int = 640) -> None:
         super().__init__()
         self.mix = FeatureMix(in_channels, mix_channels)
-        self.dense = DenseFeaturePrompt(mix_channels, token_dim, grid) if dense else None
+        stride = dense_stride(yolo_size, grid[0])
+        self.dense = DenseFeaturePrompt(mix_channels, token_dim, grid, stride) if dense else None
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init))) if dense else None
         self.sparse = SparseFeaturePrompt(mix_channels, sparse_hidden, num_sparse_tokens, token_dim) if sparse else None
         self.token_dim = token_dim

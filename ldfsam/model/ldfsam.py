@@ -5,6 +5,8 @@ Prompt modes (rows of the paper's Table 1):
 - ``box``: YOLO's detected boxes (top ``max_boxes`` above ``box_conf``) become SAM box prompts, one decoder row
   per box; the masks of an image's boxes are united by a maximum over their logits, and an image without boxes
   gets an all-background prediction (logit ``NO_OBJECT_LOGIT``). No feature prompts are built.
+- ``zero-shot``: the same with the pretrained SAM (prompt encoder and decoder) left exactly as it is: nothing is
+  trained in Phase 2.
 - ``dense``: Z_cond = Z_img + α·P_dense (α learnable, 0 at initialisation), no prompt tokens.
 - ``sparse``: the K Sparse Feature Prompt tokens are the decoder's prompt tokens.
 - ``dense+sparse`` (the paper's method): both.
@@ -63,7 +65,7 @@ class LDFSAM(nn.Module):
 
     @property
     def image_size(self) -> int:
-        return self.image_encoder.image_size
+        return self.cfg.sam.image_size
 
     def train(self, mode: bool = True) -> LDFSAM:
         """As nn.Module.train, but the prompt generator stays in eval mode: it is frozen, and its BatchNorm
@@ -84,7 +86,9 @@ class LDFSAM(nn.Module):
         return self.prompt_generator.detect(yolo_image, conf=self.cfg.box_conf, max_det=self.cfg.max_boxes)
 
     def encode_image(self, sam_image: torch.Tensor) -> torch.Tensor:
-        """SAM image B×3×S×S in [0, 1] -> image embedding B×256×S/16×S/16."""
+        """SAM image B×3×S×S in [0, 1] -> image embedding B×256×G×G (G = S/16 for the ViT, S/4 for TinyViT)."""
+        if self.cfg.sam.pixel_norm == "none":
+            return self.image_encoder(sam_image)
         return self.image_encoder((sam_image - self.pixel_mean) / self.pixel_std)
 
     def decode(self, image_embeddings: torch.Tensor, features: Optional[Sequence[torch.Tensor]],
@@ -94,7 +98,7 @@ class LDFSAM(nn.Module):
         In box mode ``boxes`` (as returned by :meth:`detect`) may be given; otherwise they are detected from the
         features (so passing the features of the same images is enough).
         """
-        if self.prompt_mode == "box":
+        if self.cfg.uses_boxes:
             return self._decode_boxes(image_embeddings, features, boxes)
         if features is None:
             raise ValueError(f"prompt mode {self.prompt_mode!r} needs the YOLO features")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .presets import SAM_PRESETS
+from .presets import OFFICIAL, SAM_PRESETS
 
 PathLike = Union[str, Path]
 _SKIPPED_PREFIXES = ("prompt_encoder.point_embeddings.0.", "prompt_encoder.point_embeddings.1.",
@@ -51,8 +51,8 @@ def read_sam_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 def _sam_preset_of(state: Dict[str, torch.Tensor]) -> str:
     dim = int(state["image_encoder.patch_embed.proj.weight"].shape[0])
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    for name, p in SAM_PRESETS.items():
-        if p["embed_dim"] == dim and p["depth"] == depth and name != "small":
+    for name in OFFICIAL:
+        if SAM_PRESETS[name]["embed_dim"] == dim and SAM_PRESETS[name]["depth"] == depth:
             return name
     return f"an encoder of width {dim} and depth {depth}"
 
@@ -71,8 +71,8 @@ def load_sam_weights(model: torch.nn.Module, path: PathLike) -> Dict[str, List[s
     preset = model.cfg.sam.preset
     if found != preset:
         raise CheckpointError(f"holds SAM {found}, but the model is preset {preset}; use the matching "
-                              f"sam_{preset} file" if preset != "small" else
-                              f"holds SAM {found}; the 'small' preset has no official weights", path)
+                              f"sam_{preset} file" if preset in OFFICIAL else
+                              f"holds SAM {found}; the {preset!r} preset has no official weights", path)
     own = {k: v for k, v in model.state_dict().items()
            if k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder."))}
     num_classes = model.num_classes

@@ -3,7 +3,8 @@
 Trained: the encoder's adapters, the feature prompt encoder (Φmix, the dense head and α, the sparse head), SAM's
 prompt encoder and the mask decoder. Frozen: the ViT encoder's original weights and the whole YOLO prompt generator.
 Parameters that the configured prompt mode never uses are frozen too, so that every trainable parameter receives
-a gradient: SAM's box-corner embeddings take part only in box mode.
+a gradient: SAM's box-corner embeddings take part only in box mode. A ``zero-shot`` model trains nothing: it is the
+pretrained SAM prompted with the detected boxes.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from torch import nn
 
 
 def _is_trainable(name: str, prompt_mode: str) -> bool:
+    if prompt_mode == "zero-shot":
+        return False
     if name.startswith("image_encoder."):
         return ".adapter." in name
-    if name.startswith("prompt_encoder.box_corner_embeddings."):
-        return prompt_mode == "box"
-    return name.startswith(("feature_prompts.", "prompt_encoder.", "mask_decoder."))
+    if name.startswith("prompt_encoder."):
+        # Of SAM's prompt embeddings Phase 2 uses the "no mask" one always and the box corners in box mode;
+        # point and mask-prompt embeddings (interactive use) never take part.
+        if name.startswith("prompt_encoder.box_corner_embeddings."):
+            return prompt_mode == "box"
+        return name.startswith("prompt_encoder.no_mask_embed.")
+    return name.startswith(("feature_prompts.", "mask_decoder."))
 
 
 def configure_phase2(model: nn.Module) -> List[str]:

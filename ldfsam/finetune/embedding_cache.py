@@ -1,0 +1,155 @@
+"""Phase 2 with a wholly frozen image encoder (the ``lite`` preset): every training image is encoded once.
+
+An image encoder without trainable parameters gives the same embedding for the same input in every epoch, so
+the run encodes each item once, before training, and the epochs cost only the prompt generator, the prompt heads
+and the mask decoder. Embeddings are kept in ``$LDFSAM_HOME/cache/embeddings/<encoder>/<image>.safetensors``:
+
+- ``<encoder>``: SHA256 of the encoder's tensors, its input size and its pixel normalisation, so new weights or
+  another preprocessing of the model never meet old embeddings;
+- ``<image>``: SHA256 of the exact encoder input (the 3×S×S float image after the dataset's resizing), so an
+  image is looked up by its content: runs on the same data share the cache (e.g. the prompt modes of a benchmark),
+  a changed file is encoded anew.
+
+Stored as float16 (2 MB per 256×64×64 embedding; about 1e-3 relative error, far below the decoder's sensitivity:
+``Testing/test_finetune_embedding_cache.py`` checks the masks). Written atomically: an interrupted run leaves
+whole files or none. The cache is exact only because Phase 2 applies no random augmentation to the SAM input;
+an augmentation of that input would have to be cached per variant (a deterministic flip as its own image) or
+turn the cache off (``FinetuneConfig.embedding_cache = "off"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_path
+from ..models.cache import ldfsam_home
+
+STORE_DTYPE = torch.float16
+
+
+def encoder_fingerprint(model: torch.nn.Module) -> str:
+    """SHA256 of the image encoder's tensors (names, shapes, values), input size and pixel normalisation."""
+    digest = hashlib.sha256()
+    s = model.cfg.sam
+    digest.update(f"{s.encoder}|{s.image_size}|{s.pixel_norm}".encode())
+    for name, tensor in sorted(model.image_encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def image_key(sam_image: torch.Tensor) -> str:
+    """SHA256 of one encoder input (3×S×S float32)."""
+    t = sam_image.detach().to(torch.float32).cpu().contiguous()
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
+def encoder_is_frozen(model: torch.nn.Module) -> bool:
+    return not any(p.requires_grad for p in model.image_encoder.parameters())
+
+
+class EmbeddingCache:
+    """The embeddings of one encoder, one file per image."""
+
+    def __init__(self, fingerprint: str, root: Optional[Path] = None):
+        self.dir = Path(root or ldfsam_home() / "cache" / "embeddings") / fingerprint[:32]
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.safetensors"
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        """The embedding D×G×G (float32), or None when absent or unreadable (it is then computed again)."""
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            return load_file(str(p))["embedding"].float()
+        except Exception:  # noqa: BLE001 - a damaged cache file is a miss, never an error
+            return None
+
+    def put(self, key: str, embedding: torch.Tensor) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(key)) as tmp:
+            save_file({"embedding": embedding.detach().to(STORE_DTYPE).cpu().contiguous()}, str(tmp))
+
+
+class CachedEmbeddingDataset(torch.utils.data.Dataset):
+    """A Phase 2 dataset whose items carry ``embedding`` (D×G×G, from the cache) instead of ``sam_image``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, cache: EmbeddingCache, keys: List[str]):
+        self.dataset, self.cache, self.keys = dataset, cache, keys
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        item = dict(self.dataset[index])
+        embedding = self.cache.get(self.keys[index])
+        if embedding is None:
+            raise RuntimeError(f"embedding {self.cache.path(self.keys[index])} vanished during the run")
+        item.pop("sam_image")
+        item["embedding"] = embedding
+        return item
+
+
+@torch.no_grad()
+def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, cache: EmbeddingCache,
+                   batch_size: int = 8, on_progress: Optional[Callable[[int, int, int], None]] = None
+                   ) -> CachedEmbeddingDataset:
+    """Look every item up, encode the missing ones in batches, and return the dataset with embeddings.
+    ``on_progress(done, total, encoded)`` is called after each item."""
+    model.eval()
+    device = next(model.image_encoder.parameters()).device
+    keys: List[str] = []
+    pending: List[torch.Tensor] = []
+    pending_keys: List[str] = []
+    encoded = 0
+
+    def flush() -> None:
+        nonlocal encoded
+        if not pending:
+            return
+        embeddings = model.encode_image(torch.stack(pending).to(device)).float()
+        for key, embedding in zip(pending_keys, embeddings):
+            cache.put(key, embedding)
+        encoded += len(pending)
+        pending.clear()
+        pending_keys.clear()
+
+    total = len(dataset)
+    for index in range(total):
+        image = dataset[index]["sam_image"]
+        key = image_key(image)
+        keys.append(key)
+        if key not in pending_keys and cache.get(key) is None:
+            pending.append(image)
+            pending_keys.append(key)
+            if len(pending) >= batch_size:
+                flush()
+        if on_progress is not None and index + 1 < total:
+            on_progress(index + 1, total, encoded)
+    flush()
+    if on_progress is not None:
+        on_progress(total, total, encoded)
+    return CachedEmbeddingDataset(dataset, cache, keys)
+
+
+class FromEmbeddings(torch.nn.Module):
+    """LDFSAM from cached embeddings: ``forward(embedding B×D×G×G, yolo_image, boxes=None) -> logits``.
+
+    A module (not a function) so that DistributedDataParallel can wrap it like the model itself.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embedding: torch.Tensor, yolo_image: torch.Tensor,
+                boxes: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        return self.model.decode(embedding, self.model.prompt_features(yolo_image), boxes)

@@ -1,0 +1,76 @@
+"""Pretrained SAM weights: what a new model starts from, and the published weights a model file refers to.
+
+- ``vit_*`` presets start from an official SAM checkpoint the user names (``sam_weights.py``);
+- the ``lite`` preset starts from LiteMedSAM (``lite_weights.py``: the verified local copy), always;
+- a model file of the lite preset whose encoder is still LiteMedSAM's stores no encoder tensors, only a
+  reference ``{"name": "litemedsam", "sha256": …, "prefix": "image_encoder."}`` (5.7 M parameters not
+  duplicated in every model); loading takes them from the verified copy and refuses another file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from ..errors import CheckpointError, LDFSAMError
+
+LITEMEDSAM = "litemedsam"
+_ENCODER = "image_encoder."
+
+
+def _litemedsam():
+    """(LiteMedSAM state dict in its own key names, SHA256 of its published file)."""
+    from .lite_weights import LITEMEDSAM_SHA256, litemedsam_state_dict
+
+    return litemedsam_state_dict(), LITEMEDSAM_SHA256
+
+
+def load_pretrained_sam(model: torch.nn.Module, sam_checkpoint: Optional[Union[str, Path]] = None
+                        ) -> Optional[Dict[str, Any]]:
+    """Load the preset's pretrained SAM into a new LDFSAM model; returns the loader's report (None: nothing)."""
+    if model.cfg.sam.encoder == "tiny_vit":
+        from .lite_weights import load_litemedsam
+
+        return load_litemedsam(model)
+    if sam_checkpoint:
+        from .sam_weights import load_sam_weights
+
+        return load_sam_weights(model, sam_checkpoint)
+    return None
+
+
+def unchanged_base(model_cfg: Any, tensors: Dict[str, torch.Tensor]) -> Optional[Dict[str, str]]:
+    """The reference to store instead of the encoder tensors, when they are exactly LiteMedSAM's; else None (and
+    the file keeps every tensor, e.g. where LiteMedSAM's weights are not installed)."""
+    s = model_cfg.sam
+    if s.encoder != "tiny_vit" or s.init_checkpoint != LITEMEDSAM:
+        return None
+    try:
+        reference, sha256 = _litemedsam()
+    except LDFSAMError:
+        return None
+    encoder = {k: v for k, v in tensors.items() if k.startswith(_ENCODER)}
+    ref = {k: v for k, v in reference.items() if k.startswith(_ENCODER)}
+    if set(encoder) != set(ref):
+        return None
+    if not all(encoder[k].shape == ref[k].shape and torch.equal(encoder[k].to(ref[k].dtype).cpu(), ref[k])
+               for k in encoder):
+        return None
+    return {"name": LITEMEDSAM, "sha256": sha256, "prefix": _ENCODER}
+
+
+def base_tensors(base: Dict[str, Any], source: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The tensors a model file ``source`` refers to by ``base`` (its document's entry), verified."""
+    if not isinstance(base, dict) or base.get("name") != LITEMEDSAM or not isinstance(base.get("prefix"), str):
+        raise CheckpointError(f"refers to base weights this ldfsam does not know ({base!r})", source)
+    try:
+        state, sha256 = _litemedsam()
+    except LDFSAMError as e:
+        raise CheckpointError(f"needs the LiteMedSAM weights for its image encoder, which are not available: {e}",
+                              source) from None
+    if base.get("sha256") != sha256:
+        raise CheckpointError(f"was trained on LiteMedSAM weights with SHA256 {base.get('sha256')}, but the local "
+                              f"copy has {sha256}", source)
+    return {k: v for k, v in state.items() if k.startswith(base["prefix"])}
