@@ -4,8 +4,14 @@ Token layout fed to the two-way transformer, per row: ``[iou token, C class mask
 the prompt tokens are the K Sparse Feature Prompt tokens and/or the two corner tokens of one box. Each class has
 its own mask token and hypernetwork MLP (SAM has four of each for its multimask outputs); the class-c mask is the
 dot product of the class-c token's MLP output with the upscaled image features, exactly as SAM's mask c.
-SAM's IoU prediction head is not built: LDFSAM trains with Dice + BCE only and reports no IoU score, so the head
-would never receive a gradient. The IoU token itself is kept, because it takes part in the attention.
+SAM's IoU prediction head is not built by default: LDFSAM trains with Dice + BCE only and reports no IoU score, so
+the head would never receive a gradient. The IoU token itself is kept, because it takes part in the attention.
+
+``num_multimask_outputs = M > 0`` keeps SAM's M further mask tokens (and their MLPs) and builds the IoU head over
+all C + M tokens, in SAM's order ``[iou, class tokens, multimask tokens]``. With C = 1 and M = 3 this is exactly
+SAM's (and LiteMedSAM's) decoder, loading its ``mask_decoder.*`` tensors unchanged: class 0 is SAM's single-mask
+output (token 0, ``multimask_output=False``), computed with all five output tokens in the attention as SAM does,
+and :meth:`MaskDecoder.predict_all` also gives SAM's multimask outputs and IoU scores.
 
 Unlike SAM's decoder, image embeddings are not ``repeat_interleave``d: row n of the embeddings belongs to row n
 of the prompts, so a batch of B images with one prompt set each is simply B rows.
@@ -13,7 +19,7 @@ of the prompts, so a batch of B images with one prompt set each is simply B rows
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -43,12 +49,13 @@ class MaskDecoder(nn.Module):
     """Two-way transformer over [IoU, class mask, prompt] tokens and the image, then per-class hypernetworks."""
 
     def __init__(self, num_classes: int, transformer_dim: int = 256, depth: int = 2, num_heads: int = 8,
-                 mlp_dim: int = 2048) -> None:
+                 mlp_dim: int = 2048, num_multimask_outputs: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_mask_tokens = num_classes + num_multimask_outputs
         self.transformer = TwoWayTransformer(depth, transformer_dim, num_heads, mlp_dim)
         self.iou_token = nn.Embedding(1, transformer_dim)
-        self.mask_tokens = nn.Embedding(num_classes, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
         self.output_upscaling = nn.Sequential(
             nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
             LayerNorm2d(transformer_dim // 4),
@@ -57,13 +64,15 @@ class MaskDecoder(nn.Module):
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(num_classes)
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
+        self.iou_prediction_head: Optional[MLP] = None
+        if num_multimask_outputs:
+            self.iou_prediction_head = MLP(transformer_dim, 256, self.num_mask_tokens, 3)
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, prompt_tokens: torch.Tensor,
-                dense_prompt: torch.Tensor) -> torch.Tensor:
-        """Embeddings N×D×G×G, positional encoding 1×D×G×G, prompt tokens N×T×D, dense prompt N×D×G×G
-        -> mask logits N×C×4G×4G."""
+    def _run(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, prompt_tokens: torch.Tensor,
+             dense_prompt: torch.Tensor, num_masks: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Masks of the first ``num_masks`` mask tokens N×num_masks×4G×4G and the IoU token's output N×D."""
         n = image_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), prompt_tokens.to(output_tokens.dtype)],
@@ -72,9 +81,25 @@ class MaskDecoder(nn.Module):
         pos = image_pe.expand(n, -1, -1, -1)
         b, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
-        mask_tokens_out = hs[:, 1:1 + self.num_classes, :]
+        mask_tokens_out = hs[:, 1:1 + num_masks, :]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(num_masks)],
                                dim=1)
         b, c, h, w = upscaled.shape
-        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w), hs[:, 0, :]
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, prompt_tokens: torch.Tensor,
+                dense_prompt: torch.Tensor) -> torch.Tensor:
+        """Embeddings N×D×G×G, positional encoding 1×D×G×G, prompt tokens N×T×D, dense prompt N×D×G×G
+        -> mask logits N×C×4G×4G."""
+        return self._run(image_embeddings, image_pe, prompt_tokens, dense_prompt, self.num_classes)[0]
+
+    def predict_all(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, prompt_tokens: torch.Tensor,
+                    dense_prompt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`forward`, but the masks of all C + M mask tokens N×(C+M)×4G×4G and their predicted IoU
+        N×(C+M). For SAM's layout (C = 1, M = 3), SAM's multimask outputs are ``[:, 1:]``, its single mask ``[:, :1]``.
+        Needs ``num_multimask_outputs > 0``."""
+        if self.iou_prediction_head is None:
+            raise ValueError("predict_all: this decoder has no IoU head (built with num_multimask_outputs=0)")
+        masks, iou_token = self._run(image_embeddings, image_pe, prompt_tokens, dense_prompt, self.num_mask_tokens)
+        return masks, self.iou_prediction_head(iou_token)

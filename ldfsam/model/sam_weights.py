@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from .presets import OFFICIAL, SAM_PRESETS
+from .prompt_encoder import from_sam_names
 
 PathLike = Union[str, Path]
 _SKIPPED_PREFIXES = ("prompt_encoder.point_embeddings.0.", "prompt_encoder.point_embeddings.1.",
@@ -85,8 +86,7 @@ def load_sam_weights(model: torch.nn.Module, path: PathLike) -> Dict[str, List[s
             continue
         target = key
         if key.startswith("prompt_encoder.point_embeddings."):
-            target = key.replace("point_embeddings.2.", "box_corner_embeddings.0.").replace(
-                "point_embeddings.3.", "box_corner_embeddings.1.")
+            target = next(iter(from_sam_names({key: value})))
         if key == "mask_decoder.mask_tokens.weight":
             value = value[:1].repeat(num_classes, 1)
         if key.startswith("mask_decoder.output_hypernetworks_mlps."):
