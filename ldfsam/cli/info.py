@@ -13,7 +13,7 @@ HELP = "show a model's architecture and parameter counts (a preset name or a .sa
 PRESETS = ("vit_b", "vit_l", "vit_h", "small", "lite")
 
 PARTS = OrderedDict([
-    ("image_encoder", "SAM image encoder (ViT, frozen)"),
+    ("image_encoder", "SAM image encoder (frozen)"),
     ("adapters", "encoder adapters"),
     ("prompt_encoder", "SAM prompt encoder"),
     ("mask_decoder", "SAM mask decoder"),

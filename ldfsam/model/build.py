@@ -133,9 +133,10 @@ def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) ->
         nn.Module, PromptEncoder, MaskDecoder, Optional[FeaturePromptEncoder]]:
     s = cfg.sam
     encoder = _build_encoder(s)
-    prompt_encoder = PromptEncoder(s.prompt_embed_dim, (grid, grid), (s.image_size, s.image_size))
+    prompt_encoder = PromptEncoder(s.prompt_embed_dim, (grid, grid), (s.image_size, s.image_size),
+                                   point_prompts=s.point_prompts, mask_in_chans=s.mask_in_chans)
     decoder = MaskDecoder(len(cfg.class_names), s.prompt_embed_dim, s.decoder_depth, s.decoder_num_heads,
-                          s.decoder_mlp_dim)
+                          s.decoder_mlp_dim, num_multimask_outputs=s.decoder_multimask_outputs)
     feature_prompts = None
     if not cfg.uses_boxes:
         fp = cfg.feature_prompts

@@ -59,6 +59,12 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_num_heads: int = 8
     decoder_mlp_dim: int = 2048
+    # SAM's three further mask tokens and its IoU head (multimask outputs, for interactive prompts); 0: none.
+    decoder_multimask_outputs: int = 0
+    # SAM's point embeddings and its mask-prompt encoder (width of its downscaling convs; 0: none), for
+    # interactive prompts. The automatic (feature / box prompted) path never uses them.
+    point_prompts: bool = False
+    mask_in_chans: int = 0
     # Official SAM checkpoint the encoder was initialised from (provenance only; None for random init).
     init_checkpoint: Optional[str] = None
     # SAM normalises with ImageNet's mean/std; LiteMedSAM takes the [0, 1] image as it is.

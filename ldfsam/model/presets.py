@@ -19,7 +19,10 @@ SAM_PRESETS: Dict[str, Dict[str, Any]] = {
                   decoder_mlp_dim=512),
     # LiteMedSAM (MedSAM distilled into TinyViT, pretrained on ~1.5 M medical image-mask pairs): the encoder stays
     # wholly frozen (no adapters, so its embeddings can be cached in Phase 2) and takes [0, 1] images as they are.
-    "lite": dict(encoder="tiny_vit", pixel_norm="none", adapters=False, init_checkpoint="litemedsam"),
+    # Its prompt encoder and decoder are kept whole (points, mask prompts, multimask tokens and IoU head), as
+    # LiteMedSAM has them, for interactive prompts.
+    "lite": dict(encoder="tiny_vit", pixel_norm="none", adapters=False, init_checkpoint="litemedsam",
+                 decoder_multimask_outputs=3, point_prompts=True, mask_in_chans=16),
 }
 
 # Official presets must keep the official encoder dimensions, or the SAM checkpoints would not fit.

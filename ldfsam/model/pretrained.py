@@ -27,13 +27,53 @@ def _litemedsam():
     return litemedsam_state_dict(), LITEMEDSAM_SHA256
 
 
+def litemedsam_for(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """LiteMedSAM's tensors (its own names) renamed and laid out for an LDFSAM ``model`` of the lite preset.
+
+    SAM's decoder has four mask tokens (0: the single-mask output, 1-3: multimask) and an IoU head over all four.
+    LDFSAM's has one token per class, then the three multimask ones: every class starts from SAM's single-mask
+    token and MLP, the multimask tokens stay SAM's 1-3, and the IoU head's outputs follow the same order.
+    """
+    from .prompt_encoder import from_sam_names
+
+    num_classes = model.num_classes
+    order = [0] * num_classes + list(range(1, 1 + model.cfg.sam.decoder_multimask_outputs))
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in from_sam_names(state).items():
+        if key == "mask_decoder.mask_tokens.weight":
+            out[key] = value[order].clone()
+        elif key.startswith("mask_decoder.output_hypernetworks_mlps."):
+            index, rest = key.split(".", 3)[2:]
+            for ours, sam in enumerate(order):
+                if sam == int(index):
+                    out[f"mask_decoder.output_hypernetworks_mlps.{ours}.{rest}"] = value.clone()
+        elif key.startswith("mask_decoder.iou_prediction_head.layers.2."):
+            out[key] = value[order].clone()
+        else:
+            out[key] = value
+    return out
+
+
 def load_pretrained_sam(model: torch.nn.Module, sam_checkpoint: Optional[Union[str, Path]] = None
                         ) -> Optional[Dict[str, Any]]:
     """Load the preset's pretrained SAM into a new LDFSAM model; returns the loader's report (None: nothing)."""
     if model.cfg.sam.encoder == "tiny_vit":
-        from .lite_weights import load_litemedsam
+        from ..checkpoint import load_strict
 
-        return load_litemedsam(model)
+        state, sha256 = _litemedsam()
+        own = {k for k in model.state_dict() if not k.startswith(("prompt_generator.", "feature_prompts."))}
+        mapped = litemedsam_for(model, state)
+        sam_part = {k: v for k, v in mapped.items() if k in own}
+        missing, unexpected = sorted(own - set(sam_part)), sorted(set(mapped) - own)
+        if missing or unexpected:
+            raise CheckpointError(f"LiteMedSAM's tensors do not fit the model: {len(missing)} missing (e.g. "
+                                  f"{missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})",
+                                  LITEMEDSAM)
+        whole = dict(model.state_dict())
+        whole.update(sam_part)
+        load_strict(model, whole, LITEMEDSAM, "the lite preset's SAM")
+        model.cfg.sam.init_checkpoint = LITEMEDSAM
+        return {"loaded": sorted(sam_part), "sha256": sha256}
     if sam_checkpoint:
         from .sam_weights import load_sam_weights
 

@@ -14,9 +14,13 @@ from typing import List
 from torch import nn
 
 
-def _is_trainable(name: str, prompt_mode: str) -> bool:
+def _is_trainable(name: str, prompt_mode: str, num_classes: int) -> bool:
     if prompt_mode == "zero-shot":
         return False
+    if name.startswith("mask_decoder.iou_prediction_head."):
+        return False  # SAM's IoU head (interactive use): Phase 2 has no IoU target
+    if name.startswith("mask_decoder.output_hypernetworks_mlps."):
+        return int(name.split(".")[2]) < num_classes  # the class masks, not SAM's multimask outputs
     if name.startswith("image_encoder."):
         return ".adapter." in name
     if name.startswith("prompt_encoder."):
@@ -33,7 +37,7 @@ def configure_phase2(model: nn.Module) -> List[str]:
     mode = model.cfg.prompt_mode
     names = []
     for name, p in model.named_parameters():
-        p.requires_grad_(_is_trainable(name, mode))
+        p.requires_grad_(_is_trainable(name, mode, len(model.cfg.class_names)))
         if p.requires_grad:
             names.append(name)
     return names
