@@ -120,6 +120,31 @@ def test_contrast_keeps_the_tissue_order(clean):
         assert means == sorted(means) and not np.allclose(out.image, image)
 
 
+def test_texture_varies_the_tissues_only(clean):
+    image, labels = clean
+    air, contrast = grey_reference(image)
+    out = run(clean, only("texture", amplitude=(0.03, 0.03), scale=(4.0, 4.0)))
+    diff = out.image - image
+    body = image > air + 0.15 * contrast
+    assert np.all(diff[~body] == 0)
+    assert diff[body].std() / contrast == pytest.approx(0.03, rel=0.25)
+    # Smooth: neighbouring voxels change alike.
+    assert np.abs(np.diff(diff, axis=2))[body[:, :, 1:] & body[:, :, :-1]].mean() < 0.3 * diff[body].std()
+
+
+def test_clutter_draws_arcs_in_the_air_behind_the_head(clean):
+    image, labels = clean
+    air, contrast = grey_reference(image)
+    out = run(clean, only("clutter", count=(3, 3), grey=(0.6, 0.6)))
+    changed = np.abs(out.image - image) > 0.1 * contrast
+    assert out.applied["clutter"]["pixels"] > 50 and changed.any()
+    assert np.array_equal(out.labels, labels)
+    assert not (changed & (image > air + 0.15 * contrast)).any()  # never on the head
+    ys = np.nonzero(changed)[1]
+    head_ys = np.nonzero(image > air + 0.15 * contrast)[1]
+    assert np.median(ys) > np.median(head_ys)  # behind it (posterior is high y)
+
+
 def test_fov_mask_sets_the_outside_of_a_cylinder_to_a_constant(clean):
     image, labels = clean
     out = run(clean, only("fov", radius=(0.6, 0.6), below_air=(0.1, 0.1)))

@@ -2,15 +2,17 @@
 
     python scripts/phantom_vs_real.py --out docs/images/phantom_vs_real.png
 
-Top row: axial slices of the real scan's tooth region (default: the Stanford head CT's jaw crop in the shared
-data) windowed by ``preprocess.prepare_volume``; the rows below: augmented phantoms (``ldfsam.data.synthetic``)
-through the same preprocessing, their tooth labels outlined. Also prints the grey-value histograms of both after
+Top rows: axial slices of real scans' tooth regions (default: the Stanford head CT's jaw crop and VTK's headsq
+from the shared data) windowed by ``preprocess.prepare_volume``; the rows below: augmented phantoms
+(``ldfsam.data.synthetic``) through the same preprocessing, from below the tooth rows to above them, their tooth
+labels outlined. Also prints the grey-value histograms of both after
 preprocessing (deciles of the voxels inside the head), the numbers the augmentation defaults were tuned on.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from pathlib import Path
 
@@ -22,9 +24,10 @@ DATA = Path(os.environ.get("LDFSAM_DATA_DIR", REPO.parent / "shared" / "data"))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--real", type=Path, default=DATA / "ct-head-stanford" / "CThead_jaw_z60-112.nii.gz")
-    ap.add_argument("--slices", type=int, nargs="+", default=[14, 18, 22, 26, 30],
-                    help="axial slices of the real scan to show")
+    ap.add_argument("--real", nargs="+", metavar="PATH:Z,Z,...",
+                    default=[f"{DATA / 'ct-head-stanford' / 'CThead_jaw_z60-112.nii.gz'}:14,18,22,26,30",
+                             f"{DATA / 'ct-headsq' / 'headsq.nii.gz'}:42,50,58,66,74"],
+                    help="real volumes, each with the axial slices to show (the same count for every volume)")
     ap.add_argument("--phantoms", type=int, default=3, help="rows of augmented phantoms")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--size", type=int, default=256, help="model input size the slices are resized to")
@@ -38,6 +41,7 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
+    from PIL import Image
 
     from ldfsam.atomic import atomic_path
     from ldfsam.data.augment import AugmentConfig
@@ -47,11 +51,22 @@ def main() -> int:
     from ldfsam.data.volume import read_volume
 
     pre = PreprocessConfig(target_spacing=None)
-    real = prepare_volume(read_volume(args.real), pre).array
-    bad = [z for z in args.slices if not 0 <= z < real.shape[0]]
-    if bad:
-        ap.error(f"--slices {bad} outside the real scan's 0..{real.shape[0] - 1}")
-    real_img = to_model_input(torch.from_numpy(real[args.slices]), args.size)[:, 0].numpy()
+    reals = []
+    for spec in args.real:
+        path, _, zs = spec.rpartition(":")
+        try:
+            slices = [int(z) for z in zs.split(",")]
+        except ValueError:
+            ap.error(f"--real {spec!r}: expected PATH:Z,Z,... (axial slice indices)")
+        if reals and len(slices) != len(reals[0][1]):
+            ap.error(f"--real {spec!r}: {len(slices)} slices, the first volume has {len(reals[0][1])}")
+        volume = prepare_volume(read_volume(path), pre).array
+        bad = [z for z in slices if not 0 <= z < volume.shape[0]]
+        if bad:
+            ap.error(f"--real {spec!r}: slices {bad} outside 0..{volume.shape[0] - 1}")
+        reals.append((Path(path).name, slices,
+                      to_model_input(torch.from_numpy(volume[slices]), args.size)[:, 0].numpy()))
+    n_cols = len(reals[0][1])
     sampling = PhantomSampling(anatomy_p=0.0) if args.clean else None
     augment = AugmentConfig.none() if args.clean else None
     rows = []
@@ -59,36 +74,43 @@ def main() -> int:
         with_teeth = np.nonzero(part.masks.reshape(len(part), -1).any(1))[0]
         # Slices from below the tooth rows to above them, as the real row's.
         lo, hi = (int(with_teeth[0]), int(with_teeth[-1])) if with_teeth.size else (0, len(part) - 1)
-        picks = np.linspace(max(0, lo - 2), min(len(part) - 1, hi + 2), len(args.slices)).round().astype(int)
+        picks = np.linspace(max(0, lo - 2), min(len(part) - 1, hi + 2), n_cols).round().astype(int)
         rows.append((part.images[picks] / 255.0, part.masks[picks]))
 
     def deciles(a: np.ndarray) -> str:
         inside = a[a > 0.2]
         return " ".join(f"{v:.2f}" for v in np.percentile(inside, np.arange(10, 100, 10)))
 
-    print(f"real    deciles inside the head: {deciles(real_img)}")
+    print("deciles of the grey values inside the head (> 0.2), after preprocessing:")
+    for name, _, img in reals:
+        print(f"  {name:28s} {deciles(img)}")
     for i, (img, _) in enumerate(rows):
-        print(f"phantom {i} deciles inside the head: {deciles(img)}")
+        print(f"  {'phantom ' + str(args.seed + i):28s} {deciles(img)}")
 
-    n_cols = len(args.slices)
-    fig, axes = plt.subplots(1 + len(rows), n_cols, figsize=(2.2 * n_cols, 2.3 * (1 + len(rows))))
+    n_rows = len(reals) + len(rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.3 * n_rows))
     axes = np.atleast_2d(axes)
-    for c, z in enumerate(args.slices):
-        axes[0, c].imshow(real_img[c], cmap="gray", vmin=0, vmax=1)
-        axes[0, c].set_title(f"real z {z}", fontsize=8)
-    for r, (img, mask) in enumerate(rows, start=1):
+    for r, (name, slices, img) in enumerate(reals):
+        for c, z in enumerate(slices):
+            axes[r, c].imshow(img[c], cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_title(f"{name.split('.')[0]} z {z}", fontsize=7)
+    for r, (img, mask) in enumerate(rows, start=len(reals)):
         for c in range(n_cols):
             axes[r, c].imshow(img[c], cmap="gray", vmin=0, vmax=1)
             if mask[c].any():
                 axes[r, c].contour(mask[c], [0.5], colors="r", linewidths=0.4)
-        axes[r, 0].set_title(f"phantom {args.seed + r - 1}", fontsize=8, loc="left")
+        axes[r, 0].set_title(f"phantom {args.seed + r - len(reals)}", fontsize=7, loc="left")
     for a in axes.ravel():
         a.set_xticks([])
         a.set_yticks([])
     fig.tight_layout(pad=0.3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=args.dpi, format="png")
+    # Grey slices and red outlines need few colours: a palette PNG is a third of the size.
+    picture = Image.open(buf).convert("RGB").quantize(colors=96)
     with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, dpi=args.dpi, format="png")
+        picture.save(tmp, format="PNG", optimize=True)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
     return 0
 

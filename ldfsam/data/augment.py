@@ -4,8 +4,8 @@ Real scanners differ from the phantom in ways a model must not care about: uncal
 blur of the reconstruction, metal restorations with their streaks, beam hardening, and the field of view (a
 cylinder, cropped, the anatomy larger or smaller, teeth cut at the border). Each augmentation here has a
 probability and a strength range in :class:`AugmentConfig`; :func:`augment_phantom` applies them in the order a
-scanner would (geometry, metal, beam hardening, tissue contrast, blur, noise, field-of-view mask, grey-value
-scale), deterministically for a generator state.
+scanner would (geometry, metal, beam hardening, tissue contrast and texture, blur, noise, field-of-view mask,
+grey-value scale), deterministically for a generator state.
 
 Arrays are (z, y, x); ``spacing`` is (z, y, x) in mm, matching the array axes. Strengths of grey-value effects
 are fractions of the volume's *contrast*: the spread between its 0.5 and 99.5 percentiles (the model's own
@@ -31,7 +31,7 @@ class Zoom:
     filled with air. Real heads fill about half of a head CT's width: zooming out brings the phantom there."""
 
     p: float = 0.8
-    scale: Range = (0.45, 1.1)
+    scale: Range = (0.45, 1.0)
     shift: float = 0.1  # the centre moves by up to this fraction of the slice size
 
 
@@ -80,7 +80,7 @@ class Contrast:
     monotone piecewise-linear curve), since CBCT grey values are not calibrated."""
 
     p: float = 0.8
-    gamma: Range = (0.7, 1.5)
+    gamma: Range = (0.75, 1.4)
     jitter: float = 0.35  # each of the curve's 6 segments has its slope scaled by 1 +- jitter
 
 
@@ -100,9 +100,19 @@ class Noise:
     variance grows with the grey value. ``sigma`` is the added std in flat regions, fraction of the contrast."""
 
     p: float = 0.9
-    sigma: Range = (0.0, 0.05)
+    sigma: Range = (0.0, 0.035)
     correlation: Range = (0.0, 1.0)  # smoothing of the noise (voxels); the std is kept at ``sigma``
-    poisson: Range = (0.3, 0.9)  # share of the variance that scales with the grey value
+    poisson: Range = (0.5, 1.0)  # share of the variance that scales with the grey value
+
+
+@dataclass
+class Texture:
+    """Smooth random variation of the tissues (fat and muscle in soft tissue, marrow density in bone): a
+    low-frequency field inside the body, amplitude a fraction of the contrast."""
+
+    p: float = 0.7
+    amplitude: Range = (0.0, 0.03)
+    scale: Range = (2.0, 8.0)  # smoothing of the field, in-plane voxels
 
 
 @dataclass
@@ -113,6 +123,16 @@ class FieldOfView:
     p: float = 0.5
     radius: Range = (0.8, 1.0)  # fraction of half the slice's smaller side
     below_air: Range = (0.0, 0.1)  # the constant is air minus this fraction of the contrast
+
+
+@dataclass
+class Clutter:
+    """What lies around a head in a real scan and is not anatomy: the headrest or table, blankets. Thin arcs
+    behind the head (high y) in air, as bright as soft tissue up to bone."""
+
+    p: float = 0.3
+    count: Tuple[int, int] = (1, 4)  # arcs, inclusive
+    grey: Range = (0.3, 0.8)  # fraction of the contrast above air
 
 
 @dataclass
@@ -138,6 +158,8 @@ class AugmentConfig:
     contrast: Contrast = field(default_factory=Contrast)
     blur: Blur = field(default_factory=Blur)
     noise: Noise = field(default_factory=Noise)
+    texture: Texture = field(default_factory=Texture)
+    clutter: Clutter = field(default_factory=Clutter)
     fov: FieldOfView = field(default_factory=FieldOfView)
     intensity: Intensity = field(default_factory=Intensity)
 
@@ -343,6 +365,36 @@ def add_noise(image: np.ndarray, sigma: float, correlation: float, poisson: floa
     image += sigma * contrast * n
 
 
+def add_texture(image: np.ndarray, amplitude: float, scale: float, air: float, contrast: float,
+                rng: np.random.Generator) -> None:
+    """Add a smooth random field of std ``amplitude * contrast`` inside the body (above air)."""
+    f = ndimage.gaussian_filter(rng.standard_normal(image.shape, dtype=np.float32), (0.5 * scale, scale, scale))
+    f *= amplitude * contrast / max(float(f.std()), 1e-6)
+    image += f * (image > air + 0.15 * contrast)
+
+
+def add_clutter(image: np.ndarray, count: int, grey: Range, air: float, contrast: float,
+                rng: np.random.Generator) -> int:
+    """Draw ``count`` thin arcs (headrest, table, blankets) behind the head where the image is air; returns how
+    many voxels of the slice they cover."""
+    nz, ny, nx = image.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    body = ndimage.binary_dilation(image > air + 0.15 * contrast, iterations=2).any(axis=0)
+    rows = np.nonzero(body.any(axis=1))[0]
+    back = float(rows.max()) if rows.size else 0.6 * ny
+    layer = np.zeros((ny, nx), np.float32)
+    for _ in range(count):
+        # A circle much wider than the head, its lowest point a little behind the head's back.
+        radius = rng.uniform(0.6, 2.0) * nx
+        cy = back + rng.uniform(1.0, 0.25 * ny) - radius
+        d = np.abs(np.hypot(xx - rng.uniform(0.3, 0.7) * nx, yy - cy) - radius)
+        width = rng.uniform(0.4, 1.2)
+        layer = np.maximum(layer, _u(rng, grey) * np.exp(-(d / width) ** 2))
+    layer *= ~body
+    image += (layer * contrast)[None]
+    return int(np.count_nonzero(layer > 0.05))
+
+
 def fov_mask(image: np.ndarray, radius: float, value: float) -> np.ndarray:
     """Set every voxel outside the axial circle of ``radius`` (fraction of half the smaller side) to ``value``."""
     nz, ny, nx = image.shape
@@ -410,6 +462,14 @@ def augment_phantom(image: np.ndarray, labels: np.ndarray, spacing: Sequence[flo
         knots = 1.0 + cfg.contrast.jitter * rng.uniform(-1.0, 1.0, 6)
         tissue_contrast(img, g, knots, air, contrast)
         applied["contrast"] = {"gamma": g, "knots": knots.tolist()}
+    if on(cfg.texture.p):
+        a, s = _u(rng, cfg.texture.amplitude), _u(rng, cfg.texture.scale)
+        add_texture(img, a, s, air, contrast, rng)
+        applied["texture"] = {"amplitude": a, "scale": s}
+    if on(cfg.clutter.p):
+        k = int(rng.integers(cfg.clutter.count[0], cfg.clutter.count[1] + 1))
+        covered = add_clutter(img, k, cfg.clutter.grey, air, contrast, rng)
+        applied["clutter"] = {"count": k, "pixels": covered}
     if on(cfg.blur.p):
         sxy, sz = _u(rng, cfg.blur.sigma_xy), _u(rng, cfg.blur.sigma_z)
         sigma = (sz * spacing[2] / spacing[0], sxy, sxy * spacing[2] / spacing[1])

@@ -82,6 +82,7 @@ def _bone(sd: np.ndarray, cortex: float, anat: Anatomy) -> List[Layer]:
 
 def _vertebra(xx, yy, n: float, cx: float, anat: Anatomy, cortex: float) -> List[Layer]:
     yb = 0.76 * n
+    n = 0.75 * n  # a vertebral body is about a sixth of the mandible's width
     body = _ellipse_sd(xx, yy, (cx, yb), (0.075 * n, 0.055 * n))
     ring_c = (cx, yb + 0.095 * n)
     ring = np.minimum(_ellipse_sd(xx, yy, ring_c, (0.07 * n, 0.06 * n)),
@@ -97,7 +98,7 @@ def _vertebra(xx, yy, n: float, cx: float, anat: Anatomy, cortex: float) -> List
 
 
 def _disc(xx, yy, n: float, cx: float) -> List[Layer]:
-    return [(DISC, _alpha(_ellipse_sd(xx, yy, (cx, 0.76 * n), (0.075 * n, 0.055 * n))))]
+    return [(DISC, _alpha(_ellipse_sd(xx, yy, (cx, 0.76 * n), (0.056 * n, 0.041 * n))))]
 
 
 def _arc_sd(xx, yy, c: Tuple[float, float], a: float, b: float, half_width: float, theta_max: float) -> np.ndarray:

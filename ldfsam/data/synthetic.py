@@ -36,6 +36,8 @@ class PhantomSampling:
     anatomy_p: float = 0.8
     cortex: Range = (1.2, 3.5)
     cortical_grey: Range = (1250.0, 1900.0)
+    # Real jaws' marrow is barely brighter than soft tissue (40); the plain phantom's 650 is bright.
+    trabecular_grey: Range = (200.0, 650.0)
 
 
 @dataclass
@@ -82,7 +84,8 @@ def random_phantom(seed: int, sampling: Optional[PhantomSampling] = None
     anatomy = None
     if on.any():
         anatomy = Anatomy(*(bool(v) for v in on), cortex=float(rng.uniform(*s.cortex)),
-                          cortical_grey=float(rng.uniform(*s.cortical_grey)))
+                          cortical_grey=float(rng.uniform(*s.cortical_grey)),
+                          trabecular_grey=float(rng.uniform(*s.trabecular_grey)))
     image, labels = make_phantom(shape, spacing, seed=seed, teeth_fraction=float(rng.uniform(*s.teeth_fraction)),
                                  noise=float(rng.uniform(*s.noise)),
                                  fillings=int(rng.integers(s.fillings[0], s.fillings[1] + 1)), anatomy=anatomy)
