@@ -98,7 +98,7 @@ def main() -> int:
         for c in range(n_cols):
             axes[r, c].imshow(img[c], cmap="gray", vmin=0, vmax=1)
             if mask[c].any():
-                axes[r, c].contour(mask[c], [0.5], colors="r", linewidths=0.4)
+                axes[r, c].contour(mask[c], [0.5], colors="r", linewidths=0.3)
         axes[r, 0].set_title(f"phantom {args.seed + r - len(reals)}", fontsize=7, loc="left")
     for a in axes.ravel():
         a.set_xticks([])

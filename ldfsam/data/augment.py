@@ -61,7 +61,7 @@ class Metal:
     p: float = 0.4
     count: Tuple[int, int] = (1, 4)  # objects, inclusive
     grey: Range = (1.6, 3.0)  # metal grey value, in units of the tooth's brightest (99th percentile) grey
-    streak: Range = (0.15, 0.6)  # streak amplitude, fraction of the contrast
+    streak: Range = (0.2, 1.0)  # streak amplitude, fraction of the contrast
     implant_p: float = 0.2  # share of objects that are implants (a post down the whole tooth)
 
 
@@ -295,10 +295,10 @@ def metal(image: np.ndarray, labels: np.ndarray, count: int, grey: float, streak
             dy, dx = yy - cy, xx - cx
             theta = np.arctan2(dy, dx)
             r = np.hypot(dx, dy)
-            for _ in range(int(rng.integers(10, 24))):
+            for _ in range(int(rng.integers(16, 40))):
                 a0 = rng.uniform(-math.pi, math.pi)
                 d = np.angle(np.exp(1j * (theta - a0))).astype(np.float32)
-                width = rng.uniform(0.004, 0.015)
+                width = rng.uniform(0.003, 0.02)
                 pattern += rng.choice((-1.0, 1.0)) * np.exp(-(d / width) ** 2) / (1.0 + r / (0.3 * max(nx, ny)))
         for i in range(len(cs)):
             for j in range(i + 1, len(cs)):
