@@ -32,7 +32,6 @@ DEMO_DIR = REPO / "ldfsam" / "resources" / "demo"
 PHANTOM_SEED = 7
 PHANTOM_SHAPE = (72, 160, 160)
 PHANTOM_SPACING = 0.4
-SHAPES = [(48, 128, 128), (64, 128, 128), (64, 160, 160), (56, 112, 144), (72, 160, 160), (48, 96, 96)]
 
 
 def demo_model_config():
@@ -45,29 +44,17 @@ def demo_model_config():
     return cfg
 
 
-def make_slices(n_phantoms: int, size: int, pre, seed0: int = 1000):
-    """Normalised slices (uint8 N×size×size), tooth masks (bool N×size×size), YOLO boxes per slice."""
-    from ldfsam.data.boxes import boxes_to_yolo, instance_boxes
-    from ldfsam.data.phantom import make_phantom
-    from ldfsam.data.preprocess import intensity_window, normalize, resize_class_map, to_model_input
+def make_slices(n_phantoms: int, size: int, pre, seed0: int = 1000, augment: bool = False):
+    """Normalised slices (uint8 N×size×size), tooth masks (bool N×size×size), YOLO boxes per slice.
 
-    rng = np.random.default_rng(seed0)
-    images, masks, boxes = [], [], []
-    for k in range(n_phantoms):
-        shape = SHAPES[k % len(SHAPES)]
-        image, labels = make_phantom(shape, spacing=float(rng.uniform(0.25, 0.6)), seed=seed0 + k,
-                                     teeth_fraction=float(rng.uniform(0.35, 0.9)), noise=float(rng.uniform(15, 70)),
-                                     fillings=int(rng.integers(0, 4)))
-        arr = sitk.GetArrayViewFromImage(image)
-        lab = sitk.GetArrayFromImage(labels)
-        x = to_model_input(normalize(arr, intensity_window(arr, pre)), size)[:, 0]
-        fdi = resize_class_map(lab, size).numpy()
-        images.append((x * 255).round().to(torch.uint8).numpy())
-        masks.append(fdi > 0)
-        for z in range(fdi.shape[0]):
-            b = instance_boxes((fdi[z] > 0).astype(np.uint8), 1, instances=fdi[z], min_pixels=4)
-            boxes.append(boxes_to_yolo(b, size, size).astype(np.float32))
-    return np.concatenate(images), np.concatenate(masks), boxes
+    ``augment``: CBCT-realism augmentations and non-tooth anatomy (spine, rami, ...); otherwise clean phantoms.
+    """
+    from ldfsam.data.augment import AugmentConfig
+    from ldfsam.data.synthetic import PhantomSampling, training_slices
+
+    sampling = PhantomSampling() if augment else PhantomSampling(noise=(15.0, 70.0), anatomy_p=0.0)
+    data = training_slices(n_phantoms, size, seed0, pre, sampling, None if augment else AugmentConfig.none())
+    return data.images, data.masks, data.yolo()
 
 
 def _warmup_cosine(opt, steps: int, warmup: int = 20):
@@ -182,6 +169,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--augment", action="store_true",
+                    help="train on augmented phantoms with non-tooth anatomy (ldfsam.data.augment, docs/data.md)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -203,13 +192,14 @@ def main() -> int:
     model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters")
-    images, masks, boxes = make_slices(args.phantoms, 256, pre)
+    images, masks, boxes = make_slices(args.phantoms, 256, pre, augment=args.augment)
     log(f"data: {len(images)} slices from {args.phantoms} phantoms, {int(masks.reshape(len(masks), -1).any(1).sum())}"
         " with teeth")
     train_prompt_generator(model, images, boxes, args.yolo_steps, args.batch, 2e-3, log)
     train_sam(model, images, masks, args.sam_steps, args.batch // 2, 1e-3, log)
     training = {"script": "scripts/train_demo_model.py", "args": {k: str(v) for k, v in vars(args).items()},
-                "data": f"{args.phantoms} procedural phantoms (ldfsam.data.phantom, seeds 1000+)",
+                "data": f"{args.phantoms} procedural phantoms (ldfsam.data.synthetic, seeds 1000+"
+                        f"{', augmented' if args.augment else ''})",
                 "note": "synthetic phantoms only; not a clinical model", "seconds": round(time.time() - t0)}
     save_checkpoint(args.out, model.half(), cfg, pre, training=training)
     log(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

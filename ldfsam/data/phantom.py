@@ -21,6 +21,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .phantom_anatomy import Anatomy, Frame, draw_anatomy
+
 # Mesiodistal widths (mm, adult averages) from central incisor (position 1) to third molar (position 8).
 _UPPER_WIDTHS = (8.6, 6.6, 7.6, 7.0, 6.6, 10.2, 9.2, 8.6)
 _LOWER_WIDTHS = (5.3, 5.9, 6.9, 7.0, 7.1, 11.2, 10.5, 10.0)
@@ -200,12 +202,15 @@ def _add_noise(vol: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
 def make_phantom(shape: Tuple[int, int, int] = (64, 128, 128), spacing: Union[float, Sequence[float]] = 0.25,
                  seed: int = 0, teeth_fraction: float = 0.5, noise: float = 40.0, fillings: int = 2,
                  missing: Optional[Sequence[int]] = None, origin: Optional[Sequence[float]] = None,
-                 direction: Optional[Sequence[float]] = None) -> Tuple[sitk.Image, sitk.Image]:
+                 direction: Optional[Sequence[float]] = None,
+                 anatomy: Optional[Anatomy] = None) -> Tuple[sitk.Image, sitk.Image]:
     """Build a CBCT phantom and its tooth label map.
 
     shape: (z, y, x) voxels; spacing: mm, one value or (x, y, z) as SimpleITK orders it; teeth_fraction: share of
     axial slices holding teeth (0 < f <= 1; the tooth rows are centred); missing: FDI numbers to leave out (by
-    default the seed drops a few third molars); origin/direction: geometry of the returned images.
+    default the seed drops a few third molars); origin/direction: geometry of the returned images; anatomy:
+    bones that are not teeth (spine, rami, hyoid, skull base, thick jaw cortex; ``phantom_anatomy.Anatomy``),
+    labelled background; None gives the plain jaws. The teeth for a seed are the same either way.
     Returns (image int16, labels uint8 with FDI numbers 11-48, 0 elsewhere), on the same grid.
     """
     nz, ny, nx = (int(v) for v in shape)
@@ -233,6 +238,9 @@ def make_phantom(shape: Tuple[int, int, int] = (64, 128, 128), spacing: Union[fl
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     head = ((xx - cx) / (0.47 * nx)) ** 2 + ((yy - cy - 0.02 * ny) / (0.48 * ny)) ** 2 <= 1.0
 
+    cortex, cortical, trabecular = (1.2, CORTICAL, TRABECULAR) if anatomy is None else \
+        (anatomy.cortex, anatomy.cortical_grey, anatomy.trabecular_grey)
+
     def band(a: float, b: float, width: float, fill_palate: bool) -> np.ndarray:
         pts, _ = _arch_points(a * scale, b * scale, 600)
         curve = np.zeros((ny, nx), bool)
@@ -242,11 +250,11 @@ def make_phantom(shape: Tuple[int, int, int] = (64, 128, 128), spacing: Union[fl
             curve[py, px] = True
         dist = ndimage.distance_transform_edt(~curve).astype(np.float32)
         w = width * scale
-        grey = np.where(dist < w - 1.2 * scale, TRABECULAR, CORTICAL).astype(np.float32)
+        grey = np.where(dist < w - cortex * scale, trabecular, cortical).astype(np.float32)
         grey = np.where(dist < w, grey, SOFT)
         if fill_palate:
             inside = ((xx - cx) / (a * scale)) ** 2 + ((yy - cy - 0.06 * ny) / (b * scale)) ** 2 <= 1.0
-            grey = np.where(inside & (yy < cy + 0.06 * ny + 0.5 * b * scale) & (dist >= w), TRABECULAR, grey)
+            grey = np.where(inside & (yy < cy + 0.06 * ny + 0.5 * b * scale) & (dist >= w), trabecular, grey)
         grey = ndimage.gaussian_filter(grey, 0.7)
         return np.where(head, grey, AIR).astype(np.float32)
 
@@ -273,6 +281,11 @@ def make_phantom(shape: Tuple[int, int, int] = (64, 128, 128), spacing: Union[fl
         pal = max(upper_bottom, int(upper_apex) - 1)
         vol[upper_bottom:pal] = maxilla
         vol[pal:max_top] = palate
+
+    if anatomy is not None:
+        # Its own generator: the teeth, fillings and noise of a seed do not depend on the anatomy chosen.
+        frame = Frame(nx, ny, nz, mand_bottom, max_top, z_occ, half_span)
+        draw_anatomy(vol, head, frame, anatomy, np.random.default_rng([seed, 1]))
 
     lab = np.zeros((nz, ny, nx), np.uint8)
     streaks: List = []
