@@ -1,17 +1,22 @@
 """Train the bundled demo model (``ldfsam-demo``) on procedural phantoms, reproducibly, on a CPU.
 
-    python scripts/train_demo_model.py --out ldfsam/resources/demo/ldfsam_demo.safetensors
+    python scripts/train_demo_model.py --augment --out ldfsam/resources/demo/ldfsam_demo.safetensors
 
-What it is: LDFSAM's architecture at a demo size (the ``small`` preset narrowed to a 128-wide encoder and a
-128-wide decoder, YOLOv8n prompt generator at 256 px, dense+sparse feature prompts), trained only on synthetic
-phantoms from ``ldfsam.data.phantom``. What it is not: a clinical model; it has never seen a real scan.
+What it is: LDFSAM of the ``lite`` preset: LiteMedSAM's pretrained TinyViT encoder (frozen, not stored in the
+file: the model refers to it by the SHA256 of the LiteMedSAM weights), its pretrained prompt encoder and mask
+decoder fine-tuned, dense+sparse feature prompts from a YOLOv8n prompt generator at 256 px (P3 32×32, resampled
+to the 64×64 embedding grid: Phase 1 at 512 would cost four times as much CPU). Trained only on synthetic
+phantoms (``ldfsam.data.synthetic``, with ``--augment`` the CBCT-realism augmentations and non-tooth anatomy of
+``ldfsam.data.augment``). What it is not: a clinical model; it has never seen a real scan.
 
-Two phases as in the paper, simplified for a from-scratch demo without pretrained weights:
+Two phases as in the paper, simplified for a CPU:
 1. the YOLOv8n prompt generator learns to detect teeth (ultralytics' detection loss on per-tooth boxes; no
    teacher, so no localization distillation);
-2. with the prompt generator frozen, SAM (encoder with adapters, prompt encoder, mask decoder) and the feature
-   prompt encoder learn the masks with Dice + BCE. No pretrained SAM exists offline, so the whole encoder trains.
-Weights are stored as float16 to keep the file small. Also writes the demo phantom (a seed not used in training).
+2. with the prompt generator and the encoder frozen, each training slice is encoded once
+   (``ldfsam.finetune.embedding_cache``), then the feature prompt heads, SAM's "no mask" embedding and the mask
+   decoder learn the masks with Dice + BCE.
+The trained tensors are stored as float16 to keep the file small. Also writes the demo phantom (a seed not used
+in training).
 """
 
 from __future__ import annotations
@@ -35,12 +40,10 @@ PHANTOM_SPACING = 0.4
 
 
 def demo_model_config():
-    from ldfsam.model.presets import model_config, sam_config
+    from ldfsam.model.presets import model_config
 
-    cfg = model_config("small")
-    cfg.sam = sam_config("small", embed_dim=128, num_heads=4, prompt_embed_dim=128)
-    cfg.feature_prompts.mix_channels = 96
-    cfg.feature_prompts.sparse_hidden = 192
+    cfg = model_config("lite")
+    cfg.prompt_generator.image_size = 256
     return cfg
 
 
@@ -101,28 +104,48 @@ def train_prompt_generator(model, images, boxes, steps: int, batch: int, lr: flo
         p.requires_grad_(False)
 
 
-def train_sam(model, images, masks, steps: int, batch: int, lr: float, log) -> None:
+def train_decoder(model, images, masks, steps: int, batch: int, lr: float, max_slices: int, log) -> None:
+    """Phase 2 on cached embeddings: at most ``max_slices`` slices (those with teeth first, one in eight empty),
+    each encoded once by the frozen encoder; then the Phase 2 parameters train with Dice + BCE."""
+    from ldfsam.finetune.embedding_cache import EmbeddingCache, encoder_fingerprint, image_key
     from ldfsam.finetune.loss import dice_bce_loss, hard_dice
+    from ldfsam.model.trainable import configure_phase2
 
-    params = [p for n, p in model.named_parameters() if not n.startswith("prompt_generator.")]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = _warmup_cosine(opt, steps)
+    rng = np.random.default_rng(2)
     has = masks.reshape(len(masks), -1).any(1)
     teeth, empty = np.nonzero(has)[0], np.nonzero(~has)[0]
-    rng = np.random.default_rng(2)
+    n_empty = min(len(empty), max_slices // 8)
+    n_teeth = min(len(teeth), max_slices - n_empty)
+    chosen = np.sort(np.concatenate([rng.choice(teeth, n_teeth, replace=False),
+                                     rng.choice(empty, n_empty, replace=False)]))
+    cache = EmbeddingCache(encoder_fingerprint(model))
+    model.eval()
+    embeddings = []
+    t0 = time.time()
+    with torch.no_grad():
+        for start in range(0, len(chosen), 8):
+            img = _rgb(images[chosen[start:start + 8]])
+            keys = [image_key(x) for x in img]
+            found = [cache.get(k) for k in keys]
+            if any(f is None for f in found):
+                fresh = model.encode_image(img).float()
+                for k, e in zip(keys, fresh):
+                    cache.put(k, e)
+                found = list(fresh)
+            embeddings.extend(e.to(torch.float16) for e in found)
+            if start % 80 == 0:
+                log(f"embeddings {start + len(keys)}/{len(chosen)} ({time.time() - t0:.0f} s)")
+    embeddings = torch.stack(embeddings)
+    configure_phase2(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = _warmup_cosine(opt, steps)
     model.train()
     for step in range(steps):
-        n_empty = batch // 8
-        idx = np.concatenate([rng.choice(teeth, batch - n_empty), rng.choice(empty, n_empty)])
-        img = torch.from_numpy(images[idx]).float().div_(255)[:, None].expand(-1, 3, -1, -1).contiguous()
-        target = torch.from_numpy(masks[idx]).float()[:, None]
-        if rng.random() < 0.5:
-            img, target = img.flip(-1), target.flip(-1)
-        with torch.no_grad():
-            feats = model.prompt_features(img)
-        logits = model.decode(model.encode_image(img), feats)
+        idx = rng.integers(0, len(chosen), batch)
+        img = _rgb(images[chosen[idx]])
+        target = torch.from_numpy(masks[chosen[idx]]).float()[:, None]
+        logits = model.decode(embeddings[idx].float(), model.prompt_features(img))
         loss = dice_bce_loss(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,8 +153,15 @@ def train_sam(model, images, masks, steps: int, batch: int, lr: float, log) -> N
         opt.step()
         sched.step()
         if step % 25 == 0 or step == steps - 1:
-            log(f"sam step {step}/{steps} loss {float(loss):.4f} dice {float(hard_dice(logits, target).mean()):.3f}")
+            log(f"sam step {step}/{steps} loss {float(loss):.4f} dice {float(hard_dice(logits, target).mean()):.3f}"
+                + (f" alpha {float(model.feature_prompts.alpha):.3f}" if model.feature_prompts.alpha is not None
+                   else ""))
     model.eval()
+
+
+def _rgb(images: np.ndarray) -> torch.Tensor:
+    """uint8 N×S×S slices -> N×3×S×S float in [0, 1]."""
+    return torch.from_numpy(images).float().div_(255)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
 def write_phantom(folder: Path) -> None:
@@ -166,6 +196,7 @@ def main() -> int:
     ap.add_argument("--phantoms", type=int, default=24)
     ap.add_argument("--yolo-steps", type=int, default=300)
     ap.add_argument("--sam-steps", type=int, default=500)
+    ap.add_argument("--sam-slices", type=int, default=480, help="slices encoded for Phase 2 (each once)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -181,6 +212,7 @@ def main() -> int:
     from ldfsam.checkpoint import save_checkpoint
     from ldfsam.data.config import PreprocessConfig
     from ldfsam.model.build import build_model
+    from ldfsam.model.pretrained import load_pretrained_sam
 
     t0 = time.time()
 
@@ -190,18 +222,23 @@ def main() -> int:
     cfg = demo_model_config()
     pre = PreprocessConfig(target_spacing=None, sam_size=256, yolo_size=256)
     model = build_model(cfg)
+    load_pretrained_sam(model)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters")
     images, masks, boxes = make_slices(args.phantoms, 256, pre, augment=args.augment)
     log(f"data: {len(images)} slices from {args.phantoms} phantoms, {int(masks.reshape(len(masks), -1).any(1).sum())}"
         " with teeth")
     train_prompt_generator(model, images, boxes, args.yolo_steps, args.batch, 2e-3, log)
-    train_sam(model, images, masks, args.sam_steps, args.batch // 2, 1e-3, log)
+    train_decoder(model, images, masks, args.sam_steps, args.batch // 2, 1e-4 * 5, args.sam_slices, log)
     training = {"script": "scripts/train_demo_model.py", "args": {k: str(v) for k, v in vars(args).items()},
                 "data": f"{args.phantoms} procedural phantoms (ldfsam.data.synthetic, seeds 1000+"
                         f"{', augmented' if args.augment else ''})",
                 "note": "synthetic phantoms only; not a clinical model", "seconds": round(time.time() - t0)}
-    save_checkpoint(args.out, model.half(), cfg, pre, training=training)
+    # float16 for what training made; the encoder stays as LiteMedSAM published it, so the file refers to it.
+    for name, module in model.named_children():
+        if name != "image_encoder":
+            module.half()
+    save_checkpoint(args.out, model, cfg, pre, training=training)
     log(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     write_phantom(args.out.parent)
     log(f"wrote the demo phantom to {args.out.parent}")
