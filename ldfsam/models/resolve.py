@@ -24,20 +24,20 @@ def resolve_model(model: str | Path | None = None) -> Path:
         return path
     if looks_like_path:
         raise InputError("no such model file", path)
+    registry = load_registry()
+    entry = registry.get(model)
+    if entry is not None and entry.kind != "ldfsam":
+        raise CheckpointError(f"'{model}' is a {entry.kind}, not a segmentation model; fine-tune from it with "
+                              "`ldfsam finetune`", model)
     installed = installed_models()
     if model in installed:
         return installed[model]
-    registry = load_registry()
-    entry = registry.get(model)
     if entry is not None and entry.bundled_path is not None:
         if not entry.bundled_path.is_file():
             raise CheckpointError(f"the bundled model '{model}' is missing from this installation",
                                   entry.bundled_path)
         return entry.bundled_path
     if entry is not None:
-        if entry.kind != "ldfsam":
-            raise CheckpointError(f"'{model}' is a {entry.kind}, not a segmentation model; fine-tune from it with "
-                                  "`ldfsam finetune`", model)
         raise InputError(f"model '{model}' is not downloaded yet; run `ldfsam models download {model}`", model)
     known = sorted(set(installed) | {n for n, e in registry.items() if e.kind == "ldfsam"})
     raise InputError(f"unknown model (known: {', '.join(known) or 'none'}; or give a path to a {MODEL_SUFFIX} "
