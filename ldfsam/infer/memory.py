@@ -10,7 +10,9 @@ from ..errors import InputError
 # Working memory per slice in a batch (bytes): activations of the YOLO backbone, the encoder and the decoder at
 # the default input sizes (256 SAM, 640 YOLO; 256 YOLO for small). About twice what psutil shows for a batch of 8
 # on the CPU (vit_b: ~35 MB per slice), as a margin for allocator fragmentation.
-PER_SLICE_BYTES = {"vit_b": 80 << 20, "vit_l": 120 << 20, "vit_h": 160 << 20, "small": 40 << 20}
+# lite: TinyViT's first stage works at the full 256×256 input (MBConv expands 64 channels to 256 there), ~220 MB
+# of peak resident memory per slice in float32 (a batch of 4: 912 MB above the model).
+PER_SLICE_BYTES = {"vit_b": 80 << 20, "vit_l": 120 << 20, "vit_h": 160 << 20, "small": 40 << 20, "lite": 440 << 20}
 
 
 @dataclass

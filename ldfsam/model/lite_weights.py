@@ -271,6 +271,11 @@ def load_cached(path: Optional[Path] = None) -> State:
     return state
 
 
+def litemedsam_sha256() -> str:
+    """SHA256 of the published LiteMedSAM file (the registry's): what model files of the lite preset refer to."""
+    return _entry().sha256
+
+
 def litemedsam_state_dict(download: bool = False, progress: Optional[Progress] = None) -> State:
     """LiteMedSAM's verified state dict (its own key names), converting it into the cache on first use."""
     path = cache_path()

@@ -22,9 +22,9 @@ _ENCODER = "image_encoder."
 
 def _litemedsam():
     """(LiteMedSAM state dict in its own key names, SHA256 of its published file)."""
-    from .lite_weights import LITEMEDSAM_SHA256, litemedsam_state_dict
+    from .lite_weights import litemedsam_sha256, litemedsam_state_dict
 
-    return litemedsam_state_dict(), LITEMEDSAM_SHA256
+    return litemedsam_state_dict(), litemedsam_sha256()
 
 
 def litemedsam_for(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
