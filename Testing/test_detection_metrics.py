@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ldfsam.evaluate.detection import (ImageDetections, average_precision, box_iou, detection_scores, match)
+from ldfsam.evaluate.detection import ImageDetections, average_precision, box_iou, detection_scores, match
 
 A, B = [0, 0, 10, 10], [20, 20, 30, 40]
 
