@@ -194,3 +194,29 @@ def test_killed_in_every_stage_and_resumed_gives_the_same_result(reference, data
     losses = lambda r: [line.split(",")[:3] for line in (r / "phase2" / "log.csv").read_text().splitlines()]  # noqa
     assert losses(run) == losses(ref_run)
     assert re.findall(r'<section id="(\w+)"', (run / "report.html").read_text()) == list(SECTIONS)
+
+
+def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, capsys):
+    from ldfsam.cli import main
+
+    def error_of(*argv) -> str:
+        assert main(["train", *map(str, argv), "--progress", "none"]) == 2
+        return capsys.readouterr().err
+
+    missing = tmp_path / "nowhere"
+    assert f"{missing}: no such dataset folder" in error_of(missing, "-o", tmp_path / "r1")
+    assert not (tmp_path / "r1").exists()
+    assert "--resume" in error_of("-o", tmp_path / "r2")
+    assert f"{tmp_path / 'r3'}: is not a training run folder" in error_of("-o", tmp_path / "r3", "--resume")
+    (tmp_path / "data").mkdir()
+    assert "--budget 0.0 must be in (0, 100]" in error_of(tmp_path / "data", "-o", tmp_path / "r4", "--budget", "0")
+    assert "multiple of 32" in error_of(tmp_path / "data", "-o", tmp_path / "r5", "--imgsz", "100")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    assert "is not empty" in error_of(tmp_path / "data", "-o", tmp_path / "used")
+    assert (tmp_path / "used" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "used").iterdir())) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"distill": {"teacher": {"epochs": 0}}}))
+    assert "teacher.epochs" in error_of(tmp_path / "data", "-o", tmp_path / "r6", "--config", bad)
+    for name in ("r4", "r5", "r6"):
+        assert not (tmp_path / name).exists()

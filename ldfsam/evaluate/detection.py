@@ -64,14 +64,18 @@ def match(image: ImageDetections, thresholds: np.ndarray = IOU_THRESHOLDS) -> np
     iou = box_iou(image.pred_boxes, image.ref_boxes)
     iou[np.asarray(image.pred_classes)[:, None] != np.asarray(image.ref_classes)[None, :]] = 0.0
     order = np.argsort(-np.asarray(image.scores, float), kind="stable")
-    for t, thr in enumerate(thresholds):
-        taken = np.zeros(iou.shape[1], bool)
-        for i in order:
-            candidates = np.where(taken, -1.0, iou[i])
-            j = int(np.argmax(candidates))
-            if candidates[j] >= thr - 1e-12:
-                taken[j] = True
-                tp[i, t] = True
+    thr = np.asarray(thresholds, float)[:, None] - 1e-12
+    taken = np.zeros((len(thresholds), iou.shape[1]), bool)  # references matched, per threshold
+    rows = np.arange(len(thresholds))
+    lowest = float(np.min(thresholds)) - 1e-12
+    for i in order:
+        if iou[i].max() < lowest:
+            continue  # matches nothing at any threshold
+        candidates = np.where(taken, -1.0, iou[i][None, :])
+        j = candidates.argmax(1)
+        hit = candidates[rows, j] >= thr[:, 0]
+        taken[rows[hit], j[hit]] = True
+        tp[i] = hit
     return tp
 
 
@@ -118,9 +122,12 @@ def detection_scores(images: Sequence[ImageDetections]) -> DetectionScores:
         for t in range(len(IOU_THRESHOLDS)):
             ap[k, t] = average_precision(tp[mine, t], score[mine], n_ref)
         # Precision and recall of the predictions scoring at least each threshold of the grid (IoU 0.5).
-        kept = score[mine][None, :] >= grid[:, None]
-        hits = (kept & tp[mine, 0][None, :]).sum(1)
-        count = kept.sum(1)
+        order = np.argsort(score[mine], kind="stable")
+        ascending = score[mine][order]
+        hits_above = np.concatenate([np.cumsum(tp[mine, 0][order][::-1])[::-1], [0]])
+        first = np.searchsorted(ascending, grid, side="left")  # the first prediction scoring >= each grid value
+        count = len(ascending) - first
+        hits = hits_above[first]
         prec_at[k] = hits / np.maximum(count, 1)
         rec_at[k] = hits / n_ref
     p, r = prec_at.mean(0), rec_at.mean(0)
