@@ -1,5 +1,5 @@
 """Phase 1's detection metrics (ldfsam.evaluate.detection): exact cases worked by hand, and agreement with
-ultralytics' ap_per_class on random detections."""
+ultralytics' own validation (its matching and ap_per_class) on random detections."""
 
 from __future__ import annotations
 
@@ -64,11 +64,16 @@ def test_no_predictions_and_no_references():
     assert np.isnan(s.mAP50) and s.references == 0
 
 
-def test_agrees_with_ultralytics_ap_per_class():
+def test_agrees_with_ultralytics_validation():
+    """The same detections scored end to end by ultralytics (its matching, ap_per_class) and by the project."""
+    import torch
+
     from ldfsam.offline import import_ultralytics
 
     import_ultralytics()
+    from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils.metrics import ap_per_class
+    from ultralytics.utils.metrics import box_iou as ultralytics_iou
 
     rng = np.random.default_rng(3)
     images = []
@@ -77,7 +82,7 @@ def test_agrees_with_ultralytics_ap_per_class():
         xy = rng.uniform(0, 80, (n_ref, 2))
         refs = np.hstack([xy, xy + rng.uniform(5, 30, (n_ref, 2))])
         ref_cls = rng.integers(0, 2, n_ref)
-        # Jittered copies of some references plus random boxes, with random scores.
+        # Jittered copies of most references plus random boxes, with random scores.
         keep = rng.random(n_ref) < 0.8
         jitter = refs[keep] + rng.normal(0, 3, (int(keep.sum()), 4))
         xy = rng.uniform(0, 80, (2, 2))
@@ -86,16 +91,18 @@ def test_agrees_with_ultralytics_ap_per_class():
         pred_cls = np.concatenate([ref_cls[keep], rng.integers(0, 2, 2)])
         images.append(_image(pred, rng.random(len(pred)), refs, pred_cls, ref_cls))
     ours = detection_scores(images)
-    tp = np.concatenate([match(im) for im in images])
-    conf = np.concatenate([im.scores for im in images])
-    pcls = np.concatenate([im.pred_classes for im in images])
-    tcls = np.concatenate([im.ref_classes for im in images])
-    result = ap_per_class(tp, conf, pcls, tcls)
-    theirs = result[5]
-    # ultralytics integrates the same 101-point envelope with the trapezoidal rule instead of averaging it.
-    assert ours.mAP50 == pytest.approx(theirs[:, 0].mean(), abs=0.01)
-    assert ours.mAP50_95 == pytest.approx(theirs.mean(), abs=0.01)
+    validator = DetectionValidator()
+    tp = np.concatenate([validator.match_predictions(
+        torch.tensor(im.pred_classes), torch.tensor(im.ref_classes),
+        ultralytics_iou(torch.tensor(im.ref_boxes, dtype=torch.float32),
+                        torch.tensor(im.pred_boxes, dtype=torch.float32))).cpu().numpy() for im in images])
+    cat = lambda key: np.concatenate([getattr(im, key) for im in images])  # noqa: E731
+    result = ap_per_class(tp, cat("scores"), cat("pred_classes"), cat("ref_classes"))
+    ap = result[5]
     assert 0.05 < ours.mAP50_95 < ours.mAP50 < 1.0  # a case where the definitions could disagree
+    # ultralytics integrates the same 101-point envelope with the trapezoidal rule instead of averaging it.
+    assert ours.mAP50 == pytest.approx(ap[:, 0].mean(), abs=0.01)
+    assert ours.mAP50_95 == pytest.approx(ap.mean(), abs=0.01)
     # Precision and recall at the best mean F1: the same choice; ultralytics interpolates its curves.
     assert ours.precision == pytest.approx(result[2].mean(), abs=0.03)
     assert ours.recall == pytest.approx(result[3].mean(), abs=0.03)
