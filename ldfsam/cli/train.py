@@ -89,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sys.stdout = saved_stdout
         progress.close()
-    print(f"report: {report}", file=sys.stderr if args.progress == "json" else sys.stdout)
+    if args.progress != "bar":  # the bar's last line says it already
+        print(f"report: {report}", file=sys.stderr if args.progress == "json" else sys.stdout)
     return 0
