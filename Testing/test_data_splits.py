@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ldfsam.data.splits import budget_subset, make_splits, read_splits, write_splits
+from ldfsam.data.splits import budget_subset, make_splits, read_splits, write_split_ids, write_splits
 from ldfsam.errors import ConfigError
 
 IDS = [f"case_{i:03d}" for i in range(129)]  # the paper's 3D CBCT Tooth set: 129 volumes, 26 for testing
@@ -83,3 +83,22 @@ def test_bad_parameters():
         make_splits(IDS, test_ids=["zzz"])
     fixed = make_splits(IDS, test_ids=IDS[:5])
     assert sorted(fixed.test) == IDS[:5]
+
+
+def test_run_folders_and_the_ids_they_used_read_back(tmp_path):
+    # What a fine-tuning run writes (the ids it used) carries the format header and reads back as splits.
+    write_split_ids({"train": ["a", "b"], "val": ["c"], "test": ["d"]}, tmp_path / "phase2" / "splits.json",
+                    used_by="finetune", budget=0.5)
+    doc = json.loads((tmp_path / "phase2" / "splits.json").read_text())
+    assert doc["format"] == "ldfsam-splits" and doc["budget"] == 0.5
+    assert read_splits(tmp_path / "phase2").test == ["d"]
+    # A run folder: its own splits.json comes first, then its prepared data's, then Phase 2's.
+    assert read_splits(tmp_path).train == ["a", "b"]
+    write_splits(make_splits([f"c{i}" for i in range(10)]), tmp_path / "prepared" / "splits.json")
+    assert len(read_splits(tmp_path).train) == 7
+    with pytest.raises(ConfigError, match="no such splits file"):
+        read_splits(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="without a splits file") as e:
+        read_splits(tmp_path / "empty")
+    assert str(tmp_path / "empty") in str(e.value)

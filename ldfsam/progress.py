@@ -6,7 +6,8 @@ any other text a library prints. Otherwise events drive a progress bar on standa
 
 Event keys: ``kind`` (start | progress | log | done | error), ``phase`` (prepare, teacher, student, finetune,
 evaluate, segment, download, ...), and where they apply ``step``, ``total``, ``epoch``, ``epochs``, ``loss``,
-``val_dice``, ``eta_s``, ``fraction``, ``message``, plus any phase-specific numbers.
+``val_dice``, ``eta_s``, ``fraction``, ``message``, plus any phase-specific numbers. Under ``ldfsam train``
+every event also names its ``stage`` (prepare, phase1, phase2, evaluate).
 """
 
 from __future__ import annotations
@@ -74,9 +75,12 @@ class Progress:
         self._t0: Dict[str, float] = {}
         self._bar = None
         self._bar_phase: Optional[str] = None
+        # Fields added to every event (``ldfsam train`` sets ``stage``).
+        self.context: Dict[str, Any] = {}
 
     # -- emitting -------------------------------------------------------------------------------------------
     def _emit(self, kind: str, phase: str, **fields: Any) -> None:
+        fields = {**self.context, **fields}
         if self.mode == "json":
             out = self.stream or sys.stdout
             out.write(format_event(kind, phase, **fields) + "\n")

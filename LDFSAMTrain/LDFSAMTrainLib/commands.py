@@ -1,6 +1,7 @@
 """The ``ldfsam`` command lines of the Train module: prepare, Phase 1 (distill), Phase 2 (finetune), evaluate,
-and installing the result for segmentation. All files of a training run live in one output folder (layout below),
-so each step finds the previous step's output and a stopped step resumes where it stopped.
+all four at once (``ldfsam train``, "Run all"), and installing the result for segmentation. All files of a training
+run live in one output folder (layout below, the same for the single steps and ``ldfsam train``), so each step
+finds the previous step's output and a stopped step resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ class RunLayout:
     def evaluation_csv(self) -> Path:
         return self.evaluation / "per_case.csv"
 
+    @property
+    def train_config(self) -> Path:
+        """Written by ``ldfsam train`` when it starts: its presence means "Run all" can resume here."""
+        return self.root / "train.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
     def yolo_data(self, budget_percent: int) -> Path:
         """Phase 1's data.yaml for a budget, as recorded by ``ldfsam prepare`` in prepared.json."""
         manifest = self.prepared / "prepared.json"
@@ -160,6 +170,30 @@ def evaluate_argv(s: TrainSettings, python: Optional[str] = None) -> List[str]:
     return ldfsam_argv("evaluate", "--model", out.model, "--data", s.dataset, "--splits", out.splits,
                        "--split", "test", "--out", out.evaluation, "--device", device_arg(s.device),
                        "--progress", "json", python=python)
+
+
+def train_argv(s: TrainSettings, resume: bool = False, python: Optional[str] = None) -> List[str]:
+    """"Run all": prepare, Phase 1, Phase 2 and the test evaluation in one process, writing report.html.
+
+    A new run needs an output folder that is new or empty; ``resume`` continues the run there with its own saved
+    settings (finished stages are skipped).
+    """
+    out = layout(s)
+    if resume:
+        return ldfsam_argv("train", "-o", out.root, "--resume", "--progress", "json", python=python)
+    args: List[object] = ["train", s.dataset, "-o", out.root, "--preset", s.sam_preset,
+                          "--budget", s.budget_percent, "--teacher-scale", s.teacher_scale,
+                          "--student-scale", s.student_scale, "--phase1-epochs", s.distill_epochs,
+                          "--phase2-epochs", s.finetune_epochs, "--batch", s.batch_size, "--seed", s.seed,
+                          "--device", device_arg(s.device), "--progress", "json"]
+    if s.sam_checkpoint:
+        args += ["--sam-checkpoint", s.sam_checkpoint]
+    return ldfsam_argv(*args, python=python)
+
+
+def can_resume_all(s: TrainSettings) -> bool:
+    """True when the output folder holds an ``ldfsam train`` run (Run all then continues it with --resume)."""
+    return layout(s).train_config.is_file()
 
 
 def step_argv(step: str, s: TrainSettings, resume: bool = False, python: Optional[str] = None) -> List[str]:

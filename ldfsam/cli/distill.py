@@ -64,7 +64,8 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..distill.run import run_distillation
+    from ..distill.run import best_scores, run_distillation
+    from ..distill.trainer import format_scores
     from ..errors import ConfigError
     from ..progress import Progress
 
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
                                 resume=args.resume, progress=progress, budget=args.budget / 100.0)
     finally:
         progress.close()
+    out = sys.stderr if args.progress == "json" else sys.stdout
     for role, path in made.items():
-        print(f"{role}: {path}", file=sys.stderr if args.progress == "json" else sys.stdout)
+        print(f"{role}: {path}", file=out)
+    for role, best in best_scores(args.out).items():
+        print(f"{role} validation (best epoch {best.get('best_epoch', '-')}): {format_scores(best)}", file=out)
     return 0

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--ref", type=Path, help="folder of reference masks, matched to --pred by file name")
     src.add_argument("--model", help="model name or .safetensors file to run on --data")
     src.add_argument("--data", type=Path, help="dataset folder (labelled volumes, or images/ + masks/)")
-    src.add_argument("--splits", help="splits file; evaluate its --split cases (default: all cases of --data)")
+    src.add_argument("--splits", help="splits file, or a run or prepared folder holding one; evaluate its --split "
+                                      "cases (default: all cases of --data)")
     src.add_argument("--split", default="test", choices=["train", "val", "test"])
     src.add_argument("--limit", type=int, help="evaluate only the first N cases")
     src.add_argument("--save-predictions", type=Path, help="with --model: also write the predicted masks here")

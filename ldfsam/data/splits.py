@@ -92,9 +92,33 @@ def write_splits(splits: Splits, path: Union[str, Path]) -> None:
     write_text_atomic(path, json.dumps(splits.to_json(), indent=1) + "\n")
 
 
-def read_splits(path: Union[str, Path]) -> Splits:
-    """Read a splits file written by :func:`write_splits`, checking that no case is in two splits."""
+def write_split_ids(ids: Dict[str, Sequence[str]], path: Union[str, Path], **extra: Any) -> None:
+    """Write the case ids a run actually used (``train``/``val``/``test`` lists) as a splits file that
+    :func:`read_splits` reads back; ``extra`` fields are kept beside them."""
+    doc = {"format": SPLITS_FORMAT, "version": 1, **extra,
+           **{k: [str(i) for i in ids.get(k, [])] for k in ("train", "val", "test")}}
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
+# Where a run folder keeps its splits, in order of preference: its own copy, its prepared data's, its Phase 2's.
+RUN_SPLITS = ("splits.json", "prepared/splits.json", "phase2/splits.json")
+
+
+def splits_file(path: Union[str, Path]) -> Path:
+    """The splits file ``path`` names: the file itself, or the splits of a run or prepared folder."""
     path = Path(path)
+    if not path.is_dir():
+        return path
+    for rel in RUN_SPLITS:
+        if (path / rel).is_file():
+            return path / rel
+    raise ConfigError(f"is a folder without a splits file (looked for {', '.join(RUN_SPLITS)})", path)
+
+
+def read_splits(path: Union[str, Path]) -> Splits:
+    """Read a splits file written by :func:`write_splits` or :func:`write_split_ids` (or the splits of the run
+    or prepared folder ``path``), checking that no case is in two splits."""
+    path = splits_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -87,7 +87,7 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
                  progress: Progress, resume: bool, training_meta: Dict[str, Any], teacher=None, ld=None,
                  init: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
     from ..model.prompt_generator import save_prompt_generator
-    from .trainer import Phase1Trainer, map_fields, weights_only_checkpoints
+    from .trainer import Phase1Trainer, format_scores, map_fields, weights_only_checkpoints
     from .weights import load_init_source, yolo_yaml
 
     phase = stage.role
@@ -107,7 +107,9 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
         if not stage.staging.exists():
             raise InputError(f"{phase} training ended without a validated checkpoint", stage.dir)
         os.replace(stage.staging, stage.product)
-        progress.done(phase, message=f"{phase} saved to {stage.product}", path=str(stage.product), **metrics)
+        summary = f" (best epoch {metrics['best_epoch']}: {format_scores(metrics)})" if "best_epoch" in metrics else ""
+        progress.done(phase, message=f"{phase} saved to {stage.product}{summary}", path=str(stage.product),
+                      **metrics)
         return stage.product, metrics
 
     if state and state.get("epoch", 0) >= state.get("epochs", 1) and stage.staging.exists():
@@ -122,8 +124,13 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
             with atomic_path(stage.staging) as tmp:
                 save_prompt_generator(tmp, trainer.ema.ema, gen_cfg, training=meta)
             record["best"] = {**metrics, "best_epoch": trainer.epoch + 1}
+        # One row per epoch; rows past a resumed epoch (from the interrupted attempt) are replaced.
+        losses = {k: float(v) for k, v in (trainer.tloss or {}).items()}
+        row = {"epoch": trainer.epoch + 1, "loss": sum(losses.values()), **losses, **map_fields(trainer.metrics)}
+        record["history"] = [h for h in record.get("history", []) if h["epoch"] < row["epoch"]] + [row]
         record.update(epoch=trainer.epoch + 1, epochs=trainer.epochs)
         write_text_atomic(stage.state, json.dumps(record, indent=2) + "\n")
+        write_text_atomic(stage.dir / "metrics.csv", history_csv(record["history"]))
 
     overrides = _overrides(recipe, data_yaml, stage.dir.parent, stage.role, yolo_yaml(scale))
     if resume and stage.last.exists():
@@ -143,6 +150,34 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
     best = (stage.read_state() or {}).get("best", {})
     final = {k: v for k, v in map_fields(trainer.final_metrics).items() if v is not None}
     return finalize({**best, **final})
+
+
+def history_csv(rows: List[Dict[str, Any]]) -> str:
+    """A stage's per-epoch record (state.json "history") as CSV: epoch, losses, validation metrics."""
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" if isinstance(row[c], float)
+                              else str(row[c]) for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def read_history(stage_dir: PathLike) -> List[Dict[str, Any]]:
+    """The per-epoch rows of a stage folder (``RUN/teacher`` or ``RUN/student``), empty when none was saved."""
+    record = _Stage(Path(stage_dir).parent, Path(stage_dir).name).read_state() or {}
+    return list(record.get("history", []))
+
+
+def best_scores(out: PathLike) -> Dict[str, Dict[str, Any]]:
+    """The best epoch's validation scores of each stage trained in the run folder ``out``, by role."""
+    found = {}
+    for role in ("teacher", "student"):
+        best = (_Stage(Path(out), role).read_state() or {}).get("best")
+        if best:
+            found[role] = best
+    return found
 
 
 def _run_config(out: Path, cfg: DistillConfig, resume: bool, progress: Progress) -> DistillConfig:

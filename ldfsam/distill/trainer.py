@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+from copy import copy
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from ..evaluate.detection import ImageDetections, detection_scores
 from ..offline import import_ultralytics
 from ..progress import Progress
 from .config import LDConfig
 from .criterion import FrozenTeacher, make_distillation_loss
 
 import_ultralytics()
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
-MAP50 = "metrics/mAP50(B)"
-MAP50_95 = "metrics/mAP50-95(B)"
+# The project's own validation metrics (ldfsam.evaluate.detection), stored in ultralytics' metrics dict.
+METRIC_KEYS = {"precision": "ldfsam/precision", "recall": "ldfsam/recall", "mAP50": "ldfsam/mAP50",
+               "mAP50_95": "ldfsam/mAP50-95"}
 
 
 @contextlib.contextmanager
@@ -39,9 +42,49 @@ def weights_only_checkpoints() -> Iterator[None]:
 
 
 def map_fields(metrics: Optional[Dict[str, Any]]) -> Dict[str, Optional[float]]:
-    """mAP50 and mAP50-95 from an ultralytics metrics dict, as event fields."""
+    """Validation precision, recall, mAP50 and mAP50-95 from a trainer's metrics dict, as event fields."""
     metrics = metrics or {}
-    return {"mAP50": metrics.get(MAP50), "mAP50_95": metrics.get(MAP50_95)}
+    out = {}
+    for name, key in METRIC_KEYS.items():
+        value = metrics.get(key)
+        out[name] = None if value is None or value != value else float(value)
+    return out
+
+
+def format_scores(scores: Dict[str, Optional[float]]) -> str:
+    """"P 0.812 R 0.700 mAP50 0.750 mAP50-95 0.420" (missing values as -)."""
+    labels = {"precision": "P", "recall": "R", "mAP50": "mAP50", "mAP50_95": "mAP50-95"}
+    return " ".join(f"{label} {'-' if scores.get(k) is None else format(scores[k], '.3f')}"
+                    for k, label in labels.items())
+
+
+class ScoringValidator(DetectionValidator):
+    """ultralytics' validator that also keeps every image's predictions and references and scores them with
+    ``ldfsam.evaluate.detection``; its mAP50-95 is the fitness that selects the best checkpoint."""
+
+    def init_metrics(self, model) -> None:
+        super().init_metrics(model)
+        self.images: List[ImageDetections] = []
+
+    def update_metrics(self, preds, batch) -> None:
+        for si, pred in enumerate(preds):
+            # Both in the letterboxed input frame: IoU does not change under its uniform scale and shift.
+            ref = self._prepare_batch(si, batch)
+            pred = self._prepare_pred(dict(pred))
+            self.images.append(ImageDetections(
+                pred["bboxes"].detach().float().cpu().numpy(), pred["conf"].detach().float().cpu().numpy(),
+                pred["cls"].detach().cpu().numpy(), ref["bboxes"].detach().float().cpu().numpy(),
+                ref["cls"].detach().cpu().numpy()))
+        super().update_metrics(preds, batch)
+
+    def get_stats(self) -> Dict[str, Any]:
+        stats = super().get_stats()
+        scores = detection_scores(self.images)
+        self.images = []
+        for name, key in METRIC_KEYS.items():
+            stats[key] = getattr(scores, name)
+        stats["fitness"] = scores.mAP50_95 if scores.mAP50_95 == scores.mAP50_95 else 0.0
+        return stats
 
 
 class Phase1Trainer(DetectionTrainer):
@@ -71,6 +114,10 @@ class Phase1Trainer(DetectionTrainer):
         self.add_callback("on_train_batch_end", lambda t: self._on_batch_end())
         self.add_callback("on_fit_epoch_end", lambda t: self._on_fit_epoch_end())
         self.add_callback("on_model_save", lambda t: self._on_model_save())
+
+    def get_validator(self):
+        return ScoringValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args),
+                                _callbacks=self.callbacks)
 
     # -- model --------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose=True):
@@ -103,9 +150,12 @@ class Phase1Trainer(DetectionTrainer):
             self.final_metrics = dict(self.metrics or {})
             return
         losses = {k: float(v) for k, v in (self.tloss or {}).items()}
+        scores = map_fields(self.metrics)
         self.progress.update(self.phase, step=(self.epoch + 1) * self._nb, total=self.epochs * self._nb,
-                             epoch=self.epoch + 1, epochs=self.epochs, loss=sum(losses.values()),
-                             **map_fields(self.metrics))
+                             epoch=self.epoch + 1, epochs=self.epochs, loss=sum(losses.values()), **scores)
+        if scores["mAP50_95"] is not None:
+            self.progress.log(self.phase, f"{self.phase} epoch {self.epoch + 1}/{self.epochs}: validation "
+                              + format_scores(scores), epoch=self.epoch + 1, **scores)
 
     def final_eval(self):
         self._in_final_eval = True

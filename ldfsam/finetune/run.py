@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 from .. import __version__
 from ..atomic import write_text_atomic
 from ..config import from_dict, to_dict
+from ..data.splits import write_split_ids
 from ..errors import ConfigError, InputError
 from ..model.config import ModelConfig
 from ..progress import Progress
@@ -104,7 +105,7 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             doc = {"format": RUN_FORMAT, "package_version": __version__, "finetune": to_dict(cfg),
                    "model": to_dict(model_cfg), "init": init}
             write_text_atomic(run_dir / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
-            write_text_atomic(run_dir / "splits.json", json.dumps(data.splits, indent=1) + "\n")
+            write_split_ids(data.splits, run_dir / "splits.json", used_by="finetune", budget=cfg.budget)
         distributed.barrier(env)
         provenance: Dict[str, Any] = {
             "dataset": str(Path(cfg.data).resolve()), "dataset_format": data.info.get("format"),

@@ -1,0 +1,94 @@
+"""``ldfsam train``: prepare, Phase 1, Phase 2 and the test evaluation in one run folder, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+COMMAND = "train"
+HELP = ("The whole training in one run folder: prepare (when needed), Phase 1, Phase 2, evaluation on the test "
+        "split, and report.html; resumable with --resume.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", help="dataset folder (as `ldfsam prepare` takes it) or a prepared folder")
+    p.add_argument("-o", "--out", required=True, type=Path, help="run folder (new, or the run to resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out; finished stages are skipped")
+    p.add_argument("--config", type=Path, help="TrainConfig JSON; the options below override it")
+    p.add_argument("--preset", choices=["vit_b", "vit_l", "vit_h", "small"], help="SAM size (default vit_b)")
+    p.add_argument("--prompt-mode", choices=["box", "dense", "sparse", "dense+sparse"])
+    p.add_argument("--budget", type=float, metavar="PERCENT", help="annotation budget in percent (default 100)")
+    p.add_argument("--epochs", type=int, help="epochs of every training stage (teacher, student, Phase 2)")
+    p.add_argument("--phase1-epochs", type=int, help="epochs of the teacher and of the student")
+    p.add_argument("--phase2-epochs", type=int, help="epochs of Phase 2")
+    p.add_argument("--batch", type=int, help="batch size of both phases")
+    p.add_argument("--imgsz", type=int, help="prompt generator input size (Phase 1 and 2; multiple of 32)")
+    p.add_argument("--sam-size", type=int, help="SAM input size (default: the preset's)")
+    p.add_argument("--teacher-scale", choices=tuple("nsmlx"), help="YOLOv8 teacher scale (default x)")
+    p.add_argument("--student-scale", choices=tuple("nsmlx"), help="YOLOv8 student scale (default n)")
+    p.add_argument("--scheme", choices=("none", "kd", "ld_main", "ld_main_vlr"), help="distillation scheme")
+    p.add_argument("--sam-checkpoint", type=Path, help="official SAM checkpoint (.pth) for the image encoder")
+    p.add_argument("--seed", type=int, help="split, training and bootstrap seed (default 2025)")
+    p.add_argument("--workers", type=int, help="data loader processes of both phases")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+
+
+def build_config(args: argparse.Namespace):
+    """The TrainConfig of a command line: --config file (or defaults), then the options given."""
+    from ..config import load_json
+    from ..errors import ConfigError
+    from ..train.config import TrainConfig
+
+    cfg = load_json(TrainConfig, args.config) if args.config else TrainConfig()
+    if args.data:
+        cfg.data = str(Path(args.data).resolve())
+    if args.budget is not None:
+        if not 0 < args.budget <= 100:
+            raise ConfigError(f"--budget {args.budget} must be in (0, 100]")
+        cfg.budget = args.budget / 100.0
+    for opt, key in (("preset", "preset"), ("prompt_mode", "prompt_mode"), ("sam_size", "sam_size"),
+                     ("seed", "seed"), ("device", "device")):
+        if getattr(args, opt) is not None:
+            setattr(cfg, key, getattr(args, opt))
+    if args.sam_checkpoint:
+        cfg.sam_checkpoint = str(args.sam_checkpoint.resolve())
+    d = cfg.distill
+    recipe = {k: v for k, v in (("batch", args.batch), ("imgsz", args.imgsz), ("workers", args.workers),
+                                ("epochs", args.phase1_epochs or args.epochs)) if v is not None}
+    if args.seed is not None:
+        recipe["seed"] = args.seed
+    d.teacher, d.student = dataclasses.replace(d.teacher, **recipe), dataclasses.replace(d.student, **recipe)
+    for opt in ("teacher_scale", "student_scale"):
+        if getattr(args, opt) is not None:
+            setattr(d, opt, getattr(args, opt))
+    if args.scheme:
+        d.ld = dataclasses.replace(d.ld, scheme=args.scheme)
+    ft = {k: v for k, v in (("batch_size", args.batch), ("num_workers", args.workers),
+                            ("epochs", args.phase2_epochs or args.epochs)) if v is not None}
+    cfg.finetune = dataclasses.replace(cfg.finetune, **ft)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..progress import Progress
+    from ..train.run import run_training
+
+    if not args.resume and not args.data:
+        raise InputError("give the dataset folder (or pass --resume to continue the run in --out)")
+    cfg = build_config(args) if args.data or args.config else None
+    progress = Progress(args.progress, stream=sys.stdout if args.progress == "json" else None)
+    saved_stdout = sys.stdout
+    if args.progress == "json":
+        sys.stdout = sys.stderr  # library chatter must not mix with the events on stdout
+    try:
+        report = run_training(cfg, args.out, resume=args.resume, progress=progress)
+    finally:
+        sys.stdout = saved_stdout
+        progress.close()
+    if args.progress != "bar":  # the bar's last line says it already
+        print(f"report: {report}", file=sys.stderr if args.progress == "json" else sys.stdout)
+    return 0
