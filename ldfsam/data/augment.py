@@ -80,7 +80,7 @@ class Contrast:
     monotone piecewise-linear curve), since CBCT grey values are not calibrated."""
 
     p: float = 0.8
-    gamma: Range = (0.75, 1.4)
+    gamma: Range = (0.65, 1.25)
     jitter: float = 0.35  # each of the curve's 6 segments has its slope scaled by 1 +- jitter
 
 
