@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from ..errors import ConfigError
+
 Range = Tuple[float, float]
 
 
@@ -162,6 +164,22 @@ class AugmentConfig:
     clutter: Clutter = field(default_factory=Clutter)
     fov: FieldOfView = field(default_factory=FieldOfView)
     intensity: Intensity = field(default_factory=Intensity)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field out of range (probabilities in [0, 1], ranges low <= high,
+        scales and kept fractions positive)."""
+        for name, aug in vars(self).items():
+            for key, value in vars(aug).items():
+                where = f"AugmentConfig.{name}.{key}"
+                if key == "p" and not 0.0 <= value <= 1.0:
+                    raise ConfigError(f"{where} must be a probability in [0, 1], got {value}")
+                if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
+                    raise ConfigError(f"{where} must be a range (low, high) with low <= high, got {value}")
+        for where, (lo, hi), top in (("zoom.scale", self.zoom.scale, math.inf), ("crop.keep", self.crop.keep, 1.0),
+                                     ("fov.radius", self.fov.radius, math.inf),
+                                     ("metal.count", self.metal.count, math.inf)):
+            if lo <= 0 or hi > top:
+                raise ConfigError(f"AugmentConfig.{where} must lie in (0, {top}], got {(lo, hi)}")
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -416,6 +434,7 @@ def augment_phantom(image: np.ndarray, labels: np.ndarray, spacing: Sequence[flo
     image's grid. Deterministic for the generator's state; the inputs are not modified.
     """
     cfg = AugmentConfig() if cfg is None else cfg
+    cfg.validate()
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.ndim != 3 or labels.shape != image.shape:
