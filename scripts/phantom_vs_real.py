@@ -51,6 +51,27 @@ def main() -> int:
     ap.add_argument("--stats", type=int, default=12, help="phantoms measured for the printed figures")
     args = ap.parse_args()
 
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.data.preprocess import prepare_volume
+    from ldfsam.data.volume import read_volume
+
+    # The real volumes first (light imports): a bad --real fails before torch and matplotlib load.
+    pre = PreprocessConfig(target_spacing=None)
+    volumes = []
+    for spec in args.real:
+        path, _, zs = spec.rpartition(":")
+        try:
+            slices = [int(z) for z in zs.split(",")]
+        except ValueError:
+            ap.error(f"--real {spec!r}: expected PATH:Z,Z,... (axial slice indices)")
+        if volumes and len(slices) != len(volumes[0][1]):
+            ap.error(f"--real {spec!r}: {len(slices)} slices, the first volume has {len(volumes[0][1])}")
+        volume = prepare_volume(read_volume(path), pre).array
+        bad = [z for z in slices if not 0 <= z < volume.shape[0]]
+        if bad:
+            ap.error(f"--real {spec!r}: slices {bad} outside 0..{volume.shape[0] - 1}")
+        volumes.append((Path(path).name, slices, volume))
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,27 +81,13 @@ def main() -> int:
 
     from ldfsam.atomic import atomic_path
     from ldfsam.data.augment import AugmentConfig
-    from ldfsam.data.config import PreprocessConfig
-    from ldfsam.data.preprocess import prepare_volume, to_model_input
+    from ldfsam.data.preprocess import to_model_input
     from ldfsam.data.synthetic import PhantomSampling, iter_training_slices
-    from ldfsam.data.volume import read_volume
 
-    pre = PreprocessConfig(target_spacing=None)
     reals = []
-    for spec in args.real:
-        path, _, zs = spec.rpartition(":")
-        try:
-            slices = [int(z) for z in zs.split(",")]
-        except ValueError:
-            ap.error(f"--real {spec!r}: expected PATH:Z,Z,... (axial slice indices)")
-        if reals and len(slices) != len(reals[0][1]):
-            ap.error(f"--real {spec!r}: {len(slices)} slices, the first volume has {len(reals[0][1])}")
-        volume = prepare_volume(read_volume(path), pre).array
-        bad = [z for z in slices if not 0 <= z < volume.shape[0]]
-        if bad:
-            ap.error(f"--real {spec!r}: slices {bad} outside 0..{volume.shape[0] - 1}")
+    for name, slices, volume in volumes:
         model_input = to_model_input(torch.from_numpy(volume), args.size)[:, 0].numpy()
-        reals.append((Path(path).name, slices, model_input[slices], figures(model_input)))
+        reals.append((name, slices, model_input[slices], figures(model_input)))
     n_cols = len(reals[0][1])
     sampling = PhantomSampling(anatomy_p=0.0) if args.clean else None
     augment = AugmentConfig.none() if args.clean else None
