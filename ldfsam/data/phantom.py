@@ -7,6 +7,9 @@ the apex (two or three roots for molars); a few metal fillings with streak artif
 every edge and Gaussian noise. Index axes are (x, y, z) = (patient left, posterior, superior) as in LPS, so with
 the default identity direction the anterior teeth sit at low y and the upper row at high z.
 
+With ``anatomy`` (``phantom_anatomy.Anatomy``) the phantom also holds bones that are not teeth (cervical spine,
+mandibular rami, hyoid, skull base, a thick bright jaw cortex), labelled background.
+
 The tooth rows span ``teeth_fraction`` of the slices, centred; the slices above and below hold bone and soft
 tissue only, as in a real scan. Deterministic for a seed.
 """
