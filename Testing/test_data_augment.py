@@ -181,6 +181,23 @@ def test_zoom_keeps_labels_on_the_teeth(clean, scale):
         assert np.all(out.image[:, :3, :] == out.image.min())
 
 
+def test_rotation_turns_image_and_labels_together(clean):
+    image, labels = clean
+    out = run(clean, only("rotate", yaw=(90.0, 90.0), pitch=(0.0, 0.0), roll=(0.0, 0.0)))
+    turned = [k for k in (1, 3) if np.array_equal(out.labels, np.rot90(labels, k, axes=(1, 2)))]
+    assert len(turned) == 1
+    np.testing.assert_allclose(out.image, np.rot90(image, turned[0], axes=(1, 2)), atol=1e-2)
+    for angles in ((0.0, 10.0, 0.0), (12.0, -8.0, 5.0)):
+        yaw, pitch, roll = ((a, a) for a in angles)
+        out = run(clean, only("rotate", yaw=yaw, pitch=pitch, roll=roll))
+        assert DENTINE - 250 < tooth_mean(out)
+        assert np.count_nonzero(out.labels) == pytest.approx(np.count_nonzero(labels), rel=0.1)
+        assert not np.array_equal(out.labels, labels)
+    # A tilt of the occlusal plane spreads the tooth rows over more slices.
+    tilted = run(clean, only("rotate", yaw=(0.0, 0.0), pitch=(15.0, 15.0), roll=(0.0, 0.0)))
+    assert tilted.labels.any(axis=(1, 2)).sum() > labels.any(axis=(1, 2)).sum()
+
+
 def test_crop_and_truncation_keep_labels_on_the_teeth(clean):
     image, labels = clean
     out = run(clean, only("crop", keep=(0.7, 0.7)))

@@ -38,6 +38,17 @@ class Zoom:
 
 
 @dataclass
+class Rotate:
+    """Turn the head: yaw in the axial plane, and a tilt of the occlusal plane (pitch, about x, and roll, about
+    y) so that slices cut the teeth obliquely, as when a patient's head is not aligned with the scanner. Degrees."""
+
+    p: float = 0.5
+    yaw: Range = (-15.0, 15.0)
+    pitch: Range = (-10.0, 10.0)
+    roll: Range = (-5.0, 5.0)
+
+
+@dataclass
 class Crop:
     """Crop a sub-block of the slices (y, x) and of the slice range (z)."""
 
@@ -153,6 +164,7 @@ class AugmentConfig:
     phantoms with the real head CTs after the model's preprocessing (scripts/phantom_vs_real.py)."""
 
     zoom: Zoom = field(default_factory=Zoom)
+    rotate: Rotate = field(default_factory=Rotate)
     crop: Crop = field(default_factory=Crop)
     truncate: Truncate = field(default_factory=Truncate)
     metal: Metal = field(default_factory=Metal)
@@ -214,18 +226,38 @@ def grey_reference(image: np.ndarray) -> Tuple[float, float]:
 # -- geometry ----------------------------------------------------------------------------------------------------
 
 
-def zoom(image: np.ndarray, labels: np.ndarray, scale: float, shift: Tuple[float, float], fill: float
-         ) -> Tuple[np.ndarray, np.ndarray]:
-    """Scale the anatomy in-plane by ``scale`` about the slice centre moved by ``shift`` (dy, dx voxels)."""
+def resample_affine(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], scale: float = 1.0,
+                    angles: Tuple[float, float, float] = (0.0, 0.0, 0.0), shift: Tuple[float, float] = (0.0, 0.0),
+                    fill: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Scale the anatomy in-plane by ``scale`` and rotate it by ``angles`` (yaw about z, pitch about x, roll about
+    y; degrees, in millimetres so anisotropic voxels rotate correctly) about the volume's centre, then move it by
+    ``shift`` (dy, dx voxels). Same shape out; linear for the image (``fill`` outside), nearest for labels."""
+    yaw, pitch, roll = (math.radians(a) for a in angles)
+    # A tilt brings the volume's top and bottom into the slices: pad them by repeating the end slices, so that
+    # a tilted slice shows anatomy to its edge (as in a real scan), not an empty wedge.
     nz, ny, nx = image.shape
-    c = np.array([0.0, (ny - 1) / 2.0, (nx - 1) / 2.0])
-    matrix = np.array([1.0, 1.0 / scale, 1.0 / scale])
-    # output o samples input i = c + (o - c - shift) / scale
-    offset = c - (c + np.array([0.0, *shift])) * matrix
+    reach = max(abs(math.sin(pitch)) * ny * spacing[1], abs(math.sin(roll)) * nx * spacing[2]) / 2.0
+    pad = int(math.ceil(reach / spacing[0])) + 1 if reach > 0 else 0
+    if pad:
+        image = np.pad(image, ((pad, pad), (0, 0), (0, 0)), mode="edge")
+        labels = np.pad(labels, ((pad, pad), (0, 0), (0, 0)), mode="edge")
+    c = (np.array(image.shape, np.float64) - 1.0) / 2.0
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    # Rotations in (z, y, x) coordinates: yaw mixes y and x, pitch z and y, roll z and x.
+    r_yaw = np.array([[1, 0, 0], [0, cy, -sy], [0, sy, cy]])
+    r_pitch = np.array([[cp, -sp, 0], [sp, cp, 0], [0, 0, 1]])
+    r_roll = np.array([[cr, 0, -sr], [0, 1, 0], [sr, 0, cr]])
+    forward = r_yaw @ r_pitch @ r_roll @ np.diag([1.0, scale, scale])  # physical, input -> output
+    d = np.diag(np.asarray(spacing, np.float64))
+    matrix = np.linalg.inv(d) @ np.linalg.inv(forward) @ d  # output voxel -> input voxel
+    # input = c + matrix (output - c - shift)
+    offset = c - matrix @ (c + np.array([0.0, *shift]))
     img = ndimage.affine_transform(image.astype(np.float32, copy=False), matrix, offset, order=1,
                                    mode="constant", cval=fill)
     lab = ndimage.affine_transform(labels, matrix, offset, order=0, mode="constant", cval=0)
-    return img, lab
+    return img[pad:pad + nz], lab[pad:pad + nz]
 
 
 def crop(image: np.ndarray, labels: np.ndarray, box: Sequence[slice]) -> Tuple[np.ndarray, np.ndarray]:
@@ -400,6 +432,7 @@ def add_clutter(image: np.ndarray, count: int, grey: Range, air: float, contrast
     body = ndimage.binary_dilation(image > air + 0.15 * contrast, iterations=2).any(axis=0)
     rows = np.nonzero(body.any(axis=1))[0]
     back = float(rows.max()) if rows.size else 0.6 * ny
+    middle = float(rows.min() + rows.max()) / 2.0 if rows.size else 0.3 * ny
     layer = np.zeros((ny, nx), np.float32)
     for _ in range(count):
         # A circle much wider than the head, its lowest point a little behind the head's back.
@@ -408,7 +441,7 @@ def add_clutter(image: np.ndarray, count: int, grey: Range, air: float, contrast
         d = np.abs(np.hypot(xx - rng.uniform(0.3, 0.7) * nx, yy - cy) - radius)
         width = rng.uniform(0.4, 1.2)
         layer = np.maximum(layer, _u(rng, grey) * np.exp(-(d / width) ** 2))
-    layer *= ~body
+    layer *= ~body & (yy > middle)  # a cradle behind the head, up to its middle at most
     image += (layer * contrast)[None]
     return int(np.count_nonzero(layer > 0.05))
 
@@ -430,8 +463,8 @@ def augment_phantom(image: np.ndarray, labels: np.ndarray, spacing: Sequence[flo
                     cfg: Optional[AugmentConfig] = None) -> Augmented:
     """Apply ``cfg``'s augmentations, each with its probability, to a volume (z, y, x) and its label map.
 
-    spacing: (z, y, x) mm, for the blur's anisotropy. The shape may change (crop, truncation); labels always share the
-    image's grid. Deterministic for the generator's state; the inputs are not modified.
+    spacing: (z, y, x) mm, for rotations and the blur's anisotropy. The shape may change (crop, truncation);
+    labels always share the image's grid. Deterministic for the generator's state; the inputs are not modified.
     """
     cfg = AugmentConfig() if cfg is None else cfg
     cfg.validate()
@@ -451,11 +484,17 @@ def augment_phantom(image: np.ndarray, labels: np.ndarray, spacing: Sequence[flo
         # One draw per augmentation whatever the outcome, so a probability change does not shift the others.
         return bool(rng.random() < p)
 
+    # Zoom and rotation are one resampling.
+    scale, shift, angles = 1.0, (0.0, 0.0), (0.0, 0.0, 0.0)
     if on(cfg.zoom.p):
-        s = _u(rng, cfg.zoom.scale)
+        scale = _u(rng, cfg.zoom.scale)
         shift = tuple(float(rng.uniform(-1, 1) * cfg.zoom.shift * n) for n in img.shape[1:])
-        img, lab = zoom(img, lab, s, shift, air)
-        applied["zoom"] = {"scale": s, "shift": shift}
+        applied["zoom"] = {"scale": scale, "shift": shift}
+    if on(cfg.rotate.p):
+        angles = (_u(rng, cfg.rotate.yaw), _u(rng, cfg.rotate.pitch), _u(rng, cfg.rotate.roll))
+        applied["rotate"] = {"yaw": angles[0], "pitch": angles[1], "roll": angles[2]}
+    if "zoom" in applied or "rotate" in applied:
+        img, lab = resample_affine(img, lab, spacing, scale, angles, shift, air)
     if on(cfg.crop.p):
         box = _random_crop(img.shape, cfg.crop.keep, rng)
         img, lab = crop(img, lab, box)
