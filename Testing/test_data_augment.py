@@ -171,7 +171,7 @@ def tooth_mean(out) -> float:
 @pytest.mark.parametrize("scale", [0.5, 1.1])
 def test_zoom_keeps_labels_on_the_teeth(clean, scale):
     image, labels = clean
-    before = tooth_mean(type("R", (), {"image": image, "labels": labels}))
+    before = float(image[labels > 0].mean())
     out = run(clean, only("zoom", scale=(scale, scale), shift=0.1))
     assert out.image.shape == image.shape
     assert DENTINE - 250 < tooth_mean(out) and abs(tooth_mean(out) - before) < 150

@@ -17,7 +17,7 @@ _EXPORTS = {
     "same_grid": "volume",
     "make_phantom": "phantom",
     "Anatomy": "phantom_anatomy",
-    "AugmentConfig": "augment",
+    "AugmentConfig": "augment_config",
     "augment_phantom": "augment",
     "training_slices": "synthetic",
     "prepare_volume": "preprocess",
