@@ -62,6 +62,11 @@ def test_thick_bright_cortex_option():
     assert (thick[outside] > 1600).sum() > 2 * (thin[outside] > 1200).sum()
 
 
+def test_bad_anatomy_is_named():
+    with pytest.raises(ValueError, match="anatomy.cortex"):
+        make_phantom((16, 32, 32), anatomy=Anatomy(cortex=0.0))
+
+
 def test_training_slices_shapes_masks_and_boxes():
     data = training_slices(2, 64, seed=5)
     n = len(data)

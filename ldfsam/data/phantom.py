@@ -221,6 +221,8 @@ def make_phantom(shape: Tuple[int, int, int] = (64, 128, 128), spacing: Union[fl
         raise ValueError(f"phantom shape {shape} is too small (at least 8 voxels per axis)")
     if not 0.0 < teeth_fraction <= 1.0:
         raise ValueError(f"teeth_fraction must be in (0, 1], got {teeth_fraction}")
+    if anatomy is not None and not 0.0 < anatomy.cortex < 6.5:
+        raise ValueError(f"anatomy.cortex must be in (0, 6.5) (the jaws' half-width), got {anatomy.cortex}")
     sp = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)
     rng = np.random.default_rng(seed)
     if missing is None:
