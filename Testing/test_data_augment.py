@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from ldfsam.data.augment import AugmentConfig, augment_phantom, grey_reference
 from ldfsam.data.phantom import DENTINE, ENAMEL, SOFT, make_phantom
+from ldfsam.errors import ConfigError
 
 SPACING = (0.4, 0.4, 0.4)
 
@@ -170,7 +171,7 @@ def tooth_mean(out) -> float:
 @pytest.mark.parametrize("scale", [0.5, 1.1])
 def test_zoom_keeps_labels_on_the_teeth(clean, scale):
     image, labels = clean
-    before = tooth_mean(type("R", (), {"image": image, "labels": labels}))
+    before = float(image[labels > 0].mean())
     out = run(clean, only("zoom", scale=(scale, scale), shift=0.1))
     assert out.image.shape == image.shape
     assert DENTINE - 250 < tooth_mean(out) and abs(tooth_mean(out) - before) < 150
@@ -178,6 +179,23 @@ def test_zoom_keeps_labels_on_the_teeth(clean, scale):
     assert ratio == pytest.approx(scale ** 2, rel=0.15)
     if scale < 1:  # the field of view around the smaller head is air
         assert np.all(out.image[:, :3, :] == out.image.min())
+
+
+def test_rotation_turns_image_and_labels_together(clean):
+    image, labels = clean
+    out = run(clean, only("rotate", yaw=(90.0, 90.0), pitch=(0.0, 0.0), roll=(0.0, 0.0)))
+    turned = [k for k in (1, 3) if np.array_equal(out.labels, np.rot90(labels, k, axes=(1, 2)))]
+    assert len(turned) == 1
+    np.testing.assert_allclose(out.image, np.rot90(image, turned[0], axes=(1, 2)), atol=1e-2)
+    for angles in ((0.0, 10.0, 0.0), (12.0, -8.0, 5.0)):
+        yaw, pitch, roll = ((a, a) for a in angles)
+        out = run(clean, only("rotate", yaw=yaw, pitch=pitch, roll=roll))
+        assert DENTINE - 250 < tooth_mean(out)
+        assert np.count_nonzero(out.labels) == pytest.approx(np.count_nonzero(labels), rel=0.1)
+        assert not np.array_equal(out.labels, labels)
+    # A tilt of the occlusal plane spreads the tooth rows over more slices.
+    tilted = run(clean, only("rotate", yaw=(0.0, 0.0), pitch=(15.0, 15.0), roll=(0.0, 0.0)))
+    assert tilted.labels.any(axis=(1, 2)).sum() > labels.any(axis=(1, 2)).sum()
 
 
 def test_crop_and_truncation_keep_labels_on_the_teeth(clean):
@@ -208,6 +226,44 @@ def test_default_pipeline_keeps_labels_valid(clean):
         assert out.labels.shape == out.image.shape and out.labels.dtype == labels.dtype
         assert set(np.unique(out.labels)) <= set(np.unique(labels))
         assert np.isfinite(out.image).all()
+
+
+def test_beam_hardening_darkens_between_dense_structures(clean):
+    image, labels = clean
+    air, contrast = grey_reference(image)
+    out = run(clean, only("beam_hardening", cupping=(0.0, 0.0), bands=(0.15, 0.15)))
+    drop = image - out.image
+    dense = image > air + 0.7 * contrast
+    z = int(np.argmax(dense.sum(axis=(1, 2))))  # the slice with the most bone and teeth
+    row = int(np.argmax(dense[z].sum(axis=1)))
+    xs = np.nonzero(dense[z, row])[0]
+    between = ~dense[z, row, xs[0]:xs[-1] + 1]
+    assert between.any() and drop[z, row, xs[0]:xs[-1] + 1][between].max() > 0.05 * contrast
+    assert np.all(drop[z, row, :xs[0]] == 0) and np.all(drop[z, row, xs[-1] + 1:] == 0)
+    assert np.all(drop[dense] == 0)
+
+
+def test_slices_without_teeth_are_fine(clean):
+    image, labels = clean
+    empty = np.zeros_like(labels)
+    cfg = AugmentConfig()
+    cfg.metal.p = cfg.truncate.p = 1.0
+    out = augment_phantom(image, empty, SPACING, np.random.default_rng(0), cfg)
+    assert not out.labels.any() and out.applied["metal"]["objects"] == [] and "truncate" not in out.applied
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("noise.p", 1.5, "AugmentConfig.noise.p must be a probability"),
+    ("blur.sigma_xy", (2.0, 1.0), "AugmentConfig.blur.sigma_xy must be a range"),
+    ("zoom.scale", (0.0, 1.0), "AugmentConfig.zoom.scale must lie in"),
+    ("crop.keep", (0.5, 1.2), "AugmentConfig.crop.keep must lie in"),
+])
+def test_bad_config_names_the_field(clean, field, value, message):
+    cfg = AugmentConfig()
+    group, key = field.split(".")
+    setattr(getattr(cfg, group), key, value)
+    with pytest.raises(ConfigError, match=message):
+        run(clean, cfg)
 
 
 def test_bad_arguments_are_named(clean):

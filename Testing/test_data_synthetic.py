@@ -62,6 +62,11 @@ def test_thick_bright_cortex_option():
     assert (thick[outside] > 1600).sum() > 2 * (thin[outside] > 1200).sum()
 
 
+def test_bad_anatomy_is_named():
+    with pytest.raises(ValueError, match="anatomy.cortex"):
+        make_phantom((16, 32, 32), anatomy=Anatomy(cortex=0.0))
+
+
 def test_training_slices_shapes_masks_and_boxes():
     data = training_slices(2, 64, seed=5)
     n = len(data)
@@ -113,3 +118,26 @@ def test_slices_are_preprocessed_as_the_model_input():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="n_phantoms"):
         training_slices(0, 64)
+
+
+def test_phantom_vs_real_script_writes_the_picture(tmp_path, data_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cmp.png"
+    real = data_dir / "ct-head-stanford" / "CThead_jaw_z60-112.nii.gz"
+    run = subprocess.run([sys.executable, str(repo / "scripts" / "phantom_vs_real.py"), "--real", f"{real}:20,24",
+                          "--phantoms", "1", "--stats", "1", "--size", "128", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "CThead_jaw_z60-112.nii.gz" in run.stdout and "phantoms, median" in run.stdout
+    from PIL import Image
+
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.width > 100
+    assert out.stat().st_size < 300_000
+    bad = subprocess.run([sys.executable, str(repo / "scripts" / "phantom_vs_real.py"), "--real", f"{real}:20,999",
+                          "--out", str(tmp_path / "bad.png")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "999" in bad.stderr and not (tmp_path / "bad.png").exists()

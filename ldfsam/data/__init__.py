@@ -1,4 +1,5 @@
-"""Volumes and datasets: reading and writing volumes, preprocessing, labels and boxes, splits, caches, phantom.
+"""Volumes and datasets: reading and writing volumes, preprocessing, labels and boxes, splits, caches, phantom
+and its augmentations.
 
 Names are imported lazily so that ``import ldfsam.data.config`` stays light (no SimpleITK or torch).
 """
@@ -15,6 +16,10 @@ _EXPORTS = {
     "write_label_volume": "volume",
     "same_grid": "volume",
     "make_phantom": "phantom",
+    "Anatomy": "phantom_anatomy",
+    "AugmentConfig": "augment_config",
+    "augment_phantom": "augment",
+    "training_slices": "synthetic",
     "prepare_volume": "preprocess",
     "to_model_input": "preprocess",
     "map_labels": "labels",

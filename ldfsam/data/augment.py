@@ -3,9 +3,9 @@
 Real scanners differ from the phantom in ways a model must not care about: uncalibrated grey values, noise and
 blur of the reconstruction, metal restorations with their streaks, beam hardening, and the field of view (a
 cylinder, cropped, the anatomy larger or smaller, teeth cut at the border). Each augmentation here has a
-probability and a strength range in :class:`AugmentConfig`; :func:`augment_phantom` applies them in the order a
-scanner would (geometry, metal, beam hardening, tissue contrast and texture, blur, noise, field-of-view mask,
-grey-value scale), deterministically for a generator state.
+probability and a strength range in :class:`AugmentConfig` (augment_config.py); :func:`augment_phantom` applies
+them in the order a scanner would (geometry, metal, beam hardening, tissue contrast and texture, blur, noise,
+field-of-view mask, grey-value scale), deterministically for a generator state.
 
 Arrays are (z, y, x); ``spacing`` is (z, y, x) in mm, matching the array axes. Strengths of grey-value effects
 are fractions of the volume's *contrast*: the spread between its 0.5 and 99.5 percentiles (the model's own
@@ -16,160 +16,13 @@ Geometry changes transform the label map with the image (nearest neighbour), so 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
-Range = Tuple[float, float]
-
-
-@dataclass
-class Zoom:
-    """Scale the anatomy in the axial plane about a shifted centre (the image keeps its shape); the outside is
-    filled with air. Real heads fill about half of a head CT's width: zooming out brings the phantom there."""
-
-    p: float = 0.8
-    scale: Range = (0.45, 1.0)
-    shift: float = 0.1  # the centre moves by up to this fraction of the slice size
-
-
-@dataclass
-class Crop:
-    """Crop a sub-block of the slices (y, x) and of the slice range (z)."""
-
-    p: float = 0.3
-    keep: Range = (0.6, 0.95)  # kept fraction of each axis
-
-
-@dataclass
-class Truncate:
-    """Cut the field of view through the tooth rows: one side of the slice moves inside the teeth's box, so
-    teeth touch the border as in a small-field CBCT."""
-
-    p: float = 0.15
-    depth: Range = (0.1, 0.4)  # how far into the teeth's extent along that axis
-
-
-@dataclass
-class Metal:
-    """Metal restorations (fillings, crowns, implants) in random teeth, with the streaks of their slices:
-    thin bright and dark lines through the metal across the whole slice, and a dark band between metal objects.
-    The metal stays inside the tooth's label (a restoration is part of the tooth)."""
-
-    p: float = 0.4
-    count: Tuple[int, int] = (1, 4)  # objects, inclusive
-    grey: Range = (1.6, 3.0)  # metal grey value, in units of the tooth's brightest (99th percentile) grey
-    streak: Range = (0.2, 1.0)  # streak amplitude, fraction of the contrast
-    implant_p: float = 0.2  # share of objects that are implants (a post down the whole tooth)
-
-
-@dataclass
-class BeamHardening:
-    """Cupping (the centre of the head darker than its rim) and dark bands between dense objects along x and y."""
-
-    p: float = 0.5
-    cupping: Range = (0.0, 0.12)  # fraction of the contrast at the head's centre
-    bands: Range = (0.0, 0.15)  # fraction of the contrast in a band with bone on both sides
-
-
-@dataclass
-class Contrast:
-    """Grey-value response: a gamma on the windowed range and random relative contrast between tissues (a
-    monotone piecewise-linear curve), since CBCT grey values are not calibrated."""
-
-    p: float = 0.8
-    gamma: Range = (0.75, 1.4)
-    jitter: float = 0.35  # each of the curve's 6 segments has its slope scaled by 1 +- jitter
-
-
-@dataclass
-class Blur:
-    """Anisotropic Gaussian blur (reconstruction kernel, slice thickness). Sigmas are in in-plane voxels (z is
-    converted through the spacing): the phantom's anatomy is scaled to its field of view, not to millimetres."""
-
-    p: float = 0.6
-    sigma_xy: Range = (0.2, 1.2)
-    sigma_z: Range = (0.2, 2.0)
-
-
-@dataclass
-class Noise:
-    """Additive noise, spatially correlated like reconstructed CBCT noise, with a Poisson-like share whose
-    variance grows with the grey value. ``sigma`` is the added std in flat regions, fraction of the contrast."""
-
-    p: float = 0.9
-    sigma: Range = (0.0, 0.035)
-    correlation: Range = (0.0, 1.0)  # smoothing of the noise (voxels); the std is kept at ``sigma``
-    poisson: Range = (0.5, 1.0)  # share of the variance that scales with the grey value
-
-
-@dataclass
-class Texture:
-    """Smooth random variation of the tissues (fat and muscle in soft tissue, marrow density in bone): a
-    low-frequency field inside the body, amplitude a fraction of the contrast."""
-
-    p: float = 0.7
-    amplitude: Range = (0.0, 0.03)
-    scale: Range = (2.0, 8.0)  # smoothing of the field, in-plane voxels
-
-
-@dataclass
-class FieldOfView:
-    """A cylindrical field of view: outside a circle of the slice, a constant (air, or below it, as scanners
-    write)."""
-
-    p: float = 0.5
-    radius: Range = (0.8, 1.0)  # fraction of half the slice's smaller side
-    below_air: Range = (0.0, 0.1)  # the constant is air minus this fraction of the contrast
-
-
-@dataclass
-class Clutter:
-    """What lies around a head in a real scan and is not anatomy: the headrest or table, blankets. Thin arcs
-    behind the head (high y) in air, as bright as soft tissue up to bone."""
-
-    p: float = 0.3
-    count: Tuple[int, int] = (1, 4)  # arcs, inclusive
-    grey: Range = (0.3, 0.8)  # fraction of the contrast above air
-
-
-@dataclass
-class Intensity:
-    """Linear grey-value scale and offset (the scanner's units): invisible after the model's per-volume window,
-    not after a fixed one."""
-
-    p: float = 0.8
-    scale: Range = (0.5, 2.0)
-    offset: Range = (-1000.0, 1500.0)
-
-
-@dataclass
-class AugmentConfig:
-    """Every augmentation with its probability and strength range. Defaults were chosen by comparing augmented
-    phantoms with the real head CTs after the model's preprocessing (scripts/phantom_vs_real.py)."""
-
-    zoom: Zoom = field(default_factory=Zoom)
-    crop: Crop = field(default_factory=Crop)
-    truncate: Truncate = field(default_factory=Truncate)
-    metal: Metal = field(default_factory=Metal)
-    beam_hardening: BeamHardening = field(default_factory=BeamHardening)
-    contrast: Contrast = field(default_factory=Contrast)
-    blur: Blur = field(default_factory=Blur)
-    noise: Noise = field(default_factory=Noise)
-    texture: Texture = field(default_factory=Texture)
-    clutter: Clutter = field(default_factory=Clutter)
-    fov: FieldOfView = field(default_factory=FieldOfView)
-    intensity: Intensity = field(default_factory=Intensity)
-
-    @classmethod
-    def none(cls) -> AugmentConfig:
-        """Every probability 0: the identity (a starting point to switch single augmentations on)."""
-        cfg = cls()
-        for name in vars(cfg):
-            getattr(cfg, name).p = 0.0
-        return cfg
+from .augment_config import AugmentConfig, Range
 
 
 @dataclass
@@ -196,18 +49,38 @@ def grey_reference(image: np.ndarray) -> Tuple[float, float]:
 # -- geometry ----------------------------------------------------------------------------------------------------
 
 
-def zoom(image: np.ndarray, labels: np.ndarray, scale: float, shift: Tuple[float, float], fill: float
-         ) -> Tuple[np.ndarray, np.ndarray]:
-    """Scale the anatomy in-plane by ``scale`` about the slice centre moved by ``shift`` (dy, dx voxels)."""
+def resample_affine(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], scale: float = 1.0,
+                    angles: Tuple[float, float, float] = (0.0, 0.0, 0.0), shift: Tuple[float, float] = (0.0, 0.0),
+                    fill: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Scale the anatomy in-plane by ``scale`` and rotate it by ``angles`` (yaw about z, pitch about x, roll about
+    y; degrees, in millimetres so anisotropic voxels rotate correctly) about the volume's centre, then move it by
+    ``shift`` (dy, dx voxels). Same shape out; linear for the image (``fill`` outside), nearest for labels."""
+    yaw, pitch, roll = (math.radians(a) for a in angles)
+    # A tilt brings the volume's top and bottom into the slices: pad them by repeating the end slices, so that
+    # a tilted slice shows anatomy to its edge (as in a real scan), not an empty wedge.
     nz, ny, nx = image.shape
-    c = np.array([0.0, (ny - 1) / 2.0, (nx - 1) / 2.0])
-    matrix = np.array([1.0, 1.0 / scale, 1.0 / scale])
-    # output o samples input i = c + (o - c - shift) / scale
-    offset = c - (c + np.array([0.0, *shift])) * matrix
+    reach = max(abs(math.sin(pitch)) * ny * spacing[1], abs(math.sin(roll)) * nx * spacing[2]) / 2.0
+    pad = int(math.ceil(reach / spacing[0])) + 1 if reach > 0 else 0
+    if pad:
+        image = np.pad(image, ((pad, pad), (0, 0), (0, 0)), mode="edge")
+        labels = np.pad(labels, ((pad, pad), (0, 0), (0, 0)), mode="edge")
+    c = (np.array(image.shape, np.float64) - 1.0) / 2.0
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    # Rotations in (z, y, x) coordinates: yaw mixes y and x, pitch z and y, roll z and x.
+    r_yaw = np.array([[1, 0, 0], [0, cy, -sy], [0, sy, cy]])
+    r_pitch = np.array([[cp, -sp, 0], [sp, cp, 0], [0, 0, 1]])
+    r_roll = np.array([[cr, 0, -sr], [0, 1, 0], [sr, 0, cr]])
+    forward = r_yaw @ r_pitch @ r_roll @ np.diag([1.0, scale, scale])  # physical, input -> output
+    d = np.diag(np.asarray(spacing, np.float64))
+    matrix = np.linalg.inv(d) @ np.linalg.inv(forward) @ d  # output voxel -> input voxel
+    # input = c + matrix (output - c - shift)
+    offset = c - matrix @ (c + np.array([0.0, *shift]))
     img = ndimage.affine_transform(image.astype(np.float32, copy=False), matrix, offset, order=1,
                                    mode="constant", cval=fill)
     lab = ndimage.affine_transform(labels, matrix, offset, order=0, mode="constant", cval=0)
-    return img, lab
+    return img[pad:pad + nz], lab[pad:pad + nz]
 
 
 def crop(image: np.ndarray, labels: np.ndarray, box: Sequence[slice]) -> Tuple[np.ndarray, np.ndarray]:
@@ -382,6 +255,7 @@ def add_clutter(image: np.ndarray, count: int, grey: Range, air: float, contrast
     body = ndimage.binary_dilation(image > air + 0.15 * contrast, iterations=2).any(axis=0)
     rows = np.nonzero(body.any(axis=1))[0]
     back = float(rows.max()) if rows.size else 0.6 * ny
+    middle = float(rows.min() + rows.max()) / 2.0 if rows.size else 0.3 * ny
     layer = np.zeros((ny, nx), np.float32)
     for _ in range(count):
         # A circle much wider than the head, its lowest point a little behind the head's back.
@@ -390,7 +264,7 @@ def add_clutter(image: np.ndarray, count: int, grey: Range, air: float, contrast
         d = np.abs(np.hypot(xx - rng.uniform(0.3, 0.7) * nx, yy - cy) - radius)
         width = rng.uniform(0.4, 1.2)
         layer = np.maximum(layer, _u(rng, grey) * np.exp(-(d / width) ** 2))
-    layer *= ~body
+    layer *= ~body & (yy > middle)  # a cradle behind the head, up to its middle at most
     image += (layer * contrast)[None]
     return int(np.count_nonzero(layer > 0.05))
 
@@ -412,10 +286,11 @@ def augment_phantom(image: np.ndarray, labels: np.ndarray, spacing: Sequence[flo
                     cfg: Optional[AugmentConfig] = None) -> Augmented:
     """Apply ``cfg``'s augmentations, each with its probability, to a volume (z, y, x) and its label map.
 
-    spacing: (z, y, x) mm, for the blur's anisotropy. The shape may change (crop, truncation); labels always share the
-    image's grid. Deterministic for the generator's state; the inputs are not modified.
+    spacing: (z, y, x) mm, for rotations and the blur's anisotropy. The shape may change (crop, truncation);
+    labels always share the image's grid. Deterministic for the generator's state; the inputs are not modified.
     """
     cfg = AugmentConfig() if cfg is None else cfg
+    cfg.validate()
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.ndim != 3 or labels.shape != image.shape:
@@ -432,11 +307,17 @@ def augment_phantom(image: np.ndarray, labels: np.ndarray, spacing: Sequence[flo
         # One draw per augmentation whatever the outcome, so a probability change does not shift the others.
         return bool(rng.random() < p)
 
+    # Zoom and rotation are one resampling.
+    scale, shift, angles = 1.0, (0.0, 0.0), (0.0, 0.0, 0.0)
     if on(cfg.zoom.p):
-        s = _u(rng, cfg.zoom.scale)
+        scale = _u(rng, cfg.zoom.scale)
         shift = tuple(float(rng.uniform(-1, 1) * cfg.zoom.shift * n) for n in img.shape[1:])
-        img, lab = zoom(img, lab, s, shift, air)
-        applied["zoom"] = {"scale": s, "shift": shift}
+        applied["zoom"] = {"scale": scale, "shift": shift}
+    if on(cfg.rotate.p):
+        angles = (_u(rng, cfg.rotate.yaw), _u(rng, cfg.rotate.pitch), _u(rng, cfg.rotate.roll))
+        applied["rotate"] = {"yaw": angles[0], "pitch": angles[1], "roll": angles[2]}
+    if "zoom" in applied or "rotate" in applied:
+        img, lab = resample_affine(img, lab, spacing, scale, angles, shift, air)
     if on(cfg.crop.p):
         box = _random_crop(img.shape, cfg.crop.keep, rng)
         img, lab = crop(img, lab, box)

@@ -7,6 +7,9 @@ the apex (two or three roots for molars); a few metal fillings with streak artif
 every edge and Gaussian noise. Index axes are (x, y, z) = (patient left, posterior, superior) as in LPS, so with
 the default identity direction the anterior teeth sit at low y and the upper row at high z.
 
+With ``anatomy`` (``phantom_anatomy.Anatomy``) the phantom also holds bones that are not teeth (cervical spine,
+mandibular rami, hyoid, skull base, a thick bright jaw cortex), labelled background.
+
 The tooth rows span ``teeth_fraction`` of the slices, centred; the slices above and below hold bone and soft
 tissue only, as in a real scan. Deterministic for a seed.
 """
@@ -218,6 +221,8 @@ def make_phantom(shape: Tuple[int, int, int] = (64, 128, 128), spacing: Union[fl
         raise ValueError(f"phantom shape {shape} is too small (at least 8 voxels per axis)")
     if not 0.0 < teeth_fraction <= 1.0:
         raise ValueError(f"teeth_fraction must be in (0, 1], got {teeth_fraction}")
+    if anatomy is not None and not 0.0 < anatomy.cortex < 6.5:
+        raise ValueError(f"anatomy.cortex must be in (0, 6.5) (the jaws' half-width), got {anatomy.cortex}")
     sp = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)
     rng = np.random.default_rng(seed)
     if missing is None:

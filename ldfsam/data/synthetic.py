@@ -83,7 +83,8 @@ def random_phantom(seed: int, sampling: Optional[PhantomSampling] = None
     on = rng.random(5) < s.anatomy_p
     anatomy = None
     if on.any():
-        anatomy = Anatomy(*(bool(v) for v in on), cortex=float(rng.uniform(*s.cortex)),
+        switches = dict(zip(("spine", "airway", "ramus", "hyoid", "skull_base"), (bool(v) for v in on)))
+        anatomy = Anatomy(**switches, cortex=float(rng.uniform(*s.cortex)),
                           cortical_grey=float(rng.uniform(*s.cortical_grey)),
                           trabecular_grey=float(rng.uniform(*s.trabecular_grey)))
     image, labels = make_phantom(shape, spacing, seed=seed, teeth_fraction=float(rng.uniform(*s.teeth_fraction)),
