@@ -89,6 +89,15 @@ def test_every_class_starts_from_sams_single_mask_token(lite_home):
                            state[f"mask_decoder.output_hypernetworks_mlps.{sam}.layers.0.weight"])
 
 
+def test_encoder_fingerprint_covers_every_tensor(lite_home):
+    from ldfsam.finetune.embedding_cache import encoder_fingerprint
+
+    model = lite_model()
+    before = encoder_fingerprint(model)  # BatchNorm's 0-dimensional counters included
+    model.image_encoder.patch_embed.seq[0].bn.num_batches_tracked += 1
+    assert encoder_fingerprint(model) != before
+
+
 def test_dense_prompt_lands_on_the_embedding_grid(lite_home):
     for yolo in (512, 256):
         model = lite_model(yolo=yolo)
