@@ -57,8 +57,10 @@ def encoder_is_frozen(model: torch.nn.Module) -> bool:
 class EmbeddingCache:
     """The embeddings of one encoder, one file per image."""
 
-    def __init__(self, fingerprint: str, root: Optional[Path] = None):
-        self.dir = Path(root or ldfsam_home() / "cache" / "embeddings") / fingerprint[:32]
+    def __init__(self, fingerprint: str, root: Optional[Path] = None, precision: str = "fp32"):
+        # Embeddings computed in bf16 differ from fp32 ones by rounding: each precision has its own folder.
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        self.dir = Path(root or ldfsam_home() / "cache" / "embeddings") / f"{fingerprint[:32]}{suffix}"
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.safetensors"
@@ -99,13 +101,20 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, cache: EmbeddingCache,
-                   batch_size: int = 8, on_progress: Optional[Callable[[int, int, int], None]] = None
-                   ) -> CachedEmbeddingDataset:
-    """Look every item up, encode the missing ones in batches, and return the dataset with embeddings.
-    ``on_progress(done, total, encoded)`` is called after each item."""
-    model.eval()
+def encode(model: torch.nn.Module, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Embeddings B×D×G×G (float32) of images B×3×S×S, under bf16/fp16 autocast when ``precision`` says so."""
     device = next(model.image_encoder.parameters()).device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return model.encode_image(images.to(device)).float()
+
+
+def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, cache: EmbeddingCache,
+                   batch_size: int = 8, on_progress: Optional[Callable[[int, int, int], None]] = None,
+                   precision: str = "fp32") -> CachedEmbeddingDataset:
+    """Look every item up, encode the missing ones in batches (in ``precision``: the cache's), and return the
+    dataset with embeddings. ``on_progress(done, total, encoded)`` is called after each item."""
+    model.eval()
     keys: List[str] = []
     pending: List[torch.Tensor] = []
     pending_keys: List[str] = []
@@ -115,7 +124,7 @@ def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
         nonlocal encoded
         if not pending:
             return
-        embeddings = model.encode_image(torch.stack(pending).to(device)).float()
+        embeddings = encode(model, torch.stack(pending), precision)
         for key, embedding in zip(pending_keys, embeddings):
             cache.put(key, embedding)
         encoded += len(pending)

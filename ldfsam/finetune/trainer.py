@@ -111,7 +111,7 @@ class Trainer:
 
     def _cache_embeddings(self) -> None:
         """Encode every training and validation image once (the encoder is frozen); see embedding_cache.py."""
-        cache = EmbeddingCache(encoder_fingerprint(self.model))
+        cache = EmbeddingCache(encoder_fingerprint(self.model), precision=self.precision)
         total = (0 if self.zero_shot else len(self.data.train)) + (len(self.data.val) if self.data.val else 0)
         self.progress.start("embeddings", total=total, message=f"image embeddings: {total} items, cache {cache.dir}")
         done = [0, 0]
@@ -124,10 +124,11 @@ class Trainer:
 
         start = time.monotonic()
         if not self.zero_shot:  # a zero-shot run only validates
-            self.data.train = encode_dataset(self.model, self.data.train, cache, self.cfg.batch_size, report(0))
+            self.data.train = encode_dataset(self.model, self.data.train, cache, self.cfg.batch_size, report(0),
+                                             self.precision)
         if self.data.val is not None and len(self.data.val):
             self.data.val = encode_dataset(self.model, self.data.val, cache, self.cfg.batch_size,
-                                           report(0 if self.zero_shot else len(self.data.train)))
+                                           report(0 if self.zero_shot else len(self.data.train)), self.precision)
         self.progress.done("embeddings", message=f"image embeddings ready in {time.monotonic() - start:.1f} s")
 
     def _net(self) -> torch.nn.Module:
