@@ -99,10 +99,43 @@ def _read_dicom_series_unguarded(path: Path, series_id: Optional[str]) -> sitk.I
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_id)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"cannot read the DICOM series ({_first_line(e)})", path) from None
+    _check_slice_positions(reader, len(files), path, ids)
+    return image
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: Path, ids: Sequence[str]) -> None:
+    """Refuse a series with a missing slice (a gap of 1.5 or more times the usual spacing) or two slices at one
+    position: GDCM leaves out a file it cannot read (cut short, say) and ITK would stack the rest regardless."""
+    if n < 3:
+        return
+    try:
+        row_col = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+        points = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+    except (RuntimeError, ValueError):
+        return  # no position tags: nothing to compare
+    if len(row_col) != 6 or points.shape != (n, 3):
+        return
+    normal = np.cross(row_col[:3], row_col[3:])
+    z = np.sort(points @ normal)
+    gaps = np.diff(z)
+    usual = float(np.median(gaps))
+    if usual <= 0:
+        raise InputError(f"holds a DICOM series whose {n} slices are not at distinct positions", path)
+    bad = np.flatnonzero((gaps > 1.5 * usual) | (gaps < 0.5 * usual))
+    if bad.size == 0:
+        return
+    i = int(bad[0])
+    listed = {Path(f).name for sid in ids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), sid)}
+    unread = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"
+                    and p.name not in listed)
+    why = (f"; {len(unread)} file(s) could not be read as DICOM: {', '.join(unread[:5])}" if unread else "")
+    raise InputError(f"holds a DICOM series with missing or misplaced slices: slices {i} and {i + 1} (of {n}) are "
+                     f"{gaps[i]:.3g} mm apart where the others are {usual:.3g} mm apart{why}", path)
 
 
 def _read_file(path: Path) -> sitk.Image:
@@ -114,10 +147,15 @@ def _read_file(path: Path) -> sitk.Image:
         raise InputError("is not readable (permission denied)", path)
     if path.stat().st_size == 0:
         raise InputError("is an empty file (0 bytes)", path)
+    from .integrity import check_volume_file
+
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
+        check_volume_file(path)  # a file cut short or corrupt gets that said rather than the reader's message
         raise InputError(f"cannot be read as a {_FORMAT_NAMES[suffix]} file ({_first_line(e)})", path) from None
+    check_volume_file(path, image)
+    return image
 
 
 def _as_3d(image: sitk.Image, path: Path) -> sitk.Image:
