@@ -54,26 +54,24 @@ def _list(as_json: bool = False) -> int:
 
 
 def _download(args) -> int:
-    from ..errors import InputError
-    from ..models import download_file, load_registry, models_dir
-    from ..progress import Progress
+    from ._progress import command_progress
 
-    registry = load_registry()
-    entry = registry.get(args.name)
-    if entry is None:
-        raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
-    if entry.url is None:
-        print(f"{entry.name} is bundled with ldfsam; nothing to download")
-        return 0
-    target = models_dir(create=True) / entry.file
-    if target.exists() and not args.force:
-        print(f"{entry.name} is installed already: {target} (pass --force to download again)")
-        return 0
-    progress = Progress(args.progress)
-    try:
+    with command_progress(args, "download") as progress:
+        from ..errors import InputError
+        from ..models import download_file, load_registry, models_dir
+
+        registry = load_registry()
+        entry = registry.get(args.name)
+        if entry is None:
+            raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
+        if entry.url is None:
+            print(f"{entry.name} is bundled with ldfsam; nothing to download")
+            return 0
+        target = models_dir(create=True) / entry.file
+        if target.exists() and not args.force:
+            print(f"{entry.name} is installed already: {target} (pass --force to download again)")
+            return 0
         download_file(entry.url, target, entry.sha256, entry.size, progress=progress)
-    finally:
-        progress.close()
     if args.progress != "json":
         print(f"installed {entry.name}: {target}")
     return 0
