@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from _infer_helpers import save_tiny_model, tiny_model_config, write_image
 
-from ldfsam.errors import CheckpointError, InputError, LDFSAMError
+from ldfsam.errors import CheckpointError, InputError, LDFSAMError, OutputError
 from ldfsam.infer import segment_volume
 
 
@@ -172,7 +172,7 @@ def test_existing_output_is_kept(tmp_path, tiny_model, volume):
 
 
 def test_bad_output_extension(tmp_path, tiny_model, volume):
-    with pytest.raises(InputError, match="unknown output format"):
+    with pytest.raises(OutputError, match="unknown output format"):
         segment_volume(volume, tmp_path / "seg.png", model=tiny_model)
 
 

@@ -45,7 +45,10 @@ class LDFSAMError(Exception):
         super().__init__(self._render([a.python() for a in self.arguments]))
 
     def _render(self, names: Sequence[str]) -> str:
-        text = self.message.format(*names) if self.arguments else self.message
+        text = self.message
+        if self.arguments:  # "{}" marks each argument; any other braces are the message's own text
+            parts = text.split("{}", len(names))
+            text = "".join(p + n for p, n in zip(parts, names)) + "".join(parts[len(names):])
         return f"{self.path}: {text}" if self.path is not None else text
 
     def for_command_line(self, flags: Mapping[str, str]) -> str:

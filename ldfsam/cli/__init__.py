@@ -51,6 +51,8 @@ def _flags_of(parser: argparse.ArgumentParser) -> Dict[str, str]:
                 flags.update(_flags_of(sub))
         elif action.option_strings and action.dest != "help":
             flags[action.dest] = max(action.option_strings, key=len)
+    if "force" in flags:
+        flags.setdefault("overwrite", flags["force"])  # the library's overwrite=True is the command's --force
     return flags
 
 

@@ -20,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -75,6 +75,29 @@ def check_volume_file(path: Path, image: Optional[sitk.Image] = None) -> None:
                 _check_stream(stream, image)
     except OSError as e:
         raise InputError(f"cannot be read ({e.strerror or e})", path) from None
+
+
+def data_files(path: Path) -> List[Path]:
+    """The files besides ``path`` that hold its voxels: a MetaImage header's data file, a NRRD's detached data."""
+    from .volume import volume_suffix
+
+    suffix = volume_suffix(path)
+    try:
+        if suffix == ".mhd":
+            lines, _ = _read_header_lines(path, lambda line: line.replace(" ", "").startswith("ElementDataFile="))
+            name = lines[-1].split("=", 1)[1].strip() if lines else "LOCAL"
+        elif suffix in (".nrrd", ".seg.nrrd"):
+            lines, _ = _read_header_lines(path, lambda line: line == "")
+            found = [line.split(":", 1)[1].strip() for line in lines or []
+                     if line.lower().startswith(("data file:", "datafile:"))]
+            name = found[0] if found else "LOCAL"
+        else:
+            return []
+    except OSError:
+        return []
+    if name == "LOCAL" or name.startswith("LIST") or len(name.split()) > 1:
+        return []
+    return [path.parent / name]
 
 
 # -- the stream ---------------------------------------------------------------------------------------------------

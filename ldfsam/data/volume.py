@@ -17,8 +17,8 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_path
-from ..errors import InputError, LDFSAMError
+from ..atomic import atomic_path, cannot_write
+from ..errors import InputError, OutputError, exists_already
 
 PathLike = Union[str, Path]
 
@@ -329,40 +329,47 @@ def _segment_metadata(image: sitk.Image, names: Optional[Dict[int, str]]) -> Non
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
 
 
-def write_volume(image: sitk.Image, path: PathLike, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` atomically (format from the suffix); refuses to overwrite unless asked."""
+def write_volume(image: sitk.Image, path: PathLike, overwrite: bool = False, compress: bool = True,
+                 argument: str = "overwrite") -> Path:
+    """Write ``image`` to ``path`` atomically (format from the suffix); refuses to overwrite unless asked
+    (``argument``: how the caller asks). A failure to write is an OutputError naming ``path``."""
     path = Path(path)
     suffix = volume_suffix(path)
     if suffix is None:
-        raise InputError("unsupported output type; use .nii.gz, .nii, .nrrd, .seg.nrrd, .mha or .mhd", path)
+        raise OutputError("unsupported output type; use .nii.gz, .nii, .nrrd, .seg.nrrd, .mha or .mhd", path)
     if path.exists() and not overwrite:
-        raise LDFSAMError("exists already; pass --force to overwrite it", path)
+        raise exists_already(path, argument)
     if suffix == ".mhd":
-        _write_mhd_atomic(image, path, overwrite, compress)
+        _write_mhd_atomic(image, path, overwrite, compress, argument)
         return path
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite, argument=argument) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as e:
-            raise InputError(f"cannot be written ({_first_line(e)})", path) from None
+            raise OutputError(f"cannot be written ({_first_line(e)})", path) from None
     return path
 
 
-def _write_mhd_atomic(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> None:
+def _write_mhd_atomic(image: sitk.Image, path: Path, overwrite: bool, compress: bool, argument: str) -> None:
     # A MetaImage header names its data file, so both are written under their final names in a private folder
     # beside the target and moved into place data first: a reader never finds a header without its data.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise cannot_write(path, e) from None
     try:
         sitk.WriteImage(image, str(tmpdir / path.name), useCompression=compress)
         files = sorted(tmpdir.iterdir(), key=lambda p: p.suffix == ".mhd")
         for f in files:
             if not overwrite and (path.parent / f.name).exists():
-                raise LDFSAMError("exists already; pass --force to overwrite it", path.parent / f.name)
+                raise exists_already(path.parent / f.name, argument)
         for f in files:
             os.replace(f, path.parent / f.name)
     except RuntimeError as e:
-        raise InputError(f"cannot be written ({_first_line(e)})", path) from None
+        raise OutputError(f"cannot be written ({_first_line(e)})", path) from None
+    except OSError as e:
+        raise cannot_write(path, e) from None
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmpdir)
