@@ -45,8 +45,8 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
     import torch
     import torch.nn.functional as F
 
+    from ..data.images import resize_square
     from ..finetune.gt_boxes import BoxPrompted, boxes_from_masks
-    from ..finetune.image_dataset import resize_square
 
     pre = loaded.preprocess
     sam = torch.from_numpy(resize_square(image, pre.sam_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
@@ -88,7 +88,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
         progress.start("evaluate", total=len(cases), message=f"evaluating {model} on {len(cases)} {kind} cases")
     for i, case in enumerate(cases):
         if kind == "2d":
-            from ..finetune.image_dataset import read_mask_image, read_rgb
+            from ..data.images import read_mask_image, read_rgb
 
             image, ref = read_rgb(case.image), read_mask_image(case.label)
             if image.shape[:2] != ref.shape:
@@ -129,14 +129,10 @@ def _array(image) -> np.ndarray:
 
 
 def _save_prediction(folder: Path, case, kind: str, classes: np.ndarray) -> None:
-    from ..atomic import atomic_path
-
-    folder.mkdir(parents=True, exist_ok=True)
     if kind == "2d":
-        from PIL import Image
+        from ..data.images import write_label_png
 
-        with atomic_path(folder / f"{case.case_id}.png") as tmp:
-            Image.fromarray(classes.astype(np.uint8)).save(tmp, format="PNG")
+        write_label_png(folder / f"{case.case_id}.png", classes)
     else:
         from ..data.volume import read_volume
         from ..infer.outputs import write_label_map
