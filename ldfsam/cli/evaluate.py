@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 COMMAND = "evaluate"
+FLAGS = {"save_dir": "--save-predictions"}
 HELP = ("Evaluate predictions against references (--pred/--ref) or a model on a dataset (--model/--data): "
         "per-case CSV and summary with bootstrap CIs.")
 

@@ -113,7 +113,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                                  f"{pred_classes.shape}", case.label)
             spacing = tuple(float(s) for s in reversed(label_img.GetSpacing()))
         if save_dir is not None:
-            _save_prediction(Path(save_dir), case, kind, pred_classes)
+            _save_prediction(Path(save_dir), case, kind, pred_classes, None if kind == "2d" else result.grid)
         for c, name in enumerate(names, start=1):
             m = pair_metrics(pred_classes == c, ref_classes == c, spacing, tolerance_mm)
             rows.append({"case_id": case.case_id, "class": name, **m.as_dict()})
@@ -128,13 +128,20 @@ def _array(image) -> np.ndarray:
     return sitk.GetArrayFromImage(image)
 
 
-def _save_prediction(folder: Path, case, kind: str, classes: np.ndarray) -> None:
+def _save_prediction(folder: Path, case, kind: str, classes: np.ndarray, grid=None) -> None:
+    """Write one case's predicted classes into ``folder`` (replacing an earlier prediction), never over the
+    case's own image or reference (``save_dir`` inside the dataset, say)."""
+    from ..errors import Arg, OutputError
+
+    target = folder / f"{case.case_id}{'.png' if kind == '2d' else '.nii.gz'}"
+    if target.resolve() in (Path(case.image).resolve(), Path(case.label).resolve()):
+        raise OutputError("is a file of the dataset being evaluated; give {} a folder of its own", target,
+                          arguments=[Arg("save_dir")])
     if kind == "2d":
         from ..data.images import write_label_png
 
-        write_label_png(folder / f"{case.case_id}.png", classes)
+        write_label_png(target, classes)
     else:
-        from ..data.volume import read_volume
         from ..infer.outputs import write_label_map
 
-        write_label_map(folder / f"{case.case_id}.nii.gz", classes, read_volume(case.image), overwrite=True)
+        write_label_map(target, classes, grid, overwrite=True)
