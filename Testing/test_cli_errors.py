@@ -99,3 +99,18 @@ def test_library_names_arguments_the_command_line_names_flags(tmp_path):
                        text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2 and "exists already; pass --force to overwrite it" in r.stderr
     assert out.read_bytes() == b"kept"
+
+
+def test_an_output_folder_that_cannot_be_written_is_said_before_the_work(tmp_path, capsys):
+    """evaluate and finetune check their output folder first (not after the evaluation or the data loading)."""
+    from ldfsam.cli import main
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    for argv, path in [(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out",
+                         "/proc/ldfsam-eval"], "/proc/ldfsam-eval/summary.json"),
+                       (["finetune", "--data", str(tmp_path / "pred"), "--out", "/proc/ldfsam-run", "--preset",
+                         "small"], "/proc/ldfsam-run/config.json")]:
+        assert main([*argv, "--progress", "none"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"ldfsam {argv[0]}: error: {path}: cannot be written there (No such file or directory)"

@@ -57,6 +57,16 @@ def cannot_write(target: PathLike, error: OSError) -> OutputError:
     return OutputError(f"cannot be written there ({error.strerror or error})", target)
 
 
+def make_folder(folder: PathLike) -> Path:
+    """``folder`` and its parents, made where missing; an OutputError naming it when the system refuses."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(folder, e) from None
+    return folder
+
+
 def check_writable(target: PathLike) -> None:
     """Raise OutputError naming ``target`` unless a file can be created where it goes: tried in its folder, or
     in the nearest folder above it that exists (nothing is created but a file, removed at once)."""

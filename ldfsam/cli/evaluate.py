@@ -62,6 +62,9 @@ def _run(args: argparse.Namespace, progress) -> dict:
         raise InputError("--bootstrap must be at least 1")
     if args.tolerance < 0:
         raise InputError("--tolerance must not be negative")
+    from ..atomic import check_writable
+
+    check_writable(args.out / "summary.json")  # before the evaluation, not after it
     if folders:
         if args.pred is None or args.ref is None:
             raise InputError("--pred and --ref go together")

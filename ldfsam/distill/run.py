@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, make_folder, write_text_atomic
 from ..config import load_json, save_json, to_dict
 from ..errors import Arg, ConfigError, InputError
 from ..model.config import PromptGeneratorConfig
@@ -189,7 +189,7 @@ def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights:
     if stage == "student" and need_teacher and not teacher_path.is_file():
         raise InputError("no trained teacher here: train one ({}) or pass {}", teacher_path,
                          arguments=[Arg("stage", "teacher"), Arg("teacher_weights")])
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     data_yaml = data_set.write(out / "data.yaml")
     cfg = _run_config(out, cfg, resume, progress)
     made: Dict[str, Path] = {}

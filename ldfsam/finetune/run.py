@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .. import __version__
-from ..atomic import write_text_atomic
+from ..atomic import check_writable, write_text_atomic
 from ..config import from_dict, to_dict
 from ..errors import Arg, ConfigError, InputError
 from ..model.config import ModelConfig
@@ -83,6 +83,7 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
                              run_dir, arguments=[Arg("resume", True)])
         if cfg is None or model_cfg is None:
             raise ConfigError("a new run needs a FinetuneConfig and a ModelConfig")
+        check_writable(run_dir / CONFIG_FILE)  # before minutes of loading data and building the model
         init = {"prompt_generator": model_cfg.prompt_generator.init_weights, "sam_checkpoint": sam_checkpoint}
     cfg.validate()
     env = distributed.setup(device)
