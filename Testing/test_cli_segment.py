@@ -99,7 +99,7 @@ def test_slice_spacing(tmp_path, tiny_model, phantom):
     assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(phantom)).GetSize()
     r = _segment(phantom, "-o", tmp_path / "x.nii.gz", "--model", tiny_model, "--slice-spacing", "fast")
     assert r.returncode == 2
-    assert "--slice-spacing 'fast': give 'auto', 'native', a number of model pixels" in r.stderr
+    assert "--slice-spacing fast: give 'auto', 'native', a number of model pixels" in r.stderr
     assert not (tmp_path / "x.nii.gz").exists()
 
 

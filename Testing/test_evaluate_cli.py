@@ -112,7 +112,7 @@ def test_mask_images_kvasir_style(tmp_path):
     assert math.isfinite(row["hd"])
 
 
-def test_model_on_2d_dataset_matches_its_saved_predictions(tmp_path):
+def test_model_on_2d_dataset_matches_its_saved_predictions(tmp_path, capsys):
     """Evaluating a model equals evaluating the masks it predicted (saved with --save-predictions)."""
     import torch
     from PIL import Image
@@ -150,6 +150,12 @@ def test_model_on_2d_dataset_matches_its_saved_predictions(tmp_path):
     rows2 = list(csv.DictReader(open(out2 / "per_case.csv")))
     for a, b in zip(rows, rows2):
         assert (a["dice"], a["iou"], a["hd"], a["accuracy"]) == (b["dice"], b["iou"], b["hd"], b["accuracy"])
+    # Predictions saved over the references they are compared with: refused, the references kept.
+    before = {p.name: p.read_bytes() for p in (data / "masks").iterdir()}
+    assert main(["evaluate", "--model", str(path), "--data", str(data), "--out", str(tmp_path / "eval3"),
+                 "--save-predictions", str(data / "masks"), "--progress", "none"]) == 2
+    assert "is a file of the dataset being evaluated; give --save-predictions a folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (data / "masks").iterdir()} == before
 
 
 def test_model_on_cbct_volumes_through_the_inference_pipeline(tmp_path):

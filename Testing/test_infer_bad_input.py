@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from _infer_helpers import save_tiny_model, tiny_model_config, write_image
 
-from ldfsam.errors import CheckpointError, InputError, LDFSAMError
+from ldfsam.errors import CheckpointError, InputError, LDFSAMError, OutputError
 from ldfsam.infer import segment_volume
 
 
@@ -172,7 +172,7 @@ def test_existing_output_is_kept(tmp_path, tiny_model, volume):
 
 
 def test_bad_output_extension(tmp_path, tiny_model, volume):
-    with pytest.raises(InputError, match="unknown output format"):
+    with pytest.raises(OutputError, match="unknown output format"):
         segment_volume(volume, tmp_path / "seg.png", model=tiny_model)
 
 
@@ -197,3 +197,28 @@ def test_unavailable_device(tmp_path, tiny_model, volume):
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model, device="cuda")
+
+
+@pytest.mark.parametrize("shape, spacing, found", [
+    ((3, 3, 3), (0.5, 0.5, 0.5), "3x3x3 voxels, 1.5 x 1.5 x 1.5 mm"),  # a few voxels
+    ((40, 40, 40), (0.1, 0.1, 0.1), "40x40x40 voxels, 4 x 4 x 4 mm"),  # enough voxels, a few mm
+    ((6, 64, 64), (0.5, 0.5, 0.5), "64x64x6 voxels, 32 x 32 x 3 mm"),  # a slab too thin
+])
+def test_volume_too_small_to_hold_a_tooth(tmp_path, tiny_model, shape, spacing, found):
+    a = np.random.default_rng(2).normal(0, 100, shape).astype(np.int16)
+    text = _fails(tmp_path, write_image(tmp_path / "small.nii.gz", a, spacing=spacing), InputError,
+                  f"too small to hold a tooth: {found}", tiny_model)
+    assert "needs at least 8 voxels and 5 mm along every axis" in text
+
+
+def test_a_loader_bug_is_not_called_a_bad_model_file(tmp_path, tiny_model, volume, monkeypatch):
+    """Errors the loader expects (a damaged or foreign file) are CheckpointErrors; a bug surfaces as itself."""
+    import ldfsam.model.build as build
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the model builder")
+
+    monkeypatch.setattr(build, "build_model", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug in the model builder"):
+        segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model)
+    assert not (tmp_path / "o.nii.gz").exists()

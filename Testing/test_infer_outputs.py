@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import slicerio
 from _infer_helpers import oblique_direction
 
-from ldfsam.errors import InputError, LDFSAMError
+from ldfsam.errors import LDFSAMError, OutputError
 from ldfsam.infer import outputs
 
 
@@ -88,5 +88,5 @@ def test_refuses_to_overwrite(tmp_path, reference):
 
 
 def test_unknown_output_extension():
-    with pytest.raises(InputError, match="unknown output format"):
+    with pytest.raises(OutputError, match="unknown output format"):
         outputs.output_kind(__import__("pathlib").Path("x.png"))

@@ -45,8 +45,10 @@ def test_resolve_slice_spacing():
     assert resolve_slice_spacing("1px", (0.25,) * 3, (10, 650, 650), 256) == pytest.approx(650 * 0.25 / 256)
     assert resolve_slice_spacing("2px", (0.25,) * 3, (10, 650, 650), 256) == pytest.approx(2 * 650 * 0.25 / 256)
     for bad in ("fast", "-1", "0", "nan", "inf", "px", "-2px", "0px"):
-        with pytest.raises(ConfigError, match="--slice-spacing"):
+        with pytest.raises(ConfigError) as e:
             resolve_slice_spacing(bad, (0.25,) * 3, (10, 20, 20), 256)
+        assert str(e.value).startswith(f"slice_spacing={bad!r}:")
+        assert e.value.for_command_line({"slice_spacing": "--slice-spacing"}).startswith(f"--slice-spacing {bad}:")
 
 
 def _run(filler: SliceFiller, positions, logits, has, batch: int = 3) -> None:

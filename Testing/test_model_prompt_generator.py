@@ -134,6 +134,22 @@ def test_ultralytics_pt_import(tmp_path, generator):
     with pytest.raises(CheckpointError, match="allow_pickle") as e:
         load_ultralytics_pt(foreign)
     assert str(foreign) in str(e.value)
+    assert "--allow-pickle" not in str(e.value) and "allow_pickle=True" in str(e.value)
     state, cfg = load_ultralytics_pt(foreign, allow_pickle=True)
     assert (cfg.scale, cfg.num_classes) == ("n", 2)
     assert all(torch.equal(state[k], v) for k, v in generator.detector.state_dict().items())
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.999])
+def test_damaged_ultralytics_pt_is_said_to_be_damaged(tmp_path, generator, keep):
+    """A cut or empty file is damaged whatever allow_pickle says: no advice to unpickle it."""
+    whole = tmp_path / "best.pt"
+    torch.save({"model": generator.detector, "epoch": 3}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
+    for allow in (False, True):
+        with pytest.raises(CheckpointError) as e:
+            load_ultralytics_pt(cut, allow_pickle=allow)
+        text = str(e.value)
+        assert str(cut) in text and ("is damaged" in text or "empty file" in text), text
+        assert "allow_pickle" not in text

@@ -97,8 +97,12 @@ def test_non_sam_file(tmp_path, vit_b):
     assert str(other) in str(e.value)
     text = tmp_path / "sam_vit_b.pth"
     text.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a SAM checkpoint readable"):
+    with pytest.raises(CheckpointError, match="not a PyTorch file"):
         load_sam_weights(vit_b, text)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(other.read_bytes()[: other.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_sam_weights(vit_b, cut)
 
     import argparse
 

@@ -121,7 +121,7 @@ def _apply_patches(ultralytics: ModuleType) -> None:
         module.check_font = check_font
 
     # The AMP check loads yolo26n.pt (a download) and runs it; on CPU it is a no-op anyway. We trust AMP on CUDA
-    # (the user can pass amp=False) rather than fetch a model.
+    # rather than fetch a model (Phase 1 trains with AMP on CUDA and without it on the CPU: distill/run.py).
     def check_amp(model: Any) -> bool:
         device = next(model.parameters()).device
         return device.type == "cuda"

@@ -77,6 +77,8 @@ class Progress:
         self._bar_phase: Optional[str] = None
         # Fields added to every event (``ldfsam train`` sets ``stage``).
         self.context: Dict[str, Any] = {}
+        self.reported_error = False  # an error event went out: whoever catches the exception need not send one
+        self.phase: Optional[str] = None  # the phase started last and not done yet
 
     # -- emitting -------------------------------------------------------------------------------------------
     def _emit(self, kind: str, phase: str, **fields: Any) -> None:
@@ -90,6 +92,7 @@ class Progress:
 
     def start(self, phase: str, total: Optional[int] = None, message: Optional[str] = None, **fields: Any) -> None:
         self._t0[phase] = time.monotonic()
+        self.phase = phase
         self._emit("start", phase, total=total, message=message, **fields)
 
     def update(self, phase: str, step: int, total: Optional[int] = None, **fields: Any) -> None:
@@ -107,10 +110,13 @@ class Progress:
 
     def done(self, phase: str, message: Optional[str] = None, **fields: Any) -> None:
         t0 = self._t0.pop(phase, None)
+        if self.phase == phase:
+            self.phase = None
         elapsed = None if t0 is None else round(time.monotonic() - t0, 3)
         self._emit("done", phase, message=message, elapsed_s=elapsed, **fields)
 
     def error(self, phase: str, message: str, **fields: Any) -> None:
+        self.reported_error = True
         self._emit("error", phase, message=message, **fields)
 
     # -- the bar --------------------------------------------------------------------------------------------
@@ -135,7 +141,7 @@ class Progress:
                 self._close_bar()
             message = fields.get("message")
             if message:
-                prefix = "error: " if kind == "error" else ""
+                prefix = "error: " if kind == "error" else "warning: " if fields.get("level") == "warning" else ""
                 print(f"{prefix}{message}", file=out, flush=True)
 
     def _close_bar(self) -> None:

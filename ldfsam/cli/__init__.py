@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package and exposes ``COMMAND`` (its name), ``HELP`` (one
 line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy libraries (torch, ultralytics)
-inside ``run`` so that ``ldfsam --help`` and argument errors answer at once.
+inside ``run`` so that ``ldfsam --help`` and argument errors answer at once. A module may add ``FLAGS``
+(Python argument name -> flag) for library arguments whose flag is named otherwise; the others are found from
+the parser (``--min-island-mm3`` for ``min_island_mm3``), so that error messages name flags, not arguments.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .. import __version__
 from ..errors import LDFSAMError
@@ -36,8 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _command_modules():
         p = sub.add_parser(module.COMMAND, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _flags={**_flags_of(p), **getattr(module, "FLAGS", {})})
     return parser
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """Argument name -> its long flag, over ``parser`` and its sub-commands."""
+    flags: Dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags.update(_flags_of(sub))
+        elif action.option_strings and action.dest != "help":
+            flags[action.dest] = max(action.option_strings, key=len)
+    if "force" in flags:
+        flags.setdefault("overwrite", flags["force"])  # the library's overwrite=True is the command's --force
+    return flags
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -52,7 +68,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         with interrupt_on_sigterm():
             return int(args._run(args) or 0)
     except LDFSAMError as e:
-        print(f"ldfsam {args.command}: error: {e}", file=sys.stderr, flush=True)
+        from ._progress import error_message
+
+        print(f"ldfsam {args.command}: error: {error_message(e, args)}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"ldfsam {args.command}: cancelled", file=sys.stderr, flush=True)

@@ -28,17 +28,11 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    import sys
     from pathlib import Path
 
-    from ..progress import Progress
+    from ._progress import command_progress
 
-    progress = Progress(args.progress)
-    out_stream = sys.stdout
-    if args.progress == "json":
-        sys.stdout = sys.stderr
-        progress.stream = out_stream
-    try:
+    with command_progress(args, COMMAND) as progress:
         from ..offline import import_ultralytics
 
         import_ultralytics()
@@ -68,12 +62,9 @@ def _run(args) -> int:
         inter = int(np.count_nonzero(pred & truth))
         total = int(np.count_nonzero(pred)) + int(np.count_nonzero(truth))
         dice = 2.0 * inter / total if total else 1.0
-    finally:
-        progress.close()
-        sys.stdout = out_stream
-    if args.progress == "json":
-        progress.log("evaluate", f"Dice {dice:.4f}", dice=round(dice, 4))
-    else:
+        if args.progress == "json":
+            progress.log("evaluate", f"Dice {dice:.4f}", dice=round(dice, 4))
+    if args.progress != "json":
         print(f"segmented the demo phantom ({result.slices} slices; the model ran on {result.model_slices}, "
               f"{result.slices_with_teeth} with teeth) in "
               f"{result.timings['total']:.1f} s; wrote {output}")

@@ -67,17 +67,14 @@ def run(args: argparse.Namespace) -> int:
     from ..distill.run import best_scores, run_distillation
     from ..distill.trainer import format_scores
     from ..errors import ConfigError
-    from ..progress import Progress
+    from ._progress import command_progress
 
-    if not 0 < args.budget <= 100:
-        raise ConfigError(f"--budget {args.budget} must be in (0, 100]")
-    cfg = build_config(args)
-    progress = Progress(args.progress, stream=sys.stdout if args.progress == "json" else None)
-    try:
+    with command_progress(args, "student" if args.stage == "student" else "teacher") as progress:
+        if not 0 < args.budget <= 100:
+            raise ConfigError(f"--budget {args.budget} must be in (0, 100]")
+        cfg = build_config(args)
         made = run_distillation(args.data, args.out, cfg, stage=args.stage, teacher_weights=args.teacher_weights,
                                 resume=args.resume, progress=progress, budget=args.budget / 100.0)
-    finally:
-        progress.close()
     out = sys.stderr if args.progress == "json" else sys.stdout
     for role, path in made.items():
         print(f"{role}: {path}", file=out)

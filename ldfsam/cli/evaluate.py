@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 COMMAND = "evaluate"
+FLAGS = {"save_dir": "--save-predictions"}
 HELP = ("Evaluate predictions against references (--pred/--ref) or a model on a dataset (--model/--data): "
         "per-case CSV and summary with bootstrap CIs.")
 
@@ -40,9 +41,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._progress import command_progress
+
+    with command_progress(args, COMMAND) as progress:
+        summary = _run(args, progress)
+    from ..evaluate.report import format_table
+
+    print(format_table(summary), file=sys.stderr if args.progress == "json" else sys.stdout)
+    return 0
+
+
+def _run(args: argparse.Namespace, progress) -> dict:
     from ..errors import InputError
-    from ..evaluate.report import format_table, summarize, write_report
-    from ..progress import Progress
+    from ..evaluate.report import summarize, write_report
 
     folders = args.pred is not None or args.ref is not None
     model = args.model is not None or args.data is not None
@@ -52,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--bootstrap must be at least 1")
     if args.tolerance < 0:
         raise InputError("--tolerance must not be negative")
-    progress = Progress(args.progress, stream=sys.stdout if args.progress == "json" else None)
+    from ..atomic import check_writable
+
+    check_writable(args.out / "summary.json")  # before the evaluation, not after it
     if folders:
         if args.pred is None or args.ref is None:
             raise InputError("--pred and --ref go together")
@@ -72,6 +85,4 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(args.out, rows, summary)
     progress.done("evaluate", message=f"per-case metrics: {paths['per_case']}; summary: {paths['summary']}",
                   cases=summary["cases"], summary=str(paths["summary"]))
-    progress.close()
-    print(format_table(summary), file=sys.stderr if args.progress == "json" else sys.stdout)
-    return 0
+    return summary

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 COMMAND = "finetune"
@@ -104,17 +103,10 @@ def _configs(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..progress import Progress
+    from ._progress import command_progress
 
-    progress = Progress(args.progress, stream=sys.stdout if args.progress == "json" else None)
-    saved_stdout = sys.stdout
-    if args.progress == "json":
-        sys.stdout = sys.stderr  # library chatter must not mix with the events on stdout
-    try:
+    with command_progress(args, COMMAND) as progress:
         return _run(args, progress)
-    finally:
-        sys.stdout = saved_stdout
-        progress.close()
 
 
 def _run(args: argparse.Namespace, progress) -> int:
@@ -127,6 +119,11 @@ def _run(args: argparse.Namespace, progress) -> int:
         if model_cfg.prompt_generator.init_weights is None:
             progress.log("finetune", "no --prompt-generator: the YOLO prompt generator is randomly initialised "
                                      "(fine for tests; train one with Phase 1 for real use)", level="warning")
+        if args.sam_checkpoint is None:
+            progress.log("finetune", "no --sam-checkpoint: SAM's image encoder, prompt encoder and mask decoder "
+                                     "are randomly initialised, not pretrained as in the paper (fine for tests; "
+                                     "pass the official SAM checkpoint of the preset for real use)",
+                         level="warning")
     sam_ckpt = str(args.sam_checkpoint.resolve()) if args.sam_checkpoint else None
     result = finetune(cfg, model_cfg, args.out, resume=args.resume, sam_checkpoint=sam_ckpt, device=args.device,
                       progress=progress)

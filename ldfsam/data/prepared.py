@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..atomic import write_text_atomic
+from ..atomic import make_folder, write_text_atomic
 from ..config import from_dict, save_json, to_dict
 from ..errors import ConfigError, InputError
 from .cache import CaseEntry, _load_entry, build_case, clean_temporaries
@@ -70,7 +70,7 @@ def prepare_dataset(source: Union[str, Path], out_dir: Union[str, Path], cfg: Pr
         if not 0.0 < b <= 1.0:
             raise ConfigError(f"budget {b} is not in (0, 1]")
     cache = out_dir / "cache"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     for folder in (cache, out_dir / "yolo"):
         if folder.exists():
             clean_temporaries(folder)  # left by a killed run

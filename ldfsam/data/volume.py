@@ -17,8 +17,8 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_path
-from ..errors import InputError, LDFSAMError
+from ..atomic import atomic_path, cannot_write
+from ..errors import InputError, OutputError, exists_already
 
 PathLike = Union[str, Path]
 
@@ -99,10 +99,43 @@ def _read_dicom_series_unguarded(path: Path, series_id: Optional[str]) -> sitk.I
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_id)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"cannot read the DICOM series ({_first_line(e)})", path) from None
+    _check_slice_positions(reader, len(files), path, ids)
+    return image
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: Path, ids: Sequence[str]) -> None:
+    """Refuse a series with a missing slice (a gap of 1.5 or more times the usual spacing) or two slices at one
+    position: GDCM leaves out a file it cannot read (cut short, say) and ITK would stack the rest regardless."""
+    if n < 3:
+        return
+    try:
+        row_col = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+        points = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+    except (RuntimeError, ValueError):
+        return  # no position tags: nothing to compare
+    if len(row_col) != 6 or points.shape != (n, 3):
+        return
+    normal = np.cross(row_col[:3], row_col[3:])
+    z = np.sort(points @ normal)
+    gaps = np.diff(z)
+    usual = float(np.median(gaps))
+    if usual <= 0:
+        raise InputError(f"holds a DICOM series whose {n} slices are not at distinct positions", path)
+    bad = np.flatnonzero((gaps > 1.5 * usual) | (gaps < 0.5 * usual))
+    if bad.size == 0:
+        return
+    i = int(bad[0])
+    listed = {Path(f).name for sid in ids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), sid)}
+    unread = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"
+                    and p.name not in listed)
+    why = (f"; {len(unread)} file(s) could not be read as DICOM: {', '.join(unread[:5])}" if unread else "")
+    raise InputError(f"holds a DICOM series with missing or misplaced slices: slices {i} and {i + 1} (of {n}) are "
+                     f"{gaps[i]:.3g} mm apart where the others are {usual:.3g} mm apart{why}", path)
 
 
 def _read_file(path: Path) -> sitk.Image:
@@ -114,10 +147,15 @@ def _read_file(path: Path) -> sitk.Image:
         raise InputError("is not readable (permission denied)", path)
     if path.stat().st_size == 0:
         raise InputError("is an empty file (0 bytes)", path)
+    from .integrity import check_volume_file
+
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
+        check_volume_file(path)  # a file cut short or corrupt gets that said rather than the reader's message
         raise InputError(f"cannot be read as a {_FORMAT_NAMES[suffix]} file ({_first_line(e)})", path) from None
+    check_volume_file(path, image)
+    return image
 
 
 def _as_3d(image: sitk.Image, path: Path) -> sitk.Image:
@@ -291,40 +329,47 @@ def _segment_metadata(image: sitk.Image, names: Optional[Dict[int, str]]) -> Non
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
 
 
-def write_volume(image: sitk.Image, path: PathLike, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` atomically (format from the suffix); refuses to overwrite unless asked."""
+def write_volume(image: sitk.Image, path: PathLike, overwrite: bool = False, compress: bool = True,
+                 argument: str = "overwrite") -> Path:
+    """Write ``image`` to ``path`` atomically (format from the suffix); refuses to overwrite unless asked
+    (``argument``: how the caller asks). A failure to write is an OutputError naming ``path``."""
     path = Path(path)
     suffix = volume_suffix(path)
     if suffix is None:
-        raise InputError("unsupported output type; use .nii.gz, .nii, .nrrd, .seg.nrrd, .mha or .mhd", path)
+        raise OutputError("unsupported output type; use .nii.gz, .nii, .nrrd, .seg.nrrd, .mha or .mhd", path)
     if path.exists() and not overwrite:
-        raise LDFSAMError("exists already; pass --force to overwrite it", path)
+        raise exists_already(path, argument)
     if suffix == ".mhd":
-        _write_mhd_atomic(image, path, overwrite, compress)
+        _write_mhd_atomic(image, path, overwrite, compress, argument)
         return path
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite, argument=argument) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as e:
-            raise InputError(f"cannot be written ({_first_line(e)})", path) from None
+            raise OutputError(f"cannot be written ({_first_line(e)})", path) from None
     return path
 
 
-def _write_mhd_atomic(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> None:
+def _write_mhd_atomic(image: sitk.Image, path: Path, overwrite: bool, compress: bool, argument: str) -> None:
     # A MetaImage header names its data file, so both are written under their final names in a private folder
     # beside the target and moved into place data first: a reader never finds a header without its data.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise cannot_write(path, e) from None
     try:
         sitk.WriteImage(image, str(tmpdir / path.name), useCompression=compress)
         files = sorted(tmpdir.iterdir(), key=lambda p: p.suffix == ".mhd")
         for f in files:
             if not overwrite and (path.parent / f.name).exists():
-                raise LDFSAMError("exists already; pass --force to overwrite it", path.parent / f.name)
+                raise exists_already(path.parent / f.name, argument)
         for f in files:
             os.replace(f, path.parent / f.name)
     except RuntimeError as e:
-        raise InputError(f"cannot be written ({_first_line(e)})", path) from None
+        raise OutputError(f"cannot be written ({_first_line(e)})", path) from None
+    except OSError as e:
+        raise cannot_write(path, e) from None
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmpdir)

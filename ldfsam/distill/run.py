@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, make_folder, write_text_atomic
 from ..config import load_json, save_json, to_dict
-from ..errors import ConfigError, InputError
+from ..errors import Arg, ConfigError, InputError
 from ..model.config import PromptGeneratorConfig
 from ..progress import Progress
 from .config import DistillConfig, TrainRecipe
@@ -95,11 +95,11 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
         if resume:
             progress.log(phase, f"{stage.product} is finished; reusing it")
             return stage.product, {}
-        raise InputError(f"exists already: this run's {phase} is trained (pass --resume to reuse it, or choose "
-                         "another output folder)", stage.product)
+        raise InputError(f"exists already: this run's {phase} is trained (pass {{}} to reuse it, or choose "
+                         "another output folder)", stage.product, arguments=[Arg("resume", True)])
     if stage.dir.exists() and any(stage.dir.iterdir()) and not resume:
-        raise InputError(f"holds an unfinished {phase} run: pass --resume to continue it, or choose another "
-                         "output folder", stage.dir)
+        raise InputError(f"holds an unfinished {phase} run: pass {{}} to continue it, or choose another "
+                         "output folder", stage.dir, arguments=[Arg("resume", True)])
     gen_cfg = PromptGeneratorConfig(scale=scale, image_size=recipe.imgsz, num_classes=num_classes)
     state = stage.read_state() if resume else None
 
@@ -209,8 +209,8 @@ def run_distillation(data: PathLike, out: PathLike, cfg: Optional[DistillConfig]
     phase = ["student" if stage == "student" else "teacher"]  # the stage running, updated by _run
     try:
         return _run(Path(data), Path(out), cfg, stage, teacher_weights, resume, progress, budget, phase)
-    except Exception as e:  # reported as an event too, so a reader of the JSON stream sees why it stopped
-        progress.error(phase[0], str(e))
+    except Exception:
+        progress.phase = phase[0]  # the stage that failed, for the command line's error event
         raise
 
 
@@ -222,9 +222,9 @@ def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights:
     train_teacher = stage == "teacher" or (stage == "both" and need_teacher and teacher_weights is None)
     teacher_path = Path(teacher_weights) if teacher_weights else out / "teacher.safetensors"
     if stage == "student" and need_teacher and not teacher_path.is_file():
-        raise InputError("no trained teacher here: train one (--stage teacher) or pass --teacher-weights",
-                         teacher_path)
-    out.mkdir(parents=True, exist_ok=True)
+        raise InputError("no trained teacher here: train one ({}) or pass {}", teacher_path,
+                         arguments=[Arg("stage", "teacher"), Arg("teacher_weights")])
+    make_folder(out)
     data_yaml = data_set.write(out / "data.yaml")
     cfg = _run_config(out, cfg, resume, progress)
     made: Dict[str, Path] = {}
@@ -252,7 +252,8 @@ def _load_teacher(path: Path, num_classes: int, progress: Progress):
     from .weights import load_generator_file
 
     if not path.is_file():
-        raise InputError("no trained teacher here: train one (--stage teacher) or pass --teacher-weights", path)
+        raise InputError("no trained teacher here: train one ({}) or pass {}", path,
+                         arguments=[Arg("stage", "teacher"), Arg("teacher_weights")])
     model, gen_cfg, _ = load_generator_file(path)
     if gen_cfg.num_classes != num_classes:
         raise InputError(f"teacher has {gen_cfg.num_classes} classes but the data set has {num_classes}", path)

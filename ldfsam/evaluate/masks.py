@@ -8,10 +8,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..data.images import IMAGE_SUFFIXES
+from ..data.volume import VOLUME_SUFFIXES
 from ..errors import InputError
-
-VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -61,24 +60,19 @@ def read_mask(path: Path, spacing_2d: float = 1.0) -> Mask:
         raise InputError("no such file", path)
     name = path.name.lower()
     if name.endswith(IMAGE_SUFFIXES):
-        from PIL import Image
+        from ..data.images import read_label_image
 
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16", "1", "P") else im)
-        except OSError as e:
-            raise InputError(f"not a readable image ({e})", path) from None
-        if arr.ndim != 2:
-            raise InputError(f"expected a single-channel mask image, got shape {arr.shape}", path)
-        if arr.dtype == np.uint8 and arr.max() > 1:
-            arr = (arr > 127).astype(np.uint8)
-        return Mask(arr.astype(np.int32), (float(spacing_2d),) * 2, path)
+        return Mask(read_label_image(path), (float(spacing_2d),) * 2, path)
     import SimpleITK as sitk
+
+    from ..data.integrity import check_volume_file
 
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
+        check_volume_file(path)  # cut short or corrupt, said as such
         raise InputError(f"not a readable image volume ({str(e).strip().splitlines()[-1]})", path) from None
+    check_volume_file(path, img)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("a label map must have one component per voxel (a multi-layer segmentation "
                          "file is not supported; export a label map)", path)

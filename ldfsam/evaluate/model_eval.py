@@ -47,8 +47,8 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
     import torch
     import torch.nn.functional as F
 
+    from ..data.images import resize_square
     from ..finetune.gt_boxes import BoxPrompted, boxes_from_masks
-    from ..finetune.image_dataset import resize_square
 
     pre = loaded.preprocess
     sam = torch.from_numpy(resize_square(image, pre.sam_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
@@ -109,7 +109,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
         progress.start("evaluate", total=len(cases), message=f"evaluating {model} on {len(cases)} {kind} cases")
     for i, case in enumerate(cases):
         if kind == "2d":
-            from ..finetune.image_dataset import read_mask_image, read_rgb
+            from ..data.images import read_mask_image, read_rgb
 
             image, ref = read_rgb(case.image), read_mask_image(case.label)
             if image.shape[:2] != ref.shape:
@@ -135,7 +135,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                                  f"{pred_classes.shape}", case.label)
             spacing = tuple(float(s) for s in reversed(label_img.GetSpacing()))
         if save_dir is not None:
-            _save_prediction(Path(save_dir), case, kind, pred_classes)
+            _save_prediction(Path(save_dir), case, kind, pred_classes, None if kind == "2d" else result.grid)
         for c, name in enumerate(names, start=1):
             m = pair_metrics(pred_classes == c, ref_classes == c, spacing, tolerance_mm)
             rows.append({"case_id": case.case_id, "class": name, **m.as_dict()})
@@ -150,17 +150,20 @@ def _array(image) -> np.ndarray:
     return sitk.GetArrayFromImage(image)
 
 
-def _save_prediction(folder: Path, case, kind: str, classes: np.ndarray) -> None:
-    from ..atomic import atomic_path
+def _save_prediction(folder: Path, case, kind: str, classes: np.ndarray, grid=None) -> None:
+    """Write one case's predicted classes into ``folder`` (replacing an earlier prediction), never over the
+    case's own image or reference (``save_dir`` inside the dataset, say)."""
+    from ..errors import Arg, OutputError
 
-    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{case.case_id}{'.png' if kind == '2d' else '.nii.gz'}"
+    if target.resolve() in (Path(case.image).resolve(), Path(case.label).resolve()):
+        raise OutputError("is a file of the dataset being evaluated; give {} a folder of its own", target,
+                          arguments=[Arg("save_dir")])
     if kind == "2d":
-        from PIL import Image
+        from ..data.images import write_label_png
 
-        with atomic_path(folder / f"{case.case_id}.png") as tmp:
-            Image.fromarray(classes.astype(np.uint8)).save(tmp, format="PNG")
+        write_label_png(target, classes)
     else:
-        from ..data.volume import read_volume
         from ..infer.outputs import write_label_map
 
-        write_label_map(folder / f"{case.case_id}.nii.gz", classes, read_volume(case.image), overwrite=True)
+        write_label_map(target, classes, grid, overwrite=True)

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from ..atomic import write_text_atomic
+from ..atomic import make_folder, write_text_atomic
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_mean_ci
 from .metrics import DISTANCE_METRICS, METRIC_NAMES
 
@@ -90,8 +90,7 @@ def format_table(summary: Dict[str, Any]) -> str:
 
 def write_report(out_dir: Path, rows: Sequence[Dict[str, Any]], summary: Dict[str, Any]) -> Dict[str, Path]:
     """Write ``per_case.csv`` and ``summary.json`` into ``out_dir`` atomically; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
     paths = {"per_case": out_dir / "per_case.csv", "summary": out_dir / "summary.json"}
     write_text_atomic(paths["per_case"], rows_to_csv(rows))
     write_text_atomic(paths["summary"], json.dumps(_json_safe(summary), indent=2) + "\n")

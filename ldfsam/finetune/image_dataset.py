@@ -1,7 +1,7 @@
 """2D image/mask datasets (Kvasir-SEG, ISIC 2018, MMOTU OTU_2d layouts) as Phase 2 training items.
 
-Cases come from ``ldfsam.data.layouts.find_image_cases``. Masks with values above 1 are thresholded at 127
-(Kvasir's masks are JPEG). Items have the keys of the CBCT slice datasets.
+Cases come from ``ldfsam.data.layouts.find_image_cases``; images and masks are read by ``ldfsam.data.images``
+(masks with values above 1 are thresholded: Kvasir's are JPEG). Items have the keys of the CBCT slice datasets.
 """
 
 from __future__ import annotations
@@ -12,36 +12,8 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..data.images import read_mask_image, read_rgb, resize_square
 from ..errors import InputError
-
-
-def read_mask_image(path: Path) -> np.ndarray:
-    """A 2D mask image as a boolean array."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"))
-    except OSError as e:
-        raise InputError(f"not a readable mask image ({e})", path) from None
-    return arr > 127 if arr.max() > 1 else arr > 0
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise InputError(f"not a readable image ({e})", path) from None
-
-
-def resize_square(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    from PIL import Image
-
-    im = Image.fromarray(arr)
-    return np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
 
 class ImageMaskDataset(torch.utils.data.Dataset):

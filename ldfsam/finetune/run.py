@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .. import __version__
-from ..atomic import write_text_atomic
+from ..atomic import check_writable, write_text_atomic
 from ..config import from_dict, to_dict
 from ..data.splits import write_split_ids
-from ..errors import ConfigError, InputError
+from ..errors import Arg, ConfigError, InputError
 from ..model.config import ModelConfig
 from ..progress import Progress
 from .config import FinetuneConfig
@@ -80,10 +80,11 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             raise InputError(f"has no {STATE_FILE} to resume from (the run never saved a state)", run_dir)
     else:
         if (run_dir / CONFIG_FILE).exists() and ((run_dir / STATE_FILE).exists() or (run_dir / MODEL_FILE).exists()):
-            raise InputError("holds a fine-tuning run already; pass --resume to continue it or choose a new "
-                             "folder", run_dir)
+            raise InputError("holds a fine-tuning run already; pass {} to continue it or choose a new folder",
+                             run_dir, arguments=[Arg("resume", True)])
         if cfg is None or model_cfg is None:
             raise ConfigError("a new run needs a FinetuneConfig and a ModelConfig")
+        check_writable(run_dir / CONFIG_FILE)  # before minutes of loading data and building the model
         init = {"prompt_generator": model_cfg.prompt_generator.init_weights, "sam_checkpoint": sam_checkpoint}
     cfg.validate()
     env = distributed.setup(device)

@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__
 from ..config import to_dict
-from ..errors import ConfigError, LDFSAMError
+from ..errors import Arg, ConfigError, LDFSAMError
 from ..progress import Progress
 from . import distributed
 from .config import FinetuneConfig
@@ -269,7 +269,8 @@ class Trainer:
                                                  f"step skipped", level="warning")
                         if bad_in_a_row >= MAX_BAD_STEPS:
                             raise LDFSAMError(f"{bad_in_a_row} steps in a row had non-finite loss or gradients "
-                                              f"(precision {self.precision}); try --precision fp32 or a lower lr")
+                                              f"(precision {self.precision}); try {{}} or a lower {{}}",
+                                              arguments=[Arg("precision", "fp32"), Arg("lr")])
                     else:
                         bad_in_a_row = 0
                         pos["loss_sum"] += loss

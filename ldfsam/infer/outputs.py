@@ -7,14 +7,15 @@ origin and direction exactly.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_path
-from ..errors import InputError
+from ..atomic import atomic_path, check_writable
+from ..errors import OutputError, exists_already
 
 # Slicer terminology: category "Anatomical Structure", type "Tooth" (SNOMED CT).
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -26,14 +27,75 @@ SEG_SUFFIX = ".seg.nrrd"
 
 
 def output_kind(path: Path) -> str:
-    """"seg" for .seg.nrrd, "labelmap" for .nii/.nii.gz/.nrrd/.mha; InputError for anything else."""
+    """"seg" for .seg.nrrd, "labelmap" for .nii/.nii.gz/.nrrd/.mha; OutputError for anything else."""
     name = Path(path).name.lower()
     if name.endswith(SEG_SUFFIX):
         return "seg"
     if name.endswith(LABEL_SUFFIXES):
         return "labelmap"
-    raise InputError(f"unknown output format; use .nii.gz or .nii (label map) or {SEG_SUFFIX} (Slicer "
-                     "segmentation)", path)
+    raise OutputError(f"unknown output format; use .nii.gz or .nii (label map) or {SEG_SUFFIX} (Slicer "
+                      "segmentation)", path)
+
+
+def _files_written(path: Path) -> List[Path]:
+    """The files an output path becomes: a MetaImage header also writes its compressed data beside it."""
+    path = Path(path)
+    return [path, path.with_suffix(".zraw")] if path.name.lower().endswith(".mhd") else [path]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    with contextlib.suppress(OSError):
+        return a.exists() and b.exists() and a.samefile(b)  # hard links too
+    return False
+
+
+def check_outputs(outputs: Mapping[str, Optional[Union[str, Path]]], input: Union[str, Path],
+                  force: bool) -> None:
+    """Refuse, before any work, every output (argument name -> path; None: not asked for) that would destroy
+    the input (the input itself, a link to it, its data file, a file inside its DICOM folder), that two outputs
+    share, whose format is unknown, that is a folder, that exists already (unless ``force``), or that cannot be
+    written where it is. With or without ``force`` an input is never overwritten."""
+    from ..data.integrity import data_files
+
+    source = Path(input)
+    protected = [source, *data_files(source)] if source.is_file() else []
+    folder = source.resolve() if source.is_dir() else None
+    taken: dict = {}
+    for argument, path in outputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        for written in _files_written(path):
+            if any(_same_file(written, p) for p in protected):
+                raise OutputError(f"is the input {'' if written == path else f'(its data file {written.name}) '}"
+                                  "and would be overwritten by the result; choose another output name", path)
+            if folder is not None and written.resolve().is_relative_to(folder):
+                raise OutputError(f"is inside the input DICOM folder {source}; write the result elsewhere", path)
+            real = written.resolve()
+            if real in taken:
+                raise OutputError(f"is given for both {taken[real]} and {argument}; give each its own file", path)
+            taken[real] = argument
+        if path.is_dir():
+            raise OutputError("is a folder; give a file name for the output", path)
+        if argument == "probabilities" and output_kind(path) != "labelmap":
+            raise OutputError("probability maps are written as .nii.gz, .nii, .nrrd or .mha", path)
+        output_kind(path)
+        if not force and any(w.exists() for w in _files_written(path)):
+            raise exists_already(next(w for w in _files_written(path) if w.exists()), "force")
+        check_writable(path)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, overwrite: bool) -> Iterator[Path]:
+    """atomic_path, with the writer's own failures (full disk, say) as an OutputError naming ``path``."""
+    with atomic_path(path, overwrite=overwrite, argument="force") as tmp:
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise OutputError(f"cannot be written ({first})", path) from None
 
 
 def _grid(reference):
@@ -51,18 +113,19 @@ def _image(array: np.ndarray, reference) -> sitk.Image:
 
 def write_label_map(path: Path, labels: np.ndarray, reference, overwrite: bool = False) -> Path:
     """``labels`` (z×y×x, 0 = background) on ``reference``'s grid, compressed, atomically."""
+    from ..data.volume import write_volume
+
     labels = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels.astype(np.uint16)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        sitk.WriteImage(_image(labels, reference), str(tmp), True)
-    return Path(path)
+    return write_volume(_image(labels, reference), path, overwrite=overwrite, argument="force")
 
 
 def write_probabilities(path: Path, probabilities: np.ndarray, reference,
                         overwrite: bool = False) -> Path:
     """Tooth probability (z×y×x float in [0, 1]) on ``reference``'s grid, as float32, atomically."""
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        sitk.WriteImage(_image(probabilities.astype(np.float32, copy=False), reference), str(tmp), True)
-    return Path(path)
+    from ..data.volume import write_volume
+
+    return write_volume(_image(probabilities.astype(np.float32, copy=False), reference), path,
+                        overwrite=overwrite, argument="force")
 
 
 def _palette(n: int) -> List[Tuple[float, float, float]]:
@@ -121,7 +184,7 @@ def write_segmentation(path: Path, labels: np.ndarray, reference, names: Optiona
         "masterRepresentation": "Binary labelmap",
         "referenceImageExtentOffset": [0, 0, 0],
     }
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with _writing(path, overwrite) as tmp:
         # zlib level 1: a tooth mask is mostly zeros, so level 6 only shrinks a 420×650² mask from 1.1 to 0.36 MB
         # but takes 1.3 s instead of 0.7 s to write it.
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=1)

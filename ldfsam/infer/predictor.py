@@ -27,7 +27,7 @@ def _fused_generator(model: torch.nn.Module) -> torch.nn.Module:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; a named device that is missing is an error."""
-    from ..errors import ConfigError
+    from ..errors import Arg, ConfigError
 
     if device == "auto":
         if torch.cuda.is_available():
@@ -36,11 +36,11 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is available on this machine")
+        raise ConfigError("{}: no CUDA GPU is available on this machine", arguments=[Arg("device", device)])
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: Apple Metal (MPS) is not available on this machine")
+        raise ConfigError("{}: Apple Metal (MPS) is not available on this machine", arguments=[Arg("device", device)])
     if device not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or mps")
+        raise ConfigError("{}: use auto, cpu, cuda or mps", arguments=[Arg("device", device)])
     return torch.device(device)
 
 
@@ -53,10 +53,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    from ..errors import ConfigError
+    from ..errors import Arg, ConfigError
 
     if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision {precision!r}: use auto, fp32 or bf16")
+        raise ConfigError("{}: use auto, fp32 or bf16", arguments=[Arg("precision", precision)])
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":

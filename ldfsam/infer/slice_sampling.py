@@ -19,17 +19,15 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import Arg, ConfigError
 from .predictor import EMPTY_LOGIT
 
 SliceSpacing = Union[str, float, None]
 
 
-def resolve_slice_spacing(option: SliceSpacing, spacing_xyz: Sequence[float], shape_zyx: Sequence[int],
-                          sam_size: int) -> Optional[float]:
-    """The largest mean distance (mm) between candidate slices. "auto" and "1px": one model pixel, the field of
-    view over ``sam_size`` (the finer of x and y); "Npx": N model pixels; "native" or None: every slice (None);
-    a number: that many mm."""
+def parse_slice_spacing(option: SliceSpacing) -> Optional[Tuple[float, str]]:
+    """``option`` as (value, "px" or "mm"), None for "native"; a ConfigError naming ``slice_spacing`` when it is
+    none of "auto", "native", "Npx" or a distance in mm."""
     if option is None or option == "native":
         return None
     text = str(option).strip().lower()
@@ -40,9 +38,21 @@ def resolve_slice_spacing(option: SliceSpacing, spacing_xyz: Sequence[float], sh
     except ValueError:
         value = float("nan")
     if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"--slice-spacing {option!r}: give 'auto', 'native', a number of model pixels such as "
-                          "'2px', or a distance in mm")
-    if text.endswith("px"):
+        raise ConfigError("{}: give 'auto', 'native', a number of model pixels such as '2px', or a distance in mm",
+                          arguments=[Arg("slice_spacing", option)])
+    return value, "px" if text.endswith("px") else "mm"
+
+
+def resolve_slice_spacing(option: SliceSpacing, spacing_xyz: Sequence[float], shape_zyx: Sequence[int],
+                          sam_size: int) -> Optional[float]:
+    """The largest mean distance (mm) between candidate slices. "auto" and "1px": one model pixel, the field of
+    view over ``sam_size`` (the finer of x and y); "Npx": N model pixels; "native" or None: every slice (None);
+    a number: that many mm."""
+    parsed = parse_slice_spacing(option)
+    if parsed is None:
+        return None
+    value, unit = parsed
+    if unit == "px":
         _, ny, nx = shape_zyx
         return value * min(nx * spacing_xyz[0], ny * spacing_xyz[1]) / sam_size
     return value

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import from_dict, to_dict
-from ..errors import CheckpointError, ConfigError
+from ..errors import Arg, CheckpointError, ConfigError
 from ..offline import import_ultralytics
 from .config import PromptGeneratorConfig
 
@@ -141,27 +141,13 @@ def load_ultralytics_pt(path: PathLike, allow_pickle: bool = False) -> Tuple[Dic
     classes (no arbitrary code runs); and only with ``allow_pickle`` a free pickle, for files outside that list.
     Returns the DetectionModel state dict (float32) and a PromptGeneratorConfig read from the model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("no such file", path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:
-        import_ultralytics()
-        from ultralytics.nn.tasks import torch_safe_load
+    from .torch_files import PickledClasses, load_weights_only
 
-        try:
-            obj, _ = torch_safe_load(str(path), safe_only=True)
-        except Exception:  # outside the allow-list, or not a torch file at all
-            if not allow_pickle:
-                raise CheckpointError(
-                    "holds pickled Python objects outside ultralytics' list of safe model classes, which could run "
-                    "code when loaded; pass allow_pickle=True (--allow-pickle) only for a file you trust "
-                    f"(safe load failed: {str(safe_error).splitlines()[0][:200]})", path) from None
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as e:
-                raise CheckpointError(f"cannot be read as an ultralytics checkpoint: {e}", path) from None
+    path = Path(path)
+    try:
+        obj = load_weights_only(path)  # a damaged or foreign file ends here, whatever allow_pickle says
+    except PickledClasses:
+        obj = _load_pickled(path, allow_pickle)
     model = obj.get("ema") or obj.get("model") if isinstance(obj, dict) and ("ema" in obj or "model" in obj) else obj
     if isinstance(model, nn.Module):
         yaml = getattr(model, "yaml", {}) or {}
@@ -178,3 +164,27 @@ def load_ultralytics_pt(path: PathLike, allow_pickle: bool = False) -> Tuple[Dic
         return {k: v.float() if v.is_floating_point() else v for k, v in model.items()}, \
             PromptGeneratorConfig(scale=scale, num_classes=nc)
     raise CheckpointError("is not an ultralytics detection checkpoint (no model or state dict inside)", path)
+
+
+def _load_pickled(path: Path, allow_pickle: bool) -> Any:
+    """An ultralytics checkpoint holding a pickled model: weights-only against ultralytics' allow-list of its
+    own classes, else (``allow_pickle``) a free unpickling."""
+    import pickle
+
+    if path.suffix == ".pt":  # ultralytics' loader takes nothing else
+        import_ultralytics()
+        from ultralytics.nn.tasks import torch_safe_load
+
+        try:
+            return torch_safe_load(str(path), safe_only=True)[0]
+        except (TypeError, ModuleNotFoundError, pickle.UnpicklingError):  # classes outside ultralytics' list
+            pass
+    if not allow_pickle:
+        raise CheckpointError("holds pickled Python objects outside ultralytics' list of safe model classes, which "
+                              "could run code when loaded; pass {} only for a file you trust", path,
+                              arguments=[Arg("allow_pickle", True)])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError) as e:  # classes this Python lacks
+        raise CheckpointError(f"cannot be read as an ultralytics checkpoint ({type(e).__name__}: {e})",
+                              path) from None

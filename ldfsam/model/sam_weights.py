@@ -32,14 +32,13 @@ _SKIPPED_PREFIXES = ("prompt_encoder.point_embeddings.0.", "prompt_encoder.point
 
 def read_sam_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """The tensors of an official SAM checkpoint, loaded without unpickling code."""
+    from .torch_files import PickledClasses, load_weights_only
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("no such file", path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise CheckpointError(f"is not a SAM checkpoint readable as plain tensors ({first})", path) from None
+        obj = load_weights_only(path)
+    except PickledClasses as e:
+        raise CheckpointError(f"is not a SAM checkpoint readable as plain tensors ({str(e)[:200]})", path) from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

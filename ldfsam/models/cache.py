@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..atomic import atomic_path
-from ..errors import CheckpointError, InputError, LDFSAMError
+from ..errors import Arg, CheckpointError, InputError, LDFSAMError, OutputError
 from .registry import check_name
 
 MODEL_SUFFIX = ".safetensors"
@@ -57,7 +57,8 @@ def import_model(source: Path, name: Optional[str] = None, force: bool = False) 
     check_model_file(source)
     target = models_dir(create=True) / f"{name}{MODEL_SUFFIX}"
     if target.exists() and not force:
-        raise LDFSAMError(f"a model named '{name}' is installed already; pass --force to replace it", target)
+        raise OutputError(f"a model named '{name}' is installed already; pass {{}} to replace it", target,
+                          arguments=[Arg("force", True)])
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
