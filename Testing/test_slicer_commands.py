@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -249,6 +250,25 @@ def _settings(tmp_path, **kw) -> train.TrainSettings:
     return train.TrainSettings(**values)
 
 
+def test_building_the_train_commands_never_imports_torch(tmp_path):
+    # What the Train module does in Slicer's own process: build every command line, device auto included
+    # (Phase 1 finds its data.yaml through the manifest that `ldfsam prepare` writes).
+    yolo = tmp_path / "run" / "prepared" / "yolo" / "100"
+    yolo.mkdir(parents=True)
+    (yolo / "data.yaml").write_text("path: .\n", encoding="utf-8")
+    (tmp_path / "run" / "prepared" / "prepared.json").write_text('{"yolo": {"100": "yolo/100"}}', encoding="utf-8")
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "from LDFSAMTrainLib import commands as c\n"
+        "s = c.TrainSettings(dataset=sys.argv[3], output=sys.argv[4], device='auto')\n"
+        "argv = c.distill_argv(s) + c.finetune_argv(s) + c.evaluate_argv(s) + c.prepare_argv(s)\n"
+        "print('auto' in argv, 'torch' in sys.modules)\n")
+    out = subprocess.run([PY, "-c", code, str(REPO / "LDFSAMSegment"), str(REPO / "LDFSAMTrain"),
+                          str(tmp_path / "data"), str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_train_settings_are_checked_before_anything_starts(tmp_path):
     _settings(tmp_path).check()
     for bad, message in (({"budget_percent": 0}, "budget"), ({"teacher_scale": "q"}, "teacher scale"),
@@ -279,9 +299,16 @@ def test_train_commands_are_accepted_by_the_core_after_a_real_prepare(tmp_path):
     assert (args.out, args.teacher_scale, args.student_scale, args.epochs, args.batch, args.device, args.resume) == \
         (str(out.phase1), "s", "n", 3, 2, "cpu", False)
     assert parse(train.distill_argv(s, resume=True, python=PY)).resume is True
-    gpu = _settings(tmp_path, device="auto")
-    assert parse(train.distill_argv(gpu, python=PY, has_cuda=lambda: True)).device == "0"
-    assert parse(train.distill_argv(gpu, python=PY, has_cuda=lambda: False)).device == "cpu"
+    assert parse(train.distill_argv(_settings(tmp_path, device="GPU"), python=PY)).device == "0"
+    # auto reaches the child as is, and the child's own parser resolves it (Slicer's process never imports torch).
+    auto = parse(train.distill_argv(_settings(tmp_path, device="auto"), python=PY))
+    assert auto.device == "auto"
+    import torch
+
+    from ldfsam.cli.distill import build_config
+
+    resolved = build_config(auto)
+    assert resolved.teacher.device == resolved.student.device == ("0" if torch.cuda.is_available() else "cpu")
 
     args = parse(train.finetune_argv(s, python=PY))
     assert (args.data, args.out, args.prompt_generator, args.preset, args.budget) == \

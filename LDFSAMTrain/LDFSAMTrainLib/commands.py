@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from LDFSAMSegmentLib.commands import device_arg, ldfsam_argv
 
@@ -107,28 +107,18 @@ def layout(settings: TrainSettings) -> RunLayout:
     return RunLayout(Path(settings.output))
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def prepare_argv(s: TrainSettings, python: Optional[str] = None) -> List[str]:
     out = layout(s)
     return ldfsam_argv("prepare", s.dataset, out.prepared, "--budget", s.budget_percent, "--seed", s.seed,
                        "--progress", "json", python=python)
 
 
-def distill_argv(s: TrainSettings, resume: bool = False, python: Optional[str] = None,
-                 has_cuda: Callable[[], bool] = cuda_available) -> List[str]:
-    """Phase 1: the teacher, then the student with localization distillation (ultralytics device names)."""
+def distill_argv(s: TrainSettings, resume: bool = False, python: Optional[str] = None) -> List[str]:
+    """Phase 1: the teacher, then the student with localization distillation (ultralytics device names; the
+    child resolves ``auto``, so that Slicer's own process never imports torch)."""
     out = layout(s)
     device = device_arg(s.device)
-    if device == "auto":
-        device = "0" if has_cuda() else "cpu"
-    elif device == "cuda":
+    if device == "cuda":
         device = "0"
     args: List[object] = ["distill", out.yolo_data(s.budget_percent), "-o", out.phase1,
                           "--teacher-scale", s.teacher_scale, "--student-scale", s.student_scale,
