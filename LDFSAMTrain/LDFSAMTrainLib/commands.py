@@ -103,6 +103,20 @@ class RunLayout:
         return self.prepared / rel / "data.yaml"
 
 
+def settings_from(p: object) -> TrainSettings:
+    """The settings held by the Train module's parameter node (any object with its field names), as plain values.
+
+    Paths are strings; an empty one (or the "." an old scene stored for an empty ``Path``) means "not chosen".
+    """
+    from LDFSAMSegmentLib.bindings import path_text
+
+    return TrainSettings(
+        dataset=path_text(p.datasetFolder), output=path_text(p.outputFolder), budget_percent=int(p.annotationBudget),
+        teacher_scale=p.teacherScale, student_scale=p.studentScale, sam_preset=p.samPreset,
+        sam_checkpoint=path_text(p.samCheckpoint) or None, distill_epochs=int(p.distillEpochs),
+        finetune_epochs=int(p.finetuneEpochs), batch_size=int(p.batchSize), device=p.device)
+
+
 def layout(settings: TrainSettings) -> RunLayout:
     return RunLayout(Path(settings.output))
 
