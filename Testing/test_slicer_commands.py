@@ -138,6 +138,43 @@ def test_cancelling_a_real_segment_run_leaves_nothing_behind(tmp_path, demo_mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cbct.nrrd", "home"]  # no output, no temporary file
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="signals; on Windows taskkill /F ends the tree with status 1")
+def test_cancelling_through_the_slicer_launcher_is_cancelled_whatever_its_status(tmp_path, demo_model):
+    # In Slicer the child is the PythonSlicer launcher, which dies of SIGTERM (-15) while the core, in the same
+    # process group, exits cleanly: the run counts as cancelled and leaves nothing, whatever the status says.
+    output = tmp_path / "teeth.seg.nrrd"
+    cbct, _ = _phantom_file(tmp_path / "cbct.nrrd", shape=(128, 64, 64))
+    argv = commands.segment_argv(str(cbct), str(output), str(demo_model), "CPU", batch=1, python=PY)
+    launcher = [PY, str(REPO / "Testing" / "_launcher.py"), *argv]
+    process = BackgroundProcess(launcher, env=commands.core_env(str(tmp_path / "home")), grace_s=30).start()
+    state = RunState()
+    deadline = time.monotonic() + 300
+    while not any(e["kind"] == "progress" for e in state_events(process, state)):
+        assert process.returncode is None, process.stderr_tail()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.cancel()
+    process.wait(timeout=60)
+    assert process.returncode == -15  # the launcher's, not the core's 130
+    assert "ldfsam segment: cancelled" in process.stderr_tail()  # the core still ended cleanly
+    assert not process.group_alive()
+    assert failure_message(process.returncode, state, process.stderr_tail(), process.cancelled) == "Cancelled."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cbct.nrrd", "home"]
+
+
+def test_a_core_killed_under_the_launcher_is_reported_as_killed(tmp_path):
+    # The kernel's OOM killer ends the biggest process, python-real, not the launcher: the launcher reports it.
+    code = "import os, signal, sys; print('working', file=sys.stderr, flush=True); os.kill(os.getpid(), 9)"
+    if sys.platform == "win32":
+        code = "import os; os.abort()"
+    process = BackgroundProcess([PY, str(REPO / "Testing" / "_launcher.py"), PY, "-c", code]).start()
+    process.wait(timeout=60)
+    assert process.returncode == 1
+    assert "exit abnormally" in process.stderr_tail()
+    message = failure_message(process.returncode, RunState(), process.stderr_tail(), process.cancelled)
+    assert message == "Failed: the process was killed or crashed (out of memory?)."
+
+
 def state_events(process: BackgroundProcess, state: RunState):
     events = process.poll().events
     for event in events:

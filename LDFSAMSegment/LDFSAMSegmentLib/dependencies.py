@@ -152,7 +152,8 @@ def run_install(argv: Sequence[str], env: Optional[Dict[str, str]] = None, idle:
             idle()
         time.sleep(poll_s)
     if process.returncode != 0:
-        name = " ".join(str(a) for a in argv[1:4])
+        words = [str(a) for a in argv]
+        name = " ".join(words[2:4]) if words[1:2] == ["-m"] else Path(words[0]).name  # "pip install"
         details = "\n".join(["$ " + " ".join(str(a) for a in argv), *lines[-tail_lines:]])
         raise InstallError(f"{name} failed (exit status {process.returncode})", details)
     return lines
