@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -333,6 +335,43 @@ def test_plain_python_helpers_need_neither_slicer_nor_qt():
     # The module files are thin: the module description, the classes Slicer looks up, the test runner.
     for m in MODULES:
         assert len((REPO / m / f"{m}.py").read_text(encoding="utf-8").splitlines()) < 80
+
+
+def test_plain_parts_load_without_the_cores_packages(tmp_path):
+    # A fresh Slicer has only what it ships (numpy, SimpleITK, packaging, ...): the panels must still load (model
+    # list, dependency check, command lines), which is what the light CTest self-test checks in such a Slicer.
+    import subprocess
+
+    blocked = ["torch", "torchvision", "ultralytics", "safetensors", "monai", "scipy", "skimage", "cc3d",
+               "slicerio", "nrrd", "yaml", "tqdm", "psutil", "PIL", "tensorboard"]
+    code = textwrap.dedent(f"""
+        import sys
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError("not installed: " + name)
+        sys.meta_path.insert(0, Blocker())
+        import importlib, pkgutil
+        import LDFSAMSegmentLib, LDFSAMTrainLib
+        slicer_layer = {SLICER_LAYER!r}
+        for package in (LDFSAMSegmentLib, LDFSAMTrainLib):
+            for info in pkgutil.iter_modules(package.__path__):
+                if info.name not in slicer_layer[package.__name__]:
+                    importlib.import_module(package.__name__ + "." + info.name)
+        from LDFSAMSegmentLib import dependencies, requirements_file
+        from LDFSAMSegmentLib.model_choices import model_choices
+        from LDFSAMTrainLib.commands import TrainSettings, prepare_argv
+        dependencies.plan(dependencies.read_requirements(requirements_file()))
+        print([c.name for c in model_choices()][0], prepare_argv(TrainSettings("data", "out"))[3])
+        print(sorted(name for name in {blocked!r} if name in sys.modules))
+    """)
+    env = dict(os.environ, LDFSAM_HOME=str(tmp_path / "home"))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "LDFSAMSegment"), str(REPO / "LDFSAMTrain"),
+                                         os.environ.get("PYTHONPATH", "")])  # the suite's network guard too
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["ldfsam-demo prepare", "[]"]
 
 
 @pytest.mark.parametrize("module", MODULES)
