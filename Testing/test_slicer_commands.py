@@ -306,6 +306,20 @@ def test_building_the_train_commands_never_imports_torch(tmp_path):
     assert out.stdout.split() == ["True", "False"]
 
 
+def test_train_settings_come_from_the_parameter_nodes_fields(tmp_path):
+    from types import SimpleNamespace
+
+    # The Train parameter node's fields, as a scene saved before paths were strings stores an empty Path (".").
+    p = SimpleNamespace(datasetFolder=str(tmp_path / "data"), outputFolder=".", annotationBudget=20,
+                        teacherScale="x", studentScale="n", samPreset="vit_b", samCheckpoint="", distillEpochs=5,
+                        finetuneEpochs=6, batchSize=2, device="GPU")
+    s = train.settings_from(p)
+    assert (s.dataset, s.output, s.sam_checkpoint, s.budget_percent, s.finetune_epochs, s.device) == \
+        (str(tmp_path / "data"), "", None, 20, 6, "GPU")
+    with pytest.raises(ValueError, match="choose an output folder"):
+        s.check()
+
+
 def test_train_settings_are_checked_before_anything_starts(tmp_path):
     _settings(tmp_path).check()
     for bad, message in (({"budget_percent": 0}, "budget"), ({"teacher_scale": "q"}, "teacher scale"),
