@@ -123,18 +123,23 @@ def _run_step(argv, env, stop_when=None, timeout=1800):
     process = BackgroundProcess(argv, env=env, grace_s=60).start()
     state, events = RunState(), []
     deadline = time.monotonic() + timeout
-    while True:
-        finished = process.finished  # before the poll: once finished, this poll reads the last lines
-        new = process.poll().events
-        for event in new:
-            state.feed(event)
-        events += new
-        if finished:
-            return process, state, events
-        if stop_when is not None and not process.cancelled and process.returncode is None and stop_when():
+    try:
+        while True:
+            finished = process.finished  # before the poll: once finished, this poll reads the last lines
+            new = process.poll().events
+            for event in new:
+                state.feed(event)
+            events += new
+            if finished:
+                return process, state, events
+            if stop_when is not None and not process.cancelled and process.returncode is None and stop_when():
+                process.cancel()
+            assert time.monotonic() < deadline, argv[3]
+            time.sleep(0.05)
+    finally:
+        if not process.finished:  # a failed assertion or a test timeout: no process is left behind
             process.cancel()
-        assert time.monotonic() < deadline, argv[3]
-        time.sleep(0.05)
+            process.wait(timeout=120)
 
 
 @pytest.mark.slow
@@ -148,7 +153,7 @@ def test_tiny_training_end_to_end_through_the_module_commands(tmp_path):
     data = tmp_path / "data"
     write_phantom_dataset(data, cases=5, shape=(16, 64, 64), spacing=0.5)
     s = train.TrainSettings(dataset=str(data), output=str(tmp_path / "run"), teacher_scale="n", student_scale="n",
-                            sam_preset="small", distill_epochs=1, finetune_epochs=3, batch_size=4, device="auto")
+                            sam_preset="small", distill_epochs=1, finetune_epochs=2, batch_size=4, device="auto")
     s.check()
     env = core_env(str(tmp_path / "home"))
     layout = train.layout(s)

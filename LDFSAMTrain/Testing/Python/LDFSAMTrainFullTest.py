@@ -1,7 +1,7 @@
 """Heavy self-test of LDFSAM Train, for the module's "Reload and Test" only (CTest runs the light one).
 
 A tiny training run end to end through the module logic, on generated phantoms: prepare, Phase 1 (one epoch of
-a YOLOv8n teacher and student), Phase 2 (three epochs of the small SAM preset) stopped once it has saved a state
+a YOLOv8n teacher and student), Phase 2 (two epochs of the small SAM preset) stopped once it has saved a state
 and then resumed from that state, evaluation, and installing the model for the Segment module. Checks the curve
 table and chart fed from the progress events and the evaluation table node. Needs the core's packages.
 """
@@ -51,20 +51,25 @@ class LDFSAMTrainFullTest(ScriptedLoadableModuleTest):
         process = logic.stepProcess(step, parameters, resume=resume).start()
         state, events = RunState(), []
         deadline = time.monotonic() + 3600
-        finished = False
-        while not finished:
-            finished = process.finished  # before the poll: once finished, this poll reads the last lines
-            new = process.poll().events
-            for event in new:
-                state.feed(event)
-            events += new
-            if step in ("distill", "finetune") and new:
-                logic.updateCurves(parameters, state.curve)
-            if stopWhen is not None and not process.cancelled and process.returncode is None and stopWhen():
+        try:
+            finished = False
+            while not finished:
+                finished = process.finished  # before the poll: once finished, this poll reads the last lines
+                new = process.poll().events
+                for event in new:
+                    state.feed(event)
+                events += new
+                if step in ("distill", "finetune") and new:
+                    logic.updateCurves(parameters, state.curve)
+                if stopWhen is not None and not process.cancelled and process.returncode is None and stopWhen():
+                    process.cancel()
+                slicer.app.processEvents()
+                self.assertLess(time.monotonic(), deadline, f"{step} did not finish")
+                time.sleep(0.05)
+        finally:
+            if not process.finished:  # a failed check: no process is left behind
                 process.cancel()
-            slicer.app.processEvents()
-            self.assertLess(time.monotonic(), deadline, f"{step} did not finish")
-            time.sleep(0.05)
+                process.wait(timeout=120)
         return process, state, events
 
     def _assertSucceeded(self, process, state):
@@ -87,7 +92,7 @@ class LDFSAMTrainFullTest(ScriptedLoadableModuleTest):
         p.datasetFolder = str(self._dataset())
         p.outputFolder = str(self.folder / "run")
         p.teacherScale, p.studentScale, p.samPreset = "n", "n", "small"
-        p.distillEpochs, p.finetuneEpochs, p.batchSize, p.device = 1, 3, 4, "CPU"
+        p.distillEpochs, p.finetuneEpochs, p.batchSize, p.device = 1, 2, 4, "CPU"
 
         for step in ("prepare", "distill"):
             self.delayDisplay(f"Step: {step}")
@@ -114,7 +119,7 @@ class LDFSAMTrainFullTest(ScriptedLoadableModuleTest):
         self.assertEqual(steps[0], saved["global_step"] + 1)  # continued after the saved step, not from scratch
         finished = read_document(statePath)["progress"]
         self.assertTrue(finished["complete"])
-        self.assertEqual(finished["epoch"], 3)
+        self.assertGreater(finished["global_step"], saved["global_step"])
         self.assertTrue(logic.layout(p).model.is_file())
         table = p.curveTable.GetTable()
         self.assertGreater(table.GetNumberOfRows(), 0)
