@@ -10,6 +10,7 @@ lists, the core install, the test registration, and that the installed tree impo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,9 @@ def installed(tmp_path_factory) -> Path:
 def test_install_tree_holds_both_modules_their_libs_resources_and_the_core(installed):
     lib = installed / LIB_DIR
     for path in ("LDFSAMSegment.py", "LDFSAMTrain.py", "LDFSAMSegmentLib/process.py", "LDFSAMTrainLib/commands.py",
+                 "LDFSAMSegmentLib/lifecycle.py", "LDFSAMSegmentLib/bindings.py", "LDFSAMSegmentLib/widget.py",
+                 "LDFSAMSegmentLib/install_logic.py", "LDFSAMTrainLib/widget.py", "LDFSAMTrainLib/logic.py",
+                 "Testing/Python/LDFSAMSegmentFullTest.py", "Testing/Python/LDFSAMTrainFullTest.py",
                  "Resources/UI/LDFSAMSegment.ui", "Resources/UI/LDFSAMTrain.ui", "Resources/Icons/LDFSAMTrain.png",
                  "Resources/requirements.txt", "Testing/Python/LDFSAMSegmentSelfTest.py",
                  "Testing/Python/LDFSAMTrainSelfTest.py", "ldfsam/resources/models.json"):
@@ -97,9 +101,9 @@ def test_install_tree_holds_both_modules_their_libs_resources_and_the_core(insta
     assert not list(lib.rglob("__pycache__"))
 
 
-def test_both_self_tests_are_registered_with_ctest(installed):
+def test_the_light_self_tests_are_registered_with_ctest(installed):
     listing = (installed.parent / "ctest.txt").read_text()
-    assert "py_LDFSAMSegmentSelfTest" in listing and "py_LDFSAMTrainSelfTest" in listing
+    assert sorted(re.findall(r"Test\s+#\d+: (\S+)", listing)) == ["py_LDFSAMSegmentSelfTest", "py_LDFSAMTrainSelfTest"]
 
 
 def test_installed_tree_imports_and_runs_the_core_in_a_child_process(installed, tmp_path):
@@ -110,6 +114,13 @@ def test_installed_tree_imports_and_runs_the_core_in_a_child_process(installed, 
         from LDFSAMSegmentLib.process import BackgroundProcess
         import LDFSAMTrainLib.commands, ldfsam
         print(ldfsam.__file__)
+        # The Train module's Lib reaches the shared one (installed by LDFSAM Segment) in the same folder.
+        from types import SimpleNamespace
+        p = SimpleNamespace(datasetFolder="data", outputFolder=".", annotationBudget=20, teacherScale="x",
+                            studentScale="n", samPreset="vit_b", samCheckpoint="", distillEpochs=1,
+                            finetuneEpochs=2, batchSize=4, device="auto")
+        s = LDFSAMTrainLib.commands.settings_from(p)
+        assert (s.dataset, s.output, s.sam_checkpoint, s.budget_percent) == ("data", "", None, 20), s
         # A child whose path holds only the network guard: core_env must make the installed core importable.
         child = "import ldfsam; print(ldfsam.__file__); from ldfsam.cli import main; main(['--version'])"
         base = {"PATH": "", "PYTHONPATH": os.environ["LDFSAM_NONET"], "LDFSAM_TEST_NO_NETWORK": "1"}

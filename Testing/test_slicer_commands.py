@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,43 @@ def test_cancelling_a_real_segment_run_leaves_nothing_behind(tmp_path, demo_mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cbct.nrrd", "home"]  # no output, no temporary file
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="signals; on Windows taskkill /F ends the tree with status 1")
+def test_cancelling_through_the_slicer_launcher_is_cancelled_whatever_its_status(tmp_path, demo_model):
+    # In Slicer the child is the PythonSlicer launcher, which dies of SIGTERM (-15) while the core, in the same
+    # process group, exits cleanly: the run counts as cancelled and leaves nothing, whatever the status says.
+    output = tmp_path / "teeth.seg.nrrd"
+    cbct, _ = _phantom_file(tmp_path / "cbct.nrrd", shape=(128, 64, 64))
+    argv = commands.segment_argv(str(cbct), str(output), str(demo_model), "CPU", batch=1, python=PY)
+    launcher = [PY, str(REPO / "Testing" / "_launcher.py"), *argv]
+    process = BackgroundProcess(launcher, env=commands.core_env(str(tmp_path / "home")), grace_s=30).start()
+    state = RunState()
+    deadline = time.monotonic() + 300
+    while not any(e["kind"] == "progress" for e in state_events(process, state)):
+        assert process.returncode is None, process.stderr_tail()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.cancel()
+    process.wait(timeout=60)
+    assert process.returncode == -15  # the launcher's, not the core's 130
+    assert "ldfsam segment: cancelled" in process.stderr_tail()  # the core still ended cleanly
+    assert not process.group_alive()
+    assert failure_message(process.returncode, state, process.stderr_tail(), process.cancelled) == "Cancelled."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cbct.nrrd", "home"]
+
+
+def test_a_core_killed_under_the_launcher_is_reported_as_killed(tmp_path):
+    # The kernel's OOM killer ends the biggest process, python-real, not the launcher: the launcher reports it.
+    code = "import os, signal, sys; print('working', file=sys.stderr, flush=True); os.kill(os.getpid(), 9)"
+    if sys.platform == "win32":
+        code = "import os; os.abort()"
+    process = BackgroundProcess([PY, str(REPO / "Testing" / "_launcher.py"), PY, "-c", code]).start()
+    process.wait(timeout=60)
+    assert process.returncode == 1
+    assert "exit abnormally" in process.stderr_tail()
+    message = failure_message(process.returncode, RunState(), process.stderr_tail(), process.cancelled)
+    assert message == "Failed: the process was killed or crashed (out of memory?)."
+
+
 def state_events(process: BackgroundProcess, state: RunState):
     events = process.poll().events
     for event in events:
@@ -249,6 +287,39 @@ def _settings(tmp_path, **kw) -> train.TrainSettings:
     return train.TrainSettings(**values)
 
 
+def test_building_the_train_commands_never_imports_torch(tmp_path):
+    # What the Train module does in Slicer's own process: build every command line, device auto included
+    # (Phase 1 finds its data.yaml through the manifest that `ldfsam prepare` writes).
+    yolo = tmp_path / "run" / "prepared" / "yolo" / "100"
+    yolo.mkdir(parents=True)
+    (yolo / "data.yaml").write_text("path: .\n", encoding="utf-8")
+    (tmp_path / "run" / "prepared" / "prepared.json").write_text('{"yolo": {"100": "yolo/100"}}', encoding="utf-8")
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "from LDFSAMTrainLib import commands as c\n"
+        "s = c.TrainSettings(dataset=sys.argv[3], output=sys.argv[4], device='auto')\n"
+        "argv = c.distill_argv(s) + c.finetune_argv(s) + c.evaluate_argv(s) + c.prepare_argv(s)\n"
+        "print('auto' in argv, 'torch' in sys.modules)\n")
+    out = subprocess.run([PY, "-c", code, str(REPO / "LDFSAMSegment"), str(REPO / "LDFSAMTrain"),
+                          str(tmp_path / "data"), str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_train_settings_come_from_the_parameter_nodes_fields(tmp_path):
+    from types import SimpleNamespace
+
+    # The Train parameter node's fields, as a scene saved before paths were strings stores an empty Path (".").
+    p = SimpleNamespace(datasetFolder=str(tmp_path / "data"), outputFolder=".", annotationBudget=20,
+                        teacherScale="x", studentScale="n", samPreset="vit_b", samCheckpoint="", distillEpochs=5,
+                        finetuneEpochs=6, batchSize=2, device="GPU")
+    s = train.settings_from(p)
+    assert (s.dataset, s.output, s.sam_checkpoint, s.budget_percent, s.finetune_epochs, s.device) == \
+        (str(tmp_path / "data"), "", None, 20, 6, "GPU")
+    with pytest.raises(ValueError, match="choose an output folder"):
+        s.check()
+
+
 def test_train_settings_are_checked_before_anything_starts(tmp_path):
     _settings(tmp_path).check()
     for bad, message in (({"budget_percent": 0}, "budget"), ({"teacher_scale": "q"}, "teacher scale"),
@@ -279,9 +350,16 @@ def test_train_commands_are_accepted_by_the_core_after_a_real_prepare(tmp_path):
     assert (args.out, args.teacher_scale, args.student_scale, args.epochs, args.batch, args.device, args.resume) == \
         (str(out.phase1), "s", "n", 3, 2, "cpu", False)
     assert parse(train.distill_argv(s, resume=True, python=PY)).resume is True
-    gpu = _settings(tmp_path, device="auto")
-    assert parse(train.distill_argv(gpu, python=PY, has_cuda=lambda: True)).device == "0"
-    assert parse(train.distill_argv(gpu, python=PY, has_cuda=lambda: False)).device == "cpu"
+    assert parse(train.distill_argv(_settings(tmp_path, device="GPU"), python=PY)).device == "0"
+    # auto reaches the child as is, and the child's own parser resolves it (Slicer's process never imports torch).
+    auto = parse(train.distill_argv(_settings(tmp_path, device="auto"), python=PY))
+    assert auto.device == "auto"
+    import torch
+
+    from ldfsam.cli.distill import build_config
+
+    resolved = build_config(auto)
+    assert resolved.teacher.device == resolved.student.device == ("0" if torch.cuda.is_available() else "cpu")
 
     args = parse(train.finetune_argv(s, python=PY))
     assert (args.data, args.out, args.prompt_generator, args.preset, args.budget) == \

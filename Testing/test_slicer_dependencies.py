@@ -111,3 +111,31 @@ def test_real_pip_honours_the_constraints_and_keeps_the_shipped_version(tmp_path
     _wheel(tmp_path, "greedypkg", "1.0", requires=["shippedpkg>=2"])
     refused = dry_run(dependencies.pip_install_args(["greedypkg"], constraints))
     assert refused.returncode != 0 and "shippedpkg" in refused.stdout + refused.stderr
+
+
+def test_a_failing_install_raises_with_pips_own_explanation(tmp_path):
+    # What the install logic shows in its error dialog: pip's message, not a traceback out of a button's slot.
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("", encoding="utf-8")
+    argv = dependencies.pip_install_argv(["nosuchpkg-ldfsam==1.0"], constraints, python=sys.executable,
+                                         extra=["--no-index", "--find-links", str(tmp_path), "--target",
+                                                str(tmp_path / "site")])
+    assert argv[:4] == [sys.executable, "-m", "pip", "install"]
+    idle = []
+    with pytest.raises(dependencies.InstallError, match=r"^pip install failed \(exit status 1\)$") as error:
+        dependencies.run_install(argv, idle=lambda: idle.append(1), poll_s=0.02)
+    assert "No matching distribution found for nosuchpkg-ldfsam==1.0" in error.value.details
+    assert error.value.details.startswith("$ " + " ".join(argv))
+    assert idle  # the GUI was given the chance to repaint while pip ran
+
+
+def test_an_install_that_succeeds_installs_what_it_was_given(tmp_path):
+    _wheel(tmp_path, "neededpkg", "1.0")
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("", encoding="utf-8")
+    argv = dependencies.pip_install_argv(["neededpkg"], constraints, python=sys.executable,
+                                         extra=["--no-index", "--find-links", str(tmp_path), "--target",
+                                                str(tmp_path / "site")])
+    lines = dependencies.run_install(argv, poll_s=0.02)
+    assert any("Successfully installed neededpkg-1.0" in line for line in lines), lines
+    assert (tmp_path / "site" / "neededpkg-1.0.dist-info" / "METADATA").is_file()

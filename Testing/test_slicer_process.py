@@ -139,6 +139,17 @@ def test_a_failing_core_command_reports_its_real_cause(tmp_path):
     assert not (tmp_path / "out.seg.nrrd").exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="checks the call on POSIX, where Windows flags are refused")
+def test_taskkill_runs_without_a_console_window():
+    # subprocess refuses creationflags outside Windows before starting anything: the refusal shows the flag is
+    # passed (without CREATE_NO_WINDOW, Slicer would flash a console at every Cancel on Windows).
+    from LDFSAMSegmentLib import process as process_module
+
+    assert process_module.CREATE_NO_WINDOW == 0x08000000
+    with pytest.raises(ValueError, match="creationflags"):
+        process_module.taskkill(os.getpid())
+
+
 def test_environment_makes_the_core_importable_from_anywhere(tmp_path):
     env = core_env(str(tmp_path / "home"), base={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "/elsewhere"})
     assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(REPO), "/elsewhere"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,8 @@ def test_error_event_and_exit_status_give_the_real_cause():
     assert failure_message(130, RunState(), "", False) == "Cancelled."
     assert failure_message(-9, RunState(), "", False) == "Failed: the process was killed by signal 9 (out of memory?)."
     assert failure_message(-9, RunState(), "", True) == "Cancelled."
+    # Cancelled in Slicer: the PythonSlicer launcher ends with -15 (POSIX) or taskkill's 1 (Windows).
+    assert failure_message(-15, RunState(), "", True) == failure_message(1, state, tail, True) == "Cancelled."
     assert failure_message(0, RunState(), "", False) is None
     assert [format_seconds(s) for s in (5, 65, 3725)] == ["5 s", "1 min 05 s", "1 h 02 min"]
 
@@ -115,33 +118,75 @@ def test_evaluation_table_reads_the_core_csv(tmp_path):
         read_evaluation_csv(tmp_path / "empty.csv")
 
 
+def _run_step(argv, env, stop_when=None, timeout=1800):
+    """Run one step as the module does; ``stop_when()`` true while it runs: Cancel. (process, state, events)."""
+    process = BackgroundProcess(argv, env=env, grace_s=60).start()
+    state, events = RunState(), []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            finished = process.finished  # before the poll: once finished, this poll reads the last lines
+            new = process.poll().events
+            for event in new:
+                state.feed(event)
+            events += new
+            if finished:
+                return process, state, events
+            if stop_when is not None and not process.cancelled and process.returncode is None and stop_when():
+                process.cancel()
+            assert time.monotonic() < deadline, argv[3]
+            time.sleep(0.05)
+    finally:
+        if not process.finished:  # a failed assertion or a test timeout: no process is left behind
+            process.cancel()
+            process.wait(timeout=120)
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_tiny_training_end_to_end_through_the_module_commands(tmp_path):
-    """Prepare, Phase 1, Phase 2, evaluate and install, each as the Train module runs it (2-6 min on 2 CPU cores)."""
+    """Prepare, Phase 1, Phase 2 stopped and resumed, evaluate and install, each as the Train module runs it (what
+    LDFSAMTrainFullTest does in Slicer; several minutes on 2 CPU cores). Device auto: resolved by the children."""
+    from ldfsam.checkpoint import read_document
     from ldfsam.data.phantom import write_phantom_dataset
 
     data = tmp_path / "data"
     write_phantom_dataset(data, cases=5, shape=(16, 64, 64), spacing=0.5)
     s = train.TrainSettings(dataset=str(data), output=str(tmp_path / "run"), teacher_scale="n", student_scale="n",
-                            sam_preset="small", distill_epochs=1, finetune_epochs=1, batch_size=4, device="CPU")
+                            sam_preset="small", distill_epochs=1, finetune_epochs=2, batch_size=4, device="auto")
     s.check()
     env = core_env(str(tmp_path / "home"))
+    layout = train.layout(s)
     curve = []
-    for step in ("prepare", "distill", "finetune", "evaluate"):
-        process = BackgroundProcess(train.step_argv(step, s), env=env).start()
-        out = process.wait(timeout=1800)
-        state = RunState()
-        for event in out.events:
-            state.feed(event)
+    for step in ("prepare", "distill"):
+        process, state, _ = _run_step(train.step_argv(step, s), env)
         assert process.returncode == 0, f"{step}: {process.stderr_tail()}"
         assert state.error is None and state.done_phases, step
         curve += state.curve
+
+    # Phase 2 stopped once it has saved a state, then resumed from that state.
+    state_path = layout.phase2 / "state.safetensors"
+    process, state, _ = _run_step(train.step_argv("finetune", s), env, stop_when=state_path.is_file)
+    assert process.cancelled and process.returncode == 130, process.stderr_tail()
+    assert failure_message(process.returncode, state, process.stderr_tail(), process.cancelled) == "Cancelled."
+    saved = read_document(state_path)["progress"]
+    assert not saved["complete"] and saved["global_step"] > 0
+    curve += state.curve
+    process, state, events = _run_step(train.step_argv("finetune", s, resume=True), env)
+    assert process.returncode == 0, process.stderr_tail()
+    steps = [e["step"] for e in events
+             if e.get("kind") == "progress" and e.get("phase") == "finetune" and e.get("step") is not None]
+    assert steps and steps[0] == saved["global_step"] + 1  # continued after the saved step, not from scratch
+    finished = read_document(state_path)["progress"]
+    assert finished["complete"] and finished["global_step"] > saved["global_step"]
+    curve += state.curve
+
+    process, state, _ = _run_step(train.step_argv("evaluate", s), env)
+    assert process.returncode == 0, process.stderr_tail()
     # The chart's data: a loss for every epoch of every training phase, and Phase 2's validation Dice.
     assert {p.phase for p in curve} == {"teacher", "student", "finetune"}
     assert all(p.loss is not None and math.isfinite(p.loss) for p in curve)
     assert any(p.val_dice is not None and 0 <= p.val_dice <= 1 for p in curve if p.phase == "finetune")
-    assert curve_columns(curve)["step"] == sorted(curve_columns(curve)["step"])
-    layout = train.layout(s)
     assert layout.prompt_generator.is_file() and layout.model.is_file()
     table = read_evaluation_csv(layout.evaluation_csv)
     assert len(table.rows) >= 1 and "dice" in table.columns

@@ -1,5 +1,9 @@
-"""Plain-Python parts of the LDFSAM Slicer modules (no Slicer, no Qt): command lines, background processes,
-progress, dependencies, model choices and result segments. The LDFSAM Train module uses them too."""
+"""The LDFSAM Segment module's parts, shared with LDFSAM Train.
+
+Plain Python (no Slicer, no Qt, tested outside Slicer): ``commands``, ``process``, ``run_state``,
+``dependencies``, ``model_choices``, ``segments``, ``bindings``. Slicer layer: ``parameters``, ``logic``,
+``install_logic``, ``widget``, and ``lifecycle`` (what both modules' widgets share).
+"""
 
 from pathlib import Path
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -111,6 +111,52 @@ def plan(requirements: Iterable[str], version_of: VersionOf = installed_version)
 def pip_install_args(requirements: List[str], constraints_file: str | Path) -> List[str]:
     """The arguments after ``python -m pip install`` (``slicer.util.pip_install`` adds the ``install``)."""
     return ["--disable-pip-version-check", "--constraint", str(constraints_file), *requirements]
+
+
+def pip_install_argv(requirements: List[str], constraints_file: str | Path, python: Optional[str] = None,
+                     extra: Sequence[str] = ()) -> List[str]:
+    """The whole ``python -m pip install ...`` command line (Slicer's own Python by default)."""
+    from .commands import python_executable
+
+    return [python or python_executable(), "-m", "pip", "install", *extra,
+            *pip_install_args(requirements, constraints_file)]
+
+
+class InstallError(RuntimeError):
+    """An install command failed; ``details`` holds the end of its output (pip's own explanation)."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+def run_install(argv: Sequence[str], env: Optional[Dict[str, str]] = None, idle: Optional[Callable[[], None]] = None,
+                poll_s: float = 0.1, tail_lines: int = 60) -> List[str]:
+    """Run an install command to its end, calling ``idle`` between polls (Slicer keeps painting); its output lines.
+
+    Raises InstallError naming the command's exit status, with the end of its output as ``details``.
+    """
+    import time
+
+    from .process import BackgroundProcess
+
+    process = BackgroundProcess(argv, env=env, tail_lines=tail_lines).start()
+    lines: List[str] = []
+    while True:
+        finished = process.finished  # before the poll: once finished, this poll reads the last lines
+        out = process.poll()
+        lines += out.stdout + out.stderr
+        if finished:
+            break
+        if idle is not None:
+            idle()
+        time.sleep(poll_s)
+    if process.returncode != 0:
+        words = [str(a) for a in argv]
+        name = " ".join(words[2:4]) if words[1:2] == ["-m"] else Path(words[0]).name  # "pip install"
+        details = "\n".join(["$ " + " ".join(str(a) for a in argv), *lines[-tail_lines:]])
+        raise InstallError(f"{name} failed (exit status {process.returncode})", details)
+    return lines
 
 
 def needs_restart(installed: Iterable[str], loaded_modules: Dict[str, object]) -> bool:

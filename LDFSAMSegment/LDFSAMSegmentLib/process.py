@@ -22,6 +22,16 @@ from typing import Deque, Dict, List, Optional, Sequence
 from ldfsam.progress import parse_event
 
 IS_WINDOWS = sys.platform == "win32"
+# Windows process creation flags (subprocess defines them on Windows only): no console window of its own, and a
+# process group of its own (so that taskkill /T reaches the whole tree).
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+
+
+def taskkill(pid: int) -> subprocess.CompletedProcess:
+    """End a Windows process tree; CREATE_NO_WINDOW, or Slicer (a GUI application) flashes a console each time."""
+    return subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False,
+                          creationflags=CREATE_NO_WINDOW)
 
 
 @dataclass
@@ -53,7 +63,7 @@ class BackgroundProcess:
     def start(self) -> BackgroundProcess:
         kwargs = {}
         if IS_WINDOWS:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+            kwargs["creationflags"] = CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
         else:
             kwargs["start_new_session"] = True
         env = dict(os.environ if self.env is None else self.env)
@@ -153,7 +163,7 @@ class BackgroundProcess:
         pid = self.process.pid
         if IS_WINDOWS:
             # taskkill /T also reaches children that outlived their parent's console group.
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+            taskkill(pid)
             return
         try:
             # The session leader's pid is the group id, valid while any member lives (even after the leader died).

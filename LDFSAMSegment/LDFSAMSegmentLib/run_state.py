@@ -6,6 +6,7 @@ their widgets; nothing here needs Qt, so the mapping is tested with real core ou
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -115,8 +116,17 @@ def format_seconds(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+# What the CTK application launcher (PythonSlicer, Slicer) prints when the program it started crashed or was killed
+# (ctkAppLauncher.cpp: "[python-real] exit abnormally - Report the problem.", then it exits with status 1).
+LAUNCHER_CRASH = re.compile(r"\] exit abnormally")
+
+
 def failure_message(returncode: Optional[int], state: RunState, stderr_tail: str, cancelled: bool) -> Optional[str]:
-    """None when the run succeeded; otherwise the message to show, with the real cause from the process."""
+    """None when the run succeeded; otherwise the message to show, with the real cause from the process.
+
+    A cancelled run is "Cancelled." whatever its exit status: the core exits with 130, but in Slicer the child is
+    the PythonSlicer launcher, which has no signal handler (-15 on SIGTERM) and on Windows ends with taskkill's 1.
+    """
     if returncode == 0 and not cancelled:
         return None
     if cancelled or returncode == 130:
@@ -125,6 +135,8 @@ def failure_message(returncode: Optional[int], state: RunState, stderr_tail: str
         hint = " (out of memory?)" if returncode == -9 else ""
         return f"Failed: the process was killed by signal {-returncode}{hint}."
     lines = [line for line in stderr_tail.splitlines() if line.strip()]
+    if any(LAUNCHER_CRASH.search(line) for line in lines):
+        return "Failed: the process was killed or crashed (out of memory?)."
     # The core prints "ldfsam CMD: error: PATH: message" as its last line for every user error.
     cause = next((line for line in reversed(lines) if ": error: " in line), None)
     cause = cause or state.error or (lines[-1] if lines else None)

@@ -1,2 +1,4 @@
-"""Plain-Python parts of the LDFSAM Train module (no Slicer, no Qt): the training command lines, the curve
-table and the evaluation table. Process handling, progress and dependencies come from LDFSAMSegmentLib."""
+"""The LDFSAM Train module's parts. Plain Python (no Slicer, no Qt, tested outside Slicer): ``commands`` (the
+training command lines and the output folder's layout), ``curves``, ``evaluation_table``. Slicer layer:
+``parameters``, ``logic``, ``widget``. Process handling, progress, dependencies and the widget life cycle come
+from LDFSAMSegmentLib."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from LDFSAMSegmentLib.commands import device_arg, ldfsam_argv
 
@@ -113,16 +113,22 @@ class RunLayout:
         return self.prepared / rel / "data.yaml"
 
 
+def settings_from(p: object) -> TrainSettings:
+    """The settings held by the Train module's parameter node (any object with its field names), as plain values.
+
+    Paths are strings; an empty one (or the "." an old scene stored for an empty ``Path``) means "not chosen".
+    """
+    from LDFSAMSegmentLib.bindings import path_text
+
+    return TrainSettings(
+        dataset=path_text(p.datasetFolder), output=path_text(p.outputFolder), budget_percent=int(p.annotationBudget),
+        teacher_scale=p.teacherScale, student_scale=p.studentScale, sam_preset=p.samPreset,
+        sam_checkpoint=path_text(p.samCheckpoint) or None, distill_epochs=int(p.distillEpochs),
+        finetune_epochs=int(p.finetuneEpochs), batch_size=int(p.batchSize), device=p.device)
+
+
 def layout(settings: TrainSettings) -> RunLayout:
     return RunLayout(Path(settings.output))
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def prepare_argv(s: TrainSettings, python: Optional[str] = None) -> List[str]:
@@ -131,14 +137,12 @@ def prepare_argv(s: TrainSettings, python: Optional[str] = None) -> List[str]:
                        "--progress", "json", python=python)
 
 
-def distill_argv(s: TrainSettings, resume: bool = False, python: Optional[str] = None,
-                 has_cuda: Callable[[], bool] = cuda_available) -> List[str]:
-    """Phase 1: the teacher, then the student with localization distillation (ultralytics device names)."""
+def distill_argv(s: TrainSettings, resume: bool = False, python: Optional[str] = None) -> List[str]:
+    """Phase 1: the teacher, then the student with localization distillation (ultralytics device names; the
+    child resolves ``auto``, so that Slicer's own process never imports torch)."""
     out = layout(s)
     device = device_arg(s.device)
-    if device == "auto":
-        device = "0" if has_cuda() else "cpu"
-    elif device == "cuda":
+    if device == "cuda":
         device = "0"
     args: List[object] = ["distill", out.yolo_data(s.budget_percent), "-o", out.phase1,
                           "--teacher-scale", s.teacher_scale, "--student-scale", s.student_scale,

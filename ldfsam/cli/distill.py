@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-epochs", type=int, help="epochs of the student stage")
     p.add_argument("--batch", type=int, help="batch size (default 16)")
     p.add_argument("--imgsz", type=int, help="input size, a multiple of 32 (default 640)")
-    p.add_argument("--device", help="torch device for ultralytics: cpu (default), 0, 0,1, ...")
+    p.add_argument("--device", help="torch device for ultralytics: cpu (default), 0, 1, ..., or auto (the first "
+                                    "GPU when there is one, else the CPU)")
     p.add_argument("--temperature", type=float, help="LD temperature tau (default 10)")
     p.add_argument("--lambda-main", type=float, help="weight of LD on the main region (default 1)")
     p.add_argument("--lambda-vlr", type=float, help="weight of LD on the VLR (default 1)")
@@ -44,7 +45,8 @@ def build_config(args: argparse.Namespace):
     from ..distill.config import DistillConfig
 
     cfg = load_json(DistillConfig, args.config) if args.config else DistillConfig()
-    recipe = {k: v for k, v in (("batch", args.batch), ("imgsz", args.imgsz), ("device", args.device)) if v is not None}
+    device = _ultralytics_device(args.device) if args.device is not None else None
+    recipe = {k: v for k, v in (("batch", args.batch), ("imgsz", args.imgsz), ("device", device)) if v is not None}
     cfg.teacher = dataclasses.replace(cfg.teacher, **recipe)
     cfg.student = dataclasses.replace(cfg.student, **recipe)
     epochs = {"teacher": args.teacher_epochs or args.epochs, "student": args.student_epochs or args.epochs}
@@ -59,6 +61,15 @@ def build_config(args: argparse.Namespace):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     return cfg.validate()
+
+
+def _ultralytics_device(device: str) -> str:
+    """``auto`` resolved here, in the process that trains (the Slicer modules never import torch themselves)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -200,7 +200,7 @@ def _case_arrays(folder: RunFolder, case_id: str):
     if kind == "2d":
         from PIL import Image
 
-        from ..finetune.image_dataset import read_mask_image, read_rgb
+        from ..data.images import read_mask_image, read_rgb
 
         pred_path = folder.predictions / f"{case_id}.png"
         pred = np.asarray(Image.open(pred_path)) > 0

@@ -1,145 +1,161 @@
-"""Self-test of LDFSAM Segment, run inside Slicer (CTest, or the module's "Reload and Test").
+"""Light self-test of LDFSAM Segment, registered with CTest (no network, no install, a minute or two).
 
-Segments a generated CBCT phantom with the bundled demo model through the module logic (a real background
-``ldfsam segment`` process) and checks the segmentation node: geometry, names, colours, terminology, place in
-the subject hierarchy, 3D display, and overlap with the phantom's known teeth. Then checks that Cancel stops a
-run and leaves no result behind.
+Loads the module and its panel, checks that the choices survive leaving and re-entering the module (Slicer 5.8's
+connectGui returned no tag; stale connectors used to reset them), segments the CBCT phantom bundled with the core
+with the bundled demo model through the logic (a real background ``ldfsam segment`` process, seconds on a CPU),
+checks the result against the phantom's bundled truth, and cancels a run. The
+segmentation parts need the core's Python packages: when this Slicer lacks them they are skipped (this test
+installs nothing). The heavy checks are in LDFSAMSegmentFullTest.py ("Reload and Test").
 """
 
 import os
 import shutil
 import tempfile
 import time
+import unittest
 
-import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+
+
+def dependenciesMissing():
+    """What the core still needs in this Slicer's Python (an empty list when everything is installed)."""
+    from LDFSAMSegmentLib import dependencies, requirements_file
+
+    plan = dependencies.plan(dependencies.read_requirements(requirements_file()))
+    return plan.torch + plan.pip
 
 
 class LDFSAMSegmentSelfTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear()
         self.folder = tempfile.mkdtemp(prefix="LDFSAMSegmentTest-")
+        self._home = os.environ.get("LDFSAM_HOME")
         os.environ["LDFSAM_HOME"] = os.path.join(self.folder, "home")
 
     def tearDown(self):
+        if self._home is None:
+            os.environ.pop("LDFSAM_HOME", None)
+        else:
+            os.environ["LDFSAM_HOME"] = self._home
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def runTest(self):
-        for test in (self.test_segment_phantom, self.test_individual_teeth, self.test_cancel,
-                     self.test_widget_runs_in_the_background):
+        for test in (self.test_panel_keeps_its_choices_across_module_switches, self.test_segment_phantom,
+                     self.test_cancel_leaves_nothing_behind):
             self.setUp()
             try:
                 test()
+            except unittest.SkipTest as e:
+                self.delayDisplay(f"Skipped: {e}")
             finally:
                 self.tearDown()
 
+    def _requireCore(self):
+        missing = dependenciesMissing()
+        if missing:
+            self.skipTest(f"the core's packages are not installed in this Slicer ({', '.join(missing)})")
+
     def _phantom(self):
+        """The phantom bundled with the core (what ``ldfsam demo`` segments) and its truth (z, y, x)."""
         import SimpleITK as sitk
 
-        from ldfsam.data.phantom import make_phantom
+        from ldfsam.models.registry import RESOURCES
 
-        image, labels = make_phantom(shape=(48, 96, 96), spacing=0.5, seed=3)
-        imagePath = os.path.join(self.folder, "phantom.nrrd")
-        sitk.WriteImage(image, imagePath)
-        volume = slicer.util.loadVolume(imagePath)
-        return volume, sitk.GetArrayFromImage(labels)
+        demo = RESOURCES / "demo"
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(demo / "phantom_labels.nii.gz")))
+        return slicer.util.loadVolume(str(demo / "phantom.nii.gz")), truth
 
-    def _parameters(self, volume, split=False):
+    def _parameters(self, volume):
         from LDFSAMSegment import LDFSAMSegmentLogic
 
         logic = LDFSAMSegmentLogic()
-        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
         parameters.outputSegmentation = None
         parameters.model = "ldfsam-demo"
         parameters.device = "CPU"
-        parameters.splitTeeth = split
+        parameters.splitTeeth = False
         return logic, parameters
 
+    def test_panel_keeps_its_choices_across_module_switches(self):
+        self.delayDisplay("The panel keeps its choices when the module is left and entered again")
+        slicer.util.selectModule("LDFSAMSegment")
+        widget = slicer.modules.ldfsamsegment.widgetRepresentation().self()
+        p = widget._parameterNode
+        p.device, p.sliceSpacing, p.threshold = "CPU", "native", 0.35
+        for _ in range(3):
+            slicer.util.selectModule("Data")
+            slicer.util.selectModule("LDFSAMSegment")
+        p = widget._parameterNode
+        self.assertEqual((p.device, p.sliceSpacing, p.threshold), ("CPU", "native", 0.35))
+        self.assertEqual(widget.ui.deviceComboBox.currentText, "CPU")
+        self.assertEqual(widget.ui.sliceSpacingComboBox.currentText, "native")
+        # The widget still drives the node (a connection that was really made, once).
+        widget.ui.deviceComboBox.currentText = "GPU"
+        self.assertEqual(widget._parameterNode.device, "GPU")
+        self.assertIn("ldfsam-demo", [c.name for c in widget._choices])
+        # A new scene gets a new parameter node, bound in place of the old one.
+        slicer.mrmlScene.Clear()
+        self.assertIsNotNone(widget._parameterNode)
+        widget.ui.sliceSpacingComboBox.currentText = "2px"
+        self.assertEqual(widget._parameterNode.sliceSpacing, "2px")
+
     def test_segment_phantom(self):
-        self.delayDisplay("Segmenting a phantom")
+        self._requireCore()
+        self.delayDisplay("Segmenting a phantom with the bundled demo model")
         volume, truth = self._phantom()
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         study = shNode.CreateStudyItem(shNode.CreateSubjectItem(shNode.GetSceneItemID(), "Patient"), "Study")
         shNode.SetItemParent(shNode.GetItemByDataNode(volume), study)
-
         logic, parameters = self._parameters(volume)
-        node = logic.segment(parameters, timeoutS=1800)
+        node = logic.segment(parameters, timeoutS=240)
 
-        self.assertEqual(node.GetClassName(), "vtkMRMLSegmentationNode")
         segmentation = node.GetSegmentation()
         self.assertEqual(segmentation.GetNumberOfSegments(), 1)
         segment = segmentation.GetNthSegment(0)
         self.assertEqual(segment.GetName(), "Tooth")
-        term = segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName())
-        self.assertIn("38199008", term)
+        self.assertIn("38199008", segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName()))
         self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(node)), study)
-        self.assertTrue(node.GetSegmentation().ContainsRepresentation(
-            slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()))
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(0), volume)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(0), volume) > 0
         self.assertEqual(mask.shape, truth.shape)
         teeth = truth > 0
-        dice = 2.0 * np.logical_and(mask > 0, teeth).sum() / max(1, (mask > 0).sum() + teeth.sum())
-        self.delayDisplay(f"Dice against the phantom's teeth: {dice:.3f}")
-        self.assertGreater(dice, 0.5)
-        # The temporary input and output files are gone.
-        self.assertIsNone(logic._pending)
+        dice = 2.0 * (mask & teeth).sum() / max(1, mask.sum() + teeth.sum())
+        self.delayDisplay(f"Dice against the phantom's truth: {dice:.3f}")
+        self.assertGreater(dice, 0.8)  # `ldfsam demo` reports 0.94 for the same phantom and model
+        # The temporary files are gone, and nothing points at them: a fresh storage node with no file yet.
+        self.assertIsNone(logic.pendingFolder)
+        storage = node.GetStorageNode()
+        self.assertIsNotNone(storage)
+        self.assertFalse(storage.GetFileName())
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")), 1)
 
-    def test_individual_teeth(self):
-        self.delayDisplay("Individual teeth")
-        volume, truth = self._phantom()
-        logic, parameters = self._parameters(volume, split=True)
-        node = logic.segment(parameters, timeoutS=1800)
-        segmentation = node.GetSegmentation()
-        self.assertGreater(segmentation.GetNumberOfSegments(), 1)
-        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-        self.assertTrue(all(name.startswith("Tooth ") for name in names), names)
-        colors = {tuple(round(c, 3) for c in segmentation.GetNthSegment(i).GetColor()) for i in range(len(names))}
-        self.assertEqual(len(colors), len(names))
-
-    def test_cancel(self):
+    def test_cancel_leaves_nothing_behind(self):
+        self._requireCore()
         self.delayDisplay("Cancel")
+        from LDFSAMSegmentLib.run_state import RunState, failure_message
+
         volume, _ = self._phantom()
         logic, parameters = self._parameters(volume)
+        parameters.sliceSpacing = "native"  # every slice: the run lasts long enough for Cancel to arrive first
         process = logic.startSegmentation(parameters, start=True)
-        outputPath = logic._pending[2]
-        deadline = time.monotonic() + 600
-        while not any(e["kind"] == "progress" for e in process.poll().events):
+        outputPath, folder = logic.pendingOutputPath, logic.pendingFolder
+        state = RunState()
+        deadline = time.monotonic() + 240
+        while state.phase != "segment" or state.percent == 0:
+            for event in process.poll().events:
+                state.feed(event)
             self.assertIsNone(process.returncode, process.stderr_tail())
             self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.05)
+            time.sleep(0.02)
         process.cancel()
-        while not process.finished:
-            process.poll()
-            time.sleep(0.05)
-        self.assertEqual(process.returncode, 130, process.stderr_tail())
+        process.wait(timeout=60)
+        # In Slicer the child is the PythonSlicer launcher: its exit status after Cancel depends on the platform
+        # (-15, or 1 from taskkill on Windows), so the outcome is checked, not the number.
+        self.assertTrue(process.cancelled)
+        self.assertEqual(failure_message(process.returncode, state, process.stderr_tail(), process.cancelled),
+                         "Cancelled.")
+        self.assertFalse(process.group_alive())
         self.assertFalse(os.path.exists(outputPath))
         logic.discardRun()
-
-    def test_widget_runs_in_the_background(self):
-        self.delayDisplay("The module panel: Segment teeth becomes Cancel, the result is selected")
-        volume, _ = self._phantom()
-        slicer.util.selectModule("LDFSAMSegment")
-        widget = slicer.modules.ldfsamsegment.widgetRepresentation().self()
-        self.assertTrue(widget.logic.ensureDependencies(askConfirmation=False))
-        widget.ui.inputVolumeSelector.setCurrentNode(volume)
-        widget.ui.deviceComboBox.currentText = "CPU"
-        names = [c.name for c in widget._choices]
-        widget.ui.modelComboBox.currentIndex = names.index("ldfsam-demo")
-        self.assertTrue(widget.ui.segmentButton.enabled)
-        widget.onSegmentButton()
-        self.assertEqual(widget.ui.segmentButton.text, "Cancel")
-        self.assertFalse(widget.ui.optionsCollapsibleButton.enabled)
-        deadline = time.monotonic() + 1800
-        while widget.run is not None:
-            slicer.app.processEvents()  # the GUI keeps working while the process runs
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.05)
-        self.assertEqual(widget.ui.segmentButton.text, "Segment teeth")
-        self.assertTrue(widget.ui.statusLabel.text.startswith("Done"), widget.ui.statusLabel.text)
-        self.assertEqual(widget.ui.progressBar.value, 100)
-        node = widget._parameterNode.outputSegmentation
-        self.assertIsNotNone(node)
-        self.assertEqual(node.GetSegmentation().GetNthSegment(0).GetName(), "Tooth")
+        self.assertFalse(os.path.exists(folder))

@@ -1,0 +1,42 @@
+"""The LDFSAM Segment module's parameters (saved with the scene) and its application settings (Slicer layer)."""
+
+from typing import Annotated, Optional
+
+import qt
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+SETTINGS_CACHE = "LDFSAM/CacheFolder"
+SETTINGS_DEVICE = "LDFSAM/Device"
+DEVICES = ("auto", "CPU", "GPU")
+
+
+@parameterNodeWrapper
+class LDFSAMSegmentParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    model: str = "ldfsam-demo"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
+    minIslandMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 10.0
+    splitTeeth: bool = False
+    sliceSpacing: Annotated[str, Choice(["auto", "2px", "native"])] = "auto"
+
+
+def cacheFolder() -> Optional[str]:
+    """The model cache folder chosen in the module (remembered in the application settings), or None."""
+    return qt.QSettings().value(SETTINGS_CACHE, "") or None
+
+
+def setCacheFolder(path: str) -> None:
+    qt.QSettings().setValue(SETTINGS_CACHE, path)
+
+
+def lastDevice() -> Optional[str]:
+    device = qt.QSettings().value(SETTINGS_DEVICE, "")
+    return device if device in DEVICES else None
+
+
+def setLastDevice(device: str) -> None:
+    if device in DEVICES:
+        qt.QSettings().setValue(SETTINGS_DEVICE, device)

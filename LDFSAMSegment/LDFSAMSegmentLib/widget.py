@@ -1,0 +1,152 @@
+"""LDFSAM Segment's panel: volume, model and options, the Segment/Cancel button, progress and log (Slicer layer)."""
+
+import logging
+
+import qt
+import slicer
+from slicer.i18n import tr as _
+
+from .lifecycle import LDFSAMModuleWidget
+from .logic import LDFSAMSegmentLogic
+from .parameters import cacheFolder, setCacheFolder, setLastDevice
+
+PANEL_SECTIONS = ("inputsCollapsibleButton", "modelCollapsibleButton", "optionsCollapsibleButton",
+                  "advancedCollapsibleButton")
+
+
+class LDFSAMSegmentWidget(LDFSAMModuleWidget):
+    libPackage = "LDFSAMSegmentLib"
+
+    def __init__(self, parent=None):
+        LDFSAMModuleWidget.__init__(self, parent)
+        self._choices = []
+        self._onSuccess = None
+
+    def newLogic(self):
+        return LDFSAMSegmentLogic()
+
+    def setupModule(self):
+        self.ui.cacheFolderPathLineEdit.currentPath = cacheFolder() or ""
+        self.ui.cacheFolderPathLineEdit.currentPathChanged.connect(self.onCacheFolderChanged)
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
+        self.ui.refreshModelsButton.clicked.connect(self.refreshModels)
+        self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.downloadModelButton.clicked.connect(self.onDownloadModel)
+        self.ui.installDependenciesButton.clicked.connect(lambda: self.ensureDependencies(force=True))
+        self.ui.segmentButton.clicked.connect(self.onSegmentButton)
+
+    def initializeParameterNode(self):
+        LDFSAMModuleWidget.initializeParameterNode(self)
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+        self.refreshModels()
+
+    # -- models -----------------------------------------------------------------------------------------------
+    def refreshModels(self):
+        from .model_choices import model_choices
+
+        self._choices = model_choices(cacheFolder())
+        wanted = self._parameterNode.model if self._parameterNode else None
+        names = [c.name for c in self._choices]
+        combo = self.ui.modelComboBox
+        blocked = combo.blockSignals(True)
+        combo.clear()
+        for choice in self._choices:
+            combo.addItem(choice.label, choice.name)
+        combo.currentIndex = names.index(wanted) if wanted in names else 0
+        combo.blockSignals(blocked)
+        self.onModelChanged()
+
+    def selectedChoice(self):
+        index = self.ui.modelComboBox.currentIndex
+        return self._choices[index] if 0 <= index < len(self._choices) else None
+
+    def onModelChanged(self, *_args):
+        choice = self.selectedChoice()
+        self.ui.modelDescriptionLabel.text = choice.description if choice else _("No model installed.")
+        if choice and self._parameterNode and self._parameterNode.model != choice.name:
+            self._parameterNode.model = choice.name
+        self.updateButtons()
+
+    def onDeviceChanged(self, *_args):
+        setLastDevice(self.ui.deviceComboBox.currentText)
+
+    def onCacheFolderChanged(self, path):
+        setCacheFolder(path)
+        self.refreshModels()
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import LDFSAM model"), "",
+                                              _("LDFSAM model (*.safetensors)"))
+        if path:
+            self.startRun(self.logic.importModelProcess(path), self.refreshModels)
+
+    def onDownloadModel(self):
+        choice = self.selectedChoice()
+        if choice:
+            self.startRun(self.logic.downloadModelProcess(choice.name), self.refreshModels)
+
+    # -- running --------------------------------------------------------------------------------------------
+    def updateButtons(self, caller=None, event=None):
+        if not hasattr(self, "ui"):
+            return
+        running = self.run is not None
+        busy = running or self.installing
+        p = self._parameterNode
+        choice = self.selectedChoice()
+        ready = bool(p and p.inputVolume and choice and choice.state != "available")
+        self.ui.segmentButton.text = _("Cancel") if running else _("Segment teeth")
+        self.ui.segmentButton.enabled = running or (ready and not self.installing)
+        self.ui.downloadModelButton.enabled = bool(choice and choice.state == "available" and not busy)
+        for name in PANEL_SECTIONS:
+            getattr(self.ui, name).enabled = not busy
+        if not running and p and not ready:
+            self.ui.segmentButton.toolTip = _("Select an input volume and an installed model.")
+
+    def onSegmentButton(self):
+        if self.run is not None:
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.run.cancel()
+            return
+        if not self.ensureDependencies():
+            return
+        try:
+            process = self.logic.startSegmentation(self._parameterNode, cacheFolder())
+        except Exception as e:
+            slicer.util.errorDisplay(_("Could not start the segmentation: {error}").format(error=e))
+            return
+        self.startRun(process, self.onSegmentationDone)
+
+    def startRun(self, process, onSuccess):
+        self.ui.logTextEdit.clear()
+        self.ui.statusLabel.text = _("Starting...")
+        self._onSuccess = onSuccess
+        self.startBackgroundRun(process)
+
+    def onRunFinished(self, run, error):
+        self.onRunUpdate(run)
+        self.run = None
+        self.updateButtons()
+        if error:
+            self.logic.discardRun()
+            self.showRunError(run, error)
+            return
+        try:
+            self._onSuccess()
+        except Exception as e:
+            logging.exception("LDFSAM: loading the result failed")
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=e)
+            slicer.util.errorDisplay(str(e))
+
+    def onSegmentationDone(self):
+        node = self.logic.finishSegmentation()
+        self._parameterNode.outputSegmentation = node
+        count = node.GetSegmentation().GetNumberOfSegments()
+        if count == 0:
+            self.ui.statusLabel.text = _("Done: the model found no teeth in this volume.")
+        else:
+            self.ui.statusLabel.text = _("Done: {count} segment(s) in '{name}'.").format(count=count,
+                                                                                         name=node.GetName())

@@ -1,0 +1,63 @@
+"""Cancellation by SIGTERM (the Slicer modules' Cancel/Stop), with real processes and real signals."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+# A main loop that forks (as a data loader starting its workers); at the fifth fork SIGTERM arrives while an at-fork
+# callback runs, where Python only reports exceptions ("Exception ignored in ..."): the interrupt is lost there.
+FORKING = textwrap.dedent("""
+    import os, signal, sys, time
+    from ldfsam.signals import interrupt_on_sigterm
+
+    forks = 0
+    def after_fork():
+        global forks
+        forks += 1
+        if forks == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+
+    os.register_at_fork(after_in_parent=after_fork)
+    try:
+        with interrupt_on_sigterm():
+            while forks < 1000:
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
+                time.sleep(0.01)
+        print("ran to the end", flush=True)
+    except KeyboardInterrupt as e:
+        print(f"stopped after {forks} forks: {type(e).__name__}", flush=True)
+        sys.exit(130)
+""")
+
+
+def test_sigterm_stops_the_command_even_when_it_lands_where_exceptions_are_lost():
+    out = subprocess.run([sys.executable, "-c", FORKING], capture_output=True, text=True, timeout=120)
+    assert "Exception ignored" in out.stderr and "SignalInterrupt: signal 15" in out.stderr  # it was lost once
+    assert out.returncode == 130, out.stderr
+    assert re.fullmatch(r"stopped after (\d+) forks: SignalInterrupt", out.stdout.strip()), out.stdout
+    assert int(out.stdout.split()[2]) < 50  # stopped soon after, not at the end of the loop
+
+
+def test_the_previous_handlers_come_back_after_the_block():
+    code = textwrap.dedent("""
+        import signal, sys
+        from ldfsam.signals import interrupt_on_sigterm
+        hook = sys.unraisablehook
+        with interrupt_on_sigterm():
+            inside = signal.getsignal(signal.SIGTERM)
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, sys.unraisablehook is hook, inside.__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "_raise_interrupt"]
