@@ -13,6 +13,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from .commands import import_argv, layout, settings_from, step_argv
 from .curves import COLUMNS, curve_columns
 from .parameters import LDFSAMTrainParameterNode
+from .run_all import report_figures, report_url, run_all_argv
 
 # Training steps save their state before they exit: a longer grace period before Cancel kills them.
 STEP_GRACE_S = 60.0
@@ -36,6 +37,19 @@ class LDFSAMTrainLogic(ScriptedLoadableModuleLogic):
         os.makedirs(settings.output, exist_ok=True)
         return BackgroundProcess(step_argv(step, settings, resume=resume), env=core_env(cacheFolder()),
                                  grace_s=STEP_GRACE_S)
+
+    def runAllProcess(self, p):
+        """(the not yet started ``ldfsam train`` process, resumed?): a new run, or the output folder's run
+        continued; ValueError naming the setting, or the output folder when it holds other files."""
+        argv, resumed = run_all_argv(self.settings(p))
+        return BackgroundProcess(argv, env=core_env(cacheFolder()), grace_s=STEP_GRACE_S), resumed
+
+    def reportFigures(self, p):
+        """(title, PNG bytes) of the figures in the run's report.html (none before Run all wrote one)."""
+        return report_figures(self.layout(p).report)
+
+    def reportUrl(self, p):
+        return report_url(self.layout(p).report)
 
     def importProcess(self, p, name):
         """Installs the fine-tuned model in the model cache under ``name``."""

@@ -1,8 +1,11 @@
-""""Run all" (``ldfsam train``): one progress bar over the four stages, and the figures of the run's report.
+""""Run all" (``ldfsam train``): its command line (new or resumed run), one progress bar over the four stages,
+and the figures of the run's report.
 
 The core names the stage of every event (``stage``: prepare, phase1, phase2, evaluate) and the fraction of the
 phase running in it; :func:`overall_percent` turns that into one bar. The report (``RUN/report.html``) embeds its
 figures as base64 PNG: :func:`report_figures` returns them for the module to show, :func:`report_url` the link.
+A new run needs a new or empty output folder (the core refuses any other): :func:`run_all_argv` says so before any
+process starts, with a folder to use instead.
 """
 
 from __future__ import annotations
@@ -13,9 +16,51 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .commands import TrainSettings, can_resume_all, train_argv
+
 STAGES = ("prepare", "phase1", "phase2", "evaluate")
 STAGE_TITLES = {"prepare": "Prepare", "phase1": "Phase 1", "phase2": "Phase 2", "evaluate": "Evaluate"}
 _IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def run_all_argv(s: TrainSettings, python: Optional[str] = None) -> Tuple[List[str], bool]:
+    """(``ldfsam train`` command line, resumed?): resumes the run in the output folder when there is one, else
+    starts a new run; ValueError naming the folder (and a new one to choose) when that folder holds other files."""
+    s.check()
+    if can_resume_all(s):
+        return train_argv(s, resume=True, python=python), True
+    refusal = not_empty_message(Path(s.output))
+    if refusal:
+        raise ValueError(refusal)
+    return train_argv(s, python=python), False
+
+
+def not_empty_message(folder: Path) -> Optional[str]:
+    """Why "Run all" cannot start a new run in ``folder`` (None when it is new or empty)."""
+    try:
+        entries = sorted(p.name for p in folder.iterdir())
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return f"the output folder {folder} is a file; choose a folder for the run"
+    except OSError as e:
+        return f"cannot read the output folder {folder}: {e.strerror or e}"
+    if not entries:
+        return None
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return (f"the output folder {folder} is not empty ({shown}): Run all starts a new run in a new or empty "
+            f"folder, so nothing there is overwritten. Choose a new output folder, for example {free_sibling(folder)}"
+            f", or continue these files with the step buttons.")
+
+
+def free_sibling(folder: Path) -> Path:
+    """A folder beside ``folder`` that does not exist yet: ``NAME-all``, ``NAME-all-2``, ..."""
+    base = folder.parent / f"{folder.name}-all"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def overall_percent(event: Dict[str, Any]) -> Optional[int]:

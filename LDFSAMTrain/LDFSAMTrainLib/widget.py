@@ -1,5 +1,5 @@
-"""LDFSAM Train's panel: data, model and training settings, one button per step, Stop/Resume, the curve chart and
-the evaluation table (Slicer layer)."""
+"""LDFSAM Train's panel: data, model and training settings, one button per step and Run all, Stop/Resume, the curve
+chart, the evaluation table and the figures of Run all's report (Slicer layer)."""
 
 from pathlib import Path
 
@@ -11,9 +11,10 @@ from slicer.i18n import tr as _
 
 from .evaluation_table import read_evaluation_csv
 from .logic import LDFSAMTrainLogic
+from .run_all import overall_percent
 
 STEP_TITLES = {"prepare": "Prepare data", "distill": "Phase 1", "finetune": "Phase 2", "evaluate": "Evaluate",
-               "import": "Use for segmentation"}
+               "all": "Run all", "import": "Use for segmentation"}
 STEP_BUTTONS = {"prepare": "prepareButton", "distill": "distillButton", "finetune": "finetuneButton",
                 "evaluate": "evaluateButton"}
 PANEL_SECTIONS = ("dataCollapsibleButton", "modelCollapsibleButton", "trainingCollapsibleButton")
@@ -26,6 +27,8 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         LDFSAMModuleWidget.__init__(self, parent)
         self.runStep = None
         self._curve, self._curvePrefix = [], []
+        self._overall = 0
+        self._figureLabels = []
 
     def newLogic(self):
         return LDFSAMTrainLogic()
@@ -36,6 +39,8 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         qt.QVBoxLayout(self.ui.plotFrame).addWidget(self.plotWidget)
         for step, button in STEP_BUTTONS.items():
             getattr(self.ui, button).clicked.connect(lambda checked=False, step=step: self.onStep(step))
+        self.ui.runAllButton.clicked.connect(self.onRunAll)
+        self.ui.openReportButton.clicked.connect(self.onOpenReport)
         self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.stopButton.clicked.connect(self.onStop)
         self.ui.useModelButton.clicked.connect(self.onUseModel)
@@ -46,6 +51,7 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         if parameterNode is not None and self._parameterNode is not shown:
             self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._parameterNode))
             self.showEvaluation()
+            self.showReport()
 
     def updateButtons(self, caller=None, event=None):
         if not hasattr(self, "ui"):
@@ -58,7 +64,12 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
             getattr(self.ui, button).enabled = ready and not busy
         self.ui.stopButton.enabled = running
         self.ui.resumeButton.enabled = bool(ready and not busy and p.stoppedStep)
-        model = self.logic.layout(p).model if ready else None
+        out = self.logic.layout(p) if ready else None
+        # On a folder that holds an ``ldfsam train`` run, the button continues it.
+        self.ui.runAllButton.text = _("Resume all") if out and out.train_config.is_file() else _("Run all")
+        self.ui.runAllButton.enabled = ready and not busy
+        self.ui.openReportButton.enabled = bool(out and out.report.is_file())
+        model = out.model if out else None
         self.ui.useModelButton.enabled = bool(model and model.is_file() and not busy)
         for name in PANEL_SECTIONS:
             getattr(self.ui, name).enabled = not busy
@@ -77,8 +88,30 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         self._parameterNode.stoppedStep = ""
         self.startRun(step, process)
 
+    def onRunAll(self):
+        if not self.ensureDependencies():
+            return
+        try:
+            process, resumed = self.logic.runAllProcess(self._parameterNode)
+        except (ValueError, OSError) as e:
+            # A folder the step buttons filled is the usual case: say so in the panel, not only in a dialog.
+            message = _("Cannot start Run all: {error}").format(error=e)
+            self.ui.statusLabel.text = message
+            slicer.util.errorDisplay(message)
+            return
+        self._curvePrefix = list(self._curve) if resumed else []
+        self._overall = 0
+        self._parameterNode.stoppedStep = ""
+        self.startRun("all", process)
+
     def onResume(self):
-        self.onStep(self._parameterNode.stoppedStep, resume=True)
+        if self._parameterNode.stoppedStep == "all":
+            self.onRunAll()
+        else:
+            self.onStep(self._parameterNode.stoppedStep, resume=True)
+
+    def onOpenReport(self):
+        qt.QDesktopServices.openUrl(qt.QUrl(self.logic.reportUrl(self._parameterNode)))
 
     def onStop(self):
         if self.run is None:
@@ -101,7 +134,12 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
 
     def onRunUpdate(self, run):
         LDFSAMModuleWidget.onRunUpdate(self, run)
-        if self.runStep in ("distill", "finetune"):
+        if self.runStep == "all":
+            # One bar over the four stages (the status line names the running phase and its own progress).
+            percent = overall_percent(run.state.last_event)
+            self._overall = self._overall if percent is None else percent
+            self.ui.progressBar.value = self._overall
+        if self.runStep in ("distill", "finetune", "all"):
             self._curve = self._curvePrefix + run.state.curve
             self.logic.updateCurves(self._parameterNode, self._curve)
 
@@ -109,16 +147,20 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         self.onRunUpdate(run)
         step, self.run, self.runStep = self.runStep, None, None
         if error:
-            if run.process.cancelled and step in ("distill", "finetune"):
+            if run.process.cancelled and step in ("distill", "finetune", "all"):
                 self._parameterNode.stoppedStep = step
             self.showRunError(run, error)
         else:
             self.ui.statusLabel.text = _("{step}: done.").format(step=STEP_TITLES.get(step, step))
-            if step == "evaluate":
+            evaluated = self.logic.layout(self._parameterNode).evaluation_csv.is_file()
+            if step == "evaluate" or (step == "all" and evaluated):
                 self.logic.loadEvaluation(self._parameterNode)
                 self.showEvaluation()
+            self.showReport()
             if step == "import":
                 slicer.util.infoDisplay(_("The model is installed; choose it in the LDFSAM Segment module."))
+        if step == "all":
+            self.showReport()  # also after Stop: the report shows the stages finished so far
         self.updateButtons()
 
     def showEvaluation(self):
@@ -140,3 +182,26 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
                 table.setItem(r, c, qt.QTableWidgetItem(value))
         means = ", ".join(f"{k} {v:.4f}" for k, v in data.means().items())
         self.ui.evaluationSummaryLabel.text = _("{n} case(s); mean {means}").format(n=len(data.rows), means=means)
+
+    def showReport(self):
+        """The figures of the run's report.html, one titled image each (as the chart shows the curves)."""
+        for label in self._figureLabels:
+            label.setParent(None)
+            label.deleteLater()
+        self._figureLabels = []
+        figures = self.logic.reportFigures(self._parameterNode) if path_text(self._parameterNode.outputFolder) else []
+        if not figures:
+            self.ui.reportSummaryLabel.text = _("No report yet: Run all writes one.")
+            return
+        self.ui.reportSummaryLabel.text = _("{n} figure(s) of {report}").format(
+            n=len(figures), report=self.logic.layout(self._parameterNode).report)
+        layout = self.ui.figuresFrame.layout()
+        for title, png in figures:
+            pixmap = qt.QPixmap()
+            pixmap.loadFromData(png, "PNG")
+            caption, image = qt.QLabel(title), qt.QLabel()
+            image.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 480), qt.Qt.SmoothTransformation))
+            image.toolTip = title
+            for label in (caption, image):
+                layout.addWidget(label)
+                self._figureLabels.append(label)
