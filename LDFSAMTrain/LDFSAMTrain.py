@@ -1,10 +1,12 @@
 """LDFSAM Train: train an LDFSAM tooth model on your own CBCT data from 3D Slicer (Slicer 5.8 or later).
 
-Each step (prepare, Phase 1 distillation, Phase 2 fine-tuning, evaluation) runs the core's command line in a
-background process; its JSON progress events drive the progress bar and the loss / validation-Dice chart. The
-module's parts live in ``LDFSAMTrainLib``: ``widget``, ``logic``, ``parameters``, and the plain-Python ``commands``
-(command lines and the output folder's layout), ``curves`` and ``evaluation_table``. Process handling, progress,
-dependencies and the widget life cycle come from ``LDFSAMSegmentLib`` (LDFSAM Segment is this module's dependency).
+Each step (prepare, Phase 1 distillation, Phase 2 fine-tuning, evaluation), or all four at once ("Run all",
+``ldfsam train``), runs the core's command line in a background process; its JSON progress events drive the
+progress bar and the loss / validation-Dice chart. The module's parts live in ``LDFSAMTrainLib``: ``widget``,
+``logic``, ``parameters``, and the plain-Python ``commands`` (command lines and the output folder's layout),
+``run_all`` (Run all's command line, progress and report figures), ``curves`` and ``evaluation_table``.
+Process handling, progress, dependencies and the widget life cycle come from ``LDFSAMSegmentLib`` (LDFSAM Segment
+is this module's dependency).
 """
 
 import os
@@ -28,7 +30,8 @@ class LDFSAMTrain(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Trains an LDFSAM tooth segmentation model: prepare the data, Phase 1 (YOLOv8 teacher and a student "
             "trained with localization distillation), Phase 2 (SAM fine-tuned with dense and sparse feature "
-            "prompts), evaluation, then use the model in LDFSAM Segment.")
+            "prompts), evaluation, step by step or all at once (Run all, with a report), then use the model in "
+            "LDFSAM Segment.")
         self.parent.acknowledgementText = _(
             "Method: LDFSAM, localization-distilled feature prompting of the Segment Anything Model.")
 

@@ -89,6 +89,16 @@ def test_one_bar_over_the_stages_from_core_events():
     assert teacher == [31]
     assert overall_percent(next(e for e in events if e["phase"] == "student" and e["kind"] == "done")) == 50
     assert overall_percent({"kind": "log", "phase": "segment"}) is None
+    # The status line names the run itself at its start and end (the stages' phases in between).
+    from LDFSAMSegmentLib.run_state import RunState
+
+    state = RunState()
+    for event in events[:1]:
+        state.feed(event)
+    assert state.status == "Run all..."
+    for event in events[1:]:
+        state.feed(event)
+    assert state.status.startswith("Run all: done") and state.error is None
 
 
 def test_report_figures_and_link_from_a_core_report(tmp_path):

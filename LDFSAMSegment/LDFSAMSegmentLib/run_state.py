@@ -18,6 +18,7 @@ PHASE_TITLES = {
     "evaluate": "Evaluating",
     "segment": "Segmenting",
     "download": "Downloading",
+    "train": "Run all",
 }
 
 

@@ -198,7 +198,7 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         layout = self.ui.figuresFrame.layout()
         for title, png in figures:
             pixmap = qt.QPixmap()
-            pixmap.loadFromData(png, "PNG")
+            pixmap.loadFromData(qt.QByteArray(png))  # Qt reads the format from the data
             caption, image = qt.QLabel(title), qt.QLabel()
             image.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 480), qt.Qt.SmoothTransformation))
             image.toolTip = title

@@ -3,8 +3,9 @@
 Loads the module and its panel and checks what a real Slicer got wrong before: the choices survive the first
 show and leaving and re-entering the module (Slicer 5.8's connectGui returned no tag, and stale combo-box
 connectors reset the teacher scale to "n"), empty path fields stay empty (not "."), a path typed in the panel
-reaches the parameter node, and the steps' command lines are built from the panel's values without importing
-torch into Slicer's process. The tiny training with Stop and Resume is LDFSAMTrainFullTest.py ("Reload and Test").
+reaches the parameter node, and the steps' and Run all's command lines are built from the panel's values without
+importing torch into Slicer's process (Run all refuses a folder the steps filled, and resumes its own run).
+The tiny training with Stop and Resume is LDFSAMTrainFullTest.py ("Reload and Test").
 """
 
 import os
@@ -26,7 +27,8 @@ class LDFSAMTrainSelfTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_panel_keeps_its_choices_across_module_switches,
-                     self.test_paths_are_empty_or_what_was_typed, self.test_step_commands_come_from_the_panel):
+                     self.test_paths_are_empty_or_what_was_typed, self.test_step_commands_come_from_the_panel,
+                     self.test_run_all_comes_from_the_panel):
             self.setUp()
             try:
                 test()
@@ -86,3 +88,33 @@ class LDFSAMTrainSelfTest(ScriptedLoadableModuleTest):
         p.outputFolder = ""
         with self.assertRaises(ValueError):
             widget.logic.stepProcess("prepare", p)
+
+    def test_run_all_comes_from_the_panel(self):
+        self.delayDisplay("Run all: a new run, a refused folder, Resume all")
+        widget = self._widget()
+        p = widget._parameterNode
+        run = os.path.join(self.folder, "run")
+        p.datasetFolder, p.outputFolder, p.finetuneEpochs = self.folder, run, 7
+        hadTorch = "torch" in sys.modules
+        process, resumed = widget.logic.runAllProcess(p)
+        self.assertFalse(resumed)
+        self.assertEqual(process.argv[1:4], ["-m", "ldfsam", "train"])
+        self.assertEqual(process.argv[process.argv.index("--phase2-epochs") + 1], "7")
+        self.assertIsNone(process.process)  # built, not started
+        self.assertEqual(widget.ui.runAllButton.text, "Run all")
+        self.assertTrue(widget.ui.runAllButton.enabled)
+        os.makedirs(os.path.join(run, "prepared"))
+        with self.assertRaises(ValueError) as refused:
+            widget.logic.runAllProcess(p)
+        self.assertIn("is not empty", str(refused.exception))
+        self.assertIn(run + "-all", str(refused.exception))
+        with open(os.path.join(run, "train.json"), "w") as f:
+            f.write("{}")
+        p.outputFolder = ""
+        p.outputFolder = run  # the panel reads the folder again
+        self.assertEqual(widget.ui.runAllButton.text, "Resume all")
+        process, resumed = widget.logic.runAllProcess(p)
+        self.assertTrue(resumed)
+        self.assertIn("--resume", process.argv)
+        self.assertEqual("torch" in sys.modules, hadTorch)
+        self.assertFalse(widget.ui.openReportButton.enabled)  # no report.html yet
