@@ -156,11 +156,10 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
             if step == "evaluate" or (step == "all" and evaluated):
                 self.logic.loadEvaluation(self._parameterNode)
                 self.showEvaluation()
-            self.showReport()
             if step == "import":
                 slicer.util.infoDisplay(_("The model is installed; choose it in the LDFSAM Segment module."))
         if step == "all":
-            self.showReport()  # also after Stop: the report shows the stages finished so far
+            self.showReport()  # the core writes it when the run finishes (a stopped run keeps an earlier one)
         self.updateButtons()
 
     def showEvaluation(self):
