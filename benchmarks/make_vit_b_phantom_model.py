@@ -83,7 +83,7 @@ def main() -> int:
     # prompt generator's features.
     model.eval()
     embeddings, features = [], []
-    from ldfsam.infer.predictor import cpu_supports_bf16
+    from ldfsam.cpu_precision import cpu_supports_bf16
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_supports_bf16()):
         for k in range(0, len(sam_images), args.batch):

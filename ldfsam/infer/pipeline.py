@@ -138,7 +138,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     """
     import torch
 
-    from .predictor import SlicePredictor, cpu_supports_bf16, resolve_device, resolve_precision
+    from ..cpu_precision import cpu_supports_bf16
+    from .predictor import SlicePredictor, resolve_device, resolve_precision
 
     progress = progress or Progress("none")
     timings: Dict[str, float] = {}

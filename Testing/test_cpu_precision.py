@@ -1,0 +1,105 @@
+"""--precision auto on the CPU: measured once per machine on small real workloads, cached under LDFSAM_HOME."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ldfsam import cpu_precision as cp
+
+# Real measurements, small enough to take a fraction of a second.
+TINY = cp.Probe(matmul_size=128, embed_dim=64, num_heads=2, image_size=64, repeats=1)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDFSAM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_measurement_is_real_and_bf16_masks_agree():
+    m = cp.measure(TINY)
+    assert m.cpu == cp.cpu_name() and m.torch == torch.__version__ and m.threads == torch.get_num_threads()
+    assert m.fp32_matmul_gflops > 0 and m.bf16_matmul_gflops > 0
+    assert 0 < m.fp32_encoder_s < 60 and 0 < m.bf16_encoder_s < 60
+    # bf16 rounding flips only pixels at the threshold: far above the bar (broken kernels agree on about half).
+    assert cp.MIN_MASK_AGREEMENT <= m.mask_agreement <= 1.0
+
+
+def test_choice_is_the_faster_precision_whose_masks_agree():
+    m = cp.measure(TINY)
+    faster, slower = sorted((m.fp32_encoder_s, m.bf16_encoder_s))
+    bf16_fast = dataclasses.replace(m, bf16_encoder_s=faster, fp32_encoder_s=slower * 1.01 + 1e-6)
+    bf16_slow = dataclasses.replace(m, bf16_encoder_s=slower * 1.01 + 1e-6, fp32_encoder_s=faster)
+    assert bf16_fast.choice == "bf16"
+    assert bf16_slow.choice == "fp32"  # the AVX512-BF16 Xeon whose bf16 matmul runs at half the fp32 rate
+    # Faster but wrong is never chosen.
+    assert dataclasses.replace(bf16_fast, mask_agreement=cp.MIN_MASK_AGREEMENT - 0.01).choice == "fp32"
+    # A faster matmul alone does not decide: the encoder pass does.
+    assert dataclasses.replace(bf16_slow, bf16_matmul_gflops=10 * m.fp32_matmul_gflops).choice == "fp32"
+
+
+def test_measured_once_then_read_from_the_cache(home):
+    path = home / cp.CACHE_NAME
+    assert not path.exists()
+    first = cp.measured_precision(TINY)
+    entries = json.loads(path.read_text())
+    key = cp.cache_key()
+    assert cp.cpu_name() in key and torch.__version__ in key
+    assert entries == {key: dataclasses.asdict(first)}
+    stamp = path.stat().st_mtime_ns
+    # A hit returns the stored figures (a new measurement would time differently) and writes nothing.
+    assert cp.measured_precision(TINY) == first
+    assert cp.cached_measurement() == first
+    assert path.stat().st_mtime_ns == stamp
+    again = cp.measured_precision(TINY, refresh=True)
+    assert again != first
+    assert json.loads(path.read_text()) == {key: dataclasses.asdict(again)}
+    assert not [p for p in home.iterdir() if p.name != cp.CACHE_NAME]  # no temporary files left behind
+
+
+def test_other_machines_entries_are_kept_and_a_damaged_cache_is_rewritten(home):
+    home.mkdir(parents=True)
+    path = home / cp.CACHE_NAME
+    other = {"Some Xeon | torch 2.0.0": {"cpu": "Some Xeon", "torch": "2.0.0", "threads": 8,
+                                         "fp32_matmul_gflops": 330.0, "bf16_matmul_gflops": 167.0,
+                                         "fp32_encoder_s": 0.1, "bf16_encoder_s": 0.2, "mask_agreement": 1.0}}
+    path.write_text(json.dumps(other))
+    mine = cp.measured_precision(TINY)
+    assert json.loads(path.read_text()) == {**other, cp.cache_key(): dataclasses.asdict(mine)}
+    path.write_text('{"truncated')
+    assert cp.cached_measurement() is None
+    mine = cp.measured_precision(TINY)
+    assert json.loads(path.read_text()) == {cp.cache_key(): dataclasses.asdict(mine)}
+
+
+def test_unwritable_home_still_answers(tmp_path, monkeypatch):
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where the home folder should be")
+    monkeypatch.setenv("LDFSAM_HOME", str(blocker))
+    assert cp.measured_precision(TINY).choice in ("bf16", "fp32")
+    assert blocker.read_text() == "a file where the home folder should be"
+
+
+def test_auto_uses_the_cached_choice(home):
+    from ldfsam.finetune.precision import resolve_precision as training_precision
+    from ldfsam.infer.predictor import resolve_precision as inference_precision
+
+    cpu = torch.device("cpu")
+    if not cp.cpu_supports_bf16():
+        # Emulated bf16 is never measured, never chosen.
+        assert cp.auto_cpu_precision() == "fp32" and not (home / cp.CACHE_NAME).exists()
+        return
+    measured = cp.measured_precision(TINY)
+    for choice in ("bf16", "fp32"):
+        # The stored decision is what inference and training use, without measuring again.
+        faster, slower = (0.001, 0.002) if choice == "bf16" else (0.002, 0.001)
+        entry = dataclasses.replace(measured, bf16_encoder_s=faster, fp32_encoder_s=slower)
+        (home / cp.CACHE_NAME).write_text(json.dumps({cp.cache_key(): dataclasses.asdict(entry)}))
+        assert cp.auto_cpu_precision() == choice
+        assert inference_precision("auto", cpu) == (torch.bfloat16 if choice == "bf16" else torch.float32)
+        assert training_precision("auto", cpu) == choice
+        assert cp.cached_measurement() == entry  # read, not measured again and rewritten
