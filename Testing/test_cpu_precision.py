@@ -31,15 +31,26 @@ def test_measurement_is_real_and_bf16_masks_agree():
 
 def test_choice_is_the_faster_precision_whose_masks_agree():
     m = cp.measure(TINY)
-    faster, slower = sorted((m.fp32_encoder_s, m.bf16_encoder_s))
-    bf16_fast = dataclasses.replace(m, bf16_encoder_s=faster, fp32_encoder_s=slower * 1.01 + 1e-6)
-    bf16_slow = dataclasses.replace(m, bf16_encoder_s=slower * 1.01 + 1e-6, fp32_encoder_s=faster)
-    assert bf16_fast.choice == "bf16"
+    # The real figures, arranged so that bf16 is the faster (or the slower) precision on both workloads.
+    mm_lo, mm_hi = sorted((m.fp32_matmul_gflops, m.bf16_matmul_gflops))
+    enc_lo, enc_hi = sorted((m.fp32_encoder_s, m.bf16_encoder_s))
+    mm_hi, enc_hi = mm_hi * 1.01 + 1e-6, enc_hi * 1.01 + 1e-6
+    bf16_fast = dataclasses.replace(m, bf16_matmul_gflops=mm_hi, fp32_matmul_gflops=mm_lo, bf16_encoder_s=enc_lo,
+                                    fp32_encoder_s=enc_hi)
+    bf16_slow = dataclasses.replace(m, bf16_matmul_gflops=mm_lo, fp32_matmul_gflops=mm_hi, bf16_encoder_s=enc_hi,
+                                    fp32_encoder_s=enc_lo)
+    assert bf16_fast.choice == "bf16" and bf16_fast.bf16_speedup > 1
     assert bf16_slow.choice == "fp32"  # the AVX512-BF16 Xeon whose bf16 matmul runs at half the fp32 rate
     # Faster but wrong is never chosen.
     assert dataclasses.replace(bf16_fast, mask_agreement=cp.MIN_MASK_AGREEMENT - 0.01).choice == "fp32"
-    # A faster matmul alone does not decide: the encoder pass does.
-    assert dataclasses.replace(bf16_slow, bf16_matmul_gflops=10 * m.fp32_matmul_gflops).choice == "fp32"
+    # One timing disturbed by other work does not decide alone: twice as fast on the matmul outweighs an encoder
+    # pass 1.5 times slower, and the other way round.
+    slow_pass = dataclasses.replace(m, bf16_matmul_gflops=2 * m.fp32_matmul_gflops,
+                                    bf16_encoder_s=1.5 * m.fp32_encoder_s)
+    assert slow_pass.bf16_speedup == pytest.approx((2 / 1.5) ** 0.5) and slow_pass.choice == "bf16"
+    slow_matmul = dataclasses.replace(m, bf16_matmul_gflops=m.fp32_matmul_gflops / 2,
+                                      bf16_encoder_s=m.fp32_encoder_s / 1.5)
+    assert slow_matmul.choice == "fp32"
 
 
 def test_measured_once_then_read_from_the_cache(home):
@@ -66,7 +77,8 @@ def test_other_machines_entries_are_kept_and_a_damaged_cache_is_rewritten(home):
     path = home / cp.CACHE_NAME
     other = {"Some Xeon | torch 2.0.0": {"cpu": "Some Xeon", "torch": "2.0.0", "threads": 8,
                                          "fp32_matmul_gflops": 330.0, "bf16_matmul_gflops": 167.0,
-                                         "fp32_encoder_s": 0.1, "bf16_encoder_s": 0.2, "mask_agreement": 1.0}}
+                                         "fp32_encoder_s": 0.1, "bf16_encoder_s": 0.2, "mask_agreement": 1.0,
+                                         "load_avg": 0.5}}
     path.write_text(json.dumps(other))
     mine = cp.measured_precision(TINY)
     assert json.loads(path.read_text()) == {**other, cp.cache_key(): dataclasses.asdict(mine)}
@@ -97,7 +109,8 @@ def test_auto_uses_the_cached_choice(home):
     for choice in ("bf16", "fp32"):
         # The stored decision is what inference and training use, without measuring again.
         faster, slower = (0.001, 0.002) if choice == "bf16" else (0.002, 0.001)
-        entry = dataclasses.replace(measured, bf16_encoder_s=faster, fp32_encoder_s=slower)
+        entry = dataclasses.replace(measured, bf16_encoder_s=faster, fp32_encoder_s=slower,
+                                    bf16_matmul_gflops=1 / faster, fp32_matmul_gflops=1 / slower)
         (home / cp.CACHE_NAME).write_text(json.dumps({cp.cache_key(): dataclasses.asdict(entry)}))
         assert cp.auto_cpu_precision() == choice
         assert inference_precision("auto", cpu) == (torch.bfloat16 if choice == "bf16" else torch.float32)

@@ -3,15 +3,18 @@
 A CPU that reports AVX512-BF16 does not always run bf16 faster: on some Xeons torch's bf16 matmul reaches half the
 fp32 rate. So ``--precision auto`` on a CPU with native bf16 measures both precisions once (a short matmul and a
 short pass through one encoder block with its adapter, under the same autocast and bf16 encoder weights
-as :class:`ldfsam.infer.predictor.SlicePredictor`) and keeps bf16 only when its encoder pass is faster and its
-masks agree with fp32's. The answer is cached in ``$LDFSAM_HOME/cpu_precision.json``, keyed by the CPU model and
-the torch version. A CPU without native bf16 is never measured: there bf16 is emulated and always much slower.
+as :class:`ldfsam.infer.predictor.SlicePredictor`) and keeps bf16 only when it is faster over both and its masks
+agree with fp32's. The answer is cached in ``$LDFSAM_HOME/cpu_precision.json``, keyed by the CPU model and the
+torch version (delete the file to measure again). A CPU without native bf16 is never measured: there bf16 is
+emulated and always much slower.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -61,7 +64,7 @@ class Probe:
     num_heads: int = 12
     image_size: int = 256
     adapter: bool = False
-    repeats: int = 2
+    repeats: int = 3
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,20 @@ class Measurement:
     fp32_encoder_s: float
     bf16_encoder_s: float
     mask_agreement: float
+    load_avg: Optional[float] = None  # the 1-minute load average when measured: timings on a busy machine are rough
+
+    @property
+    def bf16_speedup(self) -> float:
+        """How much faster bf16 ran: the geometric mean of its matmul and encoder speed-ups. Taking both means one
+        timing disturbed by other work on a shared machine does not decide alone."""
+        matmul = self.bf16_matmul_gflops / self.fp32_matmul_gflops
+        encoder = self.fp32_encoder_s / self.bf16_encoder_s
+        return math.sqrt(matmul * encoder)
 
     @property
     def choice(self) -> str:
-        """"bf16" when its encoder pass is faster and its masks agree with fp32's, else "fp32"."""
-        if self.mask_agreement >= MIN_MASK_AGREEMENT and self.bf16_encoder_s < self.fp32_encoder_s:
+        """"bf16" when it ran faster and its masks agree with fp32's, else "fp32"."""
+        if self.mask_agreement >= MIN_MASK_AGREEMENT and self.bf16_speedup > 1.0:
             return "bf16"
         return "fp32"
 
@@ -133,7 +145,8 @@ def measure(probe: Probe = Probe()) -> Measurement:
         cpu=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(),
         fp32_matmul_gflops=flop / _matmul_seconds(probe.matmul_size, torch.float32, probe.repeats) / 1e9,
         bf16_matmul_gflops=flop / _matmul_seconds(probe.matmul_size, torch.bfloat16, probe.repeats) / 1e9,
-        fp32_encoder_s=times["fp32"], bf16_encoder_s=times["bf16"], mask_agreement=agreement)
+        fp32_encoder_s=times["fp32"], bf16_encoder_s=times["bf16"], mask_agreement=agreement,
+        load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
 
 
 def cache_path() -> Path:
