@@ -138,7 +138,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     """
     import torch
 
-    from ..cpu_precision import cpu_supports_bf16
+    from ..cpu_precision import cache_path, cached_measurement, cpu_supports_bf16
     from .predictor import SlicePredictor, resolve_device, resolve_precision
 
     progress = progress or Progress("none")
@@ -178,6 +178,9 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     # arrives (at 2.5 input slices per model slice, 60% of the volume's memory).
     slices = np.ascontiguousarray(view[positions])
     del view, image
+    if precision == "auto" and dev.type == "cpu" and cpu_supports_bf16() and cached_measurement() is None:
+        progress.log("segment", f"measuring whether bf16 or fp32 is faster on this CPU (once; kept in "
+                                f"{cache_path()})")
     dtype = resolve_precision(precision, dev)
     if dtype == torch.bfloat16 and dev.type == "cpu" and not cpu_supports_bf16():
         progress.log("segment", "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 runs emulated, "
