@@ -116,3 +116,29 @@ def test_auto_uses_the_cached_choice(home):
         assert inference_precision("auto", cpu) == (torch.bfloat16 if choice == "bf16" else torch.float32)
         assert training_precision("auto", cpu) == choice
         assert cp.cached_measurement() == entry  # read, not measured again and rewritten
+
+
+@pytest.mark.skipif(not cp.cpu_supports_bf16(), reason="auto measures only where the CPU has native bf16")
+def test_segment_measures_once_and_says_so(home, tmp_path):
+    import io
+
+    import numpy as np
+    from _infer_helpers import save_tiny_model, write_image
+
+    from ldfsam.infer import segment_volume
+    from ldfsam.progress import Progress
+
+    model = save_tiny_model(tmp_path / "m.safetensors")
+    grey = np.random.default_rng(0).normal(0, 100, (24, 64, 64)).astype(np.int16)
+    volume = write_image(tmp_path / "v.nii.gz", grey, spacing=(0.5, 0.5, 0.5))
+    said = []
+    for _ in range(2):
+        stream = io.StringIO()
+        segment_volume(volume, None, model=model, progress=Progress("json", stream))
+        events = [json.loads(line) for line in stream.getvalue().splitlines()]
+        said.append([e["message"] for e in events if e["kind"] == "log" and "faster on this CPU" in e["message"]])
+        start = next(e for e in events if e["kind"] == "start")
+        # The run used the measured choice, now in the cache.
+        assert start["precision"] == {"bf16": "bfloat16", "fp32": "float32"}[cp.cached_measurement().choice]
+    assert len(said[0]) == 1 and str(home) in said[0][0]  # the first run measured, and said where it keeps it
+    assert said[1] == []  # the second read the cache
