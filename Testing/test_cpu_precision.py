@@ -21,7 +21,11 @@ def home(tmp_path, monkeypatch):
 
 
 def test_measurement_is_real_and_bf16_masks_agree():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
     m = cp.measure(TINY)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is left alone
     assert m.cpu == cp.cpu_name() and m.torch == torch.__version__ and m.threads == torch.get_num_threads()
     assert m.fp32_matmul_gflops > 0 and m.bf16_matmul_gflops > 0
     assert 0 < m.fp32_encoder_s < 60 and 0 < m.bf16_encoder_s < 60
