@@ -32,7 +32,7 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _torch_threads():
+def _seed_torch():
     """Seed torch's global random generator before every test, so a test's random tensors do not depend on which
     tests ran before it."""
     try:
