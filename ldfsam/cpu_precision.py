@@ -2,7 +2,7 @@
 
 A CPU that reports AVX512-BF16 does not always run bf16 faster: on some Xeons torch's bf16 matmul reaches half the
 fp32 rate. So ``--precision auto`` on a CPU with native bf16 measures both precisions once (a short matmul and a
-short pass through the encoder with one vit_b-wide block, under the same autocast and bf16 encoder weights
+short pass through the encoder with a single block, under the same autocast and bf16 encoder weights
 as :class:`ldfsam.infer.predictor.SlicePredictor`) and keeps bf16 only when it is faster over both and its masks
 agree with fp32's. The answer is cached in ``$LDFSAM_HOME/cpu_precision.json``, keyed by the CPU model and the
 torch version (delete the file to measure again). A CPU without native bf16 is never measured: there bf16 is
@@ -56,16 +56,16 @@ def cpu_name() -> str:
 
 @dataclass(frozen=True)
 class Probe:
-    """The sizes of a measurement. The defaults (one vit_b block at 256 input, without the adapter, whose small
-    convolutions at batch 1 time weight handling rather than arithmetic; a 1024³ matmul) take about half a second
-    on two idle cores; tests use smaller ones."""
+    """The sizes of a measurement. The defaults (one block of width 512 at 256 input, without the adapter, whose
+    small convolutions at batch 1 time weight handling rather than arithmetic; a 1024³ matmul; best of two) take
+    under a second on two idle cores; tests use smaller ones."""
 
     matmul_size: int = 1024
-    embed_dim: int = 768
-    num_heads: int = 12
+    embed_dim: int = 512
+    num_heads: int = 8
     image_size: int = 256
     adapter: bool = False
-    repeats: int = 3
+    repeats: int = 2
 
 
 @dataclass(frozen=True)
