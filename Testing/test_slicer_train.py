@@ -116,6 +116,7 @@ def test_evaluation_table_reads_the_core_csv(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 2-6 min on 2 idle CPU cores; more than the suite's 600 s on a busy machine
 def test_tiny_training_end_to_end_through_the_module_commands(tmp_path):
     """Prepare, Phase 1, Phase 2, evaluate and install, each as the Train module runs it (2-6 min on 2 CPU cores)."""
     from ldfsam.data.phantom import write_phantom_dataset
