@@ -50,3 +50,15 @@ def add_decomposed_rel_pos(attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
     attn = attn.view(b, q_h, q_w, k_h, k_w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
     return attn.view(b, q_h * q_w, k_h * k_w)
+
+
+def sam_med2d_adapter(x: torch.Tensor, w: dict) -> torch.Tensor:
+    """SAM-Med2D's ``Adapter_Layer`` (its segment_anything/modeling/image_encoder.py) written from its formula on
+    the tensors of its state dict ``w`` (channel.0/2, spatial.0/2, norm; default LayerNorm eps): B×H×W×C tokens,
+    H and W even. The spatial branch sees the channel-gated input; the skip carries the input itself."""
+    c = x.permute(0, 3, 1, 2)
+    gate = torch.sigmoid(F.linear(F.relu(F.linear(c.mean((2, 3)), w["channel.0.weight"])), w["channel.2.weight"]))
+    down = F.relu(F.conv2d(c * gate[:, :, None, None], w["spatial.0.weight"], stride=2, padding=1))
+    up = F.relu(F.conv_transpose2d(down, w["spatial.2.weight"], stride=2, padding=1))
+    out = (c + up).permute(0, 2, 3, 1)
+    return F.layer_norm(out, out.shape[-1:], w["norm.weight"], w["norm.bias"], eps=1e-5)

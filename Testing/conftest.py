@@ -15,8 +15,8 @@ _NONET = Path(__file__).resolve().parent / "_nonet"
 os.environ["LDFSAM_TEST_NO_NETWORK"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_NONET), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-# Keep tests from writing into the developer's home (model cache, ultralytics settings).
-os.environ.setdefault("LDFSAM_HOME", str(REPO / ".pytest_cache" / "ldfsam-home"))
+# Never the developer's own LDFSAM_HOME (their models, their measured precision): the suite's own folder.
+os.environ["LDFSAM_HOME"] = str(REPO / ".pytest_cache" / "ldfsam-home")
 sys.path.insert(0, str(_NONET))
 import sitecustomize  # noqa: E402,F401  - applies the guard to this process too
 
@@ -32,8 +32,9 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _torch_threads():
-    """Two cores: keep intra-op threads fixed so timings and results are repeatable."""
+def _seed_torch():
+    """Seed torch's global random generator before every test, so a test's random tensors do not depend on which
+    tests ran before it."""
     try:
         import torch
     except ImportError:  # pragma: no cover

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,8 @@ def test_json_progress_and_seg_nrrd(tmp_path, tiny_model, phantom):
     lines = [line for line in r.stdout.splitlines() if line.strip()]
     events = [parse_event(line) for line in lines]
     assert all(e is not None for e in events), r.stdout  # stdout holds events only
-    assert [e["kind"] for e in events][0] == "start" and events[-1]["kind"] == "done"
+    # (a "log" event may come first: the one-time precision measurement of a fresh LDFSAM_HOME says so)
+    assert [e["kind"] for e in events if e["kind"] != "log"][0] == "start" and events[-1]["kind"] == "done"
     steps = [e for e in events if e["kind"] == "progress"]
     assert [e["step"] for e in steps] == [4, 8, 12, 16, 20, 24] and steps[-1]["total"] == 24
     assert events[-1]["output"] == str(out) and events[-1]["slices"] == 24
@@ -132,16 +132,19 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path, tiny_model):
                 break
         else:
             pytest.fail(f"no progress event: {proc.stderr.read()}")
-        assert event["step"] < 400
-        t0 = time.monotonic()
+        total = event["total"]
+        assert event["step"] < total
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
-        elapsed = time.monotonic() - t0
+        rc = proc.wait(timeout=60)
+        after = [e for e in map(parse_event, proc.stdout) if e]
     finally:
         if proc.poll() is None:
             proc.kill()
     assert rc == 130, proc.stderr.read()
-    assert elapsed < 2.5, f"took {elapsed:.1f} s to stop"
+    # Stopped at once, not at the end: at most the batch in flight reported after the signal, never "done".
+    assert [e["kind"] for e in after if e["kind"] != "progress"] in ([], ["error"]), after
+    steps = [e for e in after if e["kind"] == "progress"]
+    assert len(steps) <= 1 and all(e["step"] < total for e in steps), after
     assert "cancelled" in proc.stderr.read()
     leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name != "long.nrrd"]
     assert leftovers == []

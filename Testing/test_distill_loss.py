@@ -19,31 +19,36 @@ def test_ld_is_zero_for_identical_distributions():
     # Logits shifted per side by a constant give the same softmax: still zero.
     shifted = logits.reshape(7, 4, 16) + torch.arange(4.0).reshape(1, 4, 1) * 3
     # float32 rounding, amplified by tau^2 = 100
-    assert torch.allclose(ld_per_anchor(shifted.reshape(7, 64), logits, 10.0, 16), torch.zeros(7), atol=1e-4)
+    assert torch.allclose(ld_per_anchor(shifted.reshape(7, 64), logits, 10.0, 16), torch.zeros(7), atol=1e-5)
 
 
 def test_ld_equals_hand_computation():
-    # Teacher side distribution (1/2, 1/4, 1/8, 1/8), student uniform over 4 bins:
-    # KL = 1/2 ln 2 + 1/4 ln 1 + 2 * 1/8 ln(1/2) = 1/4 ln 2 per side.
+    # Teacher side distribution (1/2, 1/4, 1/8, 1/8), student uniform over 4 bins. Pointwise KL terms
+    # p_t ln(p_t / p_s): 1/2 ln 2, 1/4 ln 1 = 0, 1/8 ln(1/2), 1/8 ln(1/2); their sum (the KL) is 1/4 ln 2 per side.
     p_t = torch.tensor([0.5, 0.25, 0.125, 0.125])
     tau = 2.0
     teacher = (tau * p_t.log()).repeat(4)[None]  # softmax(teacher / tau) = p_t on every side
     student = torch.zeros(1, 16)
-    # tau^2 * 4 sides * (1/4 ln 2) = 4 ln 2
-    assert ld_per_anchor(student, teacher, tau, 4).item() == pytest.approx(4 * math.log(2), rel=1e-6)
-    # One anchor with one differing side only: tau^2 * 1/4 ln 2.
+    # Mean over 4 sides x 4 bins = 4 * (1/4 ln 2) / 16 = ln 2 / 16; times tau^2 = 4: ln 2 / 4.
+    assert ld_per_anchor(student, teacher, tau, 4).item() == pytest.approx(math.log(2) / 4, rel=1e-6)
+    # One anchor with one differing side only: 4 * (1/4 ln 2) / 16 = ln 2 / 16.
     teacher_one = torch.zeros(1, 16)
     teacher_one[0, 8:12] = tau * p_t.log()
-    assert ld_per_anchor(student, teacher_one, tau, 4).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert ld_per_anchor(student, teacher_one, tau, 4).item() == pytest.approx(math.log(2) / 16, rel=1e-6)
 
 
-def test_ld_matches_kl_div_reference():
+def test_ld_matches_the_reference_implementations_reduction():
+    # HikariTJU/LD: one row of reg_max + 1 bins per side, F.kl_div(..., reduction="none").mean(1) * T * T
+    # (mmdet's KnowledgeDistillationKLDivLoss), each side weighted by its anchor's weight, summed, / avg_factor=4.
     torch.manual_seed(2)
     s, t = torch.randn(5, 64) * 3, torch.randn(5, 64) * 3
     tau = 10.0
-    ref = F.kl_div(F.log_softmax(s.reshape(5, 4, 16) / tau, -1), F.softmax(t.reshape(5, 4, 16) / tau, -1),
-                   reduction="none").sum((-1, -2)) * tau**2
-    assert torch.allclose(ld_per_anchor(s, t, tau, 16), ref, atol=1e-6)
+    rows = F.kl_div(F.log_softmax(s.reshape(20, 16) / tau, dim=1), F.softmax(t.reshape(20, 16) / tau, dim=1),
+                    reduction="none").mean(1) * (tau * tau)
+    weight = torch.rand(5)
+    reference = (rows * weight[:, None].expand(-1, 4).reshape(-1)).sum() / 4.0
+    assert (ld_per_anchor(s, t, tau, 16) * weight).sum().item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(ld_per_anchor(s, t, tau, 16), rows.reshape(5, 4).sum(1) / 4.0, atol=1e-6)
 
 
 def test_temperature_softens_and_tau_squared_keeps_scale():
@@ -58,9 +63,9 @@ def test_temperature_softens_and_tau_squared_keeps_scale():
     assert entropy(t, 10.0) > entropy(t, 1.0)
     assert entropy(t, 10.0) < math.log(16)
     # Raw KL shrinks like 1/tau^2 as tau grows; tau^2 * KL tends to the logit-matching limit
-    # 1/(2 n) * sum_i (d_i - mean d)^2, d = t - s, per side (n = reg_max bins).
+    # 1/(2 n) * sum_i (d_i - mean d)^2, d = t - s, per side (n = reg_max bins); LD averages over the 4 n terms.
     d = (t - s).reshape(4, 16)
-    limit = (0.5 * ((d - d.mean(-1, keepdim=True)) ** 2).mean(-1)).sum().item()
+    limit = (0.5 * ((d - d.mean(-1, keepdim=True)) ** 2).mean(-1)).sum().item() / (4 * 16)
     big = ld_per_anchor(s, t, 1000.0, 16).item()
     assert big == pytest.approx(limit, rel=1e-2)
     raw_10 = ld_per_anchor(s, t, 10.0, 16).item() / 100

@@ -97,24 +97,36 @@ def test_single_slice_volume(tmp_path, tiny_model):
 
 def test_too_large_for_memory_reduces_batch_then_refuses(tmp_path, tiny_model, volume):
     from ldfsam.checkpoint import load_checkpoint
-    from ldfsam.infer.memory import PER_SLICE_BYTES
 
-    run = dict(model=tiny_model, batch=8, keep_slices=np.ones(12, bool), precision="fp32")
-    base = segment_volume(volume, None, **run)
-    # Room for the grey values of the model slices (all 12 here), the volume arrays, the model and two slices in
-    # flight: the batch shrinks, the result does not.
-    model_bytes = sum(p.numel() * p.element_size() for p in load_checkpoint(tiny_model).model.parameters())
-    held = 12 * 32 * 32 * sitk.ReadImage(str(volume)).GetSizeOfPixelComponent()
-    limit = held + 12 * 32 * 32 * 8 + model_bytes + 2 * (PER_SLICE_BYTES["small"] + 32 * 32 * 12) + 1000
-    small = segment_volume(volume, None, memory_limit=limit, **run)
-    assert small.batch == 2 and base.batch == 8
-    np.testing.assert_array_equal(small.labels, base.labels)
-    # The grey values already held count against the limit: without room for them, one slice fewer fits.
-    assert segment_volume(volume, None, memory_limit=limit - held, **run).batch == 1
+    loaded = load_checkpoint(tiny_model)  # loaded once; every run below reuses it
+    run = dict(model=loaded, batch=8, keep_slices=np.ones(12, bool), precision="fp32")
+    base = segment_volume(volume, None, memory_limit=8 << 30, **run)
+    assert base.batch == 8
+    model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    # Room for the model alone: refused, naming the file, with nothing written.
     with pytest.raises(InputError) as e:
-        segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model, memory_limit=model_bytes)
+        segment_volume(volume, tmp_path / "o.nii.gz", model=loaded, memory_limit=model_bytes)
     assert str(volume) in str(e.value) and "GB of memory" in str(e.value)
     assert not (tmp_path / "o.nii.gz").exists()
+
+    def batch_at(limit: int) -> int:
+        """The batch a run under ``limit`` used, or 0 when it was refused (with the file and the memory named)."""
+        try:
+            result = segment_volume(volume, None, memory_limit=limit, **run)
+        except InputError as e:
+            assert str(volume) in str(e) and "GB of memory" in str(e)
+            return 0
+        np.testing.assert_array_equal(result.labels, base.labels)  # the batch shrinks, the result does not
+        return result.batch
+
+    # Growing limits: refused while too small, then runs whose batch never shrinks as memory grows, going through
+    # reduced sizes before the full 8 (observed behaviour only; no figure of the planner's own formula).
+    batches = [batch_at(int(model_bytes * f)) for f in (2, 4.5, 7, 15, 50)]
+    refused = batches.count(0)
+    assert refused >= 1 and batches[:refused] == [0] * refused, batches
+    runs = batches[refused:]
+    assert runs == sorted(runs) and runs[-1] == 8, batches
+    assert len({b for b in runs if b < 8}) >= 2, batches
 
 
 def test_corrupt_model_file(tmp_path, tiny_model, volume):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ldfsam.cpu_precision import cpu_supports_bf16
 from ldfsam.infer import segment_volume
-from ldfsam.infer.predictor import cpu_supports_bf16
 from ldfsam.models.registry import RESOURCES
 
 PHANTOM = RESOURCES / "demo" / "phantom.nii.gz"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from _sam_reference import add_decomposed_rel_pos, window_partition, window_unpartition
+from _sam_reference import add_decomposed_rel_pos, sam_med2d_adapter, window_partition, window_unpartition
 
 from ldfsam.model.image_encoder import Adapter, Attention, Block, ImageEncoderViT
 
@@ -79,6 +79,24 @@ def test_adapter_handles_odd_grids_and_runs_beside_the_mlp():
         h = x + block.attn(block.norm1(x))
         y = block.norm2(h)
         torch.testing.assert_close(block(x), h + block.mlp(y) + block.adapter(y))
+
+
+def test_adapter_is_sam_med2ds_formula():
+    torch.manual_seed(3)
+    adapter = Adapter(32).eval()
+    with torch.no_grad():
+        adapter.norm.weight.normal_(1, 0.2)
+        adapter.norm.bias.normal_(0, 0.2)
+    w = {k: v.detach() for k, v in adapter.state_dict().items()}
+    x = torch.randn(2, 16, 16, 32)
+    with torch.no_grad():
+        out = adapter(x)
+        torch.testing.assert_close(out, sam_med2d_adapter(x, w), rtol=1e-5, atol=1e-5)
+        # The formula this replaced (the skip from the gated input) is far from it: the test tells them apart.
+        c = x.permute(0, 3, 1, 2)
+        gated = c * adapter.channel(c.mean((2, 3)))[:, :, None, None]
+        old = adapter.norm((gated + adapter.spatial(gated)).permute(0, 2, 3, 1))
+        assert (out - old).abs().max() > 0.1
 
 
 def test_encoder_output_grid_follows_input_size():

@@ -1,36 +1,89 @@
-"""Official SAM checkpoints (1024-input layout) load into the 256-input encoder of the vit_b preset."""
+"""Official SAM checkpoints (1024-input layout) and SAM-Med2D's (256 input, adapters) load into the vit_b preset."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from ldfsam.errors import CheckpointError
 
 
+def _vit_b_layout(image_size: int = 1024, adapters: tuple = ()) -> dict:
+    """Names and shapes of segment-anything's ``build_sam_vit_b()`` state dict (the layout of sam_vit_b_01ec64.pth),
+    written out from segment-anything's build_sam.py and modeling/*.py, not taken from LDFSAM's modules. At 256
+    input with ``adapters`` (block numbers), SAM-Med2D's vit_b: the same names plus ``blocks.N.Adapter.*``."""
+    g = image_size // 16
+    d = 768
+    shapes = {"image_encoder.patch_embed.proj.weight": (d, 3, 16, 16), "image_encoder.patch_embed.proj.bias": (d,),
+              "image_encoder.pos_embed": (1, g, g, d)}
+    for i in range(12):
+        b = f"image_encoder.blocks.{i}."
+        rel = 2 * g - 1 if i in (2, 5, 8, 11) else 2 * 14 - 1  # global attention, else 14×14 windows
+        shapes.update({b + "norm1.weight": (d,), b + "norm1.bias": (d,), b + "attn.rel_pos_h": (rel, 64),
+                       b + "attn.rel_pos_w": (rel, 64), b + "attn.qkv.weight": (3 * d, d),
+                       b + "attn.qkv.bias": (3 * d,),
+                       b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,), b + "norm2.weight": (d,),
+                       b + "norm2.bias": (d,), b + "mlp.lin1.weight": (4 * d, d), b + "mlp.lin1.bias": (4 * d,),
+                       b + "mlp.lin2.weight": (d, 4 * d), b + "mlp.lin2.bias": (d,)})
+        if i in adapters:
+            shapes.update({b + "Adapter.channel.0.weight": (d // 4, d), b + "Adapter.channel.2.weight": (d, d // 4),
+                           b + "Adapter.spatial.0.weight": (d, d, 3, 3), b + "Adapter.spatial.2.weight": (d, d, 4, 4),
+                           b + "Adapter.norm.weight": (d,), b + "Adapter.norm.bias": (d,)})
+    shapes.update({"image_encoder.neck.0.weight": (256, d, 1, 1), "image_encoder.neck.1.weight": (256,),
+                   "image_encoder.neck.1.bias": (256,), "image_encoder.neck.2.weight": (256, 256, 3, 3),
+                   "image_encoder.neck.3.weight": (256,), "image_encoder.neck.3.bias": (256,)})
+    p = "prompt_encoder."
+    shapes[p + "pe_layer.positional_encoding_gaussian_matrix"] = (2, 128)
+    for i in range(4):
+        shapes[f"{p}point_embeddings.{i}.weight"] = (1, 256)
+    shapes.update({p + "not_a_point_embed.weight": (1, 256), p + "no_mask_embed.weight": (1, 256),
+                   p + "mask_downscaling.0.weight": (4, 1, 2, 2), p + "mask_downscaling.0.bias": (4,),
+                   p + "mask_downscaling.1.weight": (4,), p + "mask_downscaling.1.bias": (4,),
+                   p + "mask_downscaling.3.weight": (16, 4, 2, 2), p + "mask_downscaling.3.bias": (16,),
+                   p + "mask_downscaling.4.weight": (16,), p + "mask_downscaling.4.bias": (16,),
+                   p + "mask_downscaling.6.weight": (256, 16, 1, 1), p + "mask_downscaling.6.bias": (256,)})
+
+    def attention(prefix: str, inner: int) -> None:
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            shapes[f"{prefix}.{proj}.weight"] = (inner, 256)
+            shapes[f"{prefix}.{proj}.bias"] = (inner,)
+        shapes[f"{prefix}.out_proj.weight"] = (256, inner)
+        shapes[f"{prefix}.out_proj.bias"] = (256,)
+
+    t = "mask_decoder.transformer."
+    for i in range(2):
+        layer = f"{t}layers.{i}"
+        attention(f"{layer}.self_attn", 256)
+        attention(f"{layer}.cross_attn_token_to_image", 128)  # downsample_rate 2
+        attention(f"{layer}.cross_attn_image_to_token", 128)
+        for n in range(1, 5):
+            shapes[f"{layer}.norm{n}.weight"] = shapes[f"{layer}.norm{n}.bias"] = (256,)
+        shapes.update({f"{layer}.mlp.lin1.weight": (2048, 256), f"{layer}.mlp.lin1.bias": (2048,),
+                       f"{layer}.mlp.lin2.weight": (256, 2048), f"{layer}.mlp.lin2.bias": (256,)})
+    attention(f"{t}final_attn_token_to_image", 128)
+    shapes[f"{t}norm_final_attn.weight"] = shapes[f"{t}norm_final_attn.bias"] = (256,)
+    m = "mask_decoder."
+    shapes.update({m + "iou_token.weight": (1, 256), m + "mask_tokens.weight": (4, 256),
+                   m + "output_upscaling.0.weight": (256, 64, 2, 2), m + "output_upscaling.0.bias": (64,),
+                   m + "output_upscaling.1.weight": (64,), m + "output_upscaling.1.bias": (64,),
+                   m + "output_upscaling.3.weight": (64, 32, 2, 2), m + "output_upscaling.3.bias": (32,)})
+    for head, count, out in (("output_hypernetworks_mlps", 4, 32), (None, 1, 4)):
+        for k in range(count):
+            name = f"{m}{head}.{k}" if head else f"{m}iou_prediction_head"
+            shapes.update({f"{name}.layers.0.weight": (256, 256), f"{name}.layers.0.bias": (256,),
+                           f"{name}.layers.1.weight": (256, 256), f"{name}.layers.1.bias": (256,),
+                           f"{name}.layers.2.weight": (out, 256), f"{name}.layers.2.bias": (out,)})
+    return shapes
+
+
+def _random_state(layout: dict, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(shape, generator=g) for k, shape in layout.items()}
+
+
 def _official_vit_b_state() -> dict:
     """A state dict laid out exactly like sam_vit_b_01ec64.pth (1024 input), with random values."""
-    from ldfsam.model.common import LayerNorm2d
-    from ldfsam.model.image_encoder import ImageEncoderViT
-    from ldfsam.model.mask_decoder import MLP, MaskDecoder
-
-    g = torch.Generator().manual_seed(5)
-    with torch.device("meta"):  # only the names and shapes are needed; values are drawn below
-        encoder = ImageEncoderViT(image_size=1024, adapters=False)  # vit_b dims are the defaults
-        decoder = MaskDecoder(num_classes=4)
-        decoder.iou_prediction_head = MLP(256, 256, 4, 3)
-        mask_downscaling = nn.Sequential(nn.Conv2d(1, 4, 2, 2), LayerNorm2d(4), nn.GELU(), nn.Conv2d(4, 16, 2, 2),
-                                         LayerNorm2d(16), nn.GELU(), nn.Conv2d(16, 256, 1))
-    state = {f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}
-    state.update({f"mask_decoder.{k}": v for k, v in decoder.state_dict().items()})
-    state.update({f"prompt_encoder.mask_downscaling.{k}": v for k, v in mask_downscaling.state_dict().items()})
-    state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn(2, 128)
-    for i in range(4):
-        state[f"prompt_encoder.point_embeddings.{i}.weight"] = torch.zeros(1, 256)
-    state["prompt_encoder.not_a_point_embed.weight"] = torch.zeros(1, 256)
-    state["prompt_encoder.no_mask_embed.weight"] = torch.zeros(1, 256)
-    return {k: torch.randn(v.shape, generator=g) for k, v in state.items()}
+    return _random_state(_vit_b_layout(), 5)
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +185,32 @@ def test_small_preset_has_no_official_weights(official):
 
     with pytest.raises(CheckpointError, match="'small' preset has no official weights"):
         load_sam_weights(small_model(), official[0])
+
+
+def test_sam_med2d_file_loads_its_adapters_and_reproduces_them(tmp_path, vit_b):
+    from _sam_reference import sam_med2d_adapter
+
+    from ldfsam.model.sam_weights import load_sam_weights
+
+    # SAM-Med2D has an adapter in every block; three of them keep the file small (180 M parameters in twelve).
+    with_adapters = (0, 3, 11)
+    src = _random_state(_vit_b_layout(256, adapters=with_adapters), 7)
+    path = tmp_path / "sam-med2d_b.pth"
+    torch.save({"model": src}, path)  # SAM-Med2D saves {"model": state_dict, ...}
+    report = load_sam_weights(vit_b, path)
+    own = vit_b.state_dict()
+    assert report["resized"] == []  # already laid out for 256 input
+    # The adapters in the file were loaded; only the others kept their initialisation.
+    assert {k.split(".")[2] for k in report["initialised"]} == {str(i) for i in range(12)} - {"0", "3", "11"}
+    assert all(".adapter." in k for k in report["initialised"])
+    for i in with_adapters:
+        for part in ("channel.0.weight", "channel.2.weight", "spatial.0.weight", "spatial.2.weight", "norm.bias"):
+            assert torch.equal(own[f"image_encoder.blocks.{i}.adapter.{part}"],
+                               src[f"image_encoder.blocks.{i}.Adapter.{part}"])
+    # Block 3's adapter computes SAM-Med2D's formula on SAM-Med2D's tensors.
+    prefix = "image_encoder.blocks.3.Adapter."
+    weights = {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}
+    x = torch.randn(1, 16, 16, 768, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(vit_b.image_encoder.blocks[3].adapter(x), sam_med2d_adapter(x, weights),
+                                   rtol=1e-4, atol=1e-4)

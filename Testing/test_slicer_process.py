@@ -88,28 +88,32 @@ def test_strays_left_by_a_finished_process_are_ended():
     assert not _alive(stray)
 
 
-def test_poll_never_blocks_and_separates_events_from_other_output():
-    code = textwrap.dedent("""
-        import sys, time
+def test_poll_never_blocks_and_separates_events_from_other_output(tmp_path):
+    go = tmp_path / "go"
+    code = textwrap.dedent(f"""
+        import os, sys, time
         from ldfsam.progress import Progress
         p = Progress("json")
         print("library chatter on stdout", flush=True)
+        while not os.path.exists({str(go)!r}):  # nothing more until the test says so
+            time.sleep(0.01)
         p.start("segment", total=3)
         for i in range(1, 4):
-            time.sleep(0.1)
             p.update("segment", i, 3)
         print("warning on stderr", file=sys.stderr, flush=True)
         p.done("segment")
     """)
     process = BackgroundProcess([sys.executable, "-c", code], env=core_env()).start()
-    t0 = time.monotonic()
-    process.poll()
-    assert time.monotonic() - t0 < 0.05  # the GUI thread is never held up
+    # The child is waiting for the test, so a poll that waited for output or for the end would never return:
+    # returning at all, with the child still running and no event yet, is the proof (the GUI thread is never held).
+    first = process.poll()
+    assert process.returncode is None and first.events == []
+    go.write_text("")
     out = process.wait(timeout=60)
     assert process.returncode == 0
     assert [e["kind"] for e in out.events] == ["start", "progress", "progress", "progress", "done"]
-    assert out.stdout == ["library chatter on stdout"]
-    assert "warning on stderr" in out.stderr
+    assert first.stdout + out.stdout == ["library chatter on stdout"]
+    assert "warning on stderr" in first.stderr + out.stderr
     state = RunState()
     for e in out.events:
         state.feed(e)

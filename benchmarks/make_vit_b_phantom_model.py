@@ -79,13 +79,14 @@ def main() -> int:
     log(f"data: {len(sam_images)} slices, {int(masks.reshape(len(masks), -1).any(1).sum())} with teeth")
     train_prompt_generator(model, yolo_images, boxes, args.yolo_steps, args.batch, 1e-3, log)
 
-    # Frozen parts once: encoder embeddings (bf16 autocast where the CPU has bf16, as at inference) and the
-    # prompt generator's features.
+    # Frozen parts once: encoder embeddings (bf16 autocast where `--precision auto` picks it, as at inference) and
+    # the prompt generator's features.
     model.eval()
     embeddings, features = [], []
-    from ldfsam.infer.predictor import cpu_supports_bf16
+    from ldfsam.cpu_precision import auto_cpu_precision
 
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_supports_bf16()):
+    bf16 = auto_cpu_precision() == "bf16"
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for k in range(0, len(sam_images), args.batch):
             sam = torch.from_numpy(sam_images[k:k + args.batch]).float().div_(255)[:, None].expand(-1, 3, -1, -1)
             yolo = torch.from_numpy(yolo_images[k:k + args.batch]).float().div_(255)[:, None].expand(-1, 3, -1, -1)

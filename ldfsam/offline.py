@@ -17,12 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
+from .home import ldfsam_home
+
 _patched: Optional[ModuleType] = None
-
-
-def ldfsam_home() -> Path:
-    """The core's user folder (model cache, ultralytics settings): ``$LDFSAM_HOME`` or ``~/.ldfsam``."""
-    return Path(os.environ.get("LDFSAM_HOME") or Path.home() / ".ldfsam").expanduser()
 
 
 def ultralytics_dir() -> Path:

@@ -51,7 +51,7 @@ def _run(args) -> int:
         if args.output:
             output, force = Path(args.output), args.force
         else:
-            from ..models.cache import ldfsam_home
+            from ..home import ldfsam_home
 
             # The demo's own file in ldfsam's own folder: replacing it on the next run loses nothing.
             output, force = ldfsam_home() / "demo" / "ldfsam-demo.seg.nrrd", True

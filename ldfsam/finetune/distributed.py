@@ -45,6 +45,15 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
+def agree(choice: str, env: DistEnv) -> str:
+    """Rank 0's choice for every rank (a precision measured on each rank's CPU could differ between them)."""
+    if not (env.distributed and dist.is_initialized()):
+        return choice
+    box = [choice]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def teardown(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()

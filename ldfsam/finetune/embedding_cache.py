@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
-from ..models.cache import ldfsam_home
+from ..home import ldfsam_home
 
 STORE_DTYPE = torch.float16
 

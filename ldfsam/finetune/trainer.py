@@ -82,7 +82,7 @@ class Trainer:
         self.progress = progress if (progress is not None and env.is_main) else Progress("none")
         self.provenance = provenance or {}
         self.model = model.to(env.device)
-        self.precision = resolve_precision(cfg.precision, env.device)
+        self.precision = distributed.agree(resolve_precision(cfg.precision, env.device), env)
         self.scaler = make_scaler(self.precision, env.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # A zero-shot model is the pretrained SAM prompted with detected boxes: nothing trains, it is validated

@@ -330,9 +330,13 @@ def write_outputs(result: SegmentationResult, output: Optional[PathLike], probab
 def _device_and_precision(device: str, precision: str, progress: Progress):
     import torch
 
-    from .predictor import cpu_supports_bf16, resolve_device, resolve_precision
+    from ..cpu_precision import cache_path, cached_measurement, cpu_supports_bf16
+    from .predictor import resolve_device, resolve_precision
 
     dev = resolve_device(device)
+    if precision == "auto" and dev.type == "cpu" and cpu_supports_bf16() and cached_measurement() is None:
+        progress.log("segment", f"measuring whether bf16 or fp32 is faster on this CPU (once; kept in "
+                                f"{cache_path()})")
     dtype = resolve_precision(precision, dev)
     if dtype == torch.bfloat16 and dev.type == "cpu" and not cpu_supports_bf16():
         progress.log("segment", "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 runs emulated, "

@@ -19,12 +19,14 @@ from .common import LayerNorm2d, MLPBlock
 
 
 class Adapter(nn.Module):
-    """SAM-Med2D-style adapter: a channel gate, then a spatial down/up convolution with a skip, then LayerNorm.
+    """SAM-Med2D's adapter (``Adapter_Layer``): a channel gate feeding a spatial down/up convolution, a skip from
+    the un-gated input, then LayerNorm: ``norm(x + spatial(gate(x) · x))``.
 
-    Channel path: GAP -> Linear(D, r·D) -> ReLU -> Linear(r·D, D) -> sigmoid, which re-weights the channels.
-    Spatial path: 3×3 conv stride 2 -> ReLU -> 4×4 transposed conv stride 2 -> ReLU, added to the gated input.
-    Both convolutions are full D×D, which is why an adapter costs ~15 M parameters per ViT-B block (see docs).
-    Input and output are B×H×W×D (token layout of the ViT blocks).
+    Channel gate: GAP -> Linear(D, r·D) -> ReLU -> Linear(r·D, D) -> sigmoid, which re-weights the channels.
+    Spatial path: 3×3 conv stride 2 -> ReLU -> 4×4 transposed conv stride 2 -> ReLU.
+    Parameter names match SAM-Med2D's (``channel.0/2``, ``spatial.0/2``, ``norm``; its blocks call the module
+    ``Adapter``, see ``sam_weights.py``). Both convolutions are full D×D, which is why an adapter costs ~15 M
+    parameters per ViT-B block (see docs). Input and output are B×H×W×D (token layout of the ViT blocks).
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 0.25) -> None:
@@ -48,9 +50,9 @@ class Adapter(nn.Module):
         _, h, w, _ = x.shape
         x = x.permute(0, 3, 1, 2)
         gate = self.channel(x.mean(dim=(2, 3)))
-        x = x * gate[:, :, None, None]
-        # An odd grid comes back one larger from the stride-2 down/up pair: crop to the input size.
-        x = x + self.spatial(x)[:, :, :h, :w]
+        # An odd grid comes back one larger from the stride-2 down/up pair: crop to the input size (SAM-Med2D's
+        # grids are even, where the crop changes nothing).
+        x = x + self.spatial(x * gate[:, :, None, None])[:, :, :h, :w]
         return self.norm(x.permute(0, 2, 3, 1))
 
 

@@ -1,4 +1,5 @@
-"""Loading the official SAM checkpoints (sam_vit_b/l/h, laid out for 1024 input) into LDFSAM's SAM parts.
+"""Loading the official SAM checkpoints (sam_vit_b/l/h, laid out for 1024 input) into LDFSAM's SAM parts, and
+SAM-Med2D's (256 input, with adapters).
 
 The official files are plain state dicts, read with ``torch.load(weights_only=True)`` (no pickled code runs).
 What changes on the way in:
@@ -6,7 +7,10 @@ What changes on the way in:
 - ``image_encoder.pos_embed`` 1×64×64×D is bilinearly resized to the model's grid (16×16 for a 256 input).
 - The relative-position tables of the global-attention blocks (2·64−1 = 127 rows) are linearly resized to 2·G−1
   (31 for G = 16), as SAM itself would do on the fly; windowed blocks keep their 2·14−1 = 27-row tables.
-- Adapters are not in the file and keep their initialisation.
+- Adapters are not in SAM's files and keep their initialisation. SAM-Med2D's files hold them as
+  ``image_encoder.blocks.N.Adapter.*``, which load into ``blocks.N.adapter.*`` (same layout and formula). A
+  SAM-Med2D file must hold tensors only: its training script also pickles the optimizer object, and such a file
+  is refused rather than unpickled.
 - SAM's point/mask-prompt embeddings and its IoU head have no counterpart in LDFSAM and are skipped; the two box
   corner embeddings (``point_embeddings.2/3``) become ``box_corner_embeddings.0/1``.
 - Each class's mask token and hypernetwork MLP start from SAM's single-mask output (token and MLP 0).
@@ -83,7 +87,7 @@ def load_sam_weights(model: torch.nn.Module, path: PathLike) -> Dict[str, List[s
         if key.startswith(_SKIPPED_PREFIXES):
             skipped.append(key)
             continue
-        target = key
+        target = key.replace(".Adapter.", ".adapter.") if key.startswith("image_encoder.blocks.") else key
         if key.startswith("prompt_encoder.point_embeddings."):
             target = next(iter(from_sam_names({key: value})))
         if key == "mask_decoder.mask_tokens.weight":

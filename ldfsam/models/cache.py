@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
 from ..atomic import atomic_path
 from ..errors import Arg, CheckpointError, InputError, LDFSAMError, OutputError
+from ..home import ldfsam_home
 from .registry import check_name
 
 MODEL_SUFFIX = ".safetensors"
-
-
-def ldfsam_home() -> Path:
-    return Path(os.environ.get("LDFSAM_HOME") or Path.home() / ".ldfsam").expanduser()
 
 
 def models_dir(create: bool = False) -> Path:
