@@ -104,7 +104,10 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         # One bias per head and per (|dy|, |dx|) offset between two tokens of a window; offset index |dy|·w + |dx|.
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
-        ys, xs = torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+        # On the CPU even inside a meta-device build: this buffer is not in any state dict, so a model file
+        # loaded with assign=True would leave a meta tensor here.
+        ys, xs = torch.meshgrid(torch.arange(window_size, device="cpu"), torch.arange(window_size, device="cpu"),
+                                indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         index = (ys[:, None] - ys[None, :]).abs() * window_size + (xs[:, None] - xs[None, :]).abs()
         self.register_buffer("attention_bias_idxs", index, persistent=False)
