@@ -178,3 +178,41 @@ def test_optional_prompt_modules_are_not_built_by_default():
     with pytest.raises(ValueError, match="no IoU head"):
         decoder.predict_all(torch.zeros(1, 256, 4, 4), torch.zeros(1, 256, 4, 4), torch.zeros(1, 0, 256),
                             torch.zeros(1, 256, 4, 4))
+
+
+def test_inference_preparation_keeps_the_outputs(models, images, embeddings):
+    """BatchNorm folded into the convolutions, channels_last, frozen bias tables: LiteMedSAM's embedding still."""
+    import copy
+
+    from ldfsam.model.tiny_vit import ConvBN, prepare_for_inference
+
+    _, encoder, _, _ = models
+    fused = prepare_for_inference(copy.deepcopy(encoder))
+    assert not any(isinstance(m, (ConvBN, torch.nn.BatchNorm2d)) for m in fused.modules())
+    with torch.no_grad():
+        out = fused(images[0][1:3])
+    assert (out - embeddings[0][1:3]).abs().max().item() < TOL
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """A real inductor failure (its C++ compiler does not exist): the wrapper warns once, says why, and from then
+    on returns the eager module's outputs."""
+    import torch._inductor.config as inductor_config
+
+    from ldfsam.model.tiny_vit import compile_encoder, prepare_for_inference
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/ldfsam-no-compiler",))
+    tiny = TinyViT(image_size=32, embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                   window_sizes=(7, 7, 7, 7), out_chans=16)
+    encoder = prepare_for_inference(tiny)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        want = encoder(x)
+        wrapped = compile_encoder(encoder)
+        with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+            got = wrapped(x)
+        again = wrapped(x)
+    assert wrapped.fallback_reason
+    assert torch.equal(got, want) and torch.equal(again, want)
+    torch._dynamo.reset()

@@ -26,7 +26,8 @@ of 4.
 
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,20 +104,25 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         # One bias per head and per (|dy|, |dx|) offset between two tokens of a window; offset index |dy|·w + |dx|.
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
-        # On the CPU even inside a meta-device build (model files rebuild the network shapes-only): this index is
-        # not stored in files, so it must be real.
-        grid = torch.arange(window_size, device="cpu")
-        ys, xs = torch.meshgrid(grid, grid, indexing="ij")
+        # On the CPU even inside a meta-device build: this buffer is not in any state dict, so a model file
+        # loaded with assign=True would leave a meta tensor here.
+        ys, xs = torch.meshgrid(torch.arange(window_size, device="cpu"), torch.arange(window_size, device="cpu"),
+                                indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         index = (ys[:, None] - ys[None, :]).abs() * window_size + (xs[:, None] - xs[None, :]).abs()
         self.register_buffer("attention_bias_idxs", index, persistent=False)
+        # heads×w²×w² bias, gathered once by prepare_for_inference (frozen weights only).
+        self.register_buffer("frozen_bias", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(n, length, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)  # heads×w²×w²
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = self.frozen_bias if self.frozen_bias is not None else self.attention_biases[:, self.attention_bias_idxs]
+        # Written out rather than scaled_dot_product_attention: with a float mask on the CPU that takes its
+        # generic path, which spends more time checking the mask than attending (a quarter of the stage).
+        attn = torch.matmul(q * self.head_dim ** -0.5, k.transpose(-2, -1)) + bias.to(q.dtype)
+        out = torch.matmul(attn.softmax(dim=-1), v)
         return self.proj(out.transpose(1, 2).reshape(n, length, -1))
 
 
@@ -213,6 +219,7 @@ class TinyViT(nn.Module):
             raise ValueError(f"image_size: {image_size} is not a positive multiple of {stride}")
         self.image_size = image_size
         self.embedding_size = image_size // stride
+        self.channels_last = False  # set by prepare_for_inference
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         n = len(depths)
         layers: list = [ConvStage(embed_dims[0], depths[0], mbconv_expand_ratio, embed_dims[1], merge_strides[0])]
@@ -231,7 +238,76 @@ class TinyViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image B×3×S×S -> embedding B×out_chans×S/4×S/4."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         return self.neck(x)
+
+
+def _fold_batchnorm(block: ConvBN) -> nn.Conv2d:
+    """One convolution with bias equal to conv followed by BatchNorm in eval mode (running statistics)."""
+    conv, bn = block.c, block.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+    return fused
+
+
+@torch.no_grad()
+def prepare_for_inference(encoder: TinyViT, channels_last: bool = True) -> TinyViT:
+    """Make ``encoder`` (in place) an inference-only network with the same outputs up to float rounding:
+    eval mode, every BatchNorm folded into its convolution, weights and activations channels_last.
+
+    Its state dict no longer matches LiteMedSAM's names (no ``bn``), so load the weights before calling this.
+    """
+    encoder.eval()
+    for parent in list(encoder.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ConvBN):
+                setattr(parent, name, _fold_batchnorm(child))
+    for module in encoder.modules():
+        if isinstance(module, WindowAttention):
+            module.frozen_bias = module.attention_biases[:, module.attention_bias_idxs].detach().clone()
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    encoder.channels_last = channels_last
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+class CompiledEncoder:
+    """``torch.compile`` of an encoder (inductor, weights frozen) that falls back to the eager module, for good,
+    when compiling or running the compiled code fails (no C++ compiler, an unsupported platform...).
+    ``fallback_reason`` then says why. Each new input shape compiles once more (tens of seconds on a CPU)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.fallback_reason: Optional[str] = None
+        self._compiled = None
+        try:
+            # freezing: the weights are constants, so inductor may pre-pack them for oneDNN and fold them.
+            self._compiled = torch.compile(module, dynamic=False, options={"freezing": True})
+        except Exception as e:  # torch.compile unavailable here
+            self.fallback_reason = f"{type(e).__name__}: {e}"[:300]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            try:
+                return self._compiled(x)
+            except Exception as e:  # compilation happens on the first call of each shape
+                self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                self._compiled = None
+                warnings.warn(f"torch.compile failed, running the encoder eagerly ({self.fallback_reason})",
+                              RuntimeWarning, stacklevel=2)
+        return self.module(x)
+
+
+def compile_encoder(encoder: nn.Module) -> CompiledEncoder:
+    """The encoder behind ``torch.compile`` with a clean eager fallback (see :class:`CompiledEncoder`)."""
+    return CompiledEncoder(encoder)
