@@ -17,5 +17,5 @@ from .pipeline import (
            write_outputs,
 )
 
-__all__ = ["CohortSummary", "SegmentOptions", "segment_many", "SegmentationResult", "load_model", "read_input", "segment_image", "segment_volume",
-           "write_outputs"]
+__all__ = ["CohortSummary", "SegmentOptions", "SegmentationResult", "load_model", "read_input", "segment_image",
+           "segment_many", "segment_volume", "write_outputs"]
