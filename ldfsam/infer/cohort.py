@@ -151,7 +151,8 @@ def segment_many(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLi
     progress.done(PHASE, message=summary_line(summary), done=summary.done, failed=summary.failed,
                   skipped=summary.skipped, total=summary.assigned, volumes_per_minute=round(
                       summary.volumes_per_minute, 2), model_loads=summary.model_loads,
-                  model_idle_s=round(summary.model_idle_s, 3), manifest=str(summary.manifest))
+                  model_idle_s=round(summary.model_idle_s, 3), manifest=str(summary.manifest),
+                  rank=rank.rank if rank.world_size > 1 else None)
     return summary
 
 
@@ -209,7 +210,7 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
             progress.log(PHASE, f"{error}", level="error", input=str(volume))
         progress.update(PHASE, summary.skipped + summary.done + summary.failed, summary.assigned,
                         input=str(volume), output=str(names[volume]), status=status, seconds=round(seconds, 3),
-                        error=error, done=summary.done, failed=summary.failed)
+                        error=error, done=summary.done, failed=summary.failed, rank=tag)
         return record
 
     def _failed(volume: Path, error: BaseException, seconds: float) -> Record:
@@ -220,6 +221,7 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
             text = describe_error(error)
         return _finished(volume, "failed", seconds, text)
 
+    tag = rank.rank if rank.world_size > 1 else None  # events of several ranks share one stdout
     reader = ThreadPoolExecutor(1, thread_name_prefix="ldfsam-read") if overlap else None
     writer = ThreadPoolExecutor(1, thread_name_prefix="ldfsam-write") if overlap else None
     try:
