@@ -80,28 +80,25 @@ def _is_cohort(args) -> bool:
 
 
 def _check_cohort_args(args) -> None:
+    """Refuse bad inputs and outputs at once, before torch and ultralytics take seconds to import."""
     from pathlib import Path
 
     from ..data.volume import volume_suffix
     from ..errors import ConfigError, OutputError
+    from ..infer.cohort_inputs import check_output_folder, expand_inputs
 
     if args.probabilities:
         raise ConfigError("--probabilities: is written for one volume only; segment that volume on its own")
     out = Path(args.output)
     if volume_suffix(out) and not out.is_dir() and not out.exists():
         raise OutputError("names a file, but several volumes are segmented: give a folder", out)
+    check_output_folder(out)
+    expand_inputs(args.input)
+    _options(args).validate()
 
 
 def _run(args) -> int:
-    if _is_cohort(args):
-        _check_cohort_args(args)
-        return _run_cohort(args)
-    if args.format:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"--format {args.format}: applies to an output folder; the extension of the output "
-                          "file chooses its format")
-    return _run_one(args)
+    return _run_cohort(args) if _is_cohort(args) else _run_one(args)
 
 
 def _options(args):
@@ -116,8 +113,8 @@ def _run_cohort(args) -> int:
     from ._progress import command_progress, error_message
 
     with command_progress(args, COMMAND) as progress:
-        options = _options(args)  # checked before torch and ultralytics are imported
-        options.validate()
+        _check_cohort_args(args)
+        options = _options(args)
         from ..offline import import_ultralytics
 
         import_ultralytics()
@@ -139,6 +136,11 @@ def _run_one(args) -> int:
     from ._progress import command_progress
 
     with command_progress(args, COMMAND) as progress:
+        if args.format:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--format {args.format}: applies to an output folder; the extension of the output "
+                              "file chooses its format")
         from ..offline import import_ultralytics
 
         import_ultralytics()
