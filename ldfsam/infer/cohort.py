@@ -244,6 +244,7 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
             if plan is None:
                 _failed(volume, error, read_s)
                 continue
+            inner.log(PHASE, f"segmenting {volume}", input=str(volume), output=str(names[volume]), rank=tag)
             t = time.perf_counter()
             try:
                 prediction = predict(loaded, plan, options, dev, dtype, inner)
