@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -184,6 +185,9 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
     else:
         pre = model.preprocess
 
+    finishing = threading.Lock()
+    tag = rank.rank if rank.world_size > 1 else None  # events of several ranks share one stdout
+
     def read(volume: Path):
         t = time.perf_counter()
         out_io.check_outputs({"output": names[volume]}, volume, force)
@@ -201,16 +205,17 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
         return _finished(volume, "done", seconds + time.perf_counter() - t, None)
 
     def _finished(volume: Path, status: str, seconds: float, error: Optional[str]) -> Record:
-        record = manifest.record(volume, names[volume], status, seconds, error)
-        summary.records.append(record)
-        if status == "done":
-            summary.done += 1
-        else:
-            summary.failed += 1
-            progress.log(PHASE, f"{error}", level="error", input=str(volume))
-        progress.update(PHASE, summary.skipped + summary.done + summary.failed, summary.assigned,
-                        input=str(volume), output=str(names[volume]), status=status, seconds=round(seconds, 3),
-                        error=error, done=summary.done, failed=summary.failed, rank=tag)
+        with finishing:  # the main thread (a volume that failed) and the writer thread both finish volumes
+            record = manifest.record(volume, names[volume], status, seconds, error)
+            summary.records.append(record)
+            if status == "done":
+                summary.done += 1
+            else:
+                summary.failed += 1
+                progress.log(PHASE, f"{error}", level="error", input=str(volume), rank=tag)
+            progress.update(PHASE, summary.skipped + summary.done + summary.failed, summary.assigned,
+                            input=str(volume), output=str(names[volume]), status=status, seconds=round(seconds, 3),
+                            error=error, done=summary.done, failed=summary.failed, rank=tag)
         return record
 
     def _failed(volume: Path, error: BaseException, seconds: float) -> Record:
@@ -221,7 +226,6 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
             text = describe_error(error)
         return _finished(volume, "failed", seconds, text)
 
-    tag = rank.rank if rank.world_size > 1 else None  # events of several ranks share one stdout
     reader = ThreadPoolExecutor(1, thread_name_prefix="ldfsam-read") if overlap else None
     writer = ThreadPoolExecutor(1, thread_name_prefix="ldfsam-write") if overlap else None
     try:
