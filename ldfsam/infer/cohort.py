@@ -136,7 +136,7 @@ def segment_many(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLi
     make_folder(folder)
     check_writable(folder / "manifest.jsonl")
     manifest = ManifestWriter(folder, rank.rank, rank.world_size)
-    for note in notes:
+    for note in notes if rank.rank == 0 else ():  # every rank finds the same names: one says so
         progress.log(PHASE, note, level="warning")
     summary = CohortSummary(len(volumes), len(mine), 0, 0, len(mine) - len(pending), 0.0, 0, 0.0, 0.0,
                             manifest.path, notes=notes)
