@@ -242,9 +242,9 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
                 raise
             except Exception as e:  # noqa: BLE001 - one bad volume is recorded and the run goes on
                 plan, read_s, error = None, 0.0, e
-            summary.model_idle_s += time.perf_counter() - t
-            if i + 1 < len(pending):
+            if i + 1 < len(pending):  # without overlap the read happens here, and the model waits for it
                 next_read = _now_or_later(reader, read, pending[i + 1])
+            summary.model_idle_s += time.perf_counter() - t
             if plan is None:
                 _failed(volume, error, read_s)
                 continue
@@ -260,11 +260,11 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
             plan.release_slices()
             model_s = time.perf_counter() - t
             summary.model_s += model_s
+            t = time.perf_counter()
             if last_write is not None:  # one result waiting at most: memory stays bounded
-                t = time.perf_counter()
                 last_write.result()
-                summary.model_idle_s += time.perf_counter() - t
             last_write = _now_or_later(writer, write, volume, plan, prediction, read_s + model_s, classes)
+            summary.model_idle_s += time.perf_counter() - t
         if last_write is not None:
             last_write.result()
     finally:
