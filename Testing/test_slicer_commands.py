@@ -46,7 +46,7 @@ def run_core(argv, tmp_path, timeout=600):
 def test_segment_command_is_accepted_by_the_core(device, expected):
     argv = commands.segment_argv("/data/in.nrrd", "/tmp/out.seg.nrrd", "my-model", device, 0.35, 12.5, True, python=PY)
     args = parse(argv)
-    assert (args.command, args.input, args.output, args.model) == ("segment", "/data/in.nrrd", "/tmp/out.seg.nrrd",
+    assert (args.command, args.input, args.output, args.model) == ("segment", ["/data/in.nrrd"], "/tmp/out.seg.nrrd",
                                                                    "my-model")
     assert (args.device, args.threshold, args.min_island_mm3, args.split_teeth, args.progress) == \
         (expected, 0.35, 12.5, True, "json")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from typing import IO, Any, Dict, Optional
 
@@ -79,16 +80,18 @@ class Progress:
         self.context: Dict[str, Any] = {}
         self.reported_error = False  # an error event went out: whoever catches the exception need not send one
         self.phase: Optional[str] = None  # the phase started last and not done yet
+        self._lock = threading.Lock()  # events may come from background threads (segmenting many volumes)
 
     # -- emitting -------------------------------------------------------------------------------------------
     def _emit(self, kind: str, phase: str, **fields: Any) -> None:
         fields = {**self.context, **fields}
-        if self.mode == "json":
-            out = self.stream or sys.stdout
-            out.write(format_event(kind, phase, **fields) + "\n")
-            out.flush()
-        elif self.mode == "bar":
-            self._bar_event(kind, phase, fields)
+        with self._lock:
+            if self.mode == "json":
+                out = self.stream or sys.stdout
+                out.write(format_event(kind, phase, **fields) + "\n")
+                out.flush()
+            elif self.mode == "bar":
+                self._bar_event(kind, phase, fields)
 
     def start(self, phase: str, total: Optional[int] = None, message: Optional[str] = None, **fields: Any) -> None:
         self._t0[phase] = time.monotonic()

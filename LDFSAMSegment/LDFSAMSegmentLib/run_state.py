@@ -17,6 +17,7 @@ PHASE_TITLES = {
     "finetune": "Phase 2: SAM fine-tuning",
     "evaluate": "Evaluating",
     "segment": "Segmenting",
+    "cohort": "Segmenting volumes",
     "download": "Downloading",
     "train": "Run all",
 }

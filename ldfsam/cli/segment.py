@@ -1,4 +1,5 @@
-"""``ldfsam segment INPUT -o OUTPUT``: segment the teeth of a CBCT volume onto its own voxel grid."""
+"""``ldfsam segment INPUT -o OUTPUT``: segment the teeth of a CBCT volume onto its own voxel grid;
+``ldfsam segment INPUT... -o FOLDER``: many volumes with one model load (``ldfsam.infer.cohort``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ HELP = "Segment the teeth in a CBCT volume (output: .nii.gz label map or .seg.nr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="CBCT volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM series folder")
+    parser.add_argument("input", nargs="+",
+                        help="CBCT volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM series folder; several, a "
+                             "folder of volumes, or @LIST.txt (one path per line) segment into the folder -o")
     parser.add_argument("-o", "--output", required=True,
                         help="output file; the format follows the extension: .nii.gz/.nii (label map, 1 = tooth) "
-                             "or .seg.nrrd (3D Slicer segmentation with names, colours and terminology)")
+                             "or .seg.nrrd (3D Slicer segmentation with names, colours and terminology). For "
+                             "several volumes: a folder, one output per volume named after it, and its manifest")
+    parser.add_argument("--format", choices=("seg.nrrd", "nii.gz"), default=None,
+                        help="format of the outputs written into a folder (default seg.nrrd)")
     parser.add_argument("--model", default=None,
                         help="model name (see `ldfsam models list`) or path to a .safetensors model "
                              "(default: the bundled demo model, trained on synthetic phantoms only)")
@@ -35,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-teeth", action="store_true",
                         help="label each tooth separately (one segment per tooth, numbered, not FDI)")
     parser.add_argument("--probabilities", metavar="PATH", help="also write the tooth probability map (.nii.gz)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite existing output files (into a folder: those its manifest does not record "
+                             "as done; done volumes are skipped either way)")
 
 
 def exit_on_interrupt(command: str, func, *args):
@@ -56,16 +64,89 @@ def run(args) -> int:
     return exit_on_interrupt(COMMAND, _run, args)
 
 
+def _is_cohort(args) -> bool:
+    """Several volumes into a folder, rather than today's one volume into one file."""
+    from pathlib import Path
+
+    from ..data.volume import is_dicom_folder, volume_suffix
+
+    out = Path(args.output)
+    if len(args.input) > 1 or args.input[0].startswith("@") or out.is_dir() or args.output.endswith(("/", "\\")):
+        return True
+    single = Path(args.input[0])
+    if single.is_dir():
+        return not is_dicom_folder(single)
+    return volume_suffix(out) is None and out.suffix == "" and not out.exists()
+
+
+def _check_cohort_args(args) -> None:
+    """Refuse bad inputs and outputs at once, before torch and ultralytics take seconds to import."""
+    from pathlib import Path
+
+    from ..data.volume import volume_suffix
+    from ..errors import ConfigError, OutputError
+    from ..infer.cohort_inputs import check_output_folder, expand_inputs
+
+    if args.probabilities:
+        raise ConfigError("--probabilities: is written for one volume only; segment that volume on its own")
+    out = Path(args.output)
+    if volume_suffix(out) and not out.is_dir() and not out.exists():
+        raise OutputError("names a file, but several volumes are segmented: give a folder", out)
+    check_output_folder(out)
+    expand_inputs(args.input)
+    _options(args).validate()
+
+
 def _run(args) -> int:
+    return _run_cohort(args) if _is_cohort(args) else _run_one(args)
+
+
+def _options(args):
+    from ..infer import SegmentOptions
+
+    return SegmentOptions(batch=args.batch, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
+                          fill=not args.no_fill_holes, split=args.split_teeth, precision=args.precision,
+                          slice_spacing=args.slice_spacing)
+
+
+def _run_cohort(args) -> int:
+    from ._progress import command_progress, error_message
+
+    with command_progress(args, COMMAND) as progress:
+        _check_cohort_args(args)
+        options = _options(args)
+        from ..offline import import_ultralytics
+
+        import_ultralytics()
+        from ..infer import segment_many
+        from ..infer.cohort import summary_line
+
+        summary = segment_many(args.input, args.output, model=args.model, options=options, device=args.device,
+                               format=args.format or "seg.nrrd", force=args.force, progress=progress,
+                               describe_error=lambda e: error_message(e, args))
+    if args.progress != "json":
+        for record in summary.records:
+            if record.status == "failed":
+                print(f"failed: {record.error}")
+        print(summary_line(summary))
+    return 1 if summary.failed else 0
+
+
+def _run_one(args) -> int:
     from ._progress import command_progress
 
     with command_progress(args, COMMAND) as progress:
+        if args.format:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--format {args.format}: applies to an output folder; the extension of the output "
+                              "file chooses its format")
         from ..offline import import_ultralytics
 
         import_ultralytics()
         from ..infer import segment_volume
 
-        result = segment_volume(args.input, args.output, model=args.model, device=args.device, batch=args.batch,
+        result = segment_volume(args.input[0], args.output, model=args.model, device=args.device, batch=args.batch,
                                 progress=progress, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                                 fill=not args.no_fill_holes, split=args.split_teeth,
                                 probabilities=args.probabilities, force=args.force, precision=args.precision,

@@ -63,11 +63,15 @@ def is_dicom_folder(path: PathLike) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" is the answer, not a warning
     try:
         with _keep_locale():
             return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
     except RuntimeError:
         return False
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _first_line(e: Exception) -> str:

@@ -81,6 +81,13 @@ class SlicePredictor:
                                         "decoder": 0.0}
         self.encoded = 0
         self.generator = _fused_generator(self.model)
+        if getattr(getattr(self.model, "cfg", None), "sam", None) is not None and self.model.cfg.sam.encoder == \
+                "tiny_vit":
+            from ..model.tiny_vit import prepare_for_inference
+
+            # TinyViT for inference: BatchNorm folded into its convolutions, channels-last, bias tables gathered
+            # once (same outputs to float rounding; docs/model.md, "Encoder speed"). In place: a loaded model.
+            prepare_for_inference(self.model.image_encoder, channels_last=device.type == "cpu")
         if dtype == torch.bfloat16 and hasattr(self.model, "image_encoder"):
             # bf16 weights for the encoder (most of the parameters): half the memory, and autocast has no weight
             # copies to make or cache. Autocast still runs LayerNorm and softmax in float32.

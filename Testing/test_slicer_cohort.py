@@ -1,0 +1,81 @@
+"""What the Segment module needs to segment many volumes: its command line (checked by the core's parser) and
+the per-volume state it shows, computed from a real ``ldfsam segment INPUT... -o FOLDER`` run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "LDFSAMSegment")]
+
+from LDFSAMSegmentLib import commands  # noqa: E402
+from LDFSAMSegmentLib.cohort import CohortState, segment_many_argv, write_list_file  # noqa: E402
+from LDFSAMSegmentLib.process import BackgroundProcess  # noqa: E402
+from LDFSAMSegmentLib.run_state import RunState  # noqa: E402
+
+PY = sys.executable
+
+
+def parse(argv):
+    from ldfsam.cli import build_parser
+
+    assert argv[:3] == [PY, "-m", "ldfsam"]
+    return build_parser().parse_args(argv[3:])
+
+
+def test_the_command_is_accepted_by_the_core(tmp_path):
+    at = write_list_file(["a.nrrd", "/x/b.nii.gz"], str(tmp_path / "lists" / "scene.txt"))
+    assert at == f"@{tmp_path / 'lists' / 'scene.txt'}"
+    assert (tmp_path / "lists" / "scene.txt").read_text().splitlines() == [str(Path("a.nrrd").absolute()),
+                                                                           "/x/b.nii.gz"]
+    args = parse(segment_many_argv([at, "/data/folder"], "/out", "my-model", "CPU", 0.4, split_teeth=True,
+                                   fmt="nii.gz", force=True, python=PY))
+    assert (args.input, args.output, args.format, args.model, args.device) == ([at, "/data/folder"], "/out",
+                                                                               "nii.gz", "my-model", "cpu")
+    assert (args.threshold, args.split_teeth, args.force, args.progress) == (0.4, True, True, "json")
+    defaults = parse(segment_many_argv(["/data/folder"], "/out", "m", python=PY))
+    assert defaults.format == "seg.nrrd" and not defaults.force and not defaults.split_teeth
+    with pytest.raises(ValueError, match="no volumes"):
+        segment_many_argv([], "/out", "m", python=PY)
+    with pytest.raises(ValueError, match="unknown format"):
+        segment_many_argv(["a"], "/out", "m", fmt="nrrd", python=PY)
+
+
+def test_a_real_run_gives_per_volume_progress_outputs_and_failures(tmp_path):
+    from ldfsam.data.phantom import make_phantom
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(2):
+        sitk.WriteImage(make_phantom((12, 40, 40), spacing=0.5, seed=i)[0], str(folder / f"c{i}.nrrd"))
+    (folder / "broken.nii.gz").write_bytes(b"not a volume")
+    argv = segment_many_argv([str(folder)], str(tmp_path / "out"), "ldfsam-demo", "CPU", python=PY)
+    env = {**commands.core_env(str(tmp_path / "home")), "OMP_NUM_THREADS": "1"}
+    process = BackgroundProcess(argv, env=env).start()
+    state, run_state, seen = CohortState(), RunState(), []
+    out = process.wait(timeout=600)
+    for event in out.events:
+        state.feed(event)
+        run_state.feed(event)  # the module's general log and bar take these events too
+        seen.append((state.percent, state.status))
+    assert process.returncode == 1, process.stderr_tail()
+    assert state.total == 3 and state.finished == 3 and state.percent == 100
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)  # the bar never goes back
+    assert any("segmenting c1.nrrd" in s for _, s in seen)
+    assert state.status == "3 of 3 volume(s), 1 failed"
+    assert sorted(Path(p).name for p in state.outputs()) == ["c0.seg.nrrd", "c1.seg.nrrd"]
+    assert all(Path(p).is_file() for p in state.outputs())
+    message = state.message(process.returncode)
+    assert "1 of 3 volume(s) could not be segmented" in message and str(folder / "broken.nii.gz") in message
+    assert state.summary.startswith("2 volume(s) segmented, 1 failed") and run_state.error is None
+
+    again = CohortState()
+    rerun = BackgroundProcess(argv, env=env).start()
+    for event in rerun.wait(timeout=600).events:
+        again.feed(event)
+    assert rerun.returncode == 1 and again.skipped == 2 and again.total == 3 and again.percent == 100
+    assert again.outputs() == [] and len(again.failures()) == 1
