@@ -4,8 +4,9 @@ segmentation overlaid (docs/images/demo_on_ct_head.png by default).
     python scripts/render_real_ct.py [--model ldfsam-demo] [--out docs/images/demo_on_ct_head.png]
 
 The CT is read from ``$LDFSAM_DATA_DIR`` (default ``../shared/data``); it is never copied into the repository.
-Prints what share of the segmented voxels lies in the tooth rows (slices 18-37 of the crop, where the crowns and
-roots are: the rest is bone, spine or soft tissue).
+Prints how many voxels were segmented on each slice. By eye, the crop's upper tooth row lies at slices 9-17 (slice
+0 is the skull-base side), metal fillings at 16-21, the lower teeth at 20-26, the cervical spine and mandible
+throughout, the mastoids and petrous bones at 0-14.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TOOTH_ROWS = (18, 38)  # crop slices holding the two tooth rows (by eye: crowns at 20-35, roots reaching beyond)
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("--input", type=Path, default=data / "ct-head-stanford" / "CThead_jaw_z60-112.nii.gz")
     p.add_argument("--model", default="ldfsam-demo")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "images" / "demo_on_ct_head.png")
-    p.add_argument("--slices", default="20,24,28,32,36,44", help="axial slices of the crop to show")
+    p.add_argument("--slices", default="8,12,14,17,20,23,26", help="axial slices of the crop to show")
     args = p.parse_args()
 
     import matplotlib
@@ -36,6 +36,7 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import SimpleITK as sitk
+    from matplotlib.colors import ListedColormap
 
     from ldfsam.infer.pipeline import segment_volume
 
@@ -43,23 +44,22 @@ def main() -> int:
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(args.input))).astype(np.float32)
     labels = result.labels > 0
     total = int(labels.sum())
-    in_rows = int(labels[TOOTH_ROWS[0]:TOOTH_ROWS[1]].sum())
-    print(f"segmented {total} voxels, {in_rows} ({in_rows / max(total, 1):.0%}) within the tooth rows "
-          f"(slices {TOOTH_ROWS[0]}-{TOOTH_ROWS[1] - 1}); per slice: "
+    print(f"segmented {total} voxels; per slice: "
           + " ".join(f"{z}:{int(labels[z].sum())}" for z in range(labels.shape[0]) if labels[z].any()))
     lo, hi = np.percentile(image, [1, 99.5])
+    red = ListedColormap(["red"])
     zs = [int(z) for z in args.slices.split(",")]
     cx = int(np.argmax(labels.sum(axis=(0, 1)))) if total else image.shape[2] // 2
-    fig, axes = plt.subplots(1, len(zs) + 1, figsize=(2.6 * (len(zs) + 1), 2.9), dpi=90)
+    fig, axes = plt.subplots(1, len(zs) + 1, figsize=(2.4 * (len(zs) + 1), 2.8), dpi=100)
     for ax, z in zip(axes, zs):
         ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi)
-        ax.imshow(np.ma.masked_where(~labels[z], labels[z]), cmap="autumn", alpha=0.55, vmin=0, vmax=1)
+        ax.imshow(np.ma.masked_where(~labels[z], labels[z]), cmap=red, alpha=0.6)
         ax.set_title(f"axial z={z}", fontsize=8)
         ax.axis("off")
     ax = axes[-1]
     sag, mask = image[:, :, cx], labels[:, :, cx]
     ax.imshow(sag, cmap="gray", vmin=lo, vmax=hi, aspect=2.0, origin="upper")
-    ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.55, vmin=0, vmax=1, aspect=2.0)
+    ax.imshow(np.ma.masked_where(~mask, mask), cmap=red, alpha=0.6, aspect=2.0)
     ax.set_title(f"sagittal x={cx}", fontsize=8)
     ax.axis("off")
     fig.suptitle(f"{args.model} on {args.input.name} (real CT; red: segmented as tooth)", fontsize=9)
