@@ -28,10 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from .prompts import VoxelPrompt
-from .slice_sam import SliceSAM
-
-# Logit given to voxels cut from a mask (outside the prompt box, or a piece not touching the structure).
-OFF = -20.0
+from .slice_sam import OFF, SliceSAM, View
 
 
 @dataclass
@@ -42,6 +39,10 @@ class PropagationConfig:
     min_area_fraction: float = 0.05
     inside_fraction: float = 0.5
     mask_prompt: bool = False  # previous slice's logits as SAM's mask prompt (measured: see docs/segmentation.md)
+    # The encoder's view of a structure with a box: a square of this many times the box's longer side (at least
+    # min_view voxels) around it, so that a tooth fills a good part of LiteMedSAM's 256×256 input; 0: whole slices.
+    view_context: float = 3.0
+    min_view: int = 32
 
 
 @dataclass
@@ -80,6 +81,24 @@ class Propagator:
             _, _, y0, y1, x0, x1 = prompt.box
             self.rect = (float(y0), float(y1), float(x0), float(x1))
         self.min_area = max(1.0, self.cfg.min_area_mm2 / (spacing[0] * spacing[1]))
+        self.view = self._view()
+
+    def _view(self) -> Optional[View]:
+        """The square around the box the encoder sees (None: the whole slice)."""
+        if self.rect is None or self.cfg.view_context <= 0:
+            return None
+        ny, nx = self.shape[1:]
+        y0, y1, x0, x1 = self.rect
+        side = int(round(max(self.cfg.view_context * max(y1 - y0 + 1, x1 - x0 + 1), self.cfg.min_view)))
+        if side >= max(ny, nx):
+            return None
+        out = []
+        for lo, hi, n in ((y0, y1, ny), (x0, x1, nx)):
+            s = min(side, n)
+            start = int(round((lo + hi + 1) / 2 - s / 2))
+            start = min(max(0, start), n - s)
+            out += [start, start + s]
+        return tuple(out)
 
     # -- one slice ------------------------------------------------------------------------------------------------
 
@@ -95,6 +114,9 @@ class Propagator:
             box = (max(box[0], r[0]), min(box[1], r[1]), max(box[2], r[2]), min(box[3], r[3]))
             if box[0] > box[1] or box[2] > box[3]:
                 box = r
+        if self.view is not None:
+            v = self.view
+            box = (max(box[0], v[0]), min(box[1], v[1] - 1), max(box[2], v[2]), min(box[3], v[3] - 1))
         return tuple(float(round(v)) for v in box)
 
     def _cut(self, logits: np.ndarray, box: Optional[Box], previous: Optional[np.ndarray],
@@ -138,7 +160,7 @@ class Propagator:
         """The primary or a fresh anchor on slice z: its box or the 3D box's rectangle, and its points."""
         points = self.p.points_on(z)
         box = self.rect
-        logits, low, _ = self.sam.decode(z, box, points)
+        logits, low, _ = self.sam.decode(z, box, points, view=self.view)
         logits = self._cut(logits, box, None, points)
         return SliceResult(logits, low) if (logits > 0).sum() >= self.min_area else None
 
@@ -146,7 +168,7 @@ class Propagator:
         """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
         box = self._grow(prev.mask)
         points = self.p.points_on(z)
-        logits, low, _ = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None)
+        logits, low, _ = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
             return None, "left the box"
         logits = self._cut(logits, box, prev.mask, points)
