@@ -123,14 +123,18 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
     with the name of one of its segments replaces it, others are added (structures drawn over it). ``model``:
     None for LiteMedSAM as published. ``session``: reuse a PromptedSession's embeddings (its volume is used).
     Every input is checked before the model runs; nothing is written on an error."""
+    from ..errors import LDFSAMError
     from . import outputs as out_io
-    from .pipeline import _check_outputs
 
     progress = progress or Progress("none")
     t0 = time.perf_counter()
     timings: Dict[str, float] = {}
     if output is not None:
-        _check_outputs(output, None, force)
+        if Path(output).is_dir():
+            raise InputError("is a folder; give a file name for the output", output)
+        if Path(output).exists() and not force:
+            raise LDFSAMError("exists already; pass --force to overwrite it", output)
+        out_io.output_kind(Path(output))
         if isinstance(input, (str, Path)) and Path(output).resolve() == Path(input).resolve():
             raise InputError("is the input volume; choose another output file", output)
         if base_segmentation is not None and Path(output).resolve() == Path(base_segmentation).resolve():
