@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="overwrite existing output files (into a folder: those its manifest does not record "
                              "as done; done volumes are skipped either way)")
+    parser.add_argument("--prompts", metavar="JSON",
+                        help="segment the structures described by this prompts file (boxes and include/exclude "
+                             "points in LPS mm, one segment per structure; docs/segmentation.md) with LiteMedSAM "
+                             "instead of the automatic model")
+    parser.add_argument("--base-segmentation", metavar="PATH",
+                        help="with --prompts: start from this segmentation (.seg.nrrd or label map on the input's "
+                             "grid); a structure named like one of its segments replaces it, others are added")
 
 
 def exit_on_interrupt(command: str, func, *args):
@@ -61,6 +68,10 @@ def exit_on_interrupt(command: str, func, *args):
 
 
 def run(args) -> int:
+    if args.prompts or args.base_segmentation:
+        from ._prompted import run_prompted
+
+        return exit_on_interrupt(COMMAND, run_prompted, args)
     return exit_on_interrupt(COMMAND, _run, args)
 
 

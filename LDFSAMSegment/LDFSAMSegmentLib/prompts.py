@@ -1,0 +1,68 @@
+"""Markups -> the prompts file of ``ldfsam segment --prompts`` (pure logic: no ``slicer`` import).
+
+Slicer gives positions in RAS; the prompts file is in LPS (as the volume files): x and y change sign. A markups
+ROI is a box with a centre, a size (mm, along its own axes) and an orientation (its axes in RAS, the columns of
+the 3×3 part of ``GetObjectToWorldMatrix``); the prompt is the axis-aligned box holding its eight corners.
+A widget calls::
+
+    doc = prompts_document([structure("Tooth 21", roi_center, roi_size, roi_axes,
+                                      include=[p1], exclude=[p2])])
+    Path(json_path).write_text(json.dumps(doc))
+
+then runs ``ldfsam segment VOLUME -o OUT.seg.nrrd --prompts JSON_PATH [--base-segmentation PREVIOUS]``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+Vector = Sequence[float]
+
+
+def ras_to_lps(p: Vector) -> List[float]:
+    return [-float(p[0]), -float(p[1]), float(p[2])]
+
+
+def roi_box(center: Vector, size: Vector, axes: Optional[Sequence[Vector]] = None) -> Dict[str, List[float]]:
+    """The LPS box {"min", "max"} holding a markups ROI (RAS centre, size in mm, axes = 3 unit column vectors in
+    RAS, default the RAS axes). ValueError for a size that is not three non-negative numbers."""
+    if len(size) != 3 or any(float(s) < 0 for s in size):
+        raise ValueError(f"ROI size must be three non-negative numbers (mm), got {list(size)}")
+    if len(center) != 3:
+        raise ValueError(f"ROI centre must be three numbers (mm), got {list(center)}")
+    cols = axes if axes is not None else ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    corners = []
+    for sx in (-0.5, 0.5):
+        for sy in (-0.5, 0.5):
+            for sz in (-0.5, 0.5):
+                ras = [float(center[i]) + sx * size[0] * cols[0][i] + sy * size[1] * cols[1][i]
+                       + sz * size[2] * cols[2][i] for i in range(3)]
+                corners.append(ras_to_lps(ras))
+    return {"min": [min(c[i] for c in corners) for i in range(3)],
+            "max": [max(c[i] for c in corners) for i in range(3)]}
+
+
+def structure(name: str, roi_center: Optional[Vector] = None, roi_size: Optional[Vector] = None,
+              roi_axes: Optional[Sequence[Vector]] = None, include: Sequence[Vector] = (),
+              exclude: Sequence[Vector] = ()) -> Dict[str, object]:
+    """One entry of the prompts file from an optional ROI and RAS include/exclude control points."""
+    if not name or not name.strip():
+        raise ValueError("a structure needs a name")
+    entry: Dict[str, object] = {"name": name.strip()}
+    if roi_center is not None and roi_size is not None:
+        entry["box"] = roi_box(roi_center, roi_size, roi_axes)
+    points = [{"position": ras_to_lps(p), "label": "include"} for p in include]
+    points += [{"position": ras_to_lps(p), "label": "exclude"} for p in exclude]
+    if points:
+        entry["points"] = points
+    if "box" not in entry and not include:
+        raise ValueError(f"structure {name!r}: place a ROI or at least one include point")
+    return entry
+
+
+def prompts_document(structures: Sequence[Dict[str, object]]) -> Dict[str, object]:
+    """The whole prompts file (JSON-serialisable)."""
+    names = [s["name"] for s in structures]
+    if len(set(names)) != len(names):
+        raise ValueError("two structures have the same name")
+    return {"structures": list(structures)}

@@ -1,0 +1,120 @@
+"""``ldfsam prompt-worker``: a persistent process answering prompted-segmentation requests on stdin/stdout.
+
+One JSON object per line in, one per line out (``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``).
+The model loads once and the slice embeddings of the open volume stay in memory between requests, so a click
+on a slice already encoded costs only SAM's decoder. Requests:
+
+- ``{"cmd": "open", "volume": PATH}``: read a volume (closes the previous one).
+- ``{"cmd": "segment", "structure": {...}, "output": PATH}``: one entry of the prompts file (name, box, points,
+  slices); writes the structure's mask as a label map (1 = structure) on the volume's grid, atomically, and
+  remembers the prompts. Answer: ``slices`` (first, last), ``voxels``, ``output``, ``seconds``.
+- ``{"cmd": "click", "name": NAME, "position": [x, y, z], "label": "include"|"exclude", "output": PATH}``:
+  adds a click to that structure's prompts and segments it again.
+- ``{"cmd": "undo", "name": NAME, "output": PATH}``: drops the structure's last change and segments it again.
+- ``{"cmd": "quit"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = "prompt-worker"
+HELP = "Answer prompted-segmentation requests (JSON lines on stdin/stdout), keeping the model and embeddings."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="a lite-preset model (default: LiteMedSAM as published)")
+
+
+class Worker:
+    def __init__(self, model=None) -> None:
+        self.model = model
+        self.session = None
+        self.history = {}  # name -> list of structure entries (dicts), newest last
+
+    def open(self, req):
+        from ..infer.prompted import PromptedSession
+
+        self.session = PromptedSession(req["volume"], self.model)
+        self.history.clear()
+        return {"size": list(self.session.grid.size)}
+
+    def _run(self, entry, output):
+        import time
+
+        import numpy as np
+
+        from ..infer import outputs as out_io
+        from ..infer.prompts import parse_structure, to_voxels
+
+        if self.session is None:
+            raise ValueError("no volume is open; send {\"cmd\": \"open\", \"volume\": PATH} first")
+        t = time.perf_counter()
+        structure = parse_structure(entry, 0)
+        result = self.session.segment(to_voxels(structure, self.session.grid))
+        from pathlib import Path
+
+        out_io.write_label_map(Path(output), result.mask.astype(np.uint8), self.session.grid, overwrite=True)
+        zs = np.nonzero(result.mask.any((1, 2)))[0]
+        return {"name": structure.name, "output": str(output), "voxels": int(result.mask.sum()),
+                "slices": [int(zs.min()), int(zs.max())] if len(zs) else None,
+                "seconds": round(time.perf_counter() - t, 3)}
+
+    def segment(self, req):
+        entry = req["structure"]
+        answer = self._run(entry, req["output"])
+        self.history.setdefault(answer["name"], []).append(entry)
+        return answer
+
+    def click(self, req):
+        import copy
+
+        name = req["name"]
+        if not self.history.get(name):
+            raise ValueError(f"no structure {name!r} was segmented; send a \"segment\" request first")
+        entry = copy.deepcopy(self.history[name][-1])
+        entry.setdefault("points", []).append({"position": req["position"], "label": req.get("label", "include")})
+        answer = self._run(entry, req["output"])
+        self.history[name].append(entry)
+        return answer
+
+    def undo(self, req):
+        name = req["name"]
+        if len(self.history.get(name, [])) < 2:
+            raise ValueError(f"nothing to undo for {name!r}")
+        self.history[name].pop()
+        return self._run(self.history[name][-1], req["output"])
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from ..errors import LDFSAMError
+
+    out, sys.stdout = sys.stdout, sys.stderr  # stdout carries answers only
+    worker = Worker(args.model)
+    handlers = {"open": worker.open, "segment": worker.segment, "click": worker.click, "undo": worker.undo}
+    out.write(json.dumps({"ok": True, "ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
+            cmd = req.get("cmd")
+            if cmd == "quit":
+                out.write(json.dumps({"ok": True, "bye": True}) + "\n")
+                out.flush()
+                return 0
+            if cmd not in handlers:
+                raise ValueError(f"unknown cmd {cmd!r}; known: open, segment, click, undo, quit")
+            answer = {"ok": True, **handlers[cmd](req)}
+        except (LDFSAMError, ValueError, KeyError, TypeError) as e:
+            message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            answer = {"ok": False, "error": message}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+    return 0

@@ -1,0 +1,260 @@
+"""One structure from its prompts: SAM on the prompted slices, then slice by slice through the volume.
+
+Rules (``PropagationConfig`` holds the numbers):
+
+- The *primary* slice is the box's slice (a 3D box: its middle slice), else the first slice with an include point.
+  It is decoded with the box (a 3D box: its in-plane rectangle) and the points on it.
+- From there, in both directions, each next slice is prompted with the bounding box of the previous slice's mask
+  grown by a margin (within a 3D box's rectangle), the points on that slice, and, with ``mask_prompt``, the
+  previous slice's low-resolution logits. The mask is cut to that prompt box and keeps only the pieces touching
+  the previous mask (grown by one voxel) or an include point.
+- Propagation stops when the mask vanishes, when its area falls below ``min_area_mm2`` or below
+  ``min_area_fraction`` of the primary slice's, when less than ``inside_fraction`` of SAM's mask lies in the
+  3D box's rectangle, and never goes past the 3D box's (or the ``slices``) range. A slice with include points
+  beyond a stop starts propagation afresh there (prompted by its points and the 3D box's rectangle, if any).
+- Cross-slice consistency: every prompted slice is an anchor. Between two consecutive anchors a and b on one side,
+  the slices are propagated from a towards b and from b back towards a, and the two logits are blended linearly
+  by distance (weight |z − a| / |b − a| for b's), so each slice agrees with the nearer prompt and the result
+  changes smoothly between them. A correcting click on slice c changes c, the slices beyond it, and the slices
+  between c and the previous anchor; nothing on the far side of the primary slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .prompts import VoxelPrompt
+from .slice_sam import OFF, SliceSAM, View
+
+
+@dataclass
+class PropagationConfig:
+    margin_mm: float = 2.0  # growth of the previous mask's box, at least ...
+    margin_fraction: float = 0.15  # ... this share of its side
+    min_area_mm2: float = 1.0
+    min_area_fraction: float = 0.05
+    inside_fraction: float = 0.5
+    mask_prompt: bool = False  # previous slice's logits as SAM's mask prompt (measured: see docs/segmentation.md)
+    # The encoder's view of a structure with a box: a square of this many times the box's longer side (at least
+    # min_view voxels) around it, so that a tooth fills a good part of LiteMedSAM's 256×256 input; 0: whole slices.
+    view_context: float = 3.0
+    min_view: int = 32
+
+
+@dataclass
+class SliceResult:
+    logits: np.ndarray  # ny×nx
+    low: object  # torch 1×1×S×S, SAM's own logits (the next slice's mask prompt)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.logits > 0
+
+
+@dataclass
+class StructureResult:
+    """The structure's mask (z×y×x bool), the slices it was decoded on and the anchors (prompted slices)."""
+
+    mask: np.ndarray
+    slices: List[int]
+    anchors: List[int]
+    stopped: Dict[int, str] = field(default_factory=dict)  # direction (+1/-1) -> why propagation stopped
+
+
+Box = Tuple[float, float, float, float]  # (y0, y1, x0, x1) inclusive voxel coordinates
+
+
+class Propagator:
+    """Segments ``prompt`` on ``sam``'s volume. ``spacing``: (x, y, z) mm."""
+
+    def __init__(self, sam: SliceSAM, prompt: VoxelPrompt, spacing: Tuple[float, float, float],
+                 cfg: Optional[PropagationConfig] = None) -> None:
+        self.sam, self.p, self.cfg = sam, prompt, cfg or PropagationConfig()
+        self.spacing = spacing
+        self.shape = sam.volume.shape
+        self.rect: Optional[Box] = None
+        if prompt.box is not None:
+            _, _, y0, y1, x0, x1 = prompt.box
+            self.rect = (float(y0), float(y1), float(x0), float(x1))
+        self.min_area = max(1.0, self.cfg.min_area_mm2 / (spacing[0] * spacing[1]))
+        self.view = self._view()
+
+    def _view(self) -> Optional[View]:
+        """The square around the box the encoder sees (None: the whole slice)."""
+        if self.rect is None or self.cfg.view_context <= 0:
+            return None
+        ny, nx = self.shape[1:]
+        y0, y1, x0, x1 = self.rect
+        side = int(round(max(self.cfg.view_context * max(y1 - y0 + 1, x1 - x0 + 1), self.cfg.min_view)))
+        if side >= max(ny, nx):
+            return None
+        out = []
+        for lo, hi, n in ((y0, y1, ny), (x0, x1, nx)):
+            s = min(side, n)
+            start = int(round((lo + hi + 1) / 2 - s / 2))
+            start = min(max(0, start), n - s)
+            out += [start, start + s]
+        return tuple(out)
+
+    # -- one slice ------------------------------------------------------------------------------------------------
+
+    def _grow(self, mask: np.ndarray) -> Box:
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())
+        my = max(self.cfg.margin_mm / self.spacing[1], self.cfg.margin_fraction * (y1 - y0 + 1))
+        mx = max(self.cfg.margin_mm / self.spacing[0], self.cfg.margin_fraction * (x1 - x0 + 1))
+        ny, nx = self.shape[1:]
+        box = (max(0.0, y0 - my), min(ny - 1.0, y1 + my), max(0.0, x0 - mx), min(nx - 1.0, x1 + mx))
+        if self.rect is not None:
+            r = self.rect
+            box = (max(box[0], r[0]), min(box[1], r[1]), max(box[2], r[2]), min(box[3], r[3]))
+            if box[0] > box[1] or box[2] > box[3]:
+                box = r
+        if self.view is not None:
+            v = self.view
+            box = (max(box[0], v[0]), min(box[1], v[1] - 1), max(box[2], v[2]), min(box[3], v[3] - 1))
+        return tuple(float(round(v)) for v in box)
+
+    def _cut(self, logits: np.ndarray, box: Optional[Box], previous: Optional[np.ndarray],
+             points) -> np.ndarray:
+        """Logits with everything outside ``box`` and pieces touching neither ``previous`` nor an include point
+        set to OFF."""
+        out = logits.copy()
+        if box is not None:
+            keep = np.zeros(out.shape, bool)
+            y0, y1, x0, x1 = (int(v) for v in box)
+            keep[y0:y1 + 1, x0:x1 + 1] = True
+            out[~keep] = OFF
+        mask = out > 0
+        if not mask.any() or (previous is None and not any(i for _, _, i in points)):
+            return out
+        pieces, n = ndimage.label(mask)
+        if n <= 1 and previous is None:
+            return out
+        touch = np.zeros(n + 1, bool)
+        if previous is not None:
+            touch[np.unique(pieces[ndimage.binary_dilation(previous)])] = True
+        for y, x, inc in points:
+            if inc:
+                touch[pieces[int(round(y)), int(round(x))]] = True
+        touch[0] = False
+        out[mask & ~touch[pieces]] = OFF
+        return out
+
+    def _inside(self, logits: np.ndarray) -> float:
+        """Share of SAM's raw mask inside the 3D box's rectangle (1 without a 3D box)."""
+        if self.rect is None or not self.p.box_3d:
+            return 1.0
+        mask = logits > 0
+        total = int(mask.sum())
+        if total == 0:
+            return 1.0
+        y0, y1, x0, x1 = (int(v) for v in self.rect)
+        return float(mask[y0:y1 + 1, x0:x1 + 1].sum()) / total
+
+    def anchor(self, z: int) -> Optional[SliceResult]:
+        """The primary or a fresh anchor on slice z: its box or the 3D box's rectangle, and its points."""
+        points = self.p.points_on(z)
+        box = self.rect
+        logits, low, _ = self.sam.decode(z, box, points, view=self.view)
+        logits = self._cut(logits, box, None, points)
+        return SliceResult(logits, low) if (logits > 0).sum() >= self.min_area else None
+
+    def step(self, z: int, prev: SliceResult) -> Tuple[Optional[SliceResult], str]:
+        """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
+        box = self._grow(prev.mask)
+        points = self.p.points_on(z)
+        logits, low, _ = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
+        if self._inside(logits) < self.cfg.inside_fraction:
+            return None, "left the box"
+        logits = self._cut(logits, box, prev.mask, points)
+        area = int((logits > 0).sum())
+        if area == 0:
+            return None, "vanished"
+        if area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area:
+            return None, "too small"
+        return SliceResult(logits, low), ""
+
+    # -- the structure --------------------------------------------------------------------------------------------
+
+    def primary(self) -> int:
+        if self.p.box is not None:
+            z0, z1 = self.p.box[0], self.p.box[1]
+            return (z0 + z1) // 2
+        return next(k for k, _, _, inc in self.p.points if inc)
+
+    def run(self) -> StructureResult:
+        lo, hi = self.p.z_range
+        start = min(max(self.primary(), lo), hi)
+        first = self.anchor(start)
+        mask = np.zeros(self.shape, bool)
+        if first is None:
+            return StructureResult(mask, [start], [start], {1: "empty", -1: "empty"})
+        self.primary_area = float(first.mask.sum())
+        point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
+        results: Dict[int, SliceResult] = {start: first}
+        anchors = [start]
+        stopped: Dict[int, str] = {}
+        for d in (1, -1):
+            side = [k for k in point_slices if (k - start) * d > 0]
+            side.sort(key=lambda k: abs(k - start))
+            fwd, side_anchors, why = self._walk(start, first, d, (lo, hi), side)
+            stopped[d] = why
+            anchors += side_anchors
+            chain = [start] + side_anchors
+            for a, b in zip(chain[:-1], chain[1:]):
+                self._blend(a, b, fwd)
+            results.update(fwd)
+        for z, r in results.items():
+            mask[z] = r.mask
+        return StructureResult(mask, sorted(results), sorted(anchors), stopped)
+
+    def _walk(self, start: int, first: SliceResult, d: int, bounds: Tuple[int, int], side: List[int]
+              ) -> Tuple[Dict[int, SliceResult], List[int], str]:
+        """Propagate from ``start`` in direction d; slices with points are anchors (restarted where needed)."""
+        lo, hi = bounds
+        out: Dict[int, SliceResult] = {}
+        anchors: List[int] = []
+        prev, z, why = first, start + d, "reached the end of the volume" if d > 0 else "reached slice 0"
+        while lo <= z <= hi:
+            result, reason = self.step(z, prev) if prev is not None else (None, "")
+            if result is None:
+                later = [k for k in side if (k - z) * d >= 0 and any(inc for _, _, inc in self.p.points_on(k))]
+                if not later:
+                    why = reason or why
+                    break
+                z = later[0]
+                result = self.anchor(z)
+                if result is None:
+                    why = "include point gave an empty mask"
+                    break
+            if z in side:
+                anchors.append(z)
+            out[z] = result
+            prev = result
+            z += d
+        else:
+            why = "reached the box" if self.p.box_3d and (lo, hi) == (self.p.box[0], self.p.box[1]) else why
+        return out, anchors, why
+
+    def _blend(self, a: int, b: int, fwd: Dict[int, SliceResult]) -> None:
+        """Propagate from anchor b back towards a and blend with the forward results between them."""
+        if b not in fwd:
+            return
+        d = 1 if a < b else -1
+        prev = fwd[b]
+        for z in range(b - d, a, -d):
+            back, _ = self.step(z, prev)
+            if back is None:
+                break
+            w = abs(z - a) / abs(b - a)
+            if z in fwd:
+                logits = (1 - w) * fwd[z].logits + w * back.logits
+                fwd[z] = SliceResult(logits, fwd[z].low)
+            else:
+                fwd[z] = back
+            prev = back
