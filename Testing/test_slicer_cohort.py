@@ -13,7 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "LDFSAMSegment")]
 
 from LDFSAMSegmentLib import commands  # noqa: E402
-from LDFSAMSegmentLib.cohort import CohortState, segment_many_argv, write_list_file  # noqa: E402
+from LDFSAMSegmentLib.cohort import (  # noqa: E402
+    CohortState,
+    check_input_folder,
+    check_output_folder,
+    segment_many_argv,
+    volume_file_names,
+    write_list_file,
+)
 from LDFSAMSegmentLib.process import BackgroundProcess  # noqa: E402
 from LDFSAMSegmentLib.run_state import RunState  # noqa: E402
 
@@ -79,3 +86,56 @@ def test_a_real_run_gives_per_volume_progress_outputs_and_failures(tmp_path):
         again.feed(event)
     assert rerun.returncode == 1 and again.skipped == 2 and again.total == 3 and again.percent == 100
     assert again.outputs() == [] and len(again.failures()) == 1
+
+
+def test_scene_volumes_get_safe_unique_file_names():
+    assert volume_file_names(["CT head", "CT head", "ct HEAD", "a/b:c", "..", "Scan.1"]) == \
+        ["CT_head.nrrd", "CT_head-2.nrrd", "ct_HEAD-3.nrrd", "a_b_c.nrrd", "volume.nrrd", "Scan.1.nrrd"]
+
+
+def test_folders_are_checked_with_a_clear_message(tmp_path):
+    for empty in (None, "", " ", "."):
+        with pytest.raises(ValueError, match="choose an output folder"):
+            check_output_folder(empty)
+        with pytest.raises(ValueError, match="choose the folder of volumes"):
+            check_input_folder(empty)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"file\.txt: the output folder is a file"):
+        check_output_folder(str(tmp_path / "file.txt"))
+    with pytest.raises(ValueError, match="missing: no such folder"):
+        check_input_folder(str(tmp_path / "missing"))
+    assert check_output_folder(str(tmp_path / "new")) == str(tmp_path / "new")
+    assert check_input_folder(str(tmp_path)) == str(tmp_path)
+
+
+def test_a_refused_run_gives_the_cores_reason(tmp_path):
+    # A folder without volumes: the core refuses the whole run (status 2), writes nothing, names the folder.
+    (tmp_path / "empty").mkdir()
+    argv = segment_many_argv([str(tmp_path / "empty")], str(tmp_path / "out"), "ldfsam-demo", "CPU", python=PY)
+    process = BackgroundProcess(argv, env=commands.core_env(str(tmp_path / "home"))).start()
+    state = CohortState()
+    for event in process.wait(timeout=120).events:
+        state.feed(event)
+    assert process.returncode == 2 and state.outputs() == [] and state.done() == []
+    message = state.message(process.returncode)
+    assert message.startswith("Failed (exit status 2): ") and f"{tmp_path / 'empty'}: holds no volumes" in message
+    assert state.status == f"Error: {state.error}"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_panel_has_the_many_volumes_section():
+    pytest.importorskip("PySide6")
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    QApplication.instance() or QApplication([])
+    panel = QUiLoader().load(str(REPO / "LDFSAMSegment" / "Resources" / "UI" / "LDFSAMSegment.ui"))
+    section = panel.findChild(QWidget, "cohortCollapsibleButton")
+    assert section is not None
+    inside = {w.objectName(): w for w in section.findChildren(QWidget)}
+    wanted = {"cohortSourceComboBox", "cohortFolderPathLineEdit", "cohortOutputPathLineEdit", "cohortButton"}
+    assert wanted <= set(inside)
+    assert inside["cohortSourceComboBox"].property("SlicerParameterName") == "cohortSource"
+    assert inside["cohortFolderPathLineEdit"].property("LDFSAMPathParameter") == "cohortFolder"
+    assert inside["cohortOutputPathLineEdit"].property("LDFSAMPathParameter") == "cohortOutputFolder"
+    assert inside["cohortButton"].text() == "Segment all volumes"

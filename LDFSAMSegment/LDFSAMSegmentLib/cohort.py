@@ -10,6 +10,7 @@ widgets and, when the process has ended, loads :meth:`CohortState.outputs` and s
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,45 @@ def write_list_file(paths: Sequence[str], target: str) -> str:
         f.write("".join(f"{os.path.abspath(p)}\n" for p in paths))
     os.replace(tmp, target)
     return f"@{target}"
+
+
+SOURCES = ("Scene volumes", "Folder")  # the "Many volumes" section's choices (parameter node values)
+
+
+def volume_file_names(names: Sequence[str]) -> List[str]:
+    """One ``NAME.nrrd`` per scene volume, safe as a file name and unique (the outputs are named after them, so
+    two volumes called alike get ``NAME-2.nrrd``...)."""
+    out: List[str] = []
+    taken: set = set()
+    for name in names:
+        stem = re.sub(r"[^\w.-]+", "_", str(name)).strip("._") or "volume"
+        candidate, n = stem, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}-{n}"
+        taken.add(candidate.lower())
+        out.append(f"{candidate}.nrrd")
+    return out
+
+
+def check_output_folder(path: Optional[str]) -> str:
+    """The output folder as an absolute path; ValueError when none is chosen or it names a file."""
+    if not path or not str(path).strip() or str(path).strip() == ".":
+        raise ValueError("choose an output folder for the segmentations")
+    folder = os.path.abspath(str(path).strip())
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder}: the output folder is a file")
+    return folder
+
+
+def check_input_folder(path: Optional[str]) -> str:
+    """The folder of volumes to segment as an absolute path; ValueError when none is chosen or it is missing."""
+    if not path or not str(path).strip() or str(path).strip() == ".":
+        raise ValueError("choose the folder of volumes to segment")
+    folder = os.path.abspath(str(path).strip())
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such folder")
+    return folder
 
 
 def segment_many_argv(inputs: Sequence[str], output_folder: str, model: str, device: str = "auto",
@@ -130,6 +170,10 @@ class CohortState:
     def outputs(self) -> List[str]:
         """The files this run wrote, to load into the scene."""
         return [v.output for v in self.volumes.values() if v.status == "done" and v.output]
+
+    def done(self) -> List[VolumeStatus]:
+        """The volumes this run segmented and wrote (input and output), in the order they started."""
+        return [v for v in self.volumes.values() if v.status == "done" and v.output]
 
     def failures(self) -> List[VolumeStatus]:
         return [v for v in self.volumes.values() if v.status == "failed"]

@@ -71,11 +71,12 @@ class ParameterNodeBinding:
 
 
 class BackgroundRun:
-    """Connects a BackgroundProcess to the GUI through a timer: events -> RunState -> callbacks."""
+    """Connects a BackgroundProcess to the GUI through a timer: events -> RunState (and ``onEvent``, for a state
+    of the caller's own) -> callbacks."""
 
-    def __init__(self, process, onUpdate, onFinished, intervalMs=200):
+    def __init__(self, process, onUpdate, onFinished, intervalMs=200, onEvent=None):
         self.process, self.state = process, RunState()
-        self.onUpdate, self.onFinished = onUpdate, onFinished
+        self.onUpdate, self.onFinished, self.onEvent = onUpdate, onFinished, onEvent
         self.timer = qt.QTimer()
         self.timer.setInterval(intervalMs)
         self.timer.timeout.connect(self._poll)
@@ -99,6 +100,8 @@ class BackgroundRun:
         out = self.process.poll()
         for event in out.events:
             self.state.feed(event)
+            if self.onEvent is not None:
+                self.onEvent(event)
         self.state.log.extend(out.stdout + out.stderr)
         if out.events or out.stdout or out.stderr:
             self.onUpdate(self)
@@ -183,11 +186,12 @@ class LDFSAMModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     # -- runs -----------------------------------------------------------------------------------------------------
-    def startBackgroundRun(self, process, intervalMs=200):
+    def startBackgroundRun(self, process, intervalMs=200, onEvent=None):
         self.ui.logTextEdit.appendPlainText("$ " + " ".join(process.argv))
         self._logShown = 0
         self.ui.progressBar.value = 0
-        self.run = BackgroundRun(process, self.onRunUpdate, self.onRunFinished, intervalMs=intervalMs).start()
+        self.run = BackgroundRun(process, self.onRunUpdate, self.onRunFinished, intervalMs=intervalMs,
+                                 onEvent=onEvent).start()
         self.updateButtons()
 
     def onRunUpdate(self, run):

@@ -10,6 +10,14 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
+from .cohort import (
+    SOURCES,
+    check_input_folder,
+    check_output_folder,
+    segment_many_argv,
+    volume_file_names,
+    write_list_file,
+)
 from .commands import core_env, models_download_argv, models_import_argv, segment_argv
 from .parameters import LDFSAMSegmentParameterNode, cacheFolder, lastDevice
 from .process import BackgroundProcess
@@ -21,6 +29,7 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._pending = None  # (process, temporary folder, output path, input node, output node or None)
+        self._cohort = None  # (process, temporary folder or None, {exported file: volume node})
 
     def getParameterNode(self):
         raw = super().getParameterNode()
@@ -47,10 +56,11 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
         folder = tempfile.mkdtemp(prefix="LDFSAM-")
         inputPath = os.path.join(folder, "input.nrrd")
         outputPath = os.path.join(folder, "teeth.seg.nrrd")
-        # A properties dict of our own: exportNode's default one is shared between calls and Slicer writes into it.
-        if not slicer.util.exportNode(volume, inputPath, properties={"useCompression": 0}):
+        try:
+            exportVolume(volume, inputPath)
+        except Exception:
             shutil.rmtree(folder, ignore_errors=True)
-            raise RuntimeError(f"{inputPath}: could not write the input volume")
+            raise
         argv = segment_argv(inputPath, outputPath, parameters.model, parameters.device, parameters.threshold,
                             parameters.minIslandMm3, parameters.splitTeeth, slice_spacing=parameters.sliceSpacing)
         process = BackgroundProcess(argv, env=core_env(ldfsamHome))
@@ -78,6 +88,59 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
         if self._pending is not None:
             shutil.rmtree(self._pending[1], ignore_errors=True)
             self._pending = None
+
+    # -- many volumes ----------------------------------------------------------------------------------------
+    def startCohort(self, parameters, ldfsamHome=None, start=False):
+        """Prepare ``ldfsam segment INPUT... -o FOLDER`` over every volume of the scene (saved to temporary files
+        named in a list file) or over the chosen folder (``parameters.cohortSource``)."""
+        outputFolder = check_output_folder(parameters.cohortOutputFolder)
+        self.discardCohort()
+        folder, volumes = None, {}
+        if parameters.cohortSource == SOURCES[1]:
+            inputs = [check_input_folder(parameters.cohortFolder)]
+        else:
+            nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                     if n.GetImageData() is not None and not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            if not nodes:
+                raise ValueError(_("The scene has no volume to segment."))
+            folder = tempfile.mkdtemp(prefix="LDFSAM-many-")
+            try:
+                for node, name in zip(nodes, volume_file_names([n.GetName() for n in nodes])):
+                    path = os.path.join(folder, name)
+                    exportVolume(node, path)
+                    volumes[path] = node
+                inputs = [write_list_file(list(volumes), os.path.join(folder, "volumes.txt"))]
+            except Exception:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        argv = segment_many_argv(inputs, outputFolder, parameters.model, parameters.device, parameters.threshold,
+                                 parameters.minIslandMm3, parameters.splitTeeth,
+                                 slice_spacing=parameters.sliceSpacing)
+        process = BackgroundProcess(argv, env=core_env(ldfsamHome))
+        self._cohort = (process, folder, volumes)
+        return process.start() if start else process
+
+    def finishCohort(self, state):
+        """Load what the run wrote (``state``: its CohortState) as segmentation nodes, on their scene volume's
+        geometry when the volumes came from the scene; remove the temporary files. Returns the nodes."""
+        volumes = self._cohort[2] if self._cohort else {}
+        nodes = []
+        try:
+            for volume in state.done():
+                node = volumes.get(os.path.abspath(volume.input))
+                if node is not None:
+                    nodes.append(self.loadResult(volume.output, node))
+                else:
+                    nodes.append(slicer.util.loadSegmentation(volume.output))
+        finally:
+            self.discardCohort()
+        return nodes
+
+    def discardCohort(self):
+        if self._cohort is not None:
+            if self._cohort[1]:
+                shutil.rmtree(self._cohort[1], ignore_errors=True)
+            self._cohort = None
 
     @staticmethod
     def importModelProcess(path):
@@ -144,6 +207,13 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentationNode
+
+
+def exportVolume(volume, path):
+    """Save a volume node to ``path`` (uncompressed); RuntimeError naming the file when Slicer cannot."""
+    # A properties dict of our own: exportNode's default one is shared between calls and Slicer writes into it.
+    if not slicer.util.exportNode(volume, path, properties={"useCompression": 0}):
+        raise RuntimeError(f"{path}: could not write the volume '{volume.GetName()}'")
 
 
 def removeNodeAndHelpers(node):

@@ -6,6 +6,8 @@ import qt
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
+from .cohort import SOURCES
+
 SETTINGS_CACHE = "LDFSAM/CacheFolder"
 SETTINGS_DEVICE = "LDFSAM/Device"
 DEVICES = ("auto", "CPU", "GPU")
@@ -21,6 +23,10 @@ class LDFSAMSegmentParameterNode:
     minIslandMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 10.0
     splitTeeth: bool = False
     sliceSpacing: Annotated[str, Choice(["auto", "2px", "native"])] = "auto"
+    # "Many volumes": where the volumes come from, the folder read when it is "Folder", where results go.
+    cohortSource: Annotated[str, Choice(list(SOURCES))] = SOURCES[0]
+    cohortFolder: str = ""
+    cohortOutputFolder: str = ""
 
 
 def cacheFolder() -> Optional[str]:

@@ -6,6 +6,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from .cohort import SOURCES, CohortState
 from .lifecycle import LDFSAMModuleWidget
 from .logic import LDFSAMSegmentLogic
 from .parameters import cacheFolder, setCacheFolder, setLastDevice
@@ -21,6 +22,7 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         LDFSAMModuleWidget.__init__(self, parent)
         self._choices = []
         self._onSuccess = None
+        self._cohort = None  # the CohortState of a running "Segment all volumes"
 
     def newLogic(self):
         return LDFSAMSegmentLogic()
@@ -35,6 +37,7 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.downloadModelButton.clicked.connect(self.onDownloadModel)
         self.ui.installDependenciesButton.clicked.connect(lambda: self.ensureDependencies(force=True))
         self.ui.segmentButton.clicked.connect(self.onSegmentButton)
+        self.ui.cohortButton.clicked.connect(self.onCohortButton)
 
     def initializeParameterNode(self):
         LDFSAMModuleWidget.initializeParameterNode(self)
@@ -98,8 +101,17 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         p = self._parameterNode
         choice = self.selectedChoice()
         ready = bool(p and p.inputVolume and choice and choice.state != "available")
-        self.ui.segmentButton.text = _("Cancel") if running else _("Segment teeth")
-        self.ui.segmentButton.enabled = running or (ready and not self.installing)
+        cohort = self._cohort is not None
+        self.ui.segmentButton.text = _("Cancel") if running and not cohort else _("Segment teeth")
+        self.ui.segmentButton.enabled = (running and not cohort) or (ready and not busy)
+        fromFolder = bool(p and p.cohortSource == SOURCES[1])
+        cohortReady = bool(p and choice and choice.state != "available" and p.cohortOutputFolder
+                           and (p.cohortFolder if fromFolder else True))
+        self.ui.cohortButton.text = _("Cancel") if cohort else _("Segment all volumes")
+        self.ui.cohortButton.enabled = cohort or (cohortReady and not busy)
+        self.ui.cohortFolderPathLineEdit.enabled = fromFolder and not busy
+        for name in ("cohortSourceComboBox", "cohortOutputPathLineEdit"):
+            getattr(self.ui, name).enabled = not busy
         self.ui.downloadModelButton.enabled = bool(choice and choice.state == "available" and not busy)
         for name in PANEL_SECTIONS:
             getattr(self.ui, name).enabled = not busy
@@ -120,15 +132,41 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             return
         self.startRun(process, self.onSegmentationDone)
 
-    def startRun(self, process, onSuccess):
+    def onCohortButton(self):
+        if self.run is not None:
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.run.cancel()
+            return
+        if not self.ensureDependencies():
+            return
+        try:
+            process = self.logic.startCohort(self._parameterNode, cacheFolder())
+        except Exception as e:
+            slicer.util.errorDisplay(_("Could not start segmenting the volumes: {error}").format(error=e))
+            return
+        self._cohort = CohortState()
+        self.startRun(process, None, onEvent=self._cohort.feed)
+
+    def startRun(self, process, onSuccess, onEvent=None):
         self.ui.logTextEdit.clear()
         self.ui.statusLabel.text = _("Starting...")
         self._onSuccess = onSuccess
-        self.startBackgroundRun(process)
+        self.startBackgroundRun(process, onEvent=onEvent)
+
+    def onRunUpdate(self, run):
+        LDFSAMModuleWidget.onRunUpdate(self, run)
+        if self._cohort is not None:  # one bar over all the volumes, not the current volume's slices
+            self.ui.progressBar.value = self._cohort.percent
+            self.ui.statusLabel.text = self._cohort.status or run.state.status
 
     def onRunFinished(self, run, error):
         self.onRunUpdate(run)
         self.run = None
+        if self._cohort is not None:
+            state, self._cohort = self._cohort, None
+            self.updateButtons()
+            self.onCohortDone(run, state)
+            return
         self.updateButtons()
         if error:
             self.logic.discardRun()
@@ -150,3 +188,21 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         else:
             self.ui.statusLabel.text = _("Done: {count} segment(s) in '{name}'.").format(count=count,
                                                                                          name=node.GetName())
+
+    def onCohortDone(self, run, state):
+        """Load every segmentation the run wrote (also after a partial failure or Cancel), then say what failed."""
+        try:
+            nodes = self.logic.finishCohort(state)
+        except Exception as e:
+            logging.exception("LDFSAM: loading the results failed")
+            nodes = []
+            slicer.util.errorDisplay(_("Loading the results failed: {error}").format(error=e))
+        returncode = 130 if run.process.cancelled else run.process.returncode
+        message = state.message(returncode)
+        if message is None:
+            self.ui.statusLabel.text = _("Done: {count} segmentation(s) loaded ({status}).").format(
+                count=len(nodes), status=state.summary or state.status)
+            return
+        self.ui.statusLabel.text = message
+        if not run.process.cancelled:
+            slicer.util.errorDisplay(message, detailedText=run.process.stderr_tail())
