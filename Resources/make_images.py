@@ -69,8 +69,18 @@ def make_icon(path: Path, accent=(46, 134, 222), badge: str = "") -> None:
 
 
 # -- panels ------------------------------------------------------------------------------------------------------
+_STAND_INS = []  # made once and kept: PySide6 keeps registered custom widget classes for every later QUiLoader,
+# so a class that died with its function makes any later .ui load in the process crash
+
+
 def _stand_ins():
     """Plain-Qt classes named like the Slicer widgets used in the .ui files."""
+    if not _STAND_INS:
+        _STAND_INS.extend(_make_stand_ins())
+    return list(_STAND_INS)
+
+
+def _make_stand_ins():
     from PySide6.QtCore import Property
     from PySide6.QtWidgets import QComboBox, QGroupBox, QLineEdit, QWidget
 

@@ -128,8 +128,9 @@ def test_the_panel_has_the_many_volumes_section():
     from PySide6.QtUiTools import QUiLoader
     from PySide6.QtWidgets import QApplication, QWidget
 
-    QApplication.instance() or QApplication([])
-    panel = QUiLoader().load(str(REPO / "LDFSAMSegment" / "Resources" / "UI" / "LDFSAMSegment.ui"))
+    app = QApplication.instance() or QApplication([])  # noqa: F841 (kept alive while the panel is used)
+    loader = QUiLoader()
+    panel = loader.load(str(REPO / "LDFSAMSegment" / "Resources" / "UI" / "LDFSAMSegment.ui"))
     section = panel.findChild(QWidget, "cohortCollapsibleButton")
     assert section is not None
     inside = {w.objectName(): w for w in section.findChildren(QWidget)}

@@ -23,6 +23,9 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self._choices = []
         self._onSuccess = None
         self._cohort = None  # the CohortState of a running "Segment all volumes"
+        self._interactive = None  # InteractiveLogic, made on first use (it starts the prompt worker)
+        self._interactiveSegmentation = None
+        self._interactiveTimer = None
 
     def newLogic(self):
         return LDFSAMSegmentLogic()
@@ -38,6 +41,12 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.installDependenciesButton.clicked.connect(lambda: self.ensureDependencies(force=True))
         self.ui.segmentButton.clicked.connect(self.onSegmentButton)
         self.ui.cohortButton.clicked.connect(self.onCohortButton)
+        self.ui.interactiveSegmentButton.clicked.connect(self.onInteractiveSegment)
+        self.ui.interactiveUndoButton.clicked.connect(self.onInteractiveUndo)
+        self.ui.roiSelector.currentNodeChanged.connect(self.updateButtons)
+        self._interactiveTimer = qt.QTimer()
+        self._interactiveTimer.setInterval(100)
+        self._interactiveTimer.timeout.connect(self.pollInteractive)
 
     def initializeParameterNode(self):
         LDFSAMModuleWidget.initializeParameterNode(self)
@@ -112,6 +121,10 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.cohortFolderPathLineEdit.enabled = fromFolder and not busy
         for name in ("cohortSourceComboBox", "cohortOutputPathLineEdit"):
             getattr(self.ui, name).enabled = not busy
+        waiting = self._interactive is not None and self._interactive.busy
+        canPrompt = bool(p and p.inputVolume and self.ui.roiSelector.currentNode()) and not waiting
+        self.ui.interactiveSegmentButton.enabled = canPrompt and not self.installing
+        self.ui.interactiveUndoButton.enabled = canPrompt and self._interactiveSegmentation is not None
         self.ui.downloadModelButton.enabled = bool(choice and choice.state == "available" and not busy)
         for name in PANEL_SECTIONS:
             getattr(self.ui, name).enabled = not busy
@@ -206,3 +219,81 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.statusLabel.text = message
         if not run.process.cancelled:
             slicer.util.errorDisplay(message, detailedText=run.process.stderr_tail())
+
+    # -- interactive ----------------------------------------------------------------------------------------------
+    def onInteractiveSegment(self):
+        from .interactive_logic import InteractiveLogic
+
+        if not self.ensureDependencies():
+            return
+        self._interactive = self._interactive or InteractiveLogic()
+        target = self._interactiveSegmentation
+        if target is not None and target.GetScene() is None:
+            target = None  # removed from the scene
+        try:
+            self._interactiveSegmentation = self._interactive.segmentInRoi(
+                self._parameterNode.inputVolume, self.ui.roiSelector.currentNode(),
+                self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode(), target,
+                cacheFolder())
+        except Exception as e:
+            slicer.util.errorDisplay(_("Could not segment in the ROI: {error}").format(error=e))
+            return
+        self.ui.statusLabel.text = _("Segmenting '{name}' (the first run loads LiteMedSAM)...").format(
+            name=self.ui.roiSelector.currentNode().GetName())
+        self._interactiveTimer.start()
+        self.updateButtons()
+
+    def onInteractiveUndo(self):
+        roi = self.ui.roiSelector.currentNode()
+        try:
+            self._interactive.undo(roi.GetName(), self._parameterNode.inputVolume, self._interactiveSegmentation)
+        except Exception as e:
+            self.ui.statusLabel.text = _("Undo: {error}").format(error=e)
+            return
+        self.ui.statusLabel.text = _("Undoing...")
+        self._interactiveTimer.start()
+        self.updateButtons()
+
+    def pollInteractive(self):
+        from .prompt_client import WorkerError
+
+        try:
+            reply = self._interactive.poll()
+        except WorkerError as e:
+            self._interactiveTimer.stop()
+            self.ui.statusLabel.text = _("Interactive: {error}").format(error=e)
+            if not e.alive:  # the worker is gone: its error output says why
+                slicer.util.errorDisplay(str(e), detailedText=self._interactive.worker.stderr_tail())
+            self.updateButtons()
+            return
+        except Exception as e:
+            logging.exception("LDFSAM: interactive segmentation failed")
+            self._interactiveTimer.stop()
+            self.ui.statusLabel.text = _("Interactive: {error}").format(error=e)
+            self.updateButtons()
+            return
+        if reply is None:
+            return
+        self._interactiveTimer.stop()
+        slices = reply.get("slices")
+        self.ui.statusLabel.text = _("'{name}': {voxels} voxel(s){where} in {seconds} s.").format(
+            name=reply.get("name", ""), voxels=reply.get("voxels", 0),
+            where=_(" on slices {first}-{last}").format(first=slices[0], last=slices[1]) if slices else "",
+            seconds=reply.get("seconds", "?"))
+        self.updateButtons()
+
+    def stopInteractive(self):
+        if self._interactiveTimer is not None:
+            self._interactiveTimer.stop()
+        if self._interactive is not None:
+            self._interactive.stop()
+            self._interactive = None
+        self._interactiveSegmentation = None
+
+    def cleanup(self):
+        self.stopInteractive()
+        LDFSAMModuleWidget.cleanup(self)
+
+    def onSceneStartClose(self, caller, event):
+        self.stopInteractive()  # the worker's volume and history belong to the scene being closed
+        LDFSAMModuleWidget.onSceneStartClose(self, caller, event)
