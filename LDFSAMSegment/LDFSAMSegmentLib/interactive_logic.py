@@ -65,7 +65,7 @@ class InteractiveLogic:
             raise ValueError("Select the ROI around the structure.")
         center, size = [0.0] * 3, [0.0] * 3
         roi.GetCenterWorld(center)
-        roi.GetSize(size)
+        roi.GetSizeWorld(size)  # along the world axes below (a parent transform may scale)
         matrix = roi.GetObjectToWorldMatrix()
         axes = [[matrix.GetElement(r, c) for r in range(3)] for c in range(3)]
         axes = [[v / (sum(a * a for a in axis) ** 0.5 or 1.0) for v in axis] for axis in axes]
