@@ -25,6 +25,7 @@ from typing import Dict, Optional
 import torch
 
 from .atomic import write_text_atomic
+from .errors import OutputError
 from .home import ldfsam_home
 
 CACHE_NAME = "cpu_precision.json"
@@ -182,7 +183,7 @@ def measured_precision(probe: Probe = Probe(), refresh: bool = False) -> Measure
     entries[key] = asdict(result)
     try:
         write_text_atomic(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    except OSError:
+    except (OSError, OutputError):  # atomic writes report an unwritable place as OutputError
         pass
     return result
 
