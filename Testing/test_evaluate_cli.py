@@ -171,7 +171,7 @@ def test_model_on_cbct_volumes_through_the_inference_pipeline(tmp_path):
     labels.mkdir()
     for i in range(2):
         # The demo model's own scale (0.4 mm, 160 voxels across), a few slices through the tooth rows.
-        image, lab = make_phantom(shape=(8, 160, 160), spacing=(0.4, 0.4, 0.6), seed=i, teeth_fraction=1.0)
+        image, lab = make_phantom(shape=(10, 160, 160), spacing=(0.4, 0.4, 0.6), seed=i, teeth_fraction=1.0)
         sitk.WriteImage(image, str(data / f"p{i}.nii.gz"))
         sitk.WriteImage(lab, str(data / f"p{i}_label.nii.gz"))
         sitk.WriteImage(lab, str(labels / f"p{i}.nii.gz"))
@@ -182,7 +182,7 @@ def test_model_on_cbct_volumes_through_the_inference_pipeline(tmp_path):
     rows = list(csv.DictReader(open(out / "per_case.csv")))
     assert [r["case_id"] for r in rows] == ["p0", "p1"]
     saved = sitk.ReadImage(str(preds / "p0.nii.gz"))
-    assert saved.GetSpacing() == pytest.approx((0.4, 0.4, 0.6)) and saved.GetSize() == (160, 160, 8)
+    assert saved.GetSpacing() == pytest.approx((0.4, 0.4, 0.6)) and saved.GetSize() == (160, 160, 10)
     for r in rows:
         assert int(r["pred_voxels"]) > 1000 and float(r["dice"]) > 0.7, r
     out2 = tmp_path / "eval2"

@@ -120,6 +120,8 @@ def test_slices_are_final_once_added():
     assert labels.all()
 
 
+@pytest.mark.slow  # three segmentations of 180 slices with the bundled (lite) model: minutes on 2 cores
+@pytest.mark.timeout(1800)
 def test_pipeline_on_thin_slices_matches_every_slice(tmp_path):
     """The demo model on a phantom sliced at 0.1 mm: the model on candidates one model pixel (0.25 mm) apart
     (``1px``) agrees with the model on every slice and with the truth, with 2.5 times fewer model slices; ``auto``
