@@ -20,6 +20,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX): emulated bf16 "
                     "takes minutes here, and --precision auto never picks it on such a CPU")
+@pytest.mark.slow  # minutes with the bundled lite model on 2 cores; CI runs it (-m slow)
 def test_bf16_matches_fp32_on_the_phantom():
     # The bundled demo model (real trained weights), loaded anew for each precision.
     fp32 = segment_volume(PHANTOM, None, precision="fp32")

@@ -18,6 +18,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth))
 
 
+@pytest.mark.slow  # minutes with the bundled lite model on 2 cores; CI runs it (-m slow)
 def test_a_model_loaded_once_segments_two_volumes_as_segment_volume_does(tmp_path):
     loaded = load_model(None)  # the bundled demo model
     phantom = read_input(PHANTOM)

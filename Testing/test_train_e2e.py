@@ -39,7 +39,7 @@ def dataset(tmp_path_factory) -> Path:
     from ldfsam.data.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("train")
-    write_phantom_dataset(root / "data", cases=5, shape=(12, 48, 48), teeth_fraction=0.6)
+    write_phantom_dataset(root / "data", cases=5, shape=(12, 48, 48), spacing=0.5, teeth_fraction=0.6)
     # Keep the phantoms' spacing; a small bootstrap.
     (root / "cfg.json").write_text(json.dumps({"prepare": {"spacing": None}, "evaluate": {"bootstrap": 200}}))
     return root
