@@ -161,6 +161,7 @@ def _torchrun(scans: Path, out: Path) -> list:
             "nii.gz", "--progress", "json", "--device", "cpu"]
 
 
+@pytest.mark.slow  # a minute or more with the bundled lite model on 2 cores; CI runs it (-m slow)
 def test_two_ranks_segment_every_volume_once_as_one_process_does(scans, reference, tmp_path):
     out = tmp_path / "out"
     r = subprocess.run(_torchrun(scans, out), capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)

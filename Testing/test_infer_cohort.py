@@ -122,6 +122,7 @@ def _labels(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
+@pytest.mark.slow  # a minute or more with the bundled lite model on 2 cores; CI runs it (-m slow)
 def test_segment_many_matches_segment_volume_resumes_and_records_failures(cohort, tmp_path):
     from ldfsam.infer import segment_volume
 
