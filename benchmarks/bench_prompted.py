@@ -25,16 +25,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ldfsam.cpu_precision import cpu_name  # noqa: E402
 
 
 def main() -> int:
@@ -55,7 +48,7 @@ def main() -> int:
     from ldfsam.infer.prompts import Point, StructurePrompt
 
     torch.set_num_threads(args.threads)
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                "isa": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
                "load_before": os.getloadavg()}
     print(f"machine: {machine}", flush=True)

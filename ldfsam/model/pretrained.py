@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -20,8 +21,10 @@ LITEMEDSAM = "litemedsam"
 _ENCODER = "image_encoder."
 
 
+@functools.lru_cache(maxsize=1)
 def _litemedsam():
-    """(LiteMedSAM state dict in its own key names, SHA256 of its published file)."""
+    """(LiteMedSAM state dict in its own key names, SHA256 of its published file), read and verified once per
+    process: every model save of a lite run compares its encoder with it."""
     from .lite_weights import litemedsam_sha256, litemedsam_state_dict
 
     return litemedsam_state_dict(), litemedsam_sha256()
@@ -113,4 +116,5 @@ def base_tensors(base: Dict[str, Any], source: Union[str, Path]) -> Dict[str, to
     if base.get("sha256") != sha256:
         raise CheckpointError(f"was trained on LiteMedSAM weights with SHA256 {base.get('sha256')}, but the local "
                               f"copy has {sha256}", source)
-    return {k: v for k, v in state.items() if k.startswith(base["prefix"])}
+    # Copies: the loaded model must never share storage with the per-process reference.
+    return {k: v.clone() for k, v in state.items() if k.startswith(base["prefix"])}
