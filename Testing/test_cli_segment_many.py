@@ -220,3 +220,48 @@ def test_a_killed_rank_loses_nothing_and_a_rerun_completes_the_rest(scans, refer
     redone = sum(e["done"] for e in events if e["kind"] == "done")
     assert redone == 5 - sum(r.status == "done" for r in before.values())  # nothing done twice
     _same_results(out, reference[0])
+
+
+@pytest.mark.slow  # two torchrun runs
+def test_a_dead_worker_costs_one_volume_and_the_other_ranks_finish(scans, reference, tmp_path):
+    """Under torchrun each rank supervises a worker: when rank 1's worker is killed mid-volume, that volume is
+    recorded as failed, rank 1 goes on with the rest of its share, rank 0 is not stopped, and the run's exit
+    status says that something failed; a rerun does only the failed volume."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_torchrun(scans, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=ENV)
+    try:
+        event = _events_until(proc, lambda e: e["phase"] == "cohort" and e["kind"] == "log" and e.get("rank") == 1
+                              and e["message"].startswith("segmenting"))
+        held = json.loads((out / ".rank1.inflight.json").read_text())
+        victim = str(Path(event["input"]).resolve())
+        assert held["volumes"][victim]["stage"] == "predicting"
+        os.kill(held["pid"], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    records = read_manifest(out)
+    assert sorted(Path(k).name for k in records) == [f"s{i}.nii.gz" for i in range(5)]
+    failed = [r for r in records.values() if r.status == "failed"]
+    assert [r.input for r in failed] == [victim] and "killed by SIGKILL" in failed[0].error
+    assert all(r.status == "done" and Path(r.output).is_file() for r in records.values() if r.rank == 0)
+    assert sum(r.status == "done" for r in records.values()) == 4 and not list(out.glob(".rank*.inflight.json"))
+    r = subprocess.run(_torchrun(scans, out), capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [e for e in map(parse_event, r.stdout.splitlines()) if e and e["phase"] == "cohort"]
+    assert sum(e["done"] for e in events if e["kind"] == "done") == 1
+    _same_results(out, reference[0])
+
+
+def test_ranks_refuse_an_output_folder_inside_an_input_folder(scans, tmp_path):
+    """Each rank lists the inputs when it starts: outputs inside an input folder would change a late rank's list."""
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    inside = scans / "results"
+    r = subprocess.run([sys.executable, "-m", "ldfsam", "segment", str(scans), "-o", str(inside), "--progress",
+                        "json"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    error = [e for e in map(parse_event, r.stdout.splitlines()) if e and e["kind"] == "error"]
+    assert len(error) == 1 and f"{inside}: lies inside the input folder {scans}" in error[0]["message"]
+    assert not inside.exists()

@@ -276,3 +276,24 @@ def test_prepared_dataset_folder_as_input(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "student.safetensors").is_file()
     assert not netlog.exists() or netlog.read_text() == ""
+
+
+def test_trainer_keeps_the_processes_thread_count(data_yaml, tmp_path):
+    """Ultralytics sets CPU training to cpu_count - 1 threads (one on 2 cores); Phase 1 keeps the count it was given."""
+    from ultralytics.utils import NUM_THREADS
+
+    from ldfsam.distill.config import TrainRecipe
+    from ldfsam.distill.run import _overrides
+    from ldfsam.distill.trainer import Phase1Trainer
+    from ldfsam.distill.weights import yolo_yaml
+    from ldfsam.progress import Progress
+
+    before = torch.get_num_threads()
+    want = NUM_THREADS + 1  # never what ultralytics would choose
+    torch.set_num_threads(want)
+    try:
+        recipe = TrainRecipe(epochs=1, batch=4, imgsz=64, device="cpu")
+        Phase1Trainer(_overrides(recipe, data_yaml, tmp_path, "student", yolo_yaml("n")), "student", Progress("none"))
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from ldfsam.errors import InputError, OutputError
 from ldfsam.infer.cohort import Rank, segment_many
-from ldfsam.infer.cohort_inputs import check_output_folder, expand_inputs, output_names
+from ldfsam.infer.cohort_inputs import check_apart, check_output_folder, expand_inputs, output_names
 from ldfsam.infer.manifest import ManifestWriter, read_manifest
 
 
@@ -98,6 +98,22 @@ def test_ranks_share_every_volume_exactly_once():
         shares = [Rank(r, world, r, world).share(items) for r in range(world)]
         assert sorted(sum(shares, [])) == items
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_ranks_need_an_output_folder_apart_from_the_input_folders(cohort, tmp_path):
+    root, files = cohort
+    scans = root / "scans"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{scans}\n")
+    for inputs, out in (([scans], scans), ([scans], scans / "out"), ([f"@{listing}"], scans / "a" / "b"),
+                        ([root], scans / "out")):
+        with pytest.raises(OutputError, match="lies inside the input folder"):
+            check_apart(inputs, out)
+    check_apart([scans, files[0]], root / "results")  # beside the inputs: fine
+    check_apart([files[0]], scans / "out")  # a file's folder is not an input folder
+    with pytest.raises(OutputError, match="lies inside the input folder"):
+        segment_many([scans], scans / "out", rank=Rank(1, 2, 1, 2))
+    assert not (scans / "out").exists()
 
 
 def test_manifest_files_merge_latest_record_wins(tmp_path):

@@ -59,6 +59,7 @@ def _flags_of(parser: argparse.ArgumentParser) -> Dict[str, str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: a command may run itself again
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

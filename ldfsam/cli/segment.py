@@ -121,8 +121,15 @@ def _options(args):
 
 
 def _run_cohort(args) -> int:
+    import os
+
+    from ..infer.cohort import Rank
+    from ..infer.rank_supervisor import WORKER_ENV
     from ._progress import command_progress, error_message
 
+    rank = Rank.from_env()
+    if rank.world_size > 1 and WORKER_ENV not in os.environ:
+        return _supervise_rank(args, rank)
     with command_progress(args, COMMAND) as progress:
         _check_cohort_args(args)
         options = _options(args)
@@ -141,6 +148,22 @@ def _run_cohort(args) -> int:
                 print(f"failed: {record.error}")
         print(summary_line(summary))
     return 1 if summary.failed else 0
+
+
+def _supervise_rank(args, rank) -> int:
+    """Under torchrun: this rank's process supervises a worker running the same command
+    (``ldfsam.infer.rank_supervisor``), so that a worker that dies does not stop the other ranks."""
+    import sys
+    from pathlib import Path
+
+    from ..infer.cohort_inputs import check_apart
+    from ..infer.rank_supervisor import supervise
+    from ._progress import command_progress
+
+    with command_progress(args, COMMAND):
+        _check_cohort_args(args)  # bad input: one error per rank, before any worker starts
+        check_apart(args.input, Path(args.output))
+    return supervise([sys.executable, "-m", "ldfsam", *args.argv], Path(args.output), rank.rank, rank.world_size)
 
 
 def _run_one(args) -> int:

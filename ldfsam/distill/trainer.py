@@ -12,6 +12,8 @@ from copy import copy
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import torch
+
 from ..evaluate.detection import ImageDetections, detection_scores
 from ..offline import import_ultralytics
 from ..progress import Progress
@@ -107,7 +109,11 @@ class Phase1Trainer(DetectionTrainer):
         self._in_final_eval = False
         self._batch = 0
         self._nb = 1
+        # Ultralytics' select_device pins CPU training to cpu_count - 1 threads: one on a 2-core machine, which
+        # halves Phase 1's speed there. Keep the thread count the process was given (OMP_NUM_THREADS, torch).
+        self._threads = torch.get_num_threads()
         super().__init__(overrides=overrides)
+        torch.set_num_threads(self._threads)
         self.add_callback("on_pretrain_routine_end", lambda t: self._install_criterion())
         self.add_callback("on_train_start", lambda t: self._on_train_start())
         self.add_callback("on_train_epoch_start", lambda t: setattr(self, "_batch", 0))
@@ -135,6 +141,7 @@ class Phase1Trainer(DetectionTrainer):
 
     # -- progress -----------------------------------------------------------------------------------------------
     def _on_train_start(self) -> None:
+        torch.set_num_threads(self._threads)
         self._nb = len(self.train_loader)
         self.progress.start(self.phase, total=self.epochs * self._nb, epochs=self.epochs,
                             start_epoch=self.start_epoch + 1, message=f"{self.phase}: {self.epochs} epochs")

@@ -10,7 +10,8 @@ Under ``torchrun`` (the environment's RANK/WORLD_SIZE/LOCAL_RANK) rank r takes t
 r+2N... of the whole expanded list: every rank computes the same list, so no volume is lost or taken twice,
 and no rank needs to talk to another: no process group is created, so a rank that dies cannot hang the others
 in a collective. Each rank runs on its own GPU (``cuda:LOCAL_RANK``) or, on the CPU, on its share of the cores,
-and writes its own manifest file (``ldfsam.infer.manifest``).
+and writes its own manifest file (``ldfsam.infer.manifest``). The output folder must lie apart from the input
+folders (``check_apart``). A rank's process supervises the one doing the work (``ldfsam.infer.rank_supervisor``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from ..atomic import check_writable, make_folder
 from ..errors import Cancelled, LDFSAMError
 from ..progress import Progress
 from . import outputs as out_io
-from .cohort_inputs import check_output_folder, expand_inputs, output_names
+from .cohort_inputs import check_apart, check_output_folder, expand_inputs, output_names
 from .manifest import ManifestWriter, Record, read_manifest
+from .rank_supervisor import WorkerState
 
 PathLike = Union[str, Path]
 PHASE = "cohort"
@@ -127,27 +129,38 @@ def segment_many(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLi
     rank = rank or Rank.from_env()
     t0 = time.perf_counter()
     folder = check_output_folder(output_dir)
+    if rank.world_size > 1:
+        check_apart(inputs, folder)
     known = read_manifest(folder) if folder.is_dir() else {}
     volumes = expand_inputs(inputs, exclude=[r.output for r in known.values()])
     names, notes = output_names(volumes, folder, format, {Path(k): Path(r.output) for k, r in known.items()})
     mine = rank.share(volumes)
     finished = {k for k, r in known.items() if r.status == "done" and Path(r.output).exists()}
-    pending = [v for v in mine if str(v.resolve()) not in finished]
+    worker = WorkerState.from_env()  # under torchrun: the rank's supervisor runs this process
+    crashed = worker.skip if worker else set()  # their worker died on them in this run: recorded as failed
+    pending = [v for v in mine if str(v.resolve()) not in finished | crashed]
     make_folder(folder)
     check_writable(folder / "manifest.jsonl")
     manifest = ManifestWriter(folder, rank.rank, rank.world_size)
     for note in notes if rank.rank == 0 else ():  # every rank finds the same names: one says so
         progress.log(PHASE, note, level="warning")
-    summary = CohortSummary(len(volumes), len(mine), 0, 0, len(mine) - len(pending), 0.0, 0, 0.0, 0.0,
-                            manifest.path, notes=notes)
+    failed_before = sum(str(v.resolve()) in crashed for v in mine)
+    summary = CohortSummary(len(volumes), len(mine), 0, failed_before, len(mine) - len(pending) - failed_before,
+                            0.0, 0, 0.0, 0.0, manifest.path, notes=notes)
     who = f" (rank {rank.rank} of {rank.world_size}: {len(mine)} of {len(volumes)})" if rank.world_size > 1 else ""
     progress.start(PHASE, total=len(mine), message=f"segmenting {len(mine)} volume(s) into {folder}{who}; "
                    f"{summary.skipped} done before", skipped=summary.skipped, rank=rank.rank,
                    world_size=rank.world_size)
     inner = progress if progress.mode == "json" else Progress("none")  # the bar follows volumes, not slices
     if pending:
-        _run(pending, names, folder, model, options, device, force, progress, inner, overlap, rank, manifest,
-             summary, describe_error)
+        if worker:
+            worker.open(folder, rank.rank)
+        try:
+            _run(pending, names, folder, model, options, device, force, progress, inner, overlap, rank, manifest,
+                 summary, describe_error, worker)
+        finally:
+            if worker:
+                worker.close()
     summary.seconds = time.perf_counter() - t0
     progress.done(PHASE, message=summary_line(summary), done=summary.done, failed=summary.failed,
                   skipped=summary.skipped, total=summary.assigned, volumes_per_minute=round(
@@ -164,7 +177,7 @@ def summary_line(s: CohortSummary) -> str:
 
 
 def _run(pending, names, folder, model, options, device, force, progress, inner, overlap, rank, manifest,
-         summary, describe_error) -> None:
+         summary, describe_error, worker: Optional[WorkerState]) -> None:
     from .pipeline import (
         SegmentationResult,
         check_model_file,
@@ -188,14 +201,20 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
     finishing = threading.Lock()
     tag = rank.rank if rank.world_size > 1 else None  # events of several ranks share one stdout
 
+    def stage(volume: Path, where: Optional[str]) -> None:
+        if worker is not None:
+            worker.stage(volume, names[volume], where)
+
     def read(volume: Path):
         t = time.perf_counter()
+        stage(volume, "reading")
         out_io.check_outputs({"output": names[volume]}, volume, force)
         plan = plan_slices(read_input(volume), pre, options.slice_spacing, volume.name, volume, inner)
         return plan, time.perf_counter() - t
 
     def write(volume: Path, plan, prediction, seconds: float, classes: List[str]) -> Record:
         t = time.perf_counter()
+        stage(volume, "writing")
         try:
             labels, _, segment_names = clean_up(prediction, plan, classes, options)
             result = SegmentationResult(labels=labels, grid=plan.grid, segment_names=segment_names)
@@ -207,6 +226,7 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
     def _finished(volume: Path, status: str, seconds: float, error: Optional[str]) -> Record:
         with finishing:  # the main thread (a volume that failed) and the writer thread both finish volumes
             record = manifest.record(volume, names[volume], status, seconds, error)
+            stage(volume, None)
             summary.records.append(record)
             if status == "done":
                 summary.done += 1
@@ -248,6 +268,7 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
             if plan is None:
                 _failed(volume, error, read_s)
                 continue
+            stage(volume, "predicting")
             inner.log(PHASE, f"segmenting {volume}", input=str(volume), output=str(names[volume]), rank=tag)
             t = time.perf_counter()
             try:

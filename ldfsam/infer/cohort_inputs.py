@@ -98,6 +98,23 @@ def check_output_folder(folder: PathLike) -> Path:
     return folder
 
 
+def check_apart(inputs: Sequence[PathLike], folder: Path) -> None:
+    """OutputError when the output folder is an input folder or lies inside one. Required of torchrun ranks: each
+    lists the inputs when it starts, so a rank that starts late would find other ranks' new outputs among them,
+    and the ranks' lists (and shares) would differ."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    out = Path(folder).resolve()
+    for given in inputs:
+        text = str(given)
+        paths = _list_entries(Path(text[1:]).expanduser()) if text.startswith("@") else [Path(text).expanduser()]
+        for path in paths:
+            if path.is_dir() and (out == path.resolve() or path.resolve() in out.parents):
+                raise OutputError(f"lies inside the input folder {path}: under torchrun, give an output folder "
+                                  "apart from the inputs (a rank starting late would take other ranks' outputs "
+                                  "for inputs)", folder)
+
+
 def output_names(volumes: Sequence[Path], folder: Path, fmt: str,
                  known: Optional[Mapping[Path, Path]] = None) -> Tuple[Dict[Path, Path], List[str]]:
     """Output path of each volume in ``folder``: its name without the volume suffix + the format's suffix.
