@@ -9,7 +9,10 @@ the prompt is a 3D box one voxel wider than the tooth. "first result" is everyth
 memory: LiteMedSAM's weights loaded, the per-volume window, every slice the propagation visits encoded once,
 decoded, propagated, the mask assembled. A click is an exclude point on a segmented slice near one end of the
 tooth; the structure is then re-run with it, which decodes again only the slices whose prompts changed (the
-embeddings and earlier decoder results are cached). Prints the machine (CPU, flags, torch, load average).
+embeddings and earlier decoder results are cached). The clicks are then repeated with blending between anchors
+run all the way (``agree_iou`` above 1) on a fresh decoder memo and the same embeddings, so that the two ways
+compare in one run: decoder passes, seconds, and how far the masks differ. Prints the machine (CPU, flags, torch,
+load average).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def main() -> int:
 
     from ldfsam.data.phantom import make_phantom
     from ldfsam.infer.prompted import PromptedSession
-    from ldfsam.infer.prompts import Point, StructurePrompt
+    from ldfsam.infer.prompts import StructurePrompt
 
     torch.set_num_threads(args.threads)
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
@@ -75,6 +78,37 @@ def main() -> int:
     print(f"first 3D result: {t_first:.1f} s (weights and window {t_load:.1f} s), {sam.encoded} slices encoded "
           f"({(t_first - t_load) / max(1, sam.encoded):.2f} s per slice, decoding included), Dice {dice:.3f}",
           flush=True)
+    clicks = run_clicks(session, image, mask, lo, hi, args)
+    agree_iou = session.propagation.agree_iou
+    session.propagation.agree_iou = 2.0  # blend all the way, as before the agreement stop
+    session.sam.memo.clear()
+    session.segment(StructurePrompt(f"Tooth {args.fdi}", tuple(lo), tuple(hi)))
+    print("the same clicks, blending all the way between anchors:", flush=True)
+    full = run_clicks(session, image, mask, lo, hi, args)
+    session.propagation.agree_iou = agree_iou
+    for c, f in zip(clicks, full):
+        c["dice_vs_full_blend"] = float(2.0 * (c.pop("mask") & f["mask"]).sum()
+                                        / max(1, c.get("voxels", 0) + f["voxels"]))
+        f.pop("mask")
+        c["full_blend"] = f
+        print(f"click on slice {c['slice']}: {c['seconds']:.2f} s / {c['decoded']} decoded with the agreement "
+              f"stop, {f['seconds']:.2f} s / {f['decoded']} blending all the way; masks agree at Dice "
+              f"{c['dice_vs_full_blend']:.4f}", flush=True)
+    machine["load_after"] = os.getloadavg()
+    results = {"machine": machine, "volume": [args.slices, args.size, args.size], "fdi": args.fdi,
+               "first": first, "agree_iou": agree_iou, "clicks": clicks}
+    print(json.dumps(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def run_clicks(session, image, mask, lo, hi, args) -> list:
+    """Exclude clicks on segmented slices near the top end of the tooth, one slice further in each time; each
+    re-runs the structure with every click so far."""
+    from ldfsam.infer.prompts import Point, StructurePrompt
+
+    sam = session.sam
     clicks = []
     zs = np.nonzero(mask.any((1, 2)))[0]
     points = []
@@ -89,19 +123,13 @@ def main() -> int:
         points.append(Point(tuple(where), include=False))
         encoded, decoded = sam.encoded, sam.decoded
         t = time.perf_counter()
-        session.segment(StructurePrompt(f"Tooth {args.fdi}", tuple(lo), tuple(hi), points=list(points)))
+        after = session.segment(StructurePrompt(f"Tooth {args.fdi}", tuple(lo), tuple(hi), points=list(points)))
         seconds = time.perf_counter() - t
         clicks.append({"seconds": seconds, "slice": zc, "encoded": sam.encoded - encoded,
-                       "decoded": sam.decoded - decoded})
+                       "decoded": sam.decoded - decoded, "voxels": int(after.mask.sum()), "mask": after.mask})
         print(f"click {i + 1} on slice {zc}: {seconds:.2f} s ({sam.decoded - decoded} slices decoded again, "
               f"{sam.encoded - encoded} encoded)", flush=True)
-    machine["load_after"] = os.getloadavg()
-    results = {"machine": machine, "volume": [args.slices, args.size, args.size], "fdi": args.fdi,
-               "first": first, "clicks": clicks}
-    print(json.dumps(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0
+    return clicks
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 from typing import Annotated, Optional
 
 import qt
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from .cohort import SOURCES
@@ -27,6 +32,11 @@ class LDFSAMSegmentParameterNode:
     cohortSource: Annotated[str, Choice(list(SOURCES))] = SOURCES[0]
     cohortFolder: str = ""
     cohortOutputFolder: str = ""
+    # "Interactive": the ROI and point lists of the structure, and the segmentation its segments go to.
+    interactiveRoi: vtkMRMLMarkupsROINode
+    interactiveInclude: vtkMRMLMarkupsFiducialNode
+    interactiveExclude: vtkMRMLMarkupsFiducialNode
+    interactiveSegmentation: vtkMRMLSegmentationNode
 
 
 def cacheFolder() -> Optional[str]:

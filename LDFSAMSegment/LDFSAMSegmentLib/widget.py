@@ -24,7 +24,6 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self._onSuccess = None
         self._cohort = None  # the CohortState of a running "Segment all volumes"
         self._interactive = None  # InteractiveLogic, made on first use (it starts the prompt worker)
-        self._interactiveSegmentation = None
         self._interactiveTimer = None
 
     def newLogic(self):
@@ -124,7 +123,9 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         waiting = self._interactive is not None and self._interactive.busy
         canPrompt = bool(p and p.inputVolume and self.ui.roiSelector.currentNode()) and not waiting
         self.ui.interactiveSegmentButton.enabled = canPrompt and not self.installing
-        self.ui.interactiveUndoButton.enabled = canPrompt and self._interactiveSegmentation is not None
+        # Undo needs the worker's history of this session, and the segmentation its results went to.
+        self.ui.interactiveUndoButton.enabled = (canPrompt and self._interactive is not None
+                                                 and p.interactiveSegmentation is not None)
         self.ui.downloadModelButton.enabled = bool(choice and choice.state == "available" and not busy)
         for name in PANEL_SECTIONS:
             getattr(self.ui, name).enabled = not busy
@@ -227,11 +228,11 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         if not self.ensureDependencies():
             return
         self._interactive = self._interactive or InteractiveLogic()
-        target = self._interactiveSegmentation
+        target = self._parameterNode.interactiveSegmentation
         if target is not None and target.GetScene() is None:
             target = None  # removed from the scene
         try:
-            self._interactiveSegmentation = self._interactive.segmentInRoi(
+            self._parameterNode.interactiveSegmentation = self._interactive.segmentInRoi(
                 self._parameterNode.inputVolume, self.ui.roiSelector.currentNode(),
                 self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode(), target,
                 cacheFolder())
@@ -246,7 +247,8 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
     def onInteractiveUndo(self):
         roi = self.ui.roiSelector.currentNode()
         try:
-            self._interactive.undo(roi.GetName(), self._parameterNode.inputVolume, self._interactiveSegmentation)
+            self._interactive.undo(roi.GetName(), self._parameterNode.inputVolume,
+                                   self._parameterNode.interactiveSegmentation)
         except Exception as e:
             self.ui.statusLabel.text = _("Undo: {error}").format(error=e)
             return
@@ -288,7 +290,6 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         if self._interactive is not None:
             self._interactive.stop()
             self._interactive = None
-        self._interactiveSegmentation = None
 
     def cleanup(self):
         self.stopInteractive()

@@ -15,8 +15,10 @@ Rules (``PropagationConfig`` holds the numbers):
 - Cross-slice consistency: every prompted slice is an anchor. Between two consecutive anchors a and b on one side,
   the slices are propagated from a towards b and from b back towards a, and the two logits are blended linearly
   by distance (weight |z − a| / |b − a| for b's), so each slice agrees with the nearer prompt and the result
-  changes smoothly between them. A correcting click on slice c changes c, the slices beyond it, and the slices
-  between c and the previous anchor; nothing on the far side of the primary slice.
+  changes smoothly between them. The backward chain stops at the first slice where its mask agrees with the
+  forward one (IoU >= ``agree_iou``): from there on both prompts say the same, and a click costs decoder passes
+  only as far as it changes something. A correcting click on slice c changes c, the slices beyond it, and the
+  slices between c and the previous anchor; nothing on the far side of the primary slice.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PropagationConfig:
     min_area_mm2: float = 1.0
     min_area_fraction: float = 0.05
     inside_fraction: float = 0.5
+    agree_iou: float = 0.97  # where blending between anchors stops (see above); above 1: blend all the way
     mask_prompt: bool = False  # previous slice's logits as SAM's mask prompt (measured: see docs/segmentation.md)
     # The encoder's view of a structure with a box: a square of this many times the box's longer side (at least
     # min_view voxels) around it, so that a tooth fills a good part of LiteMedSAM's 256×256 input; 0: whole slices.
@@ -253,8 +256,16 @@ class Propagator:
                 break
             w = abs(z - a) / abs(b - a)
             if z in fwd:
+                agree = _iou(back.mask, fwd[z].mask) >= self.cfg.agree_iou
                 logits = (1 - w) * fwd[z].logits + w * back.logits
                 fwd[z] = SliceResult(logits, fwd[z].low)
+                if agree:  # both prompts give this slice the same mask: the slices towards a stay a's
+                    break
             else:
                 fwd[z] = back
             prev = back
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
