@@ -92,6 +92,30 @@ def test_exclude_click_changes_its_slice_and_the_propagation_from_it_only(phanto
     np.testing.assert_array_equal(after.mask[:primary + 1], before.mask[:primary + 1])
 
 
+def test_blending_between_anchors_stops_where_both_agree(phantom, session):
+    """The backward chain from a clicked slice stops where it agrees with the forward one: fewer decoder passes
+    than blending all the way back to the primary slice, and (nearly) the same mask."""
+    from ldfsam.infer.propagate import PropagationConfig, Propagator
+
+    _, image, truth = phantom
+    lo, hi = tooth_box(image, truth)
+    before = session.segment(StructurePrompt("t", lo, hi))
+    zs = np.nonzero(before.mask.any((1, 2)))[0]
+    click_z = int(zs.max())
+    ys, xs = np.nonzero(before.mask[click_z])
+    where = image.TransformContinuousIndexToPhysicalPoint((float(xs[0]), float(ys[0]), float(click_z)))
+    prompt = session.voxels([StructurePrompt("t", lo, hi, points=[Point(tuple(where), include=True)])])[0]
+    runs = {}
+    for agree in (0.97, 2.0):  # 2.0: never agrees, so blending goes all the way
+        session.sam.memo.clear()
+        decoded = session.sam.decoded
+        result = Propagator(session.sam, prompt, session.grid.spacing, PropagationConfig(agree_iou=agree)).run()
+        runs[agree] = (result.mask, session.sam.decoded - decoded)
+    (stopped, n_stopped), (full, n_full) = runs[0.97], runs[2.0]
+    assert n_stopped < n_full, (n_stopped, n_full)
+    assert dice(stopped, full) > 0.98
+
+
 def test_prompts_file_round_trip_and_outputs(phantom, session, tmp_path):
     path, image, truth = phantom
     lo, hi = tooth_box(image, truth)
