@@ -93,27 +93,45 @@ def test_exclude_click_changes_its_slice_and_the_propagation_from_it_only(phanto
 
 
 def test_blending_between_anchors_stops_where_both_agree(phantom, session):
-    """The backward chain from a clicked slice stops where it agrees with the forward one: fewer decoder passes
-    than blending all the way back to the primary slice, and (nearly) the same mask."""
+    """The backward chain from a later anchor stops at the first slice where it agrees with the forward chain:
+    with agree_iou 0 after one slice, above 1 only at the previous anchor; the default (0.97) gives the mask of
+    blending all the way."""
     from ldfsam.infer.propagate import PropagationConfig, Propagator
+
+    class Counting(Propagator):
+        def _blend(self, a, b, fwd):
+            self.calls = 0
+            step = self.step
+
+            def counted(z, prev):
+                self.calls += 1
+                return step(z, prev)
+
+            self.step = counted
+            try:
+                super()._blend(a, b, fwd)
+            finally:
+                self.step = step
+            self.back_steps = getattr(self, "back_steps", 0) + self.calls
 
     _, image, truth = phantom
     lo, hi = tooth_box(image, truth)
     before = session.segment(StructurePrompt("t", lo, hi))
-    zs = np.nonzero(before.mask.any((1, 2)))[0]
-    click_z = int(zs.max())
+    primary = before.anchors[0]
+    click_z = int(np.nonzero(before.mask.any((1, 2)))[0].max())
+    assert click_z - primary >= 3
     ys, xs = np.nonzero(before.mask[click_z])
-    where = image.TransformContinuousIndexToPhysicalPoint((float(xs[0]), float(ys[0]), float(click_z)))
+    i = len(ys) // 2
+    where = image.TransformContinuousIndexToPhysicalPoint((float(xs[i]), float(ys[i]), float(click_z)))
     prompt = session.voxels([StructurePrompt("t", lo, hi, points=[Point(tuple(where), include=True)])])[0]
     runs = {}
-    for agree in (0.97, 2.0):  # 2.0: never agrees, so blending goes all the way
-        session.sam.memo.clear()
-        decoded = session.sam.decoded
-        result = Propagator(session.sam, prompt, session.grid.spacing, PropagationConfig(agree_iou=agree)).run()
-        runs[agree] = (result.mask, session.sam.decoded - decoded)
-    (stopped, n_stopped), (full, n_full) = runs[0.97], runs[2.0]
-    assert n_stopped < n_full, (n_stopped, n_full)
-    assert dice(stopped, full) > 0.98
+    for agree in (0.0, 0.97, 2.0):
+        p = Counting(session.sam, prompt, session.grid.spacing, PropagationConfig(agree_iou=agree))
+        runs[agree] = (p.run().mask, p.back_steps)
+    assert runs[0.0][1] == 1  # agrees at once: one backward slice
+    assert runs[2.0][1] == click_z - primary - 1  # never agrees: every slice back to the primary one
+    assert runs[0.0][1] <= runs[0.97][1] <= runs[2.0][1]
+    assert dice(runs[0.97][0], runs[2.0][0]) > 0.98
 
 
 def test_prompts_file_round_trip_and_outputs(phantom, session, tmp_path):

@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--fdi", type=int, default=11)
     ap.add_argument("--clicks", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -65,9 +66,11 @@ def main() -> int:
     hi = image.TransformContinuousIndexToPhysicalPoint((x.max() + 1.0, y.max() + 1.0, z.max() + 1.0))
 
     t0 = time.perf_counter()
-    session = PromptedSession(image)
+    session = PromptedSession(image, precision=args.precision)
     _ = session.sam
     t_load = time.perf_counter() - t0
+    machine["precision"] = str(session.sam.dtype).replace("torch.", "")
+    print(f"--precision {args.precision} runs {machine['precision']}", flush=True)
     result = session.segment(StructurePrompt(f"Tooth {args.fdi}", tuple(lo), tuple(hi)))
     t_first = time.perf_counter() - t0
     mask = result.mask

@@ -11,10 +11,11 @@ them), so their untrained prompt generator cannot decide which slices hold teeth
 them instead (the ``keep_slices`` argument of ``segment_volume``), and their masks are noise (which makes the
 clean-up slower than on real masks). Noise masks cannot drive the coarse-to-fine choice of ``auto`` either
 (neighbouring noise looks alike, so it would run on too few slices), so for them ``auto`` is timed as ``1px``,
-every candidate: the most ``auto`` can cost. "demo" is the bundled trained model (the ``lite`` preset on LiteMedSAM's
-frozen TinyViT encoder): the real pipeline end to end, with the Dice against the phantom's truth. Everything else is the real pipeline for all three,
-including the prompt generator on every model slice, the clean-up and writing a .seg.nrrd. Each segmentation
-runs in a fresh child process that loads the model from a file, as ``ldfsam segment`` does, so its peak memory
+every candidate: the most ``auto`` can cost. "demo" is the bundled trained model (the ``lite`` preset on
+LiteMedSAM's frozen TinyViT encoder): the real pipeline end to end, with the Dice against the phantom's truth.
+Everything else is the real pipeline for all three, including the prompt generator on every model slice, the
+clean-up and writing a .seg.nrrd. Each segmentation runs in a fresh child process that loads the model from a
+file, as ``ldfsam segment`` does, so its peak memory
 (VmHWM) is its own; "process" is that child's wall time from its start, imports included.
 """
 

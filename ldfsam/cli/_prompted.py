@@ -28,7 +28,7 @@ def run_prompted(args) -> int:
         model = args.model if args.model else None
         result = segment_with_prompts(volume, args.output, args.prompts, model=model,
                                       base_segmentation=args.base_segmentation, force=args.force,
-                                      progress=progress)
+                                      progress=progress, precision=args.precision)
     except LDFSAMError as e:
         if args.progress == "json":
             progress.error("segment", str(e))

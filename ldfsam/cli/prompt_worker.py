@@ -24,18 +24,21 @@ HELP = "Answer prompted-segmentation requests (JSON lines on stdin/stdout), keep
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a lite-preset model (default: LiteMedSAM as published)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: the faster of bfloat16 and float32 as measured on this machine")
 
 
 class Worker:
-    def __init__(self, model=None) -> None:
+    def __init__(self, model=None, precision: str = "auto") -> None:
         self.model = model
+        self.precision = precision
         self.session = None
         self.history = {}  # name -> list of structure entries (dicts), newest last
 
     def open(self, req):
         from ..infer.prompted import PromptedSession
 
-        self.session = PromptedSession(req["volume"], self.model)
+        self.session = PromptedSession(req["volume"], self.model, precision=self.precision)
         self.history.clear()
         return {"size": list(self.session.grid.size)}
 
@@ -93,7 +96,7 @@ def run(args) -> int:
     from ..errors import LDFSAMError
 
     out, sys.stdout = sys.stdout, sys.stderr  # stdout carries answers only
-    worker = Worker(args.model)
+    worker = Worker(args.model, args.precision)
     handlers = {"open": worker.open, "segment": worker.segment, "click": worker.click, "undo": worker.undo}
     out.write(json.dumps({"ok": True, "ready": True}) + "\n")
     out.flush()

@@ -10,10 +10,16 @@ and masks stay on the same pixels.
 
 Embeddings (256×64×64 float32, 4 MB each) are kept per (slice, view) in an LRU cache bounded in bytes: clicks on
 slices already encoded cost only the prompt encoder and decoder.
+
+Precision: ``auto`` is the faster one measured on this machine (``ldfsam.cpu_precision``), as for ``ldfsam
+segment``. With bf16 the encoder's weights become bf16 and the encoder and decoder run under autocast (LayerNorm and
+softmax stay float32); embeddings, logits and IoU come out float32. A TinyViT encoder is prepared for inference
+(BatchNorm folded, channels-last) in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -80,7 +86,16 @@ class SliceSAM:
     logits 1×1×S×S; IoU). A view is (y0, y1, x0, x1), end exclusive; None is the whole slice."""
 
     def __init__(self, parts: SamParts, volume: np.ndarray, window: Optional[Tuple[float, float]] = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, precision: str = "auto") -> None:
+        from ..model.tiny_vit import TinyViT, prepare_for_inference
+        from .predictor import resolve_precision
+
+        self.dtype = resolve_precision(precision, torch.device("cpu"))
+        encoder = parts.image_encoder.eval()
+        if isinstance(encoder, TinyViT) and not encoder.channels_last:
+            prepare_for_inference(encoder)
+        if self.dtype == torch.bfloat16:
+            encoder.to(torch.bfloat16)  # no weight copies for autocast to make and cache
         self.parts = parts
         self.volume = volume
         self.window = window
@@ -94,6 +109,11 @@ class SliceSAM:
         self.memo: OrderedDict[tuple, Tuple[torch.Tensor, float]] = OrderedDict()
         self.memo_entries = DEFAULT_MEMO_ENTRIES
         self._pe = parts.prompt_encoder.get_dense_pe().detach()
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.dtype)
 
     def full_view(self) -> View:
         return (0, int(self.volume.shape[1]), 0, int(self.volume.shape[2]))
@@ -125,7 +145,8 @@ class SliceSAM:
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
-        emb = self.parts.image_encoder(self.model_image(z, view)).float()
+        with self._autocast():
+            emb = self.parts.image_encoder(self.model_image(z, view)).float()
         self.encoded += 1
         self.cache[key] = emb
         per = emb.numel() * emb.element_size()
@@ -182,8 +203,10 @@ class SliceSAM:
             coords = torch.tensor([[[x, y] for y, x, _ in model_points]])
             labels = torch.tensor([[1 if inc else 0 for _, _, inc in model_points]])
             pts = (coords, labels)
-        sparse, dense = pe(1, boxes=boxes, points=pts, masks=mask)
-        masks, iou = dec.predict_all(emb, self._pe, sparse, dense)
+        with self._autocast():
+            sparse, dense = pe(1, boxes=boxes, points=pts, masks=mask)
+            masks, iou = dec.predict_all(emb, self._pe, sparse, dense)
+        masks, iou = masks.float(), iou.float()
         self.decoded += 1
         best = self._choose(masks[0], iou[0], box is not None, model_points)
         return masks[:, best:best + 1].clone(), float(iou[0, best])
