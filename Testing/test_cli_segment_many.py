@@ -127,6 +127,7 @@ def _events_until(proc, done):
     pytest.fail(f"the process ended first: {proc.stderr.read()[-3000:]}")
 
 
+@pytest.mark.slow  # two runs over the folder; CI runs it (-m slow)
 def test_cancelled_then_rerun_completes_the_rest(scans, reference, tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "ldfsam", "segment", str(scans), "-o", str(out), "--format", "nii.gz",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import slicerio
 
 from ldfsam.models import load_registry
@@ -25,6 +26,7 @@ def test_bundled_files_match_the_registry_and_the_size_budget():
     assert total <= 20 * 2**20, f"bundled demo files take {total / 2**20:.1f} MB"
 
 
+@pytest.mark.slow  # the README command end to end: about 40 s on 2 cores; CI runs it (-m slow)
 def test_demo_command(tmp_path):
     out = tmp_path / "demo.seg.nrrd"
     r = subprocess.run([sys.executable, "-m", "ldfsam", "demo", "-o", str(out), "--progress", "none"],

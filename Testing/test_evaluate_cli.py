@@ -158,6 +158,7 @@ def test_model_on_2d_dataset_matches_its_saved_predictions(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (data / "masks").iterdir()} == before
 
 
+@pytest.mark.slow  # whole volumes through the pipeline; CI runs it (-m slow)
 def test_model_on_cbct_volumes_through_the_inference_pipeline(tmp_path):
     """The bundled demo model (real trained weights) on labelled phantom volumes: metrics in mm on the input grid,
     equal to evaluating the saved predictions against the FDI label maps (every tooth label is the class

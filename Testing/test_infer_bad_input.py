@@ -95,6 +95,7 @@ def test_single_slice_volume(tmp_path, tiny_model):
     _fails(tmp_path, write_image(tmp_path / "one.nrrd", a), InputError, "single slice", tiny_model)
 
 
+@pytest.mark.slow  # several pipeline runs; CI runs it (-m slow)
 def test_too_large_for_memory_reduces_batch_then_refuses(tmp_path, tiny_model, volume):
     from ldfsam.checkpoint import load_checkpoint
 

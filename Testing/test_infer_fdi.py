@@ -207,6 +207,7 @@ def test_more_than_eight_in_a_quadrant_leaves_the_smallest_unnumbered():
     assert sum(1 for v in numbers.values() if v is not None and v // 10 == 1) <= 8
 
 
+@pytest.mark.slow  # a whole phantom with the lite demo model; CI runs it (-m slow)
 def test_segment_split_teeth_names_segments_by_fdi(tmp_path):
     """The pipeline with the bundled demo model on a phantom stored with a flipped x axis: segments are named by
     FDI number. The scan is in occlusion, so touching upper and lower molars can come out as one segment: such a

@@ -109,3 +109,23 @@ def test_guard_sees_plain_ultralytics_reaching_out(tmp_path):
     out = _run(code, tmp_path, YOLO_CONFIG_DIR=str(tmp_path / "ul"))  # keep its settings out of the home folder
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "netlog.txt").read_text().strip() != ""
+
+
+def test_importing_ultralytics_leaves_torchs_threads_alone():
+    """ultralytics sets OMP_NUM_THREADS=1 when it is unset, which would pin torch to one thread; the project's
+    import keeps torch's own default and takes the variable back."""
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH"))
+                                        if p)
+    probe = ("import os, torch; default = torch.get_num_threads()\n"
+             "from ldfsam.offline import import_ultralytics; import_ultralytics()\n"
+             "print(default, torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))")
+    fresh = "from ldfsam.offline import import_ultralytics; import_ultralytics()\nimport torch, os\n" \
+            "print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))"
+    default, after, var = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                                         check=True).stdout.split()
+    assert after == default and var == "None"
+    threads, var = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, env=env,
+                                  check=True).stdout.split()
+    assert threads == default and var == "None"  # ultralytics imported before anything touched torch

@@ -154,6 +154,7 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+@pytest.mark.slow  # one kill and resume per stage; CI runs it (-m slow)
 def test_killed_in_every_stage_and_resumed_gives_the_same_result(reference, dataset, capsys):
     import torch
 

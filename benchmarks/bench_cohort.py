@@ -43,7 +43,7 @@ print(json.dumps({"done": s.done, "failed": s.failed, "model_loads": s.model_loa
 def machine(threads: int) -> dict:
     import torch
 
-    from ldfsam.infer.predictor import cpu_supports_bf16
+    from ldfsam.cpu_precision import cpu_supports_bf16
 
     cpu, flags = platform.processor() or platform.machine(), []
     try:

@@ -35,9 +35,9 @@ BENCH = Path(__file__).resolve().parent
 
 def machine_info(threads: int) -> dict:
     import torch
-    from bench_segment import _cpu_name
 
-    from ldfsam.infer.predictor import cpu_supports_bf16
+    from ldfsam.cpu_precision import cpu_name as _cpu_name
+    from ldfsam.cpu_precision import cpu_supports_bf16
 
     flags = set()
     try:
@@ -223,8 +223,15 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LDFSAM_DATA_DIR",
                                                                          REPO.parent / "shared" / "data")))
     ap.add_argument("--seed", type=int, default=2025)
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (by default large blocks are reused, as the product does: "
+                         "ldfsam.heap.reuse_large_blocks)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    if not args.system_malloc:
+        from ldfsam.heap import reuse_large_blocks
+
+        reuse_large_blocks()
 
     import torch
     from bench_segment import matmul_peak

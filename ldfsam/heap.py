@@ -16,3 +16,30 @@ def release_free_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):
             pass
+
+
+_tuned = False
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+def reuse_large_blocks() -> bool:
+    """Make glibc serve large allocations from its heap and keep freed blocks for reuse (once per process, Linux
+    only; returns whether it applies). By default every block above 32 MB is a fresh mmap, zero-filled page by page
+    on first touch and unmapped on free: TinyViT's first stage makes several such activations per image (B×256×
+    256×256), and on a 2-core machine the page faults took 40 % of the encoder's time (measured: 950 -> 543 ms per
+    image in bf16, system time 11.7 -> 0.5 s per 16 images). The price: the process keeps its peak heap until it
+    exits (``release_free_memory`` still trims it). ``LDFSAM_MALLOC=system`` leaves malloc as it is."""
+    global _tuned
+    import ctypes
+    import os
+
+    if _tuned or not sys.platform.startswith("linux") or os.environ.get("LDFSAM_MALLOC", "") == "system":
+        return _tuned
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # Large blocks from the heap (threads' arenas still map what their heaps cannot hold), and freed memory
+        # kept rather than returned at each free.
+        _tuned = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        _tuned = False
+    return _tuned

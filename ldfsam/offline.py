@@ -140,8 +140,15 @@ def import_ultralytics() -> ModuleType:
     if _patched is None:
         _set_environment()
         ultralytics_dir().mkdir(parents=True, exist_ok=True)
+        # ultralytics sets OMP_NUM_THREADS=1 when it is unset; torch, if imported after that, would run every op
+        # on one thread (measured: the demo at 99 % of one core on 2). torch is imported first, so its thread
+        # pool keeps its own default, and the variable is taken back so that child processes do not inherit it.
+        user_threads = os.environ.get("OMP_NUM_THREADS")
+        import torch  # noqa: F401 - before ultralytics, see above
         import ultralytics
 
+        if user_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
         _apply_patches(ultralytics)
         _patched = ultralytics
     return _patched

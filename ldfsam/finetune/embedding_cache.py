@@ -19,6 +19,7 @@ turn the cache off (``FinetuneConfig.embedding_cache = "off"``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -100,13 +101,30 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         return item
 
 
+def inference_encoder(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.encode_image`` for encoding only. A TinyViT is copied and prepared for inference (BatchNorm folded,
+    channels-last: the same embeddings to float rounding, and faster; docs/model.md, "Encoder speed"); the model
+    itself is left as it is (its state dict keeps LiteMedSAM's names)."""
+    if model.cfg.sam.encoder != "tiny_vit":
+        return model.encode_image
+    from ..model.tiny_vit import prepare_for_inference
+
+    device = next(model.image_encoder.parameters()).device
+    encoder = prepare_for_inference(copy.deepcopy(model.image_encoder), channels_last=device.type == "cpu")
+    if model.cfg.sam.pixel_norm == "none":
+        return encoder
+    return lambda x: encoder((x - model.pixel_mean) / model.pixel_std)
+
+
 @torch.no_grad()
-def encode(model: torch.nn.Module, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """Embeddings B×D×G×G (float32) of images B×3×S×S, under bf16/fp16 autocast when ``precision`` says so."""
+def encode(model: torch.nn.Module, images: torch.Tensor, precision: str = "fp32",
+           encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """Embeddings B×D×G×G (float32) of images B×3×S×S, under bf16/fp16 autocast when ``precision`` says so.
+    ``encoder``: :func:`inference_encoder` of the model, made once per run (default: ``model.encode_image``)."""
     device = next(model.image_encoder.parameters()).device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        return model.encode_image(images.to(device)).float()
+        return (encoder or model.encode_image)(images.to(device)).float()
 
 
 def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, cache: EmbeddingCache,
@@ -114,7 +132,11 @@ def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
                    precision: str = "fp32") -> CachedEmbeddingDataset:
     """Look every item up, encode the missing ones in batches (in ``precision``: the cache's), and return the
     dataset with embeddings. ``on_progress(done, total, encoded)`` is called after each item."""
+    from ..heap import reuse_large_blocks
+
+    reuse_large_blocks()
     model.eval()
+    encoder = inference_encoder(model)
     keys: List[str] = []
     pending: List[torch.Tensor] = []
     pending_keys: List[str] = []
@@ -124,7 +146,7 @@ def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
         nonlocal encoded
         if not pending:
             return
-        embeddings = encode(model, torch.stack(pending), precision)
+        embeddings = encode(model, torch.stack(pending), precision, encoder)
         for key, embedding in zip(pending_keys, embeddings):
             cache.put(key, embedding)
         encoded += len(pending)

@@ -87,9 +87,11 @@ class SliceSAM:
 
     def __init__(self, parts: SamParts, volume: np.ndarray, window: Optional[Tuple[float, float]] = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, precision: str = "auto") -> None:
+        from ..heap import reuse_large_blocks
         from ..model.tiny_vit import TinyViT, prepare_for_inference
         from .predictor import resolve_precision
 
+        reuse_large_blocks()
         self.dtype = resolve_precision(precision, torch.device("cpu"))
         encoder = parts.image_encoder.eval()
         if isinstance(encoder, TinyViT) and not encoder.channels_last:
