@@ -61,3 +61,13 @@ def test_the_previous_handlers_come_back_after_the_block():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "_raise_interrupt"]
+
+
+def test_a_cancel_that_reached_a_data_loader_worker_first_is_a_cancel():
+    from ldfsam.cli import _cancel_reached_a_worker_first
+
+    assert _cancel_reached_a_worker_first(RuntimeError("DataLoader worker (pid 15654) is killed by signal: "
+                                                       "Terminated. "))
+    assert _cancel_reached_a_worker_first(RuntimeError("DataLoader worker (pid 1) is killed by signal: Interrupt. "))
+    assert not _cancel_reached_a_worker_first(RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed. "))
+    assert not _cancel_reached_a_worker_first(RuntimeError("shape mismatch"))

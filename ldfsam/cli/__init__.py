@@ -67,15 +67,30 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         with interrupt_on_sigterm():
-            return int(args._run(args) or 0)
+            try:
+                return int(args._run(args) or 0)
+            except RuntimeError as e:
+                if not _cancel_reached_a_worker_first(e):
+                    raise
+                raise KeyboardInterrupt from e
     except LDFSAMError as e:
         from ._progress import error_message
 
         print(f"ldfsam {args.command}: error: {error_message(e, args)}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the same cancel may still be on its way: exit with 130
         print(f"ldfsam {args.command}: cancelled", file=sys.stderr, flush=True)
         return 130
+
+
+def _cancel_reached_a_worker_first(error: RuntimeError) -> bool:
+    """A Cancel sends SIGTERM to the whole process tree; when a data-loader worker dies of it before this process
+    handles its own, torch raises this RuntimeError instead of our KeyboardInterrupt."""
+    text = str(error)
+    return "DataLoader worker" in text and ("Terminated" in text or "Interrupt" in text)
 
 
 if __name__ == "__main__":  # pragma: no cover
