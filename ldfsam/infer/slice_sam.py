@@ -94,7 +94,7 @@ class SliceSAM:
         reuse_large_blocks()
         self.dtype = resolve_precision(precision, torch.device("cpu"))
         encoder = parts.image_encoder.eval()
-        if isinstance(encoder, TinyViT) and not encoder.channels_last:
+        if isinstance(encoder, TinyViT):
             prepare_for_inference(encoder)
         if self.dtype == torch.bfloat16:
             encoder.to(torch.bfloat16)  # no weight copies for autocast to make and cache

@@ -264,7 +264,10 @@ def prepare_for_inference(encoder: TinyViT, channels_last: bool = True) -> TinyV
     eval mode, every BatchNorm folded into its convolution, weights and activations channels_last.
 
     Its state dict no longer matches LiteMedSAM's names (no ``bn``), so load the weights before calling this.
+    Calling it again on a prepared encoder does nothing.
     """
+    if getattr(encoder, "prepared", False):
+        return encoder
     encoder.eval()
     for parent in list(encoder.modules()):
         for name, child in list(parent.named_children()):
@@ -276,6 +279,7 @@ def prepare_for_inference(encoder: TinyViT, channels_last: bool = True) -> TinyV
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
     encoder.channels_last = channels_last
+    encoder.prepared = True
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder
