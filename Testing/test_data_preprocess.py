@@ -140,3 +140,20 @@ def test_grid_image_checks_shape():
     assert g.shape == (6, 5, 4)
     with pytest.raises(ValueError):
         g.image(np.zeros((4, 5, 6), np.uint8))
+
+
+def test_a_cropped_grid_puts_a_block_on_the_same_voxels():
+    image = sitk.Image([12, 10, 8], sitk.sitkUInt8)
+    image.SetSpacing((0.5, 0.7, 1.3))
+    image.SetOrigin((10.0, -4.0, 2.5))
+    c, s = np.cos(0.4), np.sin(0.4)
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))  # oblique: the origin shift must follow it
+    array = np.zeros((8, 10, 12), np.uint8)
+    array[2:5, 3:7, 4:11] = 1
+    start = (2, 3, 4)
+    block = array[2:5, 3:7, 4:11]
+    crop = Grid.of(image).crop(start, block.shape)
+    assert crop.shape == block.shape
+    back = sitk.Resample(crop.image(block), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), array)
+    assert crop.origin == pytest.approx(image.TransformIndexToPhysicalPoint((4, 3, 2)))

@@ -20,6 +20,14 @@ def _ask(proc, request):
     return json.loads(proc.stdout.readline())
 
 
+def _on_grid(path, image):
+    """The worker's label map (a block of the volume's grid) placed on the whole grid by its geometry alone."""
+    block = sitk.ReadImage(str(path))
+    assert block.GetSpacing() == image.GetSpacing() and block.GetDirection() == image.GetDirection()
+    assert all(b <= v for b, v in zip(block.GetSize(), image.GetSize()))
+    return sitk.GetArrayFromImage(sitk.Resample(block, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+
+
 def test_worker_segments_clicks_and_undoes(tmp_path):
     from ldfsam.data.phantom import make_phantom
 
@@ -48,7 +56,12 @@ def test_worker_segments_clicks_and_undoes(tmp_path):
         first = _ask(proc, {"cmd": "segment", "structure": {"name": "t", "box": {"min": lo, "max": hi}},
                             "output": str(tmp_path / "1.nii.gz")})
         assert first["ok"], first
-        mask1 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "1.nii.gz"))) > 0
+        mask1 = _on_grid(tmp_path / "1.nii.gz", image)
+        # Only the block that holds the mask is written, starting at the voxel the answer names.
+        block = sitk.ReadImage(str(tmp_path / "1.nii.gz"))
+        assert block.GetSize()[2] == first["slices"][1] - first["slices"][0] + 1
+        assert list(image.TransformPhysicalPointToIndex(block.GetOrigin()))[::-1] == first["index"]
+        assert mask1.sum() == first["voxels"]
         assert 2.0 * (mask1 & truth).sum() / (mask1.sum() + truth.sum()) > 0.5
         zc = first["slices"][0]
         ys, xs = np.nonzero(mask1[zc])
@@ -57,11 +70,11 @@ def test_worker_segments_clicks_and_undoes(tmp_path):
         click = _ask(proc, {"cmd": "click", "name": "t", "position": list(where), "label": "exclude",
                             "output": str(tmp_path / "2.nii.gz")})
         assert click["ok"], click
-        mask2 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "2.nii.gz"))) > 0
+        mask2 = _on_grid(tmp_path / "2.nii.gz", image)
         assert not mask2[zc, ys[i], xs[i]]
         undo = _ask(proc, {"cmd": "undo", "name": "t", "output": str(tmp_path / "3.nii.gz")})
         assert undo["ok"] and undo["voxels"] == first["voxels"]
-        mask3 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "3.nii.gz"))) > 0
+        mask3 = _on_grid(tmp_path / "3.nii.gz", image)
         np.testing.assert_array_equal(mask3, mask1)
         assert "nothing to undo" in _ask(proc, {"cmd": "undo", "name": "t", "output": str(tmp_path / "4.nii.gz")})[
             "error"]

@@ -20,7 +20,7 @@ from LDFSAMSegmentLib.bindings import PARAMETER_PROPERTY, PATH_PROPERTY, bound_w
 MODULES = ("LDFSAMSegment", "LDFSAMTrain")
 # The parts of each module's Lib package that need Slicer; every other one is plain Python, tested here.
 SLICER_LAYER = {"LDFSAMSegmentLib": ("parameters", "logic", "install_logic", "interactive_logic", "widget",
-                                     "lifecycle"),
+                                     "lifecycle", "self_test"),
                 "LDFSAMTrainLib": ("parameters", "logic", "widget")}
 # Where the wrapper's field types meet the widget classes that parameterNodeWrapper can connect them to.
 CONNECTABLE = {"QCheckBox": {"bool"}, "QSpinBox": {"int"}, "QDoubleSpinBox": {"float"}, "QComboBox": {"Choice"},
@@ -117,7 +117,13 @@ def test_module_registers_its_light_self_test_only(module):
     tree = ast.parse(source)
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     test_class = classes[scripts[0][:-3]]
-    assert any(getattr(b, "id", None) == "ScriptedLoadableModuleTest" for b in test_class.bases)
+    # A ScriptedLoadableModuleTest, directly or through the self-tests' common frame.
+    frame = ast.parse((REPO / "LDFSAMSegment" / "LDFSAMSegmentLib" / "self_test.py").read_text(encoding="utf-8"))
+    frame_bases = [c.bases for c in frame.body if isinstance(c, ast.ClassDef) and c.name == "LDFSAMSelfTest"][0]
+    assert [getattr(b, "id", None) for b in frame_bases] == ["ScriptedLoadableModuleTest"]
+    assert any(getattr(b, "id", None) == "ScriptedLoadableModuleTest"
+               or (getattr(b, "attr", None) == "LDFSAMSelfTest" and getattr(b.value, "id", None) == "self_test")
+               for b in test_class.bases)
     methods = {n.name for n in test_class.body if isinstance(n, ast.FunctionDef)}
     assert "runTest" in methods and any(m.startswith("test_") for m in methods)
     # The light test neither installs nor downloads anything.

@@ -8,8 +8,10 @@ The volume is a procedural phantom (``ldfsam.data.phantom``, as bench_segment.py
 the prompt is a 3D box one voxel wider than the tooth. "first result" is everything after the volume is in
 memory: LiteMedSAM's weights loaded, the per-volume window, every slice the propagation visits encoded once,
 decoded, propagated, the mask assembled. A click is an exclude point on a segmented slice near one end of the
-tooth; the structure is then re-run with it, which decodes again only the slices whose prompts changed (the
-embeddings and earlier decoder results are cached). The clicks are then repeated with blending between anchors
+tooth, answered as the Slicer module's clicks are: by the prompt worker's request handler (``ldfsam
+prompt-worker``, here in this process), which re-runs the structure with every click so far, decoding again only
+the slices whose prompts changed (the embeddings and earlier decoder results are cached), and writes the label
+map Slicer loads (the block of the grid holding the mask). The clicks are then repeated with blending between anchors
 run all the way (``agree_iou`` above 1) on a fresh decoder memo and the same embeddings, so that the two ways
 compare in one run: decoder passes, seconds, and how far the masks differ. Prints the machine (CPU, flags, torch,
 load average).
@@ -82,10 +84,11 @@ def main() -> int:
           f"({(t_first - t_load) / max(1, sam.encoded):.2f} s per slice, decoding included), Dice {dice:.3f}",
           flush=True)
     clicks = run_clicks(session, image, mask, lo, hi, args)
+    whole_grid = time_whole_grid_label_map(session, mask)
+    print(f"writing the mask as a label map of the whole grid instead of its block: {whole_grid:.2f} s", flush=True)
     agree_iou = session.propagation.agree_iou
     session.propagation.agree_iou = 2.0  # blend all the way, as before the agreement stop
     session.sam.memo.clear()
-    session.segment(StructurePrompt(f"Tooth {args.fdi}", tuple(lo), tuple(hi)))
     print("the same clicks, blending all the way between anchors:", flush=True)
     full = run_clicks(session, image, mask, lo, hi, args)
     session.propagation.agree_iou = agree_iou
@@ -99,39 +102,66 @@ def main() -> int:
               f"{c['dice_vs_full_blend']:.4f}", flush=True)
     machine["load_after"] = os.getloadavg()
     results = {"machine": machine, "volume": [args.slices, args.size, args.size], "fdi": args.fdi,
-               "first": first, "agree_iou": agree_iou, "clicks": clicks}
+               "first": first, "agree_iou": agree_iou, "clicks": clicks, "whole_grid_label_map_s": whole_grid}
     print(json.dumps(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
-def run_clicks(session, image, mask, lo, hi, args) -> list:
-    """Exclude clicks on segmented slices near the top end of the tooth, one slice further in each time; each
-    re-runs the structure with every click so far."""
-    from ldfsam.infer.prompts import Point, StructurePrompt
+def time_whole_grid_label_map(session, mask) -> float:
+    """Seconds to write ``mask`` as a compressed label map of the whole grid (what a click answer would cost
+    without writing only the mask's block)."""
+    import tempfile
 
+    from ldfsam.infer.outputs import write_label_map
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        write_label_map(Path(tmp) / "whole.nii.gz", mask.astype(np.uint8), session.grid)
+        return time.perf_counter() - t
+
+
+def run_clicks(session, image, mask, lo, hi, args) -> list:
+    """Exclude clicks on segmented slices near the top end of the tooth, one slice further in each time, answered
+    as the Slicer module gets them: by ``ldfsam prompt-worker``'s request handler (in this process), which re-runs
+    the structure with every click so far and writes its label map (the block holding the mask)."""
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from ldfsam.cli.prompt_worker import Worker
+
+    worker = Worker(precision=args.precision)
+    worker.session = session
     sam = session.sam
+    name = f"Tooth {args.fdi}"
     clicks = []
     zs = np.nonzero(mask.any((1, 2)))[0]
-    points = []
-    for i in range(args.clicks):
-        # An exclude click on a segmented slice near the top end of the tooth, one slice further in each time.
-        zc = int(zs.max()) - i
-        ys, xs = np.nonzero(mask[zc])
-        if not len(ys):
-            break
-        where = image.TransformContinuousIndexToPhysicalPoint((float(xs[len(xs) // 2]), float(ys[len(ys) // 2]),
-                                                               float(zc)))
-        points.append(Point(tuple(where), include=False))
-        encoded, decoded = sam.encoded, sam.decoded
-        t = time.perf_counter()
-        after = session.segment(StructurePrompt(f"Tooth {args.fdi}", tuple(lo), tuple(hi), points=list(points)))
-        seconds = time.perf_counter() - t
-        clicks.append({"seconds": seconds, "slice": zc, "encoded": sam.encoded - encoded,
-                       "decoded": sam.decoded - decoded, "voxels": int(after.mask.sum()), "mask": after.mask})
-        print(f"click {i + 1} on slice {zc}: {seconds:.2f} s ({sam.decoded - decoded} slices decoded again, "
-              f"{sam.encoded - encoded} encoded)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        worker.segment({"cmd": "segment", "structure": {"name": name, "box": {"min": list(lo), "max": list(hi)}},
+                        "output": str(Path(tmp) / "first.nii.gz")})
+        for i in range(args.clicks):
+            zc = int(zs.max()) - i
+            ys, xs = np.nonzero(mask[zc])
+            if not len(ys):
+                break
+            where = image.TransformContinuousIndexToPhysicalPoint((float(xs[len(xs) // 2]),
+                                                                   float(ys[len(ys) // 2]), float(zc)))
+            output = Path(tmp) / f"click{i}.nii.gz"
+            encoded, decoded = sam.encoded, sam.decoded
+            t = time.perf_counter()
+            answer = worker.click({"cmd": "click", "name": name, "position": list(where), "label": "exclude",
+                                   "output": str(output)})
+            seconds = time.perf_counter() - t
+            block = sitk.ReadImage(str(output))
+            after = sitk.GetArrayFromImage(sitk.Resample(block, image, sitk.Transform(), sitk.sitkNearestNeighbor,
+                                                         0)) > 0
+            clicks.append({"seconds": seconds, "slice": zc, "encoded": sam.encoded - encoded,
+                           "decoded": sam.decoded - decoded, "voxels": int(answer["voxels"]),
+                           "label_map": list(block.GetSize()), "mask": after})
+            print(f"click {i + 1} on slice {zc}: {seconds:.2f} s ({sam.decoded - decoded} slices decoded again, "
+                  f"{sam.encoded - encoded} encoded; label map {block.GetSize()} written)", flush=True)
     return clicks
 
 

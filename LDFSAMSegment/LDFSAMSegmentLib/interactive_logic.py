@@ -127,7 +127,8 @@ class InteractiveLogic:
 
     @staticmethod
     def loadMask(path, volume, segmentationNode, name):
-        """Replace the segment called ``name`` with the worker's mask (a label map on the volume's grid)."""
+        """Replace the segment called ``name`` with the worker's mask: a label map on the block of the volume's
+        grid that holds the structure (its origin places it; Slicer imports it onto the segmentation's geometry)."""
         labelmap = slicer.util.loadLabelVolume(path, {"show": False})
         try:
             labelmap.SetAndObserveTransformNodeID(volume.GetTransformNodeID())

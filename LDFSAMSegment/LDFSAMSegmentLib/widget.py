@@ -133,20 +133,16 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             self.ui.segmentButton.toolTip = _("Select an input volume and an installed model.")
 
     def onSegmentButton(self):
-        if self.run is not None:
-            self.ui.statusLabel.text = _("Cancelling...")
-            self.run.cancel()
-            return
-        if not self.ensureDependencies():
-            return
-        try:
-            process = self.logic.startSegmentation(self._parameterNode, cacheFolder())
-        except Exception as e:
-            slicer.util.errorDisplay(_("Could not start the segmentation: {error}").format(error=e))
-            return
-        self.startRun(process, self.onSegmentationDone)
+        self._startOrCancel(self.logic.startSegmentation, _("Could not start the segmentation: {error}"),
+                            self.onSegmentationDone)
 
     def onCohortButton(self):
+        self._startOrCancel(self.logic.startCohort, _("Could not start segmenting the volumes: {error}"), None,
+                            cohort=True)
+
+    def _startOrCancel(self, start, failure, onSuccess, cohort=False):
+        """The button of a running process cancels it; otherwise ``start(parameters, cacheFolder)`` starts one
+        (``failure`` is the message if it cannot). A cohort run reports one bar over all its volumes."""
         if self.run is not None:
             self.ui.statusLabel.text = _("Cancelling...")
             self.run.cancel()
@@ -154,12 +150,12 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         if not self.ensureDependencies():
             return
         try:
-            process = self.logic.startCohort(self._parameterNode, cacheFolder())
+            process = start(self._parameterNode, cacheFolder())
         except Exception as e:
-            slicer.util.errorDisplay(_("Could not start segmenting the volumes: {error}").format(error=e))
+            slicer.util.errorDisplay(failure.format(error=e))
             return
-        self._cohort = CohortState()
-        self.startRun(process, None, onEvent=self._cohort.feed)
+        self._cohort = CohortState() if cohort else None
+        self.startRun(process, onSuccess, onEvent=self._cohort.feed if cohort else None)
 
     def startRun(self, process, onSuccess, onEvent=None):
         self.ui.logTextEdit.clear()

@@ -6,8 +6,10 @@ on a slice already encoded costs only SAM's decoder. Requests:
 
 - ``{"cmd": "open", "volume": PATH}``: read a volume (closes the previous one).
 - ``{"cmd": "segment", "structure": {...}, "output": PATH}``: one entry of the prompts file (name, box, points,
-  slices); writes the structure's mask as a label map (1 = structure) on the volume's grid, atomically, and
-  remembers the prompts. Answer: ``slices`` (first, last), ``voxels``, ``output``, ``seconds``.
+  slices); writes the structure's mask as a label map (1 = structure), atomically, and remembers the prompts.
+  The label map is the smallest block of the volume's grid that holds the mask (same spacing and direction, its
+  origin on the block's first voxel; one background voxel at the volume's origin for an empty mask). Answer:
+  ``slices`` (first, last), ``voxels``, ``index`` (the block's first voxel, z, y, x), ``output``, ``seconds``.
 - ``{"cmd": "click", "name": NAME, "position": [x, y, z], "label": "include"|"exclude", "output": PATH}``:
   adds a click to that structure's prompts and segments it again.
 - ``{"cmd": "undo", "name": NAME, "output": PATH}``: drops the structure's last change and segments it again.
@@ -44,6 +46,7 @@ class Worker:
 
     def _run(self, entry, output):
         import time
+        from pathlib import Path
 
         import numpy as np
 
@@ -55,13 +58,19 @@ class Worker:
         t = time.perf_counter()
         structure = parse_structure(entry, 0)
         result = self.session.segment(to_voxels(structure, self.session.grid))
-        from pathlib import Path
-
-        out_io.write_label_map(Path(output), result.mask.astype(np.uint8), self.session.grid, overwrite=True)
-        zs = np.nonzero(result.mask.any((1, 2)))[0]
-        return {"name": structure.name, "output": str(output), "voxels": int(result.mask.sum()),
-                "slices": [int(zs.min()), int(zs.max())] if len(zs) else None,
-                "seconds": round(time.perf_counter() - t, 3)}
+        bounds = result.bounds()
+        # Only the block holding the mask: the whole grid of a CBCT is 100-200 MB to write and for Slicer to read.
+        if bounds is None:
+            start, block = (0, 0, 0), np.zeros((1, 1, 1), np.uint8)
+        else:
+            start, stop = bounds
+            z, y, x = (a - b for a, b in zip(start, result.offset))
+            block = result.crop[z:z + stop[0] - start[0], y:y + stop[1] - start[1], x:x + stop[2] - start[2]]
+        out_io.write_label_map(Path(output), block.astype(np.uint8), self.session.grid.crop(start, block.shape),
+                               overwrite=True)
+        return {"name": structure.name, "output": str(output), "voxels": int(block.sum()),
+                "slices": [start[0], stop[0] - 1] if bounds else None,
+                "index": list(start), "seconds": round(time.perf_counter() - t, 3)}
 
     def segment(self, req):
         entry = req["structure"]

@@ -54,6 +54,15 @@ class Grid:
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
 
+    def crop(self, start: Sequence[int], shape: Sequence[int]) -> Grid:
+        """The grid of the block of ``shape`` (z, y, x) whose first voxel is ``start`` (z, y, x) of this grid: same
+        spacing and direction, so its voxels are this grid's voxels."""
+        index = (float(start[2]), float(start[1]), float(start[0]))
+        origin = np.asarray(self.origin) + np.asarray(self.direction, float).reshape(3, 3) @ (
+            np.asarray(self.spacing) * index)
+        return Grid((int(shape[2]), int(shape[1]), int(shape[0])), self.spacing, tuple(float(v) for v in origin),
+                    self.direction)
+
     def reference(self) -> sitk.Image:
         """A tiny-pixel reference image for resampling onto this grid."""
         ref = sitk.Image([int(s) for s in self.size], sitk.sitkUInt8)

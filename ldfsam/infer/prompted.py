@@ -174,7 +174,9 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
         result = session.segment(vp)
         results[vp.name] = result
         labels[labels == value] = 0
-        labels[result.mask] = value
+        z, y, x = result.offset
+        d, h, w = result.crop.shape
+        labels[z:z + d, y:y + h, x:x + w][result.crop] = value
         names[value] = vp.name
         progress.update("segment", i + 1, len(plan), structure=vp.name, slices=len(result.slices))
     timings["segment"] = time.perf_counter() - t0 - timings["prepare"]

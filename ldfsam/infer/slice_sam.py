@@ -35,8 +35,6 @@ from ..errors import ConfigError
 # Default bound of the embedding cache: 128 slices of 4 MB.
 DEFAULT_CACHE_BYTES = 512 * 2**20
 DEFAULT_MEMO_ENTRIES = 512
-# Logit of voxels outside the view (never part of the mask).
-OFF = -20.0
 View = Tuple[int, int, int, int]
 
 
@@ -82,8 +80,8 @@ class SliceSAM:
     """SAM on the slices of one volume ``volume`` (z×y×x): float in [0, 1], or any grey values with ``window``
     (low, high), which normalises a slice when it is encoded (no float copy of a whole 420×650² volume).
 
-    ``decode(z, box, points, mask, view)`` -> (logits ny×nx on the whole slice, OFF outside the view; low-res
-    logits 1×1×S×S; IoU). A view is (y0, y1, x0, x1), end exclusive; None is the whole slice."""
+    ``decode(z, box, points, mask, view)`` -> (logits on the view; low-res logits 1×1×S×S; IoU); prompts are in
+    the slice's voxel coordinates. A view is (y0, y1, x0, x1), end exclusive; None is the whole slice."""
 
     def __init__(self, parts: SamParts, volume: np.ndarray, window: Optional[Tuple[float, float]] = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, precision: str = "auto") -> None:
@@ -161,8 +159,10 @@ class SliceSAM:
                points: Sequence[Tuple[float, float, bool]] = (), mask: Optional[torch.Tensor] = None,
                view: Optional[View] = None) -> Tuple[np.ndarray, torch.Tensor, float]:
         """Prompts on slice z in voxel coordinates of the slice: box (y0, y1, x0, x1) inclusive, points
-        (y, x, include), mask logits 1×1×S×S (a previous result's low-res logits, same view). Returns logits ny×nx,
-        low-res logits 1×1×S×S and the predicted IoU. Which of SAM's four outputs: :meth:`_choose`."""
+        (y, x, include), mask logits 1×1×S×S (a previous result's low-res logits, same view). Returns the logits
+        on the view only ((y1 - y0)×(x1 - x0): nothing outside it can be in the mask, and a tooth's view is a few
+        per cent of a CBCT slice), low-res logits 1×1×S×S and the predicted IoU. Which of SAM's four outputs:
+        :meth:`_choose`."""
         view = tuple(view or self.full_view())
         key = (z, view, None if box is None else tuple(float(v) for v in box),
                tuple((float(y), float(x), bool(i)) for y, x, i in points),
@@ -178,10 +178,8 @@ class SliceSAM:
         low, iou = hit
         y0, y1, x0, x1 = view
         _, h, w = self._geometry(view)
-        out = np.full(self.volume.shape[1:], OFF, np.float32)
-        out[y0:y1, x0:x1] = F.interpolate(low[..., :h, :w], size=(y1 - y0, x1 - x0), mode="bilinear",
-                                          align_corners=False)[0, 0].numpy()
-        return out, low, iou
+        out = F.interpolate(low[..., :h, :w], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+        return out[0, 0].numpy(), low, iou
 
     def _decode(self, z: int, box, points, mask, view: View) -> Tuple[torch.Tensor, float]:
         emb = self.embedding(z, view)

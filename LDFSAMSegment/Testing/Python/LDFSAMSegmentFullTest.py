@@ -6,37 +6,17 @@ while Slicer keeps processing events, and the result is selected as the output.
 """
 
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 import slicer
-from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+from LDFSAMSegmentLib import self_test  # the module, not its class: unittest would collect the class too
 
 
-class LDFSAMSegmentFullTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-        self.folder = tempfile.mkdtemp(prefix="LDFSAMSegmentFullTest-")
-        self._home = os.environ.get("LDFSAM_HOME")
-        os.environ["LDFSAM_HOME"] = os.path.join(self.folder, "home")
-
-    def tearDown(self):
-        if self._home is None:
-            os.environ.pop("LDFSAM_HOME", None)
-        else:
-            os.environ["LDFSAM_HOME"] = self._home
-        shutil.rmtree(self.folder, ignore_errors=True)
-
+class LDFSAMSegmentFullTest(self_test.LDFSAMSelfTest):
     def runTest(self):
-        for test in (self.test_dependencies_install, self.test_segment_phantom_overlaps_its_teeth,
-                     self.test_individual_teeth, self.test_widget_runs_in_the_background):
-            self.setUp()
-            try:
-                test()
-            finally:
-                self.tearDown()
+        self.runEach(self.test_dependencies_install, self.test_segment_phantom_overlaps_its_teeth,
+                     self.test_individual_teeth, self.test_widget_runs_in_the_background)
 
     def _phantom(self):
         import SimpleITK as sitk

@@ -9,13 +9,10 @@ installs nothing). The heavy checks are in LDFSAMSegmentFullTest.py ("Reload and
 """
 
 import os
-import shutil
-import tempfile
 import time
-import unittest
 
 import slicer
-from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+from LDFSAMSegmentLib import self_test  # the module, not its class: unittest would collect the class too
 
 
 def dependenciesMissing():
@@ -26,30 +23,10 @@ def dependenciesMissing():
     return plan.torch + plan.pip
 
 
-class LDFSAMSegmentSelfTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-        self.folder = tempfile.mkdtemp(prefix="LDFSAMSegmentTest-")
-        self._home = os.environ.get("LDFSAM_HOME")
-        os.environ["LDFSAM_HOME"] = os.path.join(self.folder, "home")
-
-    def tearDown(self):
-        if self._home is None:
-            os.environ.pop("LDFSAM_HOME", None)
-        else:
-            os.environ["LDFSAM_HOME"] = self._home
-        shutil.rmtree(self.folder, ignore_errors=True)
-
+class LDFSAMSegmentSelfTest(self_test.LDFSAMSelfTest):
     def runTest(self):
-        for test in (self.test_panel_keeps_its_choices_across_module_switches, self.test_segment_phantom,
-                     self.test_cancel_leaves_nothing_behind):
-            self.setUp()
-            try:
-                test()
-            except unittest.SkipTest as e:
-                self.delayDisplay(f"Skipped: {e}")
-            finally:
-                self.tearDown()
+        self.runEach(self.test_panel_keeps_its_choices_across_module_switches, self.test_segment_phantom,
+                     self.test_cancel_leaves_nothing_behind)
 
     def _requireCore(self):
         missing = dependenciesMissing()

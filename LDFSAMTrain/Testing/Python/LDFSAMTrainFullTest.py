@@ -6,36 +6,20 @@ and then resumed from that state, evaluation, and installing the model for the S
 table and chart fed from the progress events and the evaluation table node. Needs the core's packages.
 """
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import slicer
-from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+from LDFSAMSegmentLib import self_test  # the module, not its class: unittest would collect the class too
 
 
-class LDFSAMTrainFullTest(ScriptedLoadableModuleTest):
+class LDFSAMTrainFullTest(self_test.LDFSAMSelfTest):
     def setUp(self):
-        slicer.mrmlScene.Clear()
-        self.folder = Path(tempfile.mkdtemp(prefix="LDFSAMTrainFullTest-"))
-        self._home = os.environ.get("LDFSAM_HOME")
-        os.environ["LDFSAM_HOME"] = str(self.folder / "home")
-
-    def tearDown(self):
-        if self._home is None:
-            os.environ.pop("LDFSAM_HOME", None)
-        else:
-            os.environ["LDFSAM_HOME"] = self._home
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self_test.LDFSAMSelfTest.setUp(self)
+        self.folder = Path(self.folder)
 
     def runTest(self):
-        self.setUp()
-        try:
-            self.test_tiny_training_end_to_end()
-        finally:
-            self.tearDown()
+        self.runEach(self.test_tiny_training_end_to_end)
 
     def _dataset(self):
         from ldfsam.data.phantom import write_phantom_dataset
