@@ -75,7 +75,7 @@ class StructureResult:
     slices: List[int]
     anchors: List[int]
     stopped: Dict[int, str] = field(default_factory=dict)  # direction (+1/-1) -> why propagation stopped
-    _mask: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    _mask: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def mask(self) -> np.ndarray:
