@@ -86,6 +86,9 @@ def main() -> int:
     clicks = run_clicks(session, image, mask, lo, hi, args)
     whole_grid = time_whole_grid_label_map(session, mask)
     print(f"writing the mask as a label map of the whole grid instead of its block: {whole_grid:.2f} s", flush=True)
+    decoder_ms = time_decoder(session, mask)
+    print("one decoder pass (prompt encoder and mask decoder, embedding cached): "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in decoder_ms.items()), flush=True)
     agree_iou = session.propagation.agree_iou
     session.propagation.agree_iou = 2.0  # blend all the way, as before the agreement stop
     session.sam.memo.clear()
@@ -102,7 +105,8 @@ def main() -> int:
               f"{c['dice_vs_full_blend']:.4f}", flush=True)
     machine["load_after"] = os.getloadavg()
     results = {"machine": machine, "volume": [args.slices, args.size, args.size], "fdi": args.fdi,
-               "first": first, "agree_iou": agree_iou, "clicks": clicks, "whole_grid_label_map_s": whole_grid}
+               "first": first, "agree_iou": agree_iou, "clicks": clicks, "whole_grid_label_map_s": whole_grid,
+               "decoder_ms": decoder_ms}
     print(json.dumps(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -120,6 +124,29 @@ def time_whole_grid_label_map(session, mask) -> float:
         t = time.perf_counter()
         write_label_map(Path(tmp) / "whole.nii.gz", mask.astype(np.uint8), session.grid)
         return time.perf_counter() - t
+
+
+def time_decoder(session, mask, repeats: int = 10) -> dict:
+    """Milliseconds per decoder pass on an encoded slice of the tooth (a box prompt, no memo), in the session's
+    precision and in float32."""
+    import torch
+
+    sam = session.sam
+    z = int(np.nonzero(mask.any((1, 2)))[0].mean())
+    ys, xs = np.nonzero(mask[z])
+    box = (float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max()))
+    view = next(v for (k, v) in sam.cache if k == z)  # the view the propagation encoded it with
+    out = {}
+    dtype = sam.dtype
+    for name, d in ((str(dtype).replace("torch.", ""), dtype), ("float32", torch.float32)):
+        sam.dtype = d
+        sam._decode(z, box, [], None, view)  # warm-up
+        t = time.perf_counter()
+        for _ in range(repeats):
+            sam._decode(z, box, [], None, view)
+        out[name] = (time.perf_counter() - t) / repeats * 1000
+    sam.dtype = dtype
+    return out
 
 
 def run_clicks(session, image, mask, lo, hi, args) -> list:
