@@ -140,11 +140,12 @@ def time_decoder(session, mask, repeats: int = 10) -> dict:
     dtype = sam.dtype
     for name, d in ((str(dtype).replace("torch.", ""), dtype), ("float32", torch.float32)):
         sam.dtype = d
-        sam._decode(z, box, [], None, view)  # warm-up
-        t = time.perf_counter()
-        for _ in range(repeats):
-            sam._decode(z, box, [], None, view)
-        out[name] = (time.perf_counter() - t) / repeats * 1000
+        with torch.inference_mode():  # as SliceSAM.decode runs it
+            sam._decode(z, box, [], None, view)  # warm-up
+            t = time.perf_counter()
+            for _ in range(repeats):
+                sam._decode(z, box, [], None, view)
+            out[name] = (time.perf_counter() - t) / repeats * 1000
     sam.dtype = dtype
     return out
 
