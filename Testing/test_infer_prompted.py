@@ -69,6 +69,14 @@ def test_box_prompt_segments_one_tooth_and_stops_at_its_ends(phantom, session):
     # Hardly anything of the neighbouring teeth.
     others = (truth > 0) & ~tooth
     assert (result.mask & others).sum() < 0.1 * result.mask.sum()
+    # The result is kept as the crop propagation worked on; its smallest block is the mask's bounding box.
+    assert result.crop.size < result.mask.size / 4 and result.crop.sum() == result.mask.sum()
+    start, block = result.block()
+    zm, ym, xm = np.nonzero(result.mask)
+    assert start == (zm.min(), ym.min(), xm.min())
+    assert block.shape == (zm.max() - zm.min() + 1, ym.max() - ym.min() + 1, xm.max() - xm.min() + 1)
+    np.testing.assert_array_equal(block, result.mask[start[0]:, start[1]:, start[2]:][:len(block), :block.shape[1],
+                                                                                      :block.shape[2]])
 
 
 def test_exclude_click_changes_its_slice_and_the_propagation_from_it_only(phantom, session):
@@ -252,3 +260,11 @@ def test_cli_reports_bad_prompts_with_status_2_and_writes_nothing(phantom, tmp_p
     proc = subprocess.run([sys.executable, "-m", "ldfsam", "segment", str(path), "-o", str(out),
                            "--base-segmentation", str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--base-segmentation is only used with --prompts" in proc.stderr
+
+
+def test_an_empty_result_has_no_block_and_an_empty_mask():
+    from ldfsam.infer.propagate import StructureResult
+
+    empty = StructureResult(np.zeros((0, 0, 0), bool), (3, 4, 5), (8, 9, 10), [3], [3])
+    assert empty.block() is None and empty.region == (slice(3, 3), slice(4, 4), slice(5, 5))
+    assert empty.mask.shape == (8, 9, 10) and not empty.mask.any()

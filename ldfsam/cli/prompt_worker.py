@@ -58,18 +58,13 @@ class Worker:
         t = time.perf_counter()
         structure = parse_structure(entry, 0)
         result = self.session.segment(to_voxels(structure, self.session.grid))
-        bounds = result.bounds()
         # Only the block holding the mask: the whole grid of a CBCT is 100-200 MB to write and for Slicer to read.
-        if bounds is None:
-            start, block = (0, 0, 0), np.zeros((1, 1, 1), np.uint8)
-        else:
-            start, stop = bounds
-            z, y, x = (a - b for a, b in zip(start, result.offset))
-            block = result.crop[z:z + stop[0] - start[0], y:y + stop[1] - start[1], x:x + stop[2] - start[2]]
+        start, block = result.block() or ((0, 0, 0), np.zeros((1, 1, 1), bool))
         out_io.write_label_map(Path(output), block.astype(np.uint8), self.session.grid.crop(start, block.shape),
                                overwrite=True)
-        return {"name": structure.name, "output": str(output), "voxels": int(block.sum()),
-                "slices": [start[0], stop[0] - 1] if bounds else None,
+        voxels = int(block.sum())
+        return {"name": structure.name, "output": str(output), "voxels": voxels,
+                "slices": [start[0], start[0] + block.shape[0] - 1] if voxels else None,
                 "index": list(start), "seconds": round(time.perf_counter() - t, 3)}
 
     def segment(self, req):

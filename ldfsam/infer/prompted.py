@@ -174,9 +174,7 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
         result = session.segment(vp)
         results[vp.name] = result
         labels[labels == value] = 0
-        z, y, x = result.offset
-        d, h, w = result.crop.shape
-        labels[z:z + d, y:y + h, x:x + w][result.crop] = value
+        labels[result.region][result.crop] = value
         names[value] = vp.name
         progress.update("segment", i + 1, len(plan), structure=vp.name, slices=len(result.slices))
     timings["segment"] = time.perf_counter() - t0 - timings["prepare"]

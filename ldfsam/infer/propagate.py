@@ -78,26 +78,27 @@ class StructureResult:
     _mask: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     @property
+    def region(self) -> Tuple[slice, slice, slice]:
+        """Where ``crop`` lies in the volume (index with it: ``labels[result.region][result.crop] = value``)."""
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.crop.shape))
+
+    @property
     def mask(self) -> np.ndarray:
         """z×y×x bool on the whole volume."""
         if self._mask is None:
             self._mask = np.zeros(self.shape, bool)
-            z, y, x = self.offset
-            d, h, w = self.crop.shape
-            self._mask[z:z + d, y:y + h, x:x + w] = self.crop
+            self._mask[self.region] = self.crop
         return self._mask
 
-    def bounds(self) -> Optional[Tuple[Tuple[int, int, int], Tuple[int, int, int]]]:
-        """(start, stop) voxel indices (z, y, x) of the smallest block holding the mask; None for an empty one."""
+    def block(self) -> Optional[Tuple[Tuple[int, int, int], np.ndarray]]:
+        """(first voxel z, y, x; the mask inside it) of the smallest block holding the mask; None for an empty one."""
         if not self.crop.any():
             return None
-        start, stop = [], []
-        for axis, o in enumerate(self.offset):
-            other = tuple(a for a in range(3) if a != axis)
-            hit = np.nonzero(self.crop.any(other))[0]
-            start.append(o + int(hit[0]))
-            stop.append(o + int(hit[-1]) + 1)
-        return tuple(start), tuple(stop)
+        cut = []
+        for axis in range(3):
+            hit = np.nonzero(self.crop.any(tuple(a for a in range(3) if a != axis)))[0]
+            cut.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        return tuple(o + c.start for o, c in zip(self.offset, cut)), self.crop[tuple(cut)]
 
 
 Box = Tuple[float, float, float, float]  # (y0, y1, x0, x1) inclusive voxel coordinates
@@ -153,8 +154,8 @@ class Propagator:
             box = (max(box[0], r[0]), min(box[1], r[1]), max(box[2], r[2]), min(box[3], r[3]))
             if box[0] > box[1] or box[2] > box[3]:
                 box = r
-        v = self.view
-        box = (max(box[0], v[0]), min(box[1], v[1] - 1), max(box[2], v[2]), min(box[3], v[3] - 1))
+        view = self.view
+        box = (max(box[0], view[0]), min(box[1], view[1] - 1), max(box[2], view[2]), min(box[3], view[3] - 1))
         return tuple(float(round(v)) for v in box)
 
     def _local(self, box: Box) -> Tuple[int, int, int, int]:
