@@ -3,23 +3,25 @@
 The process starts in its own session (POSIX) or process group (Windows), so that Cancel reaches every process
 it started (data loader workers, torchrun workers): SIGTERM to the whole group first, which the core turns
 into a clean exit (status 130, no partial files), then SIGKILL once the grace period has passed. On Windows,
-``taskkill /T /F`` ends the tree. Pipes are read by two daemon threads, so :meth:`poll` never blocks the GUI.
+``taskkill /T /F`` ends the tree. The pipes are non-blocking and read by :meth:`poll` itself (``pipes``), which
+the module calls from a ``qt.QTimer``: no Python thread (Slicer's Python runs none while the GUI is idle), and
+the GUI is never held.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Sequence
 
 from ldfsam.progress import parse_event
+
+from .pipes import PipeReader
 
 IS_WINDOWS = sys.platform == "win32"
 # Windows process creation flags (subprocess defines them on Windows only): no console window of its own, and a
@@ -55,9 +57,9 @@ class BackgroundProcess:
         self.process: Optional[subprocess.Popen] = None
         self.cancelled = False
         self._kill_at: Optional[float] = None
-        self._lines: queue.Queue[tuple] = queue.Queue()
+        self._stdout: Optional[PipeReader] = None
+        self._stderr: Optional[PipeReader] = None
         self._stderr_tail: Deque[str] = collections.deque(maxlen=tail_lines)
-        self._readers: List[threading.Thread] = []
 
     # -- life cycle -----------------------------------------------------------------------------------------
     def start(self) -> BackgroundProcess:
@@ -71,17 +73,9 @@ class BackgroundProcess:
         env.setdefault("PYTHONIOENCODING", "utf-8")
         self.process = subprocess.Popen(
             self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
-        for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
-            t = threading.Thread(target=self._read, args=(name, stream), daemon=True)
-            t.start()
-            self._readers.append(t)
+            stderr=subprocess.PIPE, bufsize=0, **kwargs)
+        self._stdout, self._stderr = PipeReader(self.process.stdout), PipeReader(self.process.stderr)
         return self
-
-    def _read(self, name: str, stream) -> None:
-        for line in iter(stream.readline, ""):
-            self._lines.put((name, line.rstrip("\r\n")))
-        stream.close()
 
     @property
     def pid(self) -> Optional[int]:
@@ -94,7 +88,8 @@ class BackgroundProcess:
 
     @property
     def finished(self) -> bool:
-        """The process has ended, no process of its group is left behind, and all its output is queued."""
+        """The process has ended and no process of its group is left behind: the next :meth:`poll` returns the
+        last of its output (every writer of the pipes is gone)."""
         if self.returncode is None:
             return False
         if self.group_alive():
@@ -103,23 +98,18 @@ class BackgroundProcess:
                 self._signal_tree(kill=False)
                 self._kill_at = time.monotonic() + self.grace_s
             return False
-        for reader in self._readers:
-            reader.join(timeout=1.0)  # every writer is gone: the pipes are at their end
-        return not any(reader.is_alive() for reader in self._readers)
+        return True
 
     def poll(self) -> Output:
         """New output since the last call; also escalates a pending Cancel to SIGKILL once the grace is over."""
         out = Output()
-        while True:
-            try:
-                name, line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if name == "stderr":
-                out.stderr.append(line)
-                if line.strip():
-                    self._stderr_tail.append(line)
-                continue
+        if self.process is None:
+            return out
+        for line in self._stderr.read_lines():
+            out.stderr.append(line)
+            if line.strip():
+                self._stderr_tail.append(line)
+        for line in self._stdout.read_lines():
             event = parse_event(line)
             if event is not None:
                 out.events.append(event)

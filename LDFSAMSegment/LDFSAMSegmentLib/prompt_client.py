@@ -12,14 +12,13 @@ from __future__ import annotations
 import collections
 import json
 import os
-import queue
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .commands import ldfsam_argv
+from .pipes import PipeReader
 from .process import CREATE_NO_WINDOW, IS_WINDOWS
 from .prompts import ras_to_lps
 
@@ -136,7 +135,9 @@ class PromptWorker:
         self.env = env
         self.process: Optional[subprocess.Popen] = None
         self.pending: Optional[Dict[str, Any]] = None  # the request waiting for its answer
-        self._answers: queue.Queue = queue.Queue()
+        self._answers: Deque[str] = collections.deque()
+        self._stdout: Optional[PipeReader] = None
+        self._stderr_reader: Optional[PipeReader] = None
         self._stderr: Deque[str] = collections.deque(maxlen=tail_lines)
         self._ready = False
 
@@ -150,22 +151,22 @@ class PromptWorker:
         env.setdefault("PYTHONIOENCODING", "utf-8")
         kwargs = {"creationflags": CREATE_NO_WINDOW} if IS_WINDOWS else {}
         self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                                        bufsize=1, **kwargs)
-        for stream, sink in ((self.process.stdout, self._answers.put), (self.process.stderr, self._stderr.append)):
-            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+                                        stderr=subprocess.PIPE, **kwargs)
+        # Read without threads by poll(), from the module's timer (see ``pipes``); requests are written whole.
+        self._stdout, self._stderr_reader = PipeReader(self.process.stdout), PipeReader(self.process.stderr)
         self._ready = False
         self.pending = {"cmd": "start"}  # the worker's first line says it is ready
         return self
 
-    @staticmethod
-    def _read(stream, sink) -> None:
-        for line in iter(stream.readline, ""):
-            if line.strip():
-                sink(line.rstrip("\r\n"))
-        stream.close()
+    def _read(self) -> None:
+        """Take what the worker wrote since the last call (never waits)."""
+        if self.process is None:
+            return
+        self._stderr.extend(line for line in self._stderr_reader.read_lines() if line.strip())
+        self._answers.extend(line for line in self._stdout.read_lines() if line.strip())
 
     def stderr_tail(self) -> str:
+        self._read()
         return "\n".join(self._stderr)
 
     def send(self, request: Dict[str, Any]) -> None:
@@ -174,7 +175,7 @@ class PromptWorker:
             raise WorkerError("the prompt worker is still answering the previous request")
         if not self.running:
             raise self._gone()
-        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
         self.process.stdin.flush()
         self.pending = request
 
@@ -183,17 +184,14 @@ class PromptWorker:
         worker goes on) or the worker ended (``alive`` False, with the end of its error output)."""
         if self.pending is None:
             return None
-        try:
-            line = self._answers.get_nowait()
-        except queue.Empty:
-            if self.running:
+        running = self.running  # before reading: once ended, this read takes its last lines
+        self._read()
+        if not self._answers:
+            if running:
                 return None
-            time.sleep(0.1)  # the reader may still be queueing the last line
-            try:
-                line = self._answers.get_nowait()
-            except queue.Empty:
-                self.pending = None
-                raise self._gone() from None
+            self.pending = None
+            raise self._gone()
+        line = self._answers.popleft()
         self.pending = None
         reply = parse_reply(line)
         self._ready = self._ready or bool(reply.get("ready"))
@@ -220,10 +218,16 @@ class PromptWorker:
             return None
         if self.running:
             try:
-                self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.process.stdin.write((json.dumps({"cmd": "quit"}) + "\n").encode("utf-8"))
                 self.process.stdin.flush()
                 self.process.stdin.close()
-                self.process.wait(timeout=timeout)
+                deadline = time.monotonic() + timeout
+                while self.process.poll() is None:  # draining the pipes, so that its last words never block it
+                    self._read()
+                    if time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(self.argv, timeout)
+                    time.sleep(0.02)
+                self._read()
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()
