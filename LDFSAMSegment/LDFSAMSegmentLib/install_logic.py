@@ -7,7 +7,6 @@ slot, and Slicer is never restarted from a test (in testing mode every confirmat
 
 import logging
 import os
-import sys
 import tempfile
 
 import slicer
@@ -61,13 +60,14 @@ class InstallLogic:
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(plan.message(),
                                                                         windowTitle=_("LDFSAM dependencies")):
             return False
+        loadedBefore = dependencies.loaded_modules()  # the PyTorch extension's installer imports torch itself
         with slicer.util.WaitCursor():
             if plan.torch:
                 self._installTorch(plan.torch)
             if plan.pip:
                 self._pipInstall(plan.pip)
         self.checked = True
-        if dependencies.needs_restart(plan.torch + plan.pip, sys.modules):
+        if dependencies.needs_restart(plan.torch + plan.pip, loadedBefore):
             question = _("Packages were updated that Slicer had already loaded. Restart Slicer now to use them?")
             if slicer.app.testingEnabled():
                 logging.warning("LDFSAM: %s (not restarting: testing mode)", question)

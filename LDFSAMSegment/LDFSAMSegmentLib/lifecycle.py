@@ -10,10 +10,12 @@ once per parameter node: ``enter`` does not connect again, and a new scene repla
 
 import importlib
 import sys
+from pathlib import Path
 
 import qt
 import slicer
 import vtk
+from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
@@ -77,6 +79,7 @@ class BackgroundRun:
     def __init__(self, process, onUpdate, onFinished, intervalMs=200, onEvent=None):
         self.process, self.state = process, RunState()
         self.onUpdate, self.onFinished, self.onEvent = onUpdate, onFinished, onEvent
+        self.abandoned = False  # cancelled because its scene was closed: its result belongs to no scene
         self.timer = qt.QTimer()
         self.timer.setInterval(intervalMs)
         self.timer.timeout.connect(self._poll)
@@ -87,6 +90,11 @@ class BackgroundRun:
         return self
 
     def cancel(self):
+        self.process.cancel()
+
+    def abandon(self):
+        """Cancel for good: the scene the run worked for is closing (the timer goes on until the tree has ended)."""
+        self.abandoned = True
         self.process.cancel()
 
     @property
@@ -153,6 +161,11 @@ class LDFSAMModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()  # the same node stays connected: nothing is connected twice
 
     def onSceneStartClose(self, caller, event):
+        # A run works for the scene being closed: stop it (its whole process tree), and never load its result
+        # into the next scene. Its timer goes on until the tree has ended, then restores the buttons.
+        if self.run is not None:
+            self.run.abandon()
+            self.ui.statusLabel.text = _("Cancelling: the scene is closing...")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -166,10 +179,14 @@ class LDFSAMModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.binding.bind(parameterNode)
 
     def onReload(self):
-        # Slicer reloads the module's own file only; the widget and logic classes live in the Lib package.
-        prefix = self.libPackage + "."
-        for name in sorted(n for n in sys.modules if n.startswith(prefix)):
-            importlib.reload(sys.modules[name])
+        # Slicer reloads the module's own file only; the widget and logic classes live in the Lib package. Each
+        # module is reloaded after the ones it imports, or it would keep their old classes.
+        from .reload_order import reload_order
+
+        folder = Path(sys.modules[self.libPackage].__file__).parent
+        for name in reload_order(folder, self.libPackage):
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
         ScriptedLoadableModuleWidget.onReload(self)
 
     # -- dependencies ---------------------------------------------------------------------------------------------
@@ -190,9 +207,32 @@ class LDFSAMModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText("$ " + " ".join(process.argv))
         self._logShown = 0
         self.ui.progressBar.value = 0
-        self.run = BackgroundRun(process, self.onRunUpdate, self.onRunFinished, intervalMs=intervalMs,
+        self.run = BackgroundRun(process, self._runUpdate, self._runFinished, intervalMs=intervalMs,
                                  onEvent=onEvent).start()
         self.updateButtons()
+
+    def _runUpdate(self, run):
+        if run.abandoned or self._parameterNode is None:
+            LDFSAMModuleWidget.onRunUpdate(self, run)  # the log and the bar only: no node to update
+        else:
+            self.onRunUpdate(run)
+
+    def _runFinished(self, run, error):
+        """The end of a run: the subclass's ``onRunFinished``, unless the run was abandoned with its scene (or no
+        parameter node is shown): then only what the run left behind is discarded and the buttons come back."""
+        if not (run.abandoned or self._parameterNode is None):
+            self.onRunFinished(run, error)
+            return
+        LDFSAMModuleWidget.onRunUpdate(self, run)
+        self.run = None
+        try:
+            self.onRunAbandoned(run)
+        finally:
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.") if run.abandoned else (error or "")
+            self.updateButtons()
+
+    def onRunAbandoned(self, run):
+        """Discard what an abandoned run left (temporary files, the state of a run); subclasses add theirs."""
 
     def onRunUpdate(self, run):
         self.ui.progressBar.value = run.state.percent

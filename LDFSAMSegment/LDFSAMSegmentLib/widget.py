@@ -189,6 +189,12 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             self.ui.statusLabel.text = _("Failed: {error}").format(error=e)
             slicer.util.errorDisplay(str(e))
 
+    def onRunAbandoned(self, run):
+        # The scene this run worked for was closed: its temporary files go, its results are not loaded.
+        self._cohort, self._onSuccess = None, None
+        self.logic.discardRun()
+        self.logic.discardCohort()
+
     def onSegmentationDone(self):
         node = self.logic.finishSegmentation()
         self._parameterNode.outputSegmentation = node

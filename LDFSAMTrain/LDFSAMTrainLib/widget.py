@@ -162,6 +162,9 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
             self.showReport()  # the core writes it when the run finishes (a stopped run keeps an earlier one)
         self.updateButtons()
 
+    def onRunAbandoned(self, run):
+        self.runStep = None  # its scene was closed: nothing to update, nothing to resume in the new scene
+
     def showEvaluation(self):
         table = self.ui.evaluationTableWidget
         table.clear()
