@@ -140,3 +140,35 @@ def test_the_panel_has_the_many_volumes_section():
     assert inside["cohortFolderPathLineEdit"].property("LDFSAMPathParameter") == "cohortFolder"
     assert inside["cohortOutputPathLineEdit"].property("LDFSAMPathParameter") == "cohortOutputFolder"
     assert inside["cohortButton"].text() == "Segment all volumes"
+
+
+class _Image:
+    def __init__(self, components):
+        self.components = components
+
+    def GetNumberOfScalarComponents(self):  # noqa: N802 - vtkImageData's API
+        return self.components
+
+
+class _Volume:
+    """What the filter reads of a volume node (class name, image data)."""
+
+    def __init__(self, name, cls="vtkMRMLScalarVolumeNode", components=1, image=True):
+        self.name, self.cls, self.image = name, cls, _Image(components) if image else None
+
+    def GetClassName(self):  # noqa: N802
+        return self.cls
+
+    def GetImageData(self):  # noqa: N802
+        return self.image
+
+
+def test_many_volumes_keeps_single_component_scalar_volumes_only():
+    from LDFSAMSegmentLib.cohort import single_component_scalar_volumes
+
+    # What getNodesByClass("vtkMRMLScalarVolumeNode") returns: the class and every subclass.
+    nodes = [_Volume("CBCT"), _Volume("labels", "vtkMRMLLabelMapVolumeNode"),
+             _Volume("photo", "vtkMRMLVectorVolumeNode", 3), _Volume("dwi", "vtkMRMLDiffusionWeightedVolumeNode", 30),
+             _Volume("dti", "vtkMRMLDiffusionTensorVolumeNode", 1), _Volume("rgb as scalar", components=3),
+             _Volume("empty", image=False), _Volume("CBCT 2")]
+    assert [n.name for n in single_component_scalar_volumes(nodes)] == ["CBCT", "CBCT 2"]

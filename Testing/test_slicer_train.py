@@ -194,3 +194,31 @@ def test_tiny_training_end_to_end_through_the_module_commands(tmp_path):
     process.wait(timeout=300)
     assert process.returncode == 0, process.stderr_tail()
     assert (tmp_path / "home" / "models" / "tiny-test.safetensors").is_file()
+
+
+def test_evaluation_table_rows_stay_whole_in_the_sorting_table_of_the_ui(tmp_path):
+    # The real .ui (sortingEnabled on) loaded with PySide6 offscreen, filled as the panel fills it.
+    pytest.importorskip("PySide6")
+    from LDFSAMTrainLib.evaluation_table import fill_table
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication, QTableWidget, QTableWidgetItem
+
+    QApplication.instance() or QApplication([])
+    panel = QUiLoader().load(str(REPO / "LDFSAMTrain" / "Resources" / "UI" / "LDFSAMTrain.ui"))
+    table = panel.findChild(QTableWidget, "evaluationTableWidget")
+    assert table.isSortingEnabled()
+    # Cases whose name order and Dice order differ: filling with sorting on would move rows under the cells.
+    cases = [("case-c", "0.91", "1.5"), ("case-a", "0.72", "3.0"), ("case-b", "0.85", "2.1"), ("case-d", "0.60", "4.4")]
+    path = tmp_path / "per_case.csv"
+    path.write_text("case_id,dice,hd95\n" + "".join(",".join(c) + "\n" for c in cases))
+    data = read_evaluation_csv(path)
+
+    def shown():
+        return [tuple(table.item(r, c).text() for c in range(3)) for r in range(table.rowCount())]
+
+    fill_table(table, data, QTableWidgetItem)
+    assert shown() == cases and table.isSortingEnabled()
+    table.sortByColumn(1, table.horizontalHeader().sortIndicatorOrder().__class__.AscendingOrder)  # the user sorts
+    assert sorted(shown()) == sorted(cases) and [r[1] for r in shown()] == sorted(c[1] for c in cases)
+    fill_table(table, data, QTableWidgetItem)  # a new evaluation: the file's order, every row whole
+    assert shown() == cases

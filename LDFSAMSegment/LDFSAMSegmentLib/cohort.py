@@ -35,6 +35,22 @@ def write_list_file(paths: Sequence[str], target: str) -> str:
 
 
 SOURCES = ("Scene volumes", "Folder")  # the "Many volumes" section's choices (parameter node values)
+SCALAR_VOLUME = "vtkMRMLScalarVolumeNode"
+
+
+def single_component_scalar_volumes(nodes: Sequence[Any]) -> List[Any]:
+    """The volume nodes a tooth model can segment: plain scalar volumes with image data of one component.
+
+    ``slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")`` also returns its subclasses: label maps, vector
+    (RGB) volumes, diffusion-weighted and tensor volumes. Those are left out by their class name; a scalar volume
+    of several components (a colour image read as scalar) by its image data.
+    """
+    kept = []
+    for node in nodes:
+        image = node.GetImageData()
+        if node.GetClassName() == SCALAR_VOLUME and image is not None and image.GetNumberOfScalarComponents() == 1:
+            kept.append(node)
+    return kept
 
 
 def volume_file_names(names: Sequence[str]) -> List[str]:

@@ -15,6 +15,7 @@ from .cohort import (
     check_input_folder,
     check_output_folder,
     segment_many_argv,
+    single_component_scalar_volumes,
     volume_file_names,
     write_list_file,
 )
@@ -99,8 +100,7 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
         if parameters.cohortSource == SOURCES[1]:
             inputs = [check_input_folder(parameters.cohortFolder)]
         else:
-            nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                     if n.GetImageData() is not None and not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            nodes = single_component_scalar_volumes(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
             if not nodes:
                 raise ValueError(_("The scene has no volume to segment."))
             folder = tempfile.mkdtemp(prefix="LDFSAM-many-")

@@ -6,7 +6,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
-from .cohort import SOURCES, CohortState
+from .cohort import SOURCES, CohortState, single_component_scalar_volumes
 from .lifecycle import LDFSAMModuleWidget
 from .logic import LDFSAMSegmentLogic
 from .parameters import cacheFolder, setCacheFolder, setLastDevice
@@ -50,9 +50,9 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
     def initializeParameterNode(self):
         LDFSAMModuleWidget.initializeParameterNode(self)
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
+            volumes = single_component_scalar_volumes(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
         self.refreshModels()
 
     # -- models -----------------------------------------------------------------------------------------------

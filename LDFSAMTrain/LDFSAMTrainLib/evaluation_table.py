@@ -1,4 +1,5 @@
-"""The per-case evaluation table: the CSV that ``ldfsam evaluate`` writes, read for display."""
+"""The per-case evaluation table: the CSV that ``ldfsam evaluate`` writes, read for display, and shown in the
+panel's table widget (:func:`fill_table`, which takes any QTableWidget: Slicer's or PySide6's)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 
 @dataclass
@@ -48,3 +49,25 @@ def read_evaluation_csv(path: str | Path) -> EvaluationTable:
         if len(row) != len(columns):
             raise ValueError(f"{path}: line {number} has {len(row)} fields, the header {len(columns)}")
     return EvaluationTable(columns, body)
+
+
+def fill_table(table, data: EvaluationTable, make_item: Callable[[str], object]) -> None:
+    """Show ``data`` in a QTableWidget, one row per case; ``make_item(text)`` makes a cell (``QTableWidgetItem``).
+
+    Sorting is off while the cells are set and back on afterwards: with it on, Qt re-sorts the rows after each
+    ``setItem`` and the cells of one case end up in different rows (Qt documents to enable sorting only after
+    populating the table). A table that the user had sorted is shown in the file's order again.
+    """
+    sorting = table.isSortingEnabled()
+    table.setSortingEnabled(False)
+    table.clear()
+    table.setRowCount(0)
+    table.setColumnCount(len(data.columns))
+    table.setHorizontalHeaderLabels(data.columns)
+    table.setRowCount(len(data.rows))
+    for r, row in enumerate(data.rows):
+        for c, value in enumerate(row):
+            table.setItem(r, c, make_item(value))
+    header = table.horizontalHeader()
+    header.setSortIndicator(-1, header.sortIndicatorOrder())  # no column sorted yet: the file's order
+    table.setSortingEnabled(sorting)

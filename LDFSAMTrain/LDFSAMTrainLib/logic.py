@@ -6,6 +6,7 @@ import os
 import slicer
 import vtk
 from LDFSAMSegmentLib.commands import core_env
+from LDFSAMSegmentLib.logic import removeNodeAndHelpers
 from LDFSAMSegmentLib.parameters import cacheFolder
 from LDFSAMSegmentLib.process import BackgroundProcess
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -56,6 +57,8 @@ class LDFSAMTrainLogic(ScriptedLoadableModuleLogic):
         return BackgroundProcess(import_argv(self.settings(p), name), env=core_env(cacheFolder()))
 
     # -- curves -----------------------------------------------------------------------------------------------
+    # The table, chart, series and view nodes are made by the first curve point of a run (never merely by opening
+    # the module, which would add five nodes to the user's scene).
     def plotViewNode(self, p):
         chart = self.curveChart(p)
         # A view node of our own: the layout's plot views keep showing what the user chose.
@@ -103,7 +106,7 @@ class LDFSAMTrainLogic(ScriptedLoadableModuleLogic):
         """Load the evaluation CSV into a table node (saved with the scene)."""
         path = self.layout(p).evaluation_csv
         if p.evaluationTable is not None:
-            slicer.mrmlScene.RemoveNode(p.evaluationTable)
+            removeNodeAndHelpers(p.evaluationTable)  # with its storage node, which RemoveNode leaves behind
         p.evaluationTable = slicer.util.loadTable(str(path))
         p.evaluationTable.SetName("LDFSAM evaluation")
         return p.evaluationTable

@@ -9,7 +9,7 @@ from LDFSAMSegmentLib.bindings import path_text
 from LDFSAMSegmentLib.lifecycle import LDFSAMModuleWidget
 from slicer.i18n import tr as _
 
-from .evaluation_table import read_evaluation_csv
+from .evaluation_table import fill_table, read_evaluation_csv
 from .logic import LDFSAMTrainLogic
 from .run_all import overall_percent
 
@@ -49,7 +49,9 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         shown = self._parameterNode
         LDFSAMModuleWidget.setParameterNode(self, parameterNode)
         if parameterNode is not None and self._parameterNode is not shown:
-            self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._parameterNode))
+            # The chart of a scene that has curves; a scene without them gets its nodes when a run makes curves.
+            hasCurves = self._parameterNode.curveChart is not None
+            self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._parameterNode) if hasCurves else None)
             self.showEvaluation()
             self.showReport()
 
@@ -139,9 +141,12 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
             percent = overall_percent(run.state.last_event)
             self._overall = self._overall if percent is None else percent
             self.ui.progressBar.value = self._overall
-        if self.runStep in ("distill", "finetune", "all"):
+        if self.runStep in ("distill", "finetune", "all") and run.state.curve:
             self._curve = self._curvePrefix + run.state.curve
+            new = self._parameterNode.curveChart is None
             self.logic.updateCurves(self._parameterNode, self._curve)
+            if new:  # the first curve point of this scene: its chart nodes were just made
+                self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._parameterNode))
 
     def onRunFinished(self, run, error):
         self.onRunUpdate(run)
@@ -176,12 +181,7 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
             self.ui.evaluationSummaryLabel.text = _("No evaluation yet.")
             return
         data = read_evaluation_csv(path)
-        table.setColumnCount(len(data.columns))
-        table.setHorizontalHeaderLabels(data.columns)
-        table.setRowCount(len(data.rows))
-        for r, row in enumerate(data.rows):
-            for c, value in enumerate(row):
-                table.setItem(r, c, qt.QTableWidgetItem(value))
+        fill_table(table, data, qt.QTableWidgetItem)
         means = ", ".join(f"{k} {v:.4f}" for k, v in data.means().items())
         self.ui.evaluationSummaryLabel.text = _("{n} case(s); mean {means}").format(n=len(data.rows), means=means)
 
