@@ -210,7 +210,7 @@ def test_invalid_json(phantom, tmp_path):
 
 
 @pytest.mark.parametrize("entry, match", [
-    ({"name": "t"}, r"structures\[0\] \('t'\): needs a box or at least one include point"),
+    ({"name": "t"}, r"structures\[0\] \('t'\): needs a box, a line or at least one include point"),
     ({"box": {"min": [0, 0, 0], "max": [1, 1, 1]}}, r"structures\[0\]\.name: a non-empty string"),
     ({"name": "t", "box": [0, 0, 0, 1, 1, 1]}, r"structures\[0\] \('t'\)\.box: expected"),
     ({"name": "t", "box": {"min": [0, 0], "max": [1, 1, 1]}}, r"\.box\.min: expected a list of 3 finite"),

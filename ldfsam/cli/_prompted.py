@@ -24,11 +24,13 @@ def run_prompted(args) -> int:
         progress.stream = stdout
     try:
         from ..infer.prompted import segment_with_prompts
+        from ..infer.saliency_prior import prior_option
 
         model = args.model if args.model else None
         result = segment_with_prompts(volume, args.output, args.prompts, model=model,
                                       base_segmentation=args.base_segmentation, force=args.force,
-                                      progress=progress, precision=args.precision)
+                                      progress=progress, precision=args.precision,
+                                      prior=prior_option(getattr(args, "prior", "auto")))
     except LDFSAMError as e:
         if args.progress == "json":
             progress.error("segment", str(e))

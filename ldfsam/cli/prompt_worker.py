@@ -9,7 +9,10 @@ on a slice already encoded costs only SAM's decoder. Requests:
   slices); writes the structure's mask as a label map (1 = structure), atomically, and remembers the prompts.
   The label map is the smallest block of the volume's grid that holds the mask (same spacing and direction, its
   origin on the block's first voxel; one background voxel at the volume's origin for an empty mask). Answer:
-  ``slices`` (first, last), ``voxels``, ``index`` (the block's first voxel, z, y, x), ``output``, ``seconds``.
+  ``slices`` (first, last), ``voxels``, ``index`` (the block's first voxel, z, y, x), ``output``, ``seconds``;
+  with a prior (``--prior``), ``not_used``: the clicks and box that prompt validation dropped, moved or refitted
+  (``point``: index in the structure's points, null for the box; ``label``; ``action``: dropped, moved,
+  tightened, extended; ``reason``; ``position`` and ``moved_to`` in LPS mm).
 - ``{"cmd": "click", "name": NAME, "position": [x, y, z], "label": "include"|"exclude", "output": PATH}``:
   adds a click to that structure's prompts and segments it again.
 - ``{"cmd": "undo", "name": NAME, "output": PATH}``: drops the structure's last change and segments it again.
@@ -28,19 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a lite-preset model (default: LiteMedSAM as published)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: the faster of bfloat16 and float32 as measured on this machine")
+    parser.add_argument("--prior", metavar="MODEL", default="auto",
+                        help="a model with a saliency head that checks the clicks (SPD); auto: the default model "
+                             "when it has one; none: every click taken as given")
 
 
 class Worker:
-    def __init__(self, model=None, precision: str = "auto") -> None:
+    def __init__(self, model=None, precision: str = "auto", prior=None) -> None:
         self.model = model
         self.precision = precision
+        self.prior = prior
         self.session = None
         self.history = {}  # name -> list of structure entries (dicts), newest last
 
     def open(self, req):
         from ..infer.prompted import PromptedSession
 
-        self.session = PromptedSession(req["volume"], self.model, precision=self.precision)
+        self.session = PromptedSession(req["volume"], self.model, precision=self.precision, prior=self.prior)
+        self.prior = self.session.prior  # loaded once, for the next volumes too
         self.history.clear()
         return {"size": list(self.session.grid.size)}
 
@@ -63,9 +71,22 @@ class Worker:
         out_io.write_label_map(Path(output), block.astype(np.uint8), self.session.grid.crop(start, block.shape),
                                overwrite=True)
         voxels = int(block.sum())
-        return {"name": structure.name, "output": str(output), "voxels": voxels,
+        extra = {} if self.session.prior is None else {"not_used": self._not_used(result.validation)}
+        return {**extra, "name": structure.name, "output": str(output), "voxels": voxels,
                 "slices": [start[0], start[0] + block.shape[0] - 1] if voxels else None,
                 "index": list(start), "seconds": round(time.perf_counter() - t, 3)}
+
+    def _not_used(self, decisions):
+        """Validation decisions other than "kept", positions in LPS mm (what the Slicer panel shows)."""
+        image = self.session.image
+
+        def lps(zyx):
+            return None if zyx is None else list(image.TransformContinuousIndexToPhysicalPoint(
+                (float(zyx[2]), float(zyx[1]), float(zyx[0]))))
+
+        return [{"point": d["point"], "label": "include" if d["include"] else "exclude", "action": d["action"],
+                 "reason": d["reason"], "position": lps(d["position"]), "moved_to": lps(d["moved_to"])}
+                for d in decisions if d["action"] != "kept"]
 
     def segment(self, req):
         entry = req["structure"]
@@ -100,7 +121,9 @@ def run(args) -> int:
     from ..errors import LDFSAMError
 
     out, sys.stdout = sys.stdout, sys.stderr  # stdout carries answers only
-    worker = Worker(args.model, args.precision)
+    from ..infer.saliency_prior import prior_option
+
+    worker = Worker(args.model, args.precision, prior_option(getattr(args, "prior", "auto")))
     handlers = {"open": worker.open, "segment": worker.segment, "click": worker.click, "undo": worker.undo}
     out.write(json.dumps({"ok": True, "ready": True}) + "\n")
     out.flush()

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment the structures described by this prompts file (boxes and include/exclude "
                              "points in LPS mm, one segment per structure; docs/segmentation.md) with LiteMedSAM "
                              "instead of the automatic model")
+    parser.add_argument("--prior", metavar="MODEL", default="auto",
+                        help="with --prompts: the model whose saliency head checks the clicks and carries prompts "
+                             "across slices (SPD; docs/segmentation.md); auto (default): the default model when it "
+                             "has one; none: take every prompt as given")
     parser.add_argument("--base-segmentation", metavar="PATH",
                         help="with --prompts: start from this segmentation (.seg.nrrd or label map on the input's "
                              "grid); a structure named like one of its segments replaces it, others are added")

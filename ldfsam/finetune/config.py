@@ -9,6 +9,7 @@ DatasetFormat = Literal["auto", "slices", "images"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 BoxPrompts = Literal["detected", "ground_truth"]
 EmbeddingCacheMode = Literal["auto", "off"]
+PscMode = Literal["auto", "on", "off"]
 
 
 @dataclass
@@ -38,6 +39,11 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     dice_weight: float = 1.0
     bce_weight: float = 1.0
+    # SPD (finetune/spd.py): weight of the saliency head's Dice + BCE (models with a head); the pairwise slice
+    # consistency term, "auto": on for prepared volume datasets, off for 2D images; its weight.
+    saliency_weight: float = 1.0
+    psc: PscMode = "auto"
+    psc_weight: float = 0.1
     # Clip the gradient norm (0: off); the norm is also how a non-finite step is detected and skipped.
     grad_clip: float = 0.0
     # Stop after this many optimiser steps in total (None: train all epochs).

@@ -30,6 +30,7 @@ from .loss import dice_bce_loss, hard_dice
 from .precision import autocast, make_scaler, resolve_precision
 from .run_log import RunLog
 from .sampler import ResumableBatchSampler, shard
+from .spd import SpdNet, psc_enabled, spd_terms, with_psc_pairs
 from .state import load_training_state, save_training_state
 
 PHASE = "finetune"
@@ -97,6 +98,13 @@ class Trainer:
         self.cached = cfg.embedding_cache == "auto" and encoder_is_frozen(self.model)
         if self.cached:
             self._cache_embeddings()
+        # SPD: the saliency head's loss (a model with a head) and PSC on pairs of adjacent slices.
+        pairs = with_psc_pairs(self.data.train) if psc_enabled(cfg, data) else None
+        self.psc = pairs is not None
+        if pairs is not None:
+            self.data.train = pairs
+        self.spd = self.psc or getattr(self.model, "saliency_head", None) is not None
+        self.provenance = {**self.provenance, "psc": self.psc}
         self.optimizer = (torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
                           if self.params else None)
         self.sampler = ResumableBatchSampler(len(data.train), cfg.batch_size, env.rank, env.world_size,
@@ -133,6 +141,8 @@ class Trainer:
 
     def _net(self) -> torch.nn.Module:
         """What one step calls: the model, or a wrapper taking given boxes and/or cached embeddings."""
+        if self.spd:
+            return SpdNet(self.model, self.cached)
         if self.cached:
             return FromEmbeddings(self.model)
         return BoxPrompted(self.model) if self.gt_boxes else self.model
@@ -176,6 +186,7 @@ class Trainer:
             sam, yolo, mask = _to_device(batch, self.env.device)
             with autocast(self.precision, self.env.device):
                 logits = _forward(net, sam, yolo, mask, self.gt_boxes)
+            logits = logits[0] if isinstance(logits, tuple) else logits
             loss = dice_bce_loss(logits, mask, self.cfg.dice_weight, self.cfg.bce_weight)
             dice = hard_dice(logits, mask, self.cfg.threshold)
             sums += torch.tensor([dice.sum().item(), loss.item() * len(dice), len(dice)], dtype=torch.float64)
@@ -194,7 +205,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.precision, self.env.device):
             logits = _forward(net, sam, yolo, mask, self.gt_boxes)
+            logits, spd_loss = spd_terms(lambda *a: _forward(net, *a, self.gt_boxes), logits, batch, mask, cfg)
         loss = dice_bce_loss(logits, mask, cfg.dice_weight, cfg.bce_weight)
+        if spd_loss is not None:
+            loss = loss + spd_loss
         if not loss.requires_grad:
             # Box mode on a batch without detections: constant logits. A zero-weighted term keeps the backward
             # (and DDP's gradient exchange, which every rank must join) well defined with zero gradients.

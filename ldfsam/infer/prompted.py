@@ -58,11 +58,13 @@ class PromptedSession:
     """One volume and one SAM: structures segmented on demand, embeddings and decoder results kept between calls.
 
     ``volume``: an image (SimpleITK) or a path. ``window``: the grey-value window (default: the project's
-    per-volume percentiles). ``precision``: auto (the faster measured here), fp32 or bf16."""
+    per-volume percentiles). ``precision``: auto (the faster measured here), fp32 or bf16. ``prior``: a lite model
+    with a saliency head (name, path or loaded) for SPD: clicks validated against it, prompts carried across slices
+    (``context_prompts``); None: every prompt taken as given."""
 
     def __init__(self, volume: Union[sitk.Image, PathLike], model: Any = None,
                  propagation: Optional[PropagationConfig] = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 window: Optional[Tuple[float, float]] = None, precision: str = "auto") -> None:
+                 window: Optional[Tuple[float, float]] = None, precision: str = "auto", prior: Any = None) -> None:
         from ..data.preprocess import Grid, PreprocessConfig, intensity_window
 
         if not isinstance(volume, sitk.Image):
@@ -78,6 +80,9 @@ class PromptedSession:
         self._cache_bytes = cache_bytes
         self._precision = precision
         self._sam: Optional[SliceSAM] = None
+        self._prior_source = prior
+        self._prior = None
+        self._maps = None
 
     @property
     def sam(self) -> SliceSAM:
@@ -94,7 +99,29 @@ class PromptedSession:
         """One structure's mask (z×y×x bool on the volume's grid)."""
         if isinstance(prompt, StructurePrompt):
             prompt = to_voxels(prompt, self.grid)
-        return Propagator(self.sam, prompt, self.grid.spacing, self.propagation).run()
+        if self.prior is None:
+            return Propagator(self.sam, prompt, self.grid.spacing, self.propagation).run()
+        from .context_prompts import PriorPropagator
+
+        return PriorPropagator(self.sam, prompt, self.grid.spacing, self.propagation, self.maps).run()
+
+    @property
+    def prior(self):
+        """SPD's prior (``saliency_prior.Prior``; None without one), loaded on first use."""
+        if self._prior is None and self._prior_source is not None:
+            from .saliency_prior import load_prior
+
+            self._prior = load_prior(self._prior_source)
+        return self._prior
+
+    @property
+    def maps(self):
+        """The prior's saliency maps on this volume's slices (None without a prior)."""
+        if self.prior is not None and self._maps is None:
+            from .saliency_prior import SaliencyMaps
+
+            self._maps = SaliencyMaps(self.prior, self.sam)
+        return self._maps
 
 
 def _read_base(path: PathLike, image: sitk.Image) -> Tuple[np.ndarray, Dict[int, str]]:
@@ -118,13 +145,15 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
                          prompts: Union[PathLike, Sequence[StructurePrompt], Dict[str, Any]], *, model: Any = None,
                          base_segmentation: Optional[PathLike] = None, force: bool = False,
                          propagation: Optional[PropagationConfig] = None, progress: Optional[Progress] = None,
-                         session: Optional[PromptedSession] = None, precision: str = "auto") -> PromptedResult:
+                         session: Optional[PromptedSession] = None, precision: str = "auto",
+                         prior: Any = None) -> PromptedResult:
     """Segment each structure of ``prompts`` (a prompts JSON path, its parsed document, or StructurePrompts) in
     the volume ``input`` and write ``output`` (.seg.nrrd: one named segment per structure; .nii.gz etc.: one label
     value per structure). ``base_segmentation``: an existing label map / .seg.nrrd on the same grid; a structure
     with the name of one of its segments replaces it, others are added (structures drawn over it). ``model``:
     None for LiteMedSAM as published. ``session``: reuse a PromptedSession's embeddings (its volume is used).
-    ``precision``: auto (the faster measured on this machine), fp32 or bf16.
+    ``precision``: auto (the faster measured on this machine), fp32 or bf16. ``prior``: SPD's saliency prior (see
+    PromptedSession).
     Every input is checked before the model runs; nothing is written on an error."""
     from ..errors import LDFSAMError
     from . import outputs as out_io
@@ -149,7 +178,7 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
     else:
         structures = list(prompts)
     if session is None:
-        session = PromptedSession(input, model, propagation, precision=precision)
+        session = PromptedSession(input, model, propagation, precision=precision, prior=prior)
     voxel_prompts = session.voxels(structures)
     image = session.image
     if base_segmentation is not None:
@@ -166,7 +195,7 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
             value = max(taken | {0}) + 1
             taken.add(value)
         plan.append((vp, value))
-    _ = session.sam  # the model: after every prompt was checked
+    _ = session.sam, session.prior  # the models: after every prompt was checked
     timings["prepare"] = time.perf_counter() - t0
     progress.start("segment", total=len(plan), message=f"segmenting {len(plan)} prompted structure(s)")
     results: Dict[str, StructureResult] = {}

@@ -7,13 +7,17 @@ A prompts file (``ldfsam segment --prompts``) is a JSON object::
          "box": {"min": [x, y, z], "max": [x, y, z]},          # LPS mm; optional if an include point is given
          "points": [{"position": [x, y, z], "label": "include"},   # LPS mm; "include" or "exclude"
                     {"position": [x, y, z], "label": "exclude"}],
+         "line": [[x, y, z], [x, y, z], ...],                   # optional: a line of clicks (LPS mm)
          "slices": [z_first, z_last],                           # optional: LPS mm along the slice axis
          "label": 3}                                            # optional label value in a label-map output
     ]}
 
 A box whose two corners lie on the same slice is a 2D box on that slice; otherwise it is a 3D box, and the
 structure never leaves it. A point belongs to the slice nearest to it. ``slices`` bounds the propagation along the
-slice axis. Coordinates are physical (LPS, as SimpleITK and DICOM; Slicer's RAS has x and y negated).
+slice axis. A ``line`` (SPD's centreline prompt: a markups curve or point list dragged through a tooth's slices)
+is an include click on every slice it crosses, where it crosses it (straight between its points); a line that
+stays on one slice is a click at each of its points. Coordinates are physical (LPS, as SimpleITK and DICOM;
+Slicer's RAS has x and y negated).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..errors import InputError
 
 PathLike = Union[str, Path]
 LABELS = {"include": 1, "exclude": 0}
-_FIELDS = {"name", "box", "points", "slices", "label"}
+_FIELDS = {"name", "box", "points", "line", "slices", "label"}
 # Half a voxel of tolerance: a prompt on the volume's outer face is still inside it.
 _EDGE = 0.5
 
@@ -51,6 +55,7 @@ class StructurePrompt:
     box_max: Optional[Tuple[float, float, float]] = None
     points: List[Point] = field(default_factory=list)
     slices: Optional[Tuple[float, float]] = None
+    line: List[Tuple[float, float, float]] = field(default_factory=list)  # LPS mm, a line of clicks
     label: Optional[int] = None
 
 
@@ -115,6 +120,10 @@ def parse_structure(entry: Any, index: int) -> StructurePrompt:
         if label not in LABELS:
             raise InputError(f"{pat}.label: {json.dumps(label)} is not \"include\" or \"exclude\"")
         s.points.append(Point(_vector(p["position"], 3, f"{pat}.position"), label == "include"))
+    line = entry.get("line", [])
+    if not isinstance(line, list):
+        raise InputError(f"{at}.line: expected a list of positions [x, y, z] (LPS mm)")
+    s.line = [_vector(v, 3, f"{at}.line[{j}]") for j, v in enumerate(line)]
     if entry.get("slices") is not None:
         lo, hi = _vector(entry["slices"], 2, f"{at}.slices")
         if lo > hi:
@@ -125,8 +134,8 @@ def parse_structure(entry: Any, index: int) -> StructurePrompt:
         if not isinstance(label, int) or isinstance(label, bool) or not 1 <= label <= 65535:
             raise InputError(f"{at}.label: expected a whole number from 1 to 65535, got {json.dumps(label)}")
         s.label = label
-    if s.box_min is None and not any(p.include for p in s.points):
-        raise InputError(f"{at}: needs a box or at least one include point")
+    if s.box_min is None and not any(p.include for p in s.points) and not s.line:
+        raise InputError(f"{at}: needs a box, a line or at least one include point")
     return s
 
 
@@ -225,6 +234,7 @@ def to_voxels(s: StructurePrompt, grid: Grid, index: int = 0) -> VoxelPrompt:
                              f"{grid.size[0]}x{grid.size[1]}x{grid.size[2]} voxels)")
         k = int(np.clip(round(float(ijk[2])), 0, nz - 1))
         points.append((k, float(ijk[1]), float(ijk[0]), p.include))
+    points += _line_points(s.line, grid, at)
     if s.slices is not None:
         # The slice index of each S coordinate, taken on the line through the volume's centre.
         centre = np.asarray(grid.origin) + np.asarray(grid.direction).reshape(3, 3) @ (
@@ -238,6 +248,35 @@ def to_voxels(s: StructurePrompt, grid: Grid, index: int = 0) -> VoxelPrompt:
     if prompted and not any(z_lo <= k <= z_hi for k in range(min(prompted), max(prompted) + 1)):
         raise InputError(f"{at}: its box and include points lie outside the slices it may occupy ({z_lo}-{z_hi})")
     return VoxelPrompt(s.name, box, box_3d, points, (z_lo, z_hi))
+
+
+def _line_points(line: Sequence[Tuple[float, float, float]], grid: Grid, at: str
+                 ) -> List[Tuple[int, float, float, bool]]:
+    """A line of clicks as include points (z, y, x, True): where it crosses each slice, or its points where a
+    segment stays on one slice."""
+    nz = int(grid.size[2])
+    size = np.asarray(grid.size, float)
+    ijk = [to_index(grid, v) for v in line]
+    for j, v in enumerate(ijk):
+        if np.any(v < -_EDGE) or np.any(v > size - 1 + _EDGE):
+            raise InputError(f"{at}.line[{j}]: at voxel {_fmt(v)} lies outside the volume (it has "
+                             f"{grid.size[0]}x{grid.size[1]}x{grid.size[2]} voxels)")
+    out: dict = {}
+    if len(ijk) == 1:
+        ijk = ijk * 2
+    for a, b in zip(ijk[:-1], ijk[1:]):
+        ka, kb = float(a[2]), float(b[2])
+        if abs(kb - ka) < 0.5:
+            for v in (a, b):
+                k = int(np.clip(round(float(v[2])), 0, nz - 1))
+                out.setdefault((k, round(float(v[1]), 3), round(float(v[0]), 3)), None)
+            continue
+        for k in range(int(math.ceil(min(ka, kb) - _EDGE)), int(math.floor(max(ka, kb) + _EDGE)) + 1):
+            t = min(1.0, max(0.0, (k - ka) / (kb - ka)))
+            v = a + t * (b - a)
+            out.setdefault((int(np.clip(k, 0, nz - 1)), round(float(v[1]), 3), round(float(v[0]), 3)), None)
+    # One click per slice and position (a line's vertices are shared by two segments).
+    return [(k, y, x, True) for k, y, x in out]
 
 
 def _fmt(v: np.ndarray) -> str:

@@ -75,6 +75,8 @@ class StructureResult:
     slices: List[int]
     anchors: List[int]
     stopped: Dict[int, str] = field(default_factory=dict)  # direction (+1/-1) -> why propagation stopped
+    # With a prior: what prompt validation did with each click and the box (``prompt_validation.Decision``)
+    validation: List[Dict[str, object]] = field(default_factory=list)
     _mask: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -213,8 +215,10 @@ class Propagator:
 
     def step(self, z: int, prev: SliceResult) -> Tuple[Optional[SliceResult], str]:
         """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
-        box = self._grow(prev.mask)
-        points = self.p.points_on(z)
+        prompts = self.prompts(z, prev)
+        if prompts is None:
+            return None, "the prior and the carried prompts stop agreeing"
+        box, points = prompts
         logits, low, _ = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
             return None, "left the box"
@@ -225,6 +229,11 @@ class Propagator:
         if area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area:
             return None, "too small"
         return SliceResult(logits, low), ""
+
+    def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
+        """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
+        With a prior, CPD's consensus prompts instead (``context_prompts.PriorPropagator``); None stops there."""
+        return self._grow(prev.mask), self.p.points_on(z)
 
     # -- the structure --------------------------------------------------------------------------------------------
 

@@ -83,6 +83,11 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
         encoder, prompt_encoder, decoder, feature_prompts = _build_sam_parts(cfg, grid, generator)
     # Outside the meta context: LDFSAM's own (non-persistent) pixel statistics must be real tensors.
     model = LDFSAM(cfg, encoder, prompt_encoder, decoder, generator, feature_prompts)
+    if cfg.saliency.enabled:
+        from .saliency import SaliencyHead
+
+        with _meta_without_init() if shapes_only else contextlib.nullcontext():
+            model.saliency_head = SaliencyHead(s.prompt_embed_dim, cfg.saliency.hidden)
     path = cfg.prompt_generator.init_weights
     if load_prompt_generator and path and not shapes_only:
         state, file_cfg, _ = load_prompt_generator_weights(path)

@@ -102,12 +102,25 @@ class FeaturePromptConfig:
 
 
 @dataclass
+class SaliencyConfig:
+    """SPD's saliency head on the image embedding (``model/saliency.py``): a per-pixel tooth likelihood that
+    prompted segmentation uses to check clicks and carry prompts across slices. Off in models trained without it
+    (and in every model file written before it existed)."""
+
+    enabled: bool = False
+    hidden: int = 32
+    # The map is bimodal (SPD, Fig. 9): pixels above this are "tooth" for prompt validation and CPD.
+    threshold: float = 0.5
+
+
+@dataclass
 class ModelConfig:
     """The whole network: prompt generator + feature prompt encoder + SAM."""
 
     sam: SamConfig = field(default_factory=SamConfig)
     prompt_generator: PromptGeneratorConfig = field(default_factory=PromptGeneratorConfig)
     feature_prompts: FeaturePromptConfig = field(default_factory=FeaturePromptConfig)
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     prompt_mode: PromptMode = "dense+sparse"
     # One output mask channel per class; binary "tooth" by default.
     class_names: List[str] = field(default_factory=lambda: ["tooth"])

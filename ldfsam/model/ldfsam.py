@@ -51,6 +51,8 @@ class LDFSAM(nn.Module):
         self.mask_decoder = mask_decoder
         self.prompt_generator = prompt_generator
         self.feature_prompts = feature_prompts
+        # SPD's saliency head (model/saliency.py), set by build_model when ``cfg.saliency.enabled``.
+        self.saliency_head: Optional[nn.Module] = None
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.prompt_generator.eval()

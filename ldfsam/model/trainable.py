@@ -1,7 +1,8 @@
 """Which parameters Phase 2 trains: the one place that defines it (paper section 3.4).
 
 Trained: the encoder's adapters, the feature prompt encoder (Φmix, the dense head and α, the sparse head), SAM's
-prompt encoder and the mask decoder. Frozen: the ViT encoder's original weights and the whole YOLO prompt generator.
+prompt encoder, the mask decoder and SPD's saliency head (when the model has one). Frozen: the ViT encoder's original
+weights and the whole YOLO prompt generator.
 Parameters that the configured prompt mode never uses are frozen too, so that every trainable parameter receives
 a gradient: SAM's box-corner embeddings take part only in box mode. A ``zero-shot`` model trains nothing: it is the
 pretrained SAM prompted with the detected boxes.
@@ -29,7 +30,7 @@ def _is_trainable(name: str, prompt_mode: str, num_classes: int) -> bool:
         if name.startswith("prompt_encoder.box_corner_embeddings."):
             return prompt_mode == "box"
         return name.startswith("prompt_encoder.no_mask_embed.")
-    return name.startswith(("feature_prompts.", "mask_decoder."))
+    return name.startswith(("feature_prompts.", "mask_decoder.", "saliency_head."))
 
 
 def configure_phase2(model: nn.Module) -> List[str]:

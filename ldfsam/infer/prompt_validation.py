@@ -1,0 +1,127 @@
+"""SPD's local prompt validation: every click and box checked against the saliency map of its slice.
+
+- An include click where the prior says "not tooth" (saliency below the threshold) is moved to the nearest tooth
+  pixel when one lies within ``max_move_mm``, else dropped.
+- An exclude click where the prior says "tooth" is dropped.
+- A box on one slice is fitted to the salient component it mostly covers (at least ``box_cover`` of that
+  component inside the box): tightened to it, or extended to it by at most ``max_growth`` of the box's side. A 3D
+  box is kept as drawn (it bounds the structure on every slice; one slice's component would cut the others).
+
+The threshold is the head's (``SaliencyConfig.threshold``, 0.5): SPD's maps are strongly bimodal, so it is not tuned
+per case. Every decision is reported (:class:`Decision`), for the prompt worker's answer and the Slicer panel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+Box = Tuple[float, float, float, float]  # (y0, y1, x0, x1) inclusive voxel coordinates of the slice
+View = Tuple[int, int, int, int]
+
+
+@dataclass
+class ValidationConfig:
+    max_move_mm: float = 2.0
+    box_cover: float = 0.5
+    max_growth: float = 0.5
+
+
+@dataclass
+class Decision:
+    """What validation did with one prompt. ``point``: its index in the structure's points (None for the box);
+    positions are voxel (z, y, x); ``action``: kept, moved, dropped, tightened, extended."""
+
+    point: Optional[int]
+    include: bool
+    action: str
+    reason: str
+    position: Tuple[float, float, float]
+    moved_to: Optional[Tuple[float, float, float]] = None
+    saliency: Optional[float] = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _at(prob: np.ndarray, view: View, y: float, x: float) -> Optional[float]:
+    """The map's value at slice voxel (y, x), None outside the view."""
+    yy, xx = int(round(y)) - view[0], int(round(x)) - view[2]
+    if 0 <= yy < prob.shape[0] and 0 <= xx < prob.shape[1]:
+        return float(prob[yy, xx])
+    return None
+
+
+def validate_points(z: int, points: Sequence[Tuple[int, float, float, bool]], prob: np.ndarray, view: View,
+                    threshold: float, spacing_yx: Tuple[float, float], cfg: ValidationConfig
+                    ) -> Tuple[List[Tuple[float, float, bool]], List[Decision]]:
+    """Points ``(index, y, x, include)`` of slice z against its map ``prob`` (on ``view``) -> (the points to use,
+    (y, x, include); a decision for every point)."""
+    salient = prob >= threshold
+    nearest = None
+    keep: List[Tuple[float, float, bool]] = []
+    out: List[Decision] = []
+    for j, y, x, inc in points:
+        s = _at(prob, view, y, x)
+        where = (float(z), float(y), float(x))
+        if s is None:
+            keep.append((y, x, inc))
+            out.append(Decision(j, inc, "kept", "outside the region the prior was computed on", where))
+        elif inc and s < threshold:
+            if nearest is None and salient.any():
+                nearest = ndimage.distance_transform_edt(~salient, sampling=spacing_yx, return_indices=True)
+            moved = False
+            if nearest is not None:
+                yy, xx = int(round(y)) - view[0], int(round(x)) - view[2]
+                dist = float(nearest[0][yy, xx])
+                if dist <= cfg.max_move_mm:
+                    ny, nx = (float(nearest[1][k][yy, xx] + view[2 * k]) for k in (0, 1))
+                    keep.append((ny, nx, True))
+                    out.append(Decision(j, True, "moved", f"include click off the tooth by the prior (saliency "
+                                        f"{s:.2f}); moved {dist:.1f} mm to the nearest tooth pixel", where,
+                                        (float(z), ny, nx), s))
+                    moved = True
+            if not moved:
+                out.append(Decision(j, True, "dropped", f"include click off the tooth by the prior (saliency {s:.2f}),"
+                                    f" no tooth pixel within {cfg.max_move_mm:g} mm", where, None, s))
+        elif not inc and s >= threshold:
+            out.append(Decision(j, False, "dropped", f"exclude click inside a tooth by the prior (saliency {s:.2f})",
+                                where, None, s))
+        else:
+            keep.append((y, x, inc))
+            out.append(Decision(j, inc, "kept", "agrees with the prior", where, None, s))
+    return keep, out
+
+
+def validate_box(z: int, box: Box, prob: np.ndarray, view: View, threshold: float, cfg: ValidationConfig
+                 ) -> Tuple[Box, Decision]:
+    """A box on slice z fitted to the salient component it mostly covers (see the module's docstring)."""
+    y0, y1, x0, x1 = box
+    where = (float(z), (y0 + y1) / 2, (x0 + x1) / 2)
+    pieces, n = ndimage.label(prob >= threshold)
+    ly0, ly1 = int(max(0, y0 - view[0])), int(min(prob.shape[0], y1 + 1 - view[0]))
+    lx0, lx1 = int(max(0, x0 - view[2])), int(min(prob.shape[1], x1 + 1 - view[2]))
+    if n == 0 or ly0 >= ly1 or lx0 >= lx1:
+        return box, Decision(None, True, "kept", "no tooth in the box by the prior", where)
+    inside = np.bincount(pieces[ly0:ly1, lx0:lx1].ravel(), minlength=n + 1)
+    total = np.bincount(pieces.ravel(), minlength=n + 1)
+    inside[0] = 0
+    cover = inside / np.maximum(total, 1)
+    candidates = [k for k in range(1, n + 1) if cover[k] >= cfg.box_cover]
+    if not candidates:
+        return box, Decision(None, True, "kept", "no tooth mostly inside the box by the prior", where)
+    k = max(candidates, key=lambda c: inside[c])
+    ys, xs = np.nonzero(pieces == k)
+    gy, gx = cfg.max_growth * (y1 - y0 + 1), cfg.max_growth * (x1 - x0 + 1)
+    fit = (max(float(ys.min() + view[0]), y0 - gy), min(float(ys.max() + view[0]), y1 + gy),
+           max(float(xs.min() + view[2]), x0 - gx), min(float(xs.max() + view[2]), x1 + gx))
+    fit = tuple(float(round(v)) for v in fit)
+    if fit == tuple(float(v) for v in box):
+        return box, Decision(None, True, "kept", "fits the tooth of the prior", where)
+    grown = fit[0] < y0 or fit[1] > y1 or fit[2] < x0 or fit[3] > x1
+    action = "extended" if grown else "tightened"
+    return fit, Decision(None, True, action, f"box {action} to the tooth it mostly covers ({cover[k]:.0%} of it "
+                         f"inside): y {fit[0]:g}-{fit[1]:g}, x {fit[2]:g}-{fit[3]:g}", where)
