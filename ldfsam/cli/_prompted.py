@@ -30,6 +30,7 @@ def run_prompted(args) -> int:
         result = segment_with_prompts(volume, args.output, args.prompts, model=model,
                                       base_segmentation=args.base_segmentation, force=args.force,
                                       progress=progress, precision=args.precision,
+                                      spacing=getattr(args, "spacing", None),
                                       prior=prior_option(getattr(args, "prior", "auto")))
     except LDFSAMError as e:
         if args.progress == "json":

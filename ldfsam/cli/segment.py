@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fine: every 4th first, then the ones between wherever neighbouring masks differ; "
                              "Npx: every candidate N model pixels apart (1px: all of auto's candidates); native: "
                              "every slice; or a distance in mm")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                        help="the true voxel size in mm, replacing the input's (needed for a NIfTI whose header "
+                             "states a voxel size of 0; applies to every input)")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep enclosed holes in the mask")
     parser.add_argument("--split-teeth", action="store_true",
                         help="label each tooth separately (one segment per tooth, numbered, not FDI)")
@@ -104,11 +107,11 @@ def _check_cohort_args(args) -> None:
 
     if args.probabilities:
         raise ConfigError("--probabilities: is written for one volume only; segment that volume on its own")
+    expand_inputs(args.input)  # first: an input folder with nothing to segment is the problem to name
     out = Path(args.output)
     if volume_suffix(out) and not out.is_dir() and not out.exists():
         raise OutputError("names a file, but several volumes are segmented: give a folder", out)
     check_output_folder(out)
-    expand_inputs(args.input)
     _options(args).validate()
 
 
@@ -121,7 +124,7 @@ def _options(args):
 
     return SegmentOptions(batch=args.batch, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                           fill=not args.no_fill_holes, split=args.split_teeth, precision=args.precision,
-                          slice_spacing=args.slice_spacing)
+                          slice_spacing=args.slice_spacing, spacing=args.spacing)
 
 
 def _run_cohort(args) -> int:
@@ -188,7 +191,7 @@ def _run_one(args) -> int:
                                 progress=progress, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                                 fill=not args.no_fill_holes, split=args.split_teeth,
                                 probabilities=args.probabilities, force=args.force, precision=args.precision,
-                                slice_spacing=args.slice_spacing)
+                                slice_spacing=args.slice_spacing, spacing=args.spacing)
     if args.progress != "json":
         t = result.timings
         print(f"teeth on {result.slices_with_teeth} of the {result.model_slices} slices the model ran on "

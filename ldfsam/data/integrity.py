@@ -258,6 +258,32 @@ def _nifti_header(head: bytes):
     return offset, nvox * bitpix // 8, dtype
 
 
+def nifti_voxel_size(path: Path) -> Optional[tuple]:
+    """The voxel size of the spatial axes a NIfTI-1 or NIfTI-2 header states (``pixdim[1..3]``, as many as the
+    image has), or None for a header this function does not understand. ITK replaces a size of 0 by 1 mm."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        head = _gunzip_head(f) if gzipped else f.read(540)
+    if len(head) < 348:
+        return None
+    for order in "<>":
+        (size,) = struct.unpack(order + "i", head[:4])
+        if size == 348:
+            ndim = struct.unpack(order + "h", head[40:42])[0]
+            pixdim = struct.unpack(order + "8f", head[76:108])
+            break
+        if size == 540 and len(head) >= 540:
+            ndim = struct.unpack(order + "q", head[16:24])[0]
+            pixdim = struct.unpack(order + "8d", head[104:168])
+            break
+    else:
+        return None
+    if not 1 <= ndim <= 7:
+        return None
+    return tuple(float(v) for v in pixdim[1:1 + min(3, ndim)])
+
+
 class _NonFinite:
     """Counts NaN and infinite values in a byte stream of ``dtype`` voxels fed in arbitrary pieces."""
 

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path, cannot_write
-from ..errors import InputError, OutputError, exists_already
+from ..errors import Arg, ConfigError, InputError, OutputError, exists_already
 
 PathLike = Union[str, Path]
 
@@ -202,12 +202,48 @@ def _merge_segmentation_layers(path: Path) -> sitk.Image:
     return image
 
 
-def read_volume(path: PathLike, label: bool = False, series_id: Optional[str] = None) -> sitk.Image:
+Spacing = Sequence[float]
+
+
+def check_spacing(spacing: Spacing, what: str = "spacing") -> tuple:
+    """``spacing`` as three positive, finite floats (x, y, z) in mm; ConfigError naming ``what`` otherwise."""
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ConfigError("{}: give three positive voxel sizes in mm (x y z)", arguments=[Arg(what, spacing)])
+    return values
+
+
+def _check_stated_voxel_size(path: Path) -> None:
+    """Refuse a NIfTI whose header gives a voxel size of 0 (or a negative or non-finite one): ITK would read it at
+    1 mm, and the spacing decides every size in the pipeline (a dental CBCT has 0.2-0.4 mm voxels)."""
+    from .integrity import nifti_voxel_size
+
+    try:
+        size = nifti_voxel_size(path)
+    except OSError:
+        return  # the reader has already judged the file readable; nothing more to say here
+    if size is None or all(np.isfinite(v) and v > 0 for v in size):
+        return
+    said = " x ".join(f"{v:g}" for v in size)
+    raise InputError(f"states a voxel size of {said} mm in its header (pixdim); a voxel size must be positive, "
+                     "and every size the segmentation uses follows from it. State the true voxel size: "
+                     "`ldfsam segment --spacing X Y Z` (mm), or spacing=(x, y, z) in Python", path)
+
+
+def read_volume(path: PathLike, label: bool = False, series_id: Optional[str] = None,
+                spacing: Optional[Spacing] = None) -> sitk.Image:
     """Read and validate a 3D scalar volume from a file or a DICOM series folder.
 
     Images must be finite (no NaN/Inf) and not constant. With ``label=True`` the volume is a label map: whole,
     non-negative numbers (returned as an unsigned integer image); an all-background map is allowed.
+    ``spacing``: the true voxel size (x, y, z) in mm, replacing the file's (a file whose header states a voxel
+    size of 0 is refused without it).
     """
+    if spacing is not None:
+        spacing = check_spacing(spacing)
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path)
@@ -215,6 +251,8 @@ def read_volume(path: PathLike, label: bool = False, series_id: Optional[str] = 
         image = _read_dicom_series(path, series_id)
     else:
         image = _read_file(path)
+        if spacing is None and volume_suffix(path) in (".nii", ".nii.gz"):
+            _check_stated_voxel_size(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         if label and volume_suffix(path) == ".seg.nrrd":
             image = _merge_segmentation_layers(path)
@@ -222,6 +260,8 @@ def read_volume(path: PathLike, label: bool = False, series_id: Optional[str] = 
             raise InputError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (e.g. colour or "
                              "vector data); a scalar volume is expected", path)
     image = _as_3d(image, path)
+    if spacing is not None:
+        image.SetSpacing(spacing)
     array = sitk.GetArrayViewFromImage(image)
     lo, hi = array.min(), array.max()
     if array.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):

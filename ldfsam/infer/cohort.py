@@ -209,7 +209,7 @@ def _run(pending, names, folder, model, options, device, force, progress, inner,
         t = time.perf_counter()
         stage(volume, "reading")
         out_io.check_outputs({"output": names[volume]}, volume, force)
-        plan = plan_slices(read_input(volume), pre, options.slice_spacing, volume.name, volume, inner)
+        plan = plan_slices(read_input(volume, options.spacing), pre, options.slice_spacing, volume.name, volume, inner)
         return plan, time.perf_counter() - t
 
     def write(volume: Path, plan, prediction, seconds: float, classes: List[str]) -> Record:

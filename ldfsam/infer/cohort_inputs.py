@@ -30,8 +30,8 @@ def _folder_volumes(folder: Path) -> List[Path]:
     series = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_dicom_folder(p))
     found = sorted(files + series, key=lambda p: p.name)
     if not found:
-        raise InputError("holds no volumes (no .nii, .nii.gz, .nrrd, .mha or .mhd file and no DICOM series)",
-                         folder)
+        raise InputError("holds no volumes, so nothing to segment (no .nii, .nii.gz, .nrrd, .mha or .mhd "
+                         "file and no DICOM series)", folder)
     return found
 
 

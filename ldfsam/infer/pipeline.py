@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,6 +58,7 @@ class SegmentOptions:
     memory_limit: Optional[int] = None
     slice_spacing: SliceSpacing = "auto"
     probabilities: bool = False  # also return the tooth probability map
+    spacing: Optional[Tuple[float, float, float]] = None  # the true voxel size (x, y, z) mm, replacing the file's
 
     def validate(self) -> SegmentOptions:
         """Raise ConfigError naming the argument of the first bad value."""
@@ -70,6 +71,10 @@ class SegmentOptions:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError("{}: use auto, fp32 or bf16", arguments=[Arg("precision", self.precision)])
         parse_slice_spacing(self.slice_spacing)
+        if self.spacing is not None:
+            from ..data.volume import check_spacing
+
+            self.spacing = check_spacing(self.spacing)
         return self
 
 
@@ -126,11 +131,12 @@ class Prediction:
 # -- 1. read and validate the input -----------------------------------------------------------------------------
 
 
-def read_input(path: PathLike) -> sitk.Image:
-    """Read a CBCT volume (file or DICOM folder) and check that it is one the model can segment."""
+def read_input(path: PathLike, spacing: Optional[Sequence[float]] = None) -> sitk.Image:
+    """Read a CBCT volume (file or DICOM folder) and check that it is one the model can segment. ``spacing``:
+    the true voxel size (x, y, z) in mm, replacing the file's."""
     from ..data.volume import read_volume
 
-    image = read_volume(path)
+    image = read_volume(path, spacing=spacing)
     check_geometry(image, Path(path))
     return image
 
@@ -395,7 +401,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
                    probabilities: Optional[PathLike] = None, force: bool = False, precision: str = "auto",
                    memory_limit: Optional[int] = None, slice_spacing: SliceSpacing = "auto",
                    keep_slices: Optional[np.ndarray] = None,
-                   should_stop: Optional[Callable[[], bool]] = None) -> SegmentationResult:
+                   should_stop: Optional[Callable[[], bool]] = None,
+                   spacing: Optional[Sequence[float]] = None) -> SegmentationResult:
     """Segment the teeth in the volume ``input`` and write ``output`` (.nii/.nii.gz label map or .seg.nrrd).
 
     model: a model name (``ldfsam models list``), a ``.safetensors`` path, or a loaded checkpoint; default: the
@@ -406,12 +413,13 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     interpolates the rest (``adaptive_slices``); "Npx" on every candidate N model pixels apart; "native" on every
     slice; a number: candidates that many mm apart.
     keep_slices: bool per input slice (model order) overriding which slices the encoder runs on (benchmarks).
+    spacing: the true voxel size (x, y, z) in mm, replacing the file's (one whose header says 0 is refused without).
     Every argument and both outputs are checked before any work; an output is never the input, even with
     ``force``. Raises InputError/OutputError/CheckpointError/ConfigError naming the file or the argument;
     KeyboardInterrupt or ``should_stop()`` leave no output.
     """
     options = SegmentOptions(batch, threshold, min_island_mm3, fill, split, precision, memory_limit, slice_spacing,
-                             probabilities is not None).validate()
+                             probabilities is not None, spacing).validate()
     progress = progress or Progress("none")
     t0 = time.perf_counter()
     input = Path(input)
@@ -424,7 +432,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
         pre = read_checkpoint_configs(model_file)[1]
     else:
         pre = model.preprocess
-    image = read_input(input)
+    image = read_input(input, options.spacing)
     plan = plan_slices(image, pre, slice_spacing, input.name, input, progress)
     del image  # the model slices' grey values are all that is needed from here on
     t = time.perf_counter()

@@ -58,19 +58,21 @@ class PromptedSession:
     """One volume and one SAM: structures segmented on demand, embeddings and decoder results kept between calls.
 
     ``volume``: an image (SimpleITK) or a path. ``window``: the grey-value window (default: the project's
-    per-volume percentiles). ``precision``: auto (the faster measured here), fp32 or bf16. ``prior``: a lite model
-    with a saliency head (name, path or loaded) for SPD: clicks validated against it, prompts carried across slices
+    per-volume percentiles). ``precision``: auto (the faster measured here), fp32 or bf16. ``spacing``: the true
+    voxel size (x, y, z) mm of a volume read from a path, replacing the file's. ``prior``: a lite model with a
+    saliency head (name, path or loaded) for SPD: clicks validated against it, prompts carried across slices
     (``context_prompts``); None: every prompt taken as given."""
 
     def __init__(self, volume: Union[sitk.Image, PathLike], model: Any = None,
                  propagation: Optional[PropagationConfig] = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 window: Optional[Tuple[float, float]] = None, precision: str = "auto", prior: Any = None) -> None:
+                 window: Optional[Tuple[float, float]] = None, precision: str = "auto",
+                 spacing: Optional[Sequence[float]] = None, prior: Any = None) -> None:
         from ..data.preprocess import Grid, PreprocessConfig, intensity_window
 
         if not isinstance(volume, sitk.Image):
             from ..data.volume import read_volume
 
-            volume = read_volume(volume)
+            volume = read_volume(volume, spacing=spacing)
         self.image = volume
         self.grid = Grid.of(volume)
         self.array = sitk.GetArrayViewFromImage(volume)
@@ -146,14 +148,14 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
                          base_segmentation: Optional[PathLike] = None, force: bool = False,
                          propagation: Optional[PropagationConfig] = None, progress: Optional[Progress] = None,
                          session: Optional[PromptedSession] = None, precision: str = "auto",
-                         prior: Any = None) -> PromptedResult:
+                         spacing: Optional[Sequence[float]] = None, prior: Any = None) -> PromptedResult:
     """Segment each structure of ``prompts`` (a prompts JSON path, its parsed document, or StructurePrompts) in
     the volume ``input`` and write ``output`` (.seg.nrrd: one named segment per structure; .nii.gz etc.: one label
     value per structure). ``base_segmentation``: an existing label map / .seg.nrrd on the same grid; a structure
     with the name of one of its segments replaces it, others are added (structures drawn over it). ``model``:
     None for LiteMedSAM as published. ``session``: reuse a PromptedSession's embeddings (its volume is used).
-    ``precision``: auto (the faster measured on this machine), fp32 or bf16. ``prior``: SPD's saliency prior (see
-    PromptedSession).
+    ``precision``: auto (the faster measured on this machine), fp32 or bf16. ``spacing``: the true voxel size
+    (x, y, z) mm of the input file, replacing its own. ``prior``: SPD's saliency prior (see PromptedSession).
     Every input is checked before the model runs; nothing is written on an error."""
     from ..errors import LDFSAMError
     from . import outputs as out_io
@@ -178,7 +180,7 @@ def segment_with_prompts(input: Union[PathLike, sitk.Image], output: Optional[Pa
     else:
         structures = list(prompts)
     if session is None:
-        session = PromptedSession(input, model, propagation, precision=precision, prior=prior)
+        session = PromptedSession(input, model, propagation, precision=precision, spacing=spacing, prior=prior)
     voxel_prompts = session.voxels(structures)
     image = session.image
     if base_segmentation is not None:
