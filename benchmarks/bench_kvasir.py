@@ -9,7 +9,8 @@ Pipeline, all with seed 2025, for each annotation budget:
 3. Phase 2 for each prompt mode with the same data, budget, seed, schedule and frozen prompt generator. Modes:
    ``box`` (detected boxes, Table 1's baseline), ``box-gt`` (boxes of the reference masks: an oracle),
    ``zero-shot-gt`` (the pretrained decoder unchanged, prompted with the reference boxes: the oracle of a
-   pretrained SAM), ``zero-shot`` (unchanged decoder, detected boxes), ``dense``, ``sparse``, ``dense+sparse``.
+   pretrained SAM), ``zero-shot`` (unchanged decoder, detected boxes), ``none`` (the decoder fine-tuned with no
+   prompt: what fine-tuning alone gives), ``dense``, ``sparse``, ``dense+sparse``.
 4. Validation Dice and IoU of each model on the held-out images at their original resolution, with 95 %
    bootstrap CIs, and the learnt α of the dense prompt.
 
@@ -64,10 +65,14 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=8, help="Phase 2 epochs (default 8)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--alpha-lr-scale", type=float,
+                   help="the dense prompt's α learns at this multiple of --lr (default: FinetuneConfig's)")
+    p.add_argument("--dense-norm", choices=["none", "group"],
+                   help="normalisation of the dense prompt (default: the preset's; none = the earlier runs')")
     p.add_argument("--phase1-epochs", type=int, default=6)
     p.add_argument("--prompt-generator", type=Path, help="use this Phase 1 prompt generator instead of training one")
     p.add_argument("--modes", help="comma-separated prompt modes (default small: box,box-gt,dense+sparse; lite: "
-                                   "zero-shot-gt,box,dense+sparse,dense,sparse)")
+                                   "zero-shot-gt,box,none,dense+sparse,dense,sparse)")
     p.add_argument("--val-during-training", type=int, default=24,
                    help="validation images used for checkpoint selection during training (default 24)")
     p.add_argument("--validate-every", type=int, default=2)
@@ -88,7 +93,8 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-    default_modes = "zero-shot-gt,box,dense+sparse,dense,sparse" if args.preset == "lite" else "box,box-gt,dense+sparse"
+    default_modes = ("zero-shot-gt,box,none,dense+sparse,dense,sparse" if args.preset == "lite"
+                     else "box,box-gt,dense+sparse")
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     sam_size = 256 if args.preset == "lite" else args.size
     yolo_size = args.yolo_size if args.preset == "lite" else args.size
@@ -168,7 +174,10 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         model_cfg.prompt_generator = pg_cfg
         model_cfg.prompt_generator.image_size = yolo_size
         model_cfg.prompt_generator.init_weights = str(generator)
-        cfg = FinetuneConfig(data=str(prepared), budget=budget, epochs=args.epochs, batch_size=args.batch,
+        if args.dense_norm:
+            model_cfg.feature_prompts.dense_norm = args.dense_norm
+        extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}
+        cfg = FinetuneConfig(**extra, data=str(prepared), budget=budget, epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, seed=args.seed, num_workers=1, max_val_items=args.val_during_training,
                              validate_every_epochs=args.validate_every,
                              box_prompts="ground_truth" if gt else "detected")

@@ -14,7 +14,8 @@ _FIELDS = {
     "format": "dataset_format", "splits": "splits", "split_seed": "split_seed", "val_fraction": "val_fraction",
     "test_fraction": "test_fraction", "budget": "budget", "max_train_items": "max_train_items",
     "max_val_items": "max_val_items", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "weight_decay": "weight_decay", "grad_clip": "grad_clip", "max_steps": "max_steps", "seed": "seed",
+    "weight_decay": "weight_decay", "alpha_lr_scale": "alpha_lr_scale", "grad_clip": "grad_clip",
+    "max_steps": "max_steps", "seed": "seed",
     "precision": "precision", "workers": "num_workers", "checkpoint_every": "checkpoint_every_steps",
     "validate_every": "validate_every_epochs", "early_stop": "early_stop_patience", "box_prompts": "box_prompts",
 }
@@ -38,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "small", "lite"],
                    help="SAM size: vit_b (paper), vit_l, vit_h, small (CPU tests and demos), or lite (the "
                         "pretrained LiteMedSAM encoder, frozen; its embeddings are cached)")
-    g.add_argument("--prompt-mode", choices=["box", "zero-shot", "dense", "sparse", "dense+sparse"])
+    g.add_argument("--prompt-mode", choices=["box", "zero-shot", "none", "dense", "sparse", "dense+sparse"],
+                   help="dense+sparse (the paper's), dense, sparse, box (detected boxes), zero-shot (the pretrained "
+                        "decoder unchanged), none (the decoder fine-tuned with no prompt: an ablation)")
     g.add_argument("--box-prompts", choices=["detected", "ground_truth"],
                    help="box mode: the detector's boxes (default) or the reference masks' boxes (oracle baseline)")
     g.add_argument("--prompt-generator", type=Path, help="Phase 1 prompt generator .safetensors (frozen)")
@@ -51,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, help="per process (the paper: 16 per GPU)")
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float)
+    t.add_argument("--alpha-lr-scale", type=float,
+                   help="the dense prompt's α learns at this multiple of --lr (default: FinetuneConfig's)")
     t.add_argument("--grad-clip", type=float)
     t.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     t.add_argument("--seed", type=int)

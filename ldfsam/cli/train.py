@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out; finished stages are skipped")
     p.add_argument("--config", type=Path, help="TrainConfig JSON; the options below override it")
     p.add_argument("--preset", choices=["vit_b", "vit_l", "vit_h", "small"], help="SAM size (default vit_b)")
-    p.add_argument("--prompt-mode", choices=["box", "dense", "sparse", "dense+sparse"])
+    p.add_argument("--prompt-mode", choices=["box", "none", "dense", "sparse", "dense+sparse"])
     p.add_argument("--budget", type=float, metavar="PERCENT", help="annotation budget in percent (default 100)")
     p.add_argument("--epochs", type=int, help="epochs of every training stage (teacher, student, Phase 2)")
     p.add_argument("--phase1-epochs", type=int, help="epochs of the teacher and of the student")

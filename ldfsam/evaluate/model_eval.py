@@ -40,7 +40,7 @@ def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Opti
 
 
 def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Optional[np.ndarray] = None,
-                embeddings=None) -> np.ndarray:
+                embeddings=None, refiner=None) -> np.ndarray:
     """RGB image H×W×3 uint8 -> boolean masks C×H×W; with ``ref`` (H×W bool, box mode) the prompts are the
     boxes of the reference's connected components instead of the detected ones. With ``embeddings`` (an
     EmbeddingCache of the model's frozen encoder) the image embedding is looked up there, or computed and kept."""
@@ -68,6 +68,8 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
                 embedding = model.encode_image(sam.to(device)).float()[0]
                 embeddings.put(key, embedding)
             logits = model.decode(embedding[None].to(device), model.prompt_features(yolo.to(device)), boxes).float()
+            if refiner is not None:  # the refinement pass (infer/refine.py) on the same, unconditioned embedding
+                logits = refiner.refine(embedding[None].to(device), logits)
         elif boxes is None:
             logits = model(sam.to(device), yolo.to(device)).float()
         else:
@@ -80,10 +82,11 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                    tolerance_mm: float = DEFAULT_TOLERANCE_MM, spacing_2d: float = 1.0, device: str = "cpu",
                    threshold: float = 0.5, limit: Optional[int] = None, save_dir: Optional[Path] = None,
                    progress=None, ids: Optional[Sequence[str]] = None,
-                   box_prompts: str = "detected") -> List[Dict[str, Any]]:
+                   box_prompts: str = "detected", refine: bool = False) -> List[Dict[str, Any]]:
     """Per-case, per-class metric rows of ``model`` (a name or .safetensors path) on ``data`` (all its cases,
     one split of ``splits_file``, or the cases ``ids``). ``box_prompts="ground_truth"``: a box-mode model is
-    prompted with the boxes of the reference masks (2D only)."""
+    prompted with the boxes of the reference masks (2D only). ``refine``: the refinement pass of the lite family
+    (``ldfsam.infer.refine``; 2D images, lite models)."""
     from ..data.labels import map_labels
 
     kind, cases = select_cases(Path(data), splits_file, split, ids)
@@ -104,6 +107,13 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
         from ..finetune.embedding_cache import EmbeddingCache, encoder_fingerprint
 
         embeddings = EmbeddingCache(encoder_fingerprint(loaded.model))
+    refiner = None
+    if refine:
+        if embeddings is None or len(names) != 1:
+            raise InputError("the refinement pass needs a lite model of one class and a 2D dataset", model)
+        from ..infer.refine import BoxRefiner
+
+        refiner = BoxRefiner()
     rows: List[Dict[str, Any]] = []
     if progress is not None:
         progress.start("evaluate", total=len(cases), message=f"evaluating {model} on {len(cases)} {kind} cases")
@@ -116,7 +126,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                 raise InputError(f"mask size {ref.shape[::-1]} differs from its image's {image.shape[1::-1]}",
                                  case.label)
             pred = _predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None,
-                               embeddings)
+                               embeddings, refiner)
             pred_classes = np.zeros(ref.shape, np.uint8)
             for c in range(pred.shape[0]):
                 pred_classes[pred[c]] = c + 1

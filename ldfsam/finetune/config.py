@@ -37,6 +37,10 @@ class FinetuneConfig:
     lr: float = 1e-4
     min_lr: float = 0.0
     weight_decay: float = 0.01
+    # The dense prompt's α (one scalar starting at 0) trains in its own AdamW group: this multiple of the learning
+    # rate, this weight decay (finetune/optim.py; docs/training.md, "Why α stayed at 0").
+    alpha_lr_scale: float = 20.0
+    alpha_weight_decay: float = 0.0
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     # SPD (finetune/spd.py): weight of the saliency head's Dice + BCE (models with a head); the pairwise slice
@@ -72,6 +76,8 @@ class FinetuneConfig:
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
+            (self.alpha_lr_scale > 0, "alpha_lr_scale must be positive"),
+            (self.alpha_weight_decay >= 0, "alpha_weight_decay must be 0 or more"),
             (0 < self.budget <= 1, "budget must be in (0, 1]"),
             (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
              and self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be below 1"),

@@ -27,6 +27,7 @@ from .data import RunData
 from .embedding_cache import EmbeddingCache, FromEmbeddings, encode_dataset, encoder_fingerprint, encoder_is_frozen
 from .gt_boxes import BoxPrompted, boxes_from_masks
 from .loss import dice_bce_loss, hard_dice
+from .optim import make_optimizer, set_lr
 from .precision import autocast, make_scaler, resolve_precision
 from .run_log import RunLog
 from .sampler import ResumableBatchSampler, shard
@@ -105,8 +106,7 @@ class Trainer:
             self.data.train = pairs
         self.spd = self.psc or getattr(self.model, "saliency_head", None) is not None
         self.provenance = {**self.provenance, "psc": self.psc}
-        self.optimizer = (torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-                          if self.params else None)
+        self.optimizer = make_optimizer(self.model, cfg) if self.params else None
         self.sampler = ResumableBatchSampler(len(data.train), cfg.batch_size, env.rank, env.world_size,
                                              shuffle=True, seed=cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
@@ -200,8 +200,7 @@ class Trainer:
         cfg = self.cfg
         sam, yolo, mask = _to_device(batch, self.env.device)
         lr = cosine_lr(cfg, self.pos["global_step"], self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.precision, self.env.device):
             logits = _forward(net, sam, yolo, mask, self.gt_boxes)

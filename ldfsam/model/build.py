@@ -143,12 +143,12 @@ def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) ->
     decoder = MaskDecoder(len(cfg.class_names), s.prompt_embed_dim, s.decoder_depth, s.decoder_num_heads,
                           s.decoder_mlp_dim, num_multimask_outputs=s.decoder_multimask_outputs)
     feature_prompts = None
-    if not cfg.uses_boxes:
+    if cfg.uses_feature_prompts:
         fp = cfg.feature_prompts
         feature_prompts = FeaturePromptEncoder(
             generator.feature_channels, fp.mix_channels, s.prompt_embed_dim, (grid, grid),
             dense="dense" in cfg.prompt_mode, sparse="sparse" in cfg.prompt_mode,
             num_sparse_tokens=fp.num_sparse_tokens, sparse_hidden=fp.sparse_hidden, alpha_init=fp.alpha_init,
-            yolo_size=cfg.prompt_generator.image_size,
+            yolo_size=cfg.prompt_generator.image_size, dense_norm=fp.dense_norm,
         )
     return encoder, prompt_encoder, decoder, feature_prompts

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional, Tuple
 
-PromptMode = Literal["box", "zero-shot", "dense", "sparse", "dense+sparse"]
+PromptMode = Literal["box", "zero-shot", "none", "dense", "sparse", "dense+sparse"]
 SamPreset = Literal["vit_b", "vit_l", "vit_h", "small", "lite"]
 BOX_MODES = ("box", "zero-shot")
 EncoderKind = Literal["vit", "tiny_vit"]
@@ -99,6 +99,10 @@ class FeaturePromptConfig:
     num_sparse_tokens: int = 4
     sparse_hidden: int = 128
     alpha_init: float = 0.0
+    # "group": the dense head ends in a one-group GroupNorm, so P_dense has unit RMS and α is its strength against
+    # the image embedding (feature_prompts.py). "none" (the paper's bare conv) is what model files written before
+    # the option hold; ``model_config`` (every preset, hence new runs) chooses "group": docs/training.md.
+    dense_norm: Literal["none", "group"] = "none"
 
 
 @dataclass
@@ -133,3 +137,9 @@ class ModelConfig:
         """Box prompts from the prompt generator's detections ("box", or "zero-shot": the pretrained decoder
         unchanged) rather than feature prompts."""
         return self.prompt_mode in BOX_MODES
+
+    @property
+    def uses_feature_prompts(self) -> bool:
+        """Dense and/or sparse feature prompts from the YOLO features; "none" (the decoder fine-tuned with no
+        prompt at all: the ablation that separates the prompt's gain from the fine-tuning's) has neither."""
+        return self.prompt_mode not in BOX_MODES + ("none",)

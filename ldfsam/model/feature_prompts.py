@@ -1,7 +1,9 @@
 """The YOLO-based Dense–Sparse Feature Prompt encoder (paper section 3.2): Φmix, the DFP head and the SFP head.
 
 P3/P4/P5 (strides 8/16/32 of the YOLO input) -> Φmix -> F_fused (stride 8, ``mix_channels``)
-  -> Dense Feature Prompt  P_dense  B×D×G×G   (added to the SAM embedding: Z_cond = Z_img + α·P_dense, α init 0)
+  -> Dense Feature Prompt  P_dense  B×D×G×G   (added to the SAM embedding: Z_cond = Z_img + α·P_dense, α init 0;
+                                               with ``dense_norm="group"`` P_dense has unit RMS, so α is its
+                                               strength against the embedding's: docs/training.md)
   -> Sparse Feature Prompt T_sparse B×K×D     (K extra prompt tokens for the mask decoder)
 with D = the SAM prompt dimension (256) and G×G the SAM embedding grid (16×16 for a 256 input to the ViT, 64×64 to
 LiteMedSAM's TinyViT).
@@ -41,21 +43,31 @@ class DenseFeaturePrompt(nn.Module):
     YOLO 512 gives a 64×64 P3, TinyViT's grid of a 256 input is 64×64, stride 4) the conv keeps stride 1. The map
     is then brought to the SAM grid: by adaptive average pooling when it is larger (an area average, so every
     YOLO cell contributes), by bilinear interpolation when it is smaller, and not at all when sizes match.
+
+    ``norm="group"`` ends the head with a GroupNorm of one group (each map normalised over channels and positions
+    together, so where the map is strong against where it is weak survives; per-channel affine): P_dense then has
+    unit RMS whatever the YOLO features' scale, and α alone sets its strength. ``"none"``: the conv's raw output
+    (models written before the option existed).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, grid: Tuple[int, int], stride: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int, grid: Tuple[int, int], stride: int = 2,
+                 norm: str = "none") -> None:
         super().__init__()
         self.grid = tuple(grid)
         self.down = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+        if norm not in ("none", "group"):
+            raise ValueError(f"dense_norm must be 'none' or 'group', not {norm!r}")
+        self.norm = nn.GroupNorm(1, out_channels) if norm == "group" else None
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         x = self.down(fused)
         h, w = x.shape[-2:]
-        if (h, w) == self.grid:
-            return x
-        if h >= self.grid[0] and w >= self.grid[1]:
-            return F.adaptive_avg_pool2d(x, self.grid)
-        return F.interpolate(x, size=self.grid, mode="bilinear", align_corners=False)
+        if (h, w) != self.grid:
+            if h >= self.grid[0] and w >= self.grid[1]:
+                x = F.adaptive_avg_pool2d(x, self.grid)
+            else:
+                x = F.interpolate(x, size=self.grid, mode="bilinear", align_corners=False)
+        return x if self.norm is None else self.norm(x)
 
 
 def dense_stride(yolo_size: int, grid: int) -> int:
@@ -81,11 +93,11 @@ class FeaturePromptEncoder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], mix_channels: int, token_dim: int, grid: Tuple[int, int],
                  dense: bool, sparse: bool, num_sparse_tokens: int = 4, sparse_hidden: int = 512,
-                 alpha_init: float = 0.0, yolo_size: int = 640) -> None:
+                 alpha_init: float = 0.0, yolo_size: int = 640, dense_norm: str = "none") -> None:
         super().__init__()
         self.mix = FeatureMix(in_channels, mix_channels)
         stride = dense_stride(yolo_size, grid[0])
-        self.dense = DenseFeaturePrompt(mix_channels, token_dim, grid, stride) if dense else None
+        self.dense = DenseFeaturePrompt(mix_channels, token_dim, grid, stride, dense_norm) if dense else None
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init))) if dense else None
         self.sparse = SparseFeaturePrompt(mix_channels, sparse_hidden, num_sparse_tokens, token_dim) if sparse else None
         self.token_dim = token_dim

@@ -7,6 +7,8 @@ Prompt modes (rows of the paper's Table 1):
   gets an all-background prediction (logit ``NO_OBJECT_LOGIT``). No feature prompts are built.
 - ``zero-shot``: the same with the pretrained SAM (prompt encoder and decoder) left exactly as it is: nothing is
   trained in Phase 2.
+- ``none``: no prompt at all: the decoder (and its "no mask" embedding) fine-tuned on the bare image embedding,
+  the ablation that tells the prompts' gain from the fine-tuning's. No YOLO pass is made.
 - ``dense``: Z_cond = Z_img + α·P_dense (α learnable, 0 at initialisation), no prompt tokens.
 - ``sparse``: the K Sparse Feature Prompt tokens are the decoder's prompt tokens.
 - ``dense+sparse`` (the paper's method): both.
@@ -76,8 +78,10 @@ class LDFSAM(nn.Module):
         self.prompt_generator.eval()
         return self
 
-    def prompt_features(self, yolo_image: torch.Tensor) -> Features:
-        """YOLO image B×3×Y×Y in [0, 1] -> (P3, P4, P5) at strides 8/16/32."""
+    def prompt_features(self, yolo_image: torch.Tensor) -> Optional[Features]:
+        """YOLO image B×3×Y×Y in [0, 1] -> (P3, P4, P5) at strides 8/16/32; None in ``none`` mode (no prompt)."""
+        if self.prompt_mode == "none":
+            return None
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.prompt_generator.parameters())
         with torch.set_grad_enabled(needs_grad):
             return self.prompt_generator.features(yolo_image)
@@ -102,10 +106,13 @@ class LDFSAM(nn.Module):
         """
         if self.cfg.uses_boxes:
             return self._decode_boxes(image_embeddings, features, boxes)
-        if features is None:
-            raise ValueError(f"prompt mode {self.prompt_mode!r} needs the YOLO features")
         b = image_embeddings.shape[0]
-        dense, tokens = self.feature_prompts(features)
+        if self.feature_prompts is None:  # "none": no prompt, whatever features were passed
+            dense, tokens = None, image_embeddings.new_zeros((b, 0, self.cfg.sam.prompt_embed_dim))
+        elif features is None:
+            raise ValueError(f"prompt mode {self.prompt_mode!r} needs the YOLO features")
+        else:
+            dense, tokens = self.feature_prompts(features)
         if dense is not None:
             image_embeddings = image_embeddings + dense.to(image_embeddings.dtype)
         _, no_mask = self.prompt_encoder(b)

@@ -46,8 +46,10 @@ def sam_config(preset: str, **overrides: Any) -> SamConfig:
 def model_config(preset: str = "vit_b", **overrides: Any) -> ModelConfig:
     """The full ModelConfig of a preset. ``small`` also uses a 256-pixel YOLO input (P3 32×32, so the dense head's
     stride-2 conv lands exactly on the 16×16 SAM grid and the YOLO pass costs 6× less than at 640); ``lite`` a
-    512-pixel one (P3 64×64 = its embedding grid)."""
+    512-pixel one (P3 64×64 = its embedding grid). New models normalise the dense prompt (``dense_norm="group"``:
+    α is then its strength against the image embedding; docs/training.md, "Why α stayed at 0")."""
     cfg = ModelConfig(sam=sam_config(preset))
+    cfg.feature_prompts.dense_norm = "group"
     if preset == "small":
         cfg.prompt_generator = PromptGeneratorConfig(scale="n", image_size=256)
     if preset == "lite":

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..finetune.config import FinetuneConfig
 
 Preset = Literal["vit_b", "vit_l", "vit_h", "small"]
-PromptMode = Literal["box", "dense", "sparse", "dense+sparse"]
+PromptMode = Literal["box", "none", "dense", "sparse", "dense+sparse"]
 
 
 @dataclass
