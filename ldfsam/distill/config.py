@@ -1,7 +1,10 @@
 """Phase 1 configuration: teacher training and localization distillation of the student (sections 3.3, 4.2).
 
-Defaults are the paper's: YOLOv8x teacher, YOLOv8n student, 640 input, the YOLOv8 SGD recipe, LD temperature 10,
+Defaults are the paper's: YOLOv8n student, 640 input, the YOLOv8 SGD recipe, LD temperature 10,
 lambda_main = lambda_vlr = 1, and the LD paper's VLR band gamma = 0.25 on ATSS virtual anchors of side 8 * stride.
+Like the paper, both networks start from pretrained weights where they are installed (``init`` "auto"): the student
+from the COCO YOLOv8n, the teacher from the largest pretrained YOLOv8 available here (a YOLOv8s; the paper's
+YOLOv8x has no offline weights), else the paper's YOLOv8x from random weights.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from ..model.config import YoloScale
 
 Scheme = Literal["none", "kd", "ld_main", "ld_main_vlr"]
 SCHEMES = ("none", "kd", "ld_main", "ld_main_vlr")
+TeacherScale = Literal["auto", "n", "s", "m", "l", "x"]
+BNInit = Literal["reestimate", "frozen"]
 
 
 @dataclass
@@ -64,17 +69,29 @@ class LDConfig:
 class DistillConfig:
     """Everything Phase 1 needs, saved in the run folder and in the student file's training record."""
 
-    teacher_scale: YoloScale = "x"
+    # "auto": "s" when the pretrained YOLOv8s is installed (and teacher_init is "auto"), else the paper's "x".
+    teacher_scale: TeacherScale = "auto"
     student_scale: YoloScale = "n"
     teacher: TrainRecipe = field(default_factory=TrainRecipe)
     student: TrainRecipe = field(default_factory=TrainRecipe)
     ld: LDConfig = field(default_factory=LDConfig)
-    # Optional local weights to initialise teacher / student from (nothing is downloaded).
-    teacher_init: Optional[str] = None
-    student_init: Optional[str] = None
+    # Weights to start teacher / student from: "auto" (the registry's pretrained weights of the scale where they are
+    # installed, else random), "scratch" (random), a registry name (yolov8n-coco, yolov8s-fall) or a local file
+    # (.safetensors prompt generator, ultralytics .pt). Nothing is downloaded. A run replaces "auto" by what it
+    # used, so the distill.json and the training record of each file say which initialisation it had.
+    teacher_init: Optional[str] = "auto"
+    student_init: Optional[str] = "auto"
+    # BatchNorm of pretrained weights whose BN was folded into the convolutions (the ONNX exports):
+    # "reestimate" sets each BN's statistics from the training images (and compensates its affine map) so that
+    # training-mode BN computes what the pretrained network computes; "frozen" keeps BN in eval mode throughout.
+    pretrained_bn: BNInit = "reestimate"
 
     def validate(self) -> DistillConfig:
         """Raise ConfigError on values no training can use."""
+        if self.teacher_scale not in ("auto", "n", "s", "m", "l", "x"):
+            raise ConfigError(f"teacher_scale: {self.teacher_scale!r} is not one of auto, n, s, m, l, x")
+        if self.pretrained_bn not in ("reestimate", "frozen"):
+            raise ConfigError(f"pretrained_bn: {self.pretrained_bn!r} is not one of reestimate, frozen")
         if self.ld.scheme not in SCHEMES:
             raise ConfigError(f"ld.scheme: {self.ld.scheme!r} is not one of {list(SCHEMES)}")
         if not self.ld.temperature > 0 or not self.ld.kd_temperature > 0:

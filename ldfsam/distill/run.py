@@ -15,6 +15,7 @@ Each stage's product appears (atomically) only when its training has finished.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -85,10 +86,10 @@ class _Stage:
 
 def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path, num_classes: int,
                  progress: Progress, resume: bool, training_meta: Dict[str, Any], teacher=None, ld=None,
-                 init: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
+                 init: Optional[str] = None, pretrained_bn: str = "reestimate") -> Tuple[Path, Dict[str, Any]]:
     from ..model.prompt_generator import save_prompt_generator
     from .trainer import Phase1Trainer, format_scores, map_fields, weights_only_checkpoints
-    from .weights import load_init_source, yolo_yaml
+    from .weights import has_folded_bn, load_init_source, yolo_yaml
 
     phase = stage.role
     if stage.product.exists():
@@ -136,11 +137,13 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
     if resume and stage.last.exists():
         overrides.update(resume=str(stage.last), model=str(stage.last))
         progress.log(phase, f"resuming {phase} from {stage.last}")
-    init_source = load_init_source(init) if init and "resume" not in overrides else None
+    from_weights = init not in (None, "scratch", "auto") and "resume" not in overrides
+    init_source = load_init_source(init) if from_weights else None
+    bn_mode = pretrained_bn if from_weights and has_folded_bn(init) else None
     try:
         with weights_only_checkpoints():
             trainer = Phase1Trainer(overrides, phase, progress, on_save=on_save, teacher=teacher, ld=ld,
-                                    init_source=init_source)
+                                    init_source=init_source, pretrained_bn=bn_mode)
             trainer.train()
     except AssertionError as e:
         # Interrupted after the last epoch's checkpoint but before its state record: nothing is left to train.
@@ -226,6 +229,8 @@ def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights:
                          arguments=[Arg("stage", "teacher"), Arg("teacher_weights")])
     make_folder(out)
     data_yaml = data_set.write(out / "data.yaml")
+    if not (resume and (out / "distill.json").exists()):
+        cfg = _resolve_inits(cfg, train_teacher, stage in ("student", "both"), progress)
     cfg = _run_config(out, cfg, resume, progress)
     made: Dict[str, Path] = {}
     base_meta = {"phase": 1, "data": str(data_set.source), "class_names": [names[k] for k in sorted(names)],
@@ -234,7 +239,7 @@ def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights:
         if train_teacher:
             made["teacher"], _ = _train_stage(
                 _Stage(out, "teacher"), cfg.teacher_scale, cfg.teacher, data_yaml, len(names), progress, resume,
-                {**base_meta, "role": "teacher"}, init=cfg.teacher_init)
+                {**base_meta, "role": "teacher"}, init=cfg.teacher_init, pretrained_bn=cfg.pretrained_bn)
         if stage in ("student", "both"):
             phase[0] = "student"
             teacher, teacher_meta = None, {}
@@ -243,8 +248,21 @@ def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights:
             made["student"], _ = _train_stage(
                 _Stage(out, "student"), cfg.student_scale, cfg.student, data_yaml, len(names), progress, resume,
                 {**base_meta, "role": "student", "scheme": cfg.ld.scheme, "teacher": teacher_meta},
-                teacher=teacher, ld=cfg.ld, init=cfg.student_init)
+                teacher=teacher, ld=cfg.ld, init=cfg.student_init, pretrained_bn=cfg.pretrained_bn)
     return made
+
+
+def _resolve_inits(cfg: DistillConfig, teacher: bool, student: bool, progress: Progress) -> DistillConfig:
+    """The run's config with "auto" scales and initialisations replaced by what this run uses (and said so)."""
+    from .weights import resolve_init, resolve_teacher_scale
+
+    cfg = dataclasses.replace(cfg)
+    if teacher:
+        cfg.teacher_scale = resolve_teacher_scale(cfg.teacher_scale, cfg.teacher_init)
+        cfg.teacher_init = resolve_init("teacher", cfg.teacher_init, cfg.teacher_scale, progress)
+    if student:
+        cfg.student_init = resolve_init("student", cfg.student_init, cfg.student_scale, progress)
+    return cfg
 
 
 def _load_teacher(path: Path, num_classes: int, progress: Progress):

@@ -92,19 +92,24 @@ class ScoringValidator(DetectionValidator):
 class Phase1Trainer(DetectionTrainer):
     """DetectionTrainer reporting to ``progress`` under ``phase``; ``on_save(trainer, is_best)`` follows each save.
 
-    teacher/ld: distil from this frozen teacher (student stage); init_source: weights for the first epoch (anything
-    ``DetectionModel.load`` accepts), ignored on resume.
+    teacher/ld: distil from this frozen teacher (student stage); init_source: a DetectionModel whose tensors of
+    matching name and shape start the first epoch (ignored on resume). pretrained_bn: "reestimate" or "frozen" for
+    init weights whose BatchNorm was folded (``ldfsam.distill.bn_init``), None otherwise.
     """
+
+    BN_IMAGES = 256  # training images that re-estimate the BatchNorm statistics of folded pretrained weights
 
     def __init__(self, overrides: Dict[str, Any], phase: str, progress: Progress,
                  on_save: Optional[Callable[[Phase1Trainer, bool], None]] = None,
-                 teacher: Optional[FrozenTeacher] = None, ld: Optional[LDConfig] = None, init_source: Any = None):
+                 teacher: Optional[FrozenTeacher] = None, ld: Optional[LDConfig] = None, init_source: Any = None,
+                 pretrained_bn: Optional[str] = None):
         self.phase = phase
         self.progress = progress
         self.on_save = on_save
         self.teacher = teacher
         self.ld = ld
         self.init_source = init_source
+        self.pretrained_bn = pretrained_bn
         self.final_metrics: Dict[str, Any] = {}
         self._in_final_eval = False
         self._batch = 0
@@ -114,6 +119,7 @@ class Phase1Trainer(DetectionTrainer):
         self._threads = torch.get_num_threads()
         super().__init__(overrides=overrides)
         torch.set_num_threads(self._threads)
+        self.add_callback("on_pretrain_routine_end", lambda t: self._prepare_batchnorm())
         self.add_callback("on_pretrain_routine_end", lambda t: self._install_criterion())
         self.add_callback("on_train_start", lambda t: self._on_train_start())
         self.add_callback("on_train_epoch_start", lambda t: setattr(self, "_batch", 0))
@@ -127,9 +133,38 @@ class Phase1Trainer(DetectionTrainer):
 
     # -- model --------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose=True):
+        model = super().get_model(cfg=cfg, weights=weights, verbose=False)
         if weights is None and self.init_source is not None and not self.resume:
-            weights = self.init_source
-        return super().get_model(cfg=cfg, weights=weights, verbose=False)
+            from .weights import transfer_weights
+
+            done, total = transfer_weights(model, self.init_source)
+            self.progress.log(self.phase, f"{self.phase}: {done} of {total} tensors from the initial weights (the "
+                              "rest, the class branch of another class count, keep their fresh initialisation)")
+        return model
+
+    def _prepare_batchnorm(self) -> None:
+        if self.pretrained_bn != "reestimate" or self.resume or self.init_source is None:
+            return
+        from .bn_init import reestimate_bn
+
+        def batches():
+            for i, batch in enumerate(self.train_loader):
+                if i * self.batch_size >= self.BN_IMAGES:
+                    break
+                yield self.preprocess_batch(batch)["img"]
+
+        model = unwrap_model(self.model)
+        layers, seen = reestimate_bn(model, batches())
+        self.ema.ema.load_state_dict(model.state_dict())
+        self.progress.log(self.phase, f"{self.phase}: BatchNorm statistics of the pretrained weights re-estimated on "
+                          f"{seen} training images ({layers} layers)")
+
+    def _model_train(self):
+        super()._model_train()
+        if self.pretrained_bn == "frozen":
+            from .bn_init import freeze_bn
+
+            freeze_bn(self.model)
 
     def _install_criterion(self) -> None:
         # After the EMA copy and any resume: the criterion (and the teacher it holds) stays out of both.

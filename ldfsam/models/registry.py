@@ -24,6 +24,7 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 REGISTRY_FILE = RESOURCES / "models.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+KINDS = ("ldfsam", "sam-checkpoint", "prompt-generator")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class ModelEntry:
     size: int
     description: str
     file: str
-    kind: str = "ldfsam"  # "ldfsam": a segmentation model; "sam-checkpoint": official SAM weights to fine-tune from
+    # "ldfsam": a segmentation model; "sam-checkpoint": SAM weights to fine-tune from; "prompt-generator":
+    # pretrained YOLOv8 weights that Phase 1 starts from (model/yolo_weights.py)
+    kind: str = "ldfsam"
     bundled: Optional[str] = None
     package: Optional[PackageSource] = None
 
@@ -106,8 +109,8 @@ def _entry(raw: object, source: Path, index: int) -> ModelEntry:
     if "/" in file or "\\" in file or file.startswith("."):
         raise ConfigError(f"{where} ({name}): file must be a plain file name")
     kind = str(raw.get("kind", "ldfsam"))
-    if kind not in ("ldfsam", "sam-checkpoint"):
-        raise ConfigError(f"{where} ({name}): kind must be 'ldfsam' or 'sam-checkpoint'")
+    if kind not in KINDS:
+        raise ConfigError(f"{where} ({name}): kind must be one of {', '.join(KINDS)}")
     return ModelEntry(name=name, url=url, sha256=sha, size=size, description=str(raw["description"]), file=file,
                       kind=kind, bundled=bundled, package=package)
 

