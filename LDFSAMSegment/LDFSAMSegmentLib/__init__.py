@@ -1,7 +1,8 @@
 """The LDFSAM Segment module's parts, shared with LDFSAM Train.
 
-Plain Python (no Slicer, no Qt, tested outside Slicer): ``commands``, ``process``, ``run_state``,
-``dependencies``, ``model_choices``, ``segments``, ``bindings``. Slicer layer: ``parameters``, ``logic``,
+Plain Python (no Slicer, no Qt, tested outside Slicer): ``commands``, ``process`` and ``pipes``, ``run_state``,
+``dependencies``, ``model_choices``, ``segments``, ``bindings``, ``cohort``, ``prompts``, ``prompt_client``,
+``prompt_targets``, ``reload_order``. Slicer layer: ``parameters``, ``logic``,
 ``install_logic``, ``widget``, and ``lifecycle`` (what both modules' widgets share).
 """
 

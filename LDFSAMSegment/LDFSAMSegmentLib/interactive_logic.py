@@ -4,6 +4,11 @@ segment per ROI (named after the ROI) in a segmentation node (Slicer layer).
 The worker (``prompt_client.PromptWorker``) is started once and kept while the module lives, so LiteMedSAM and
 the slice embeddings stay loaded; the volume is saved and opened again only when another volume is chosen.
 Requests are queued (``pending``) and the widget calls :meth:`poll` from a timer: the GUI never waits.
+
+The volume is saved in its own frame (without its parent transform); the ROI and the points, which markups give
+in world coordinates, are mapped into that frame, and the segmentation is put under the volume's transform, so a
+transformed volume gets its prompts and its masks where its anatomy is. Each input volume has its own
+segmentation (``prompt_targets``); each structure's segment is made once and refilled in place by every answer.
 """
 
 import os
@@ -11,6 +16,7 @@ import shutil
 import tempfile
 
 import slicer
+import vtk
 
 from .commands import core_env
 from .logic import exportVolume, removeNodeAndHelpers
@@ -23,7 +29,8 @@ from .prompt_client import (
     requests_for,
     undo_request,
 )
-from .prompts import structure
+from .prompt_targets import PROMPTED_ATTRIBUTE, find_segmentation, segment_id_for
+from .prompts import placed_points, structure
 
 
 class InteractiveLogic:
@@ -69,18 +76,18 @@ class InteractiveLogic:
         matrix = roi.GetObjectToWorldMatrix()
         axes = [[matrix.GetElement(r, c) for r in range(3)] for c in range(3)]
         axes = [[v / (sum(a * a for a in axis) ** 0.5 or 1.0) for v in axis] for axis in axes]
-        include, exclude = controlPoints(includeNode), controlPoints(excludeNode)
+        toLocal = worldToVolume(volume)
+        defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+        include = placed_points(includeNode, defined, toLocal)
+        exclude = placed_points(excludeNode, defined, toLocal)
         name = roi.GetName()
-        current = Prompt(name, structure(name, center, size, axes, include, exclude), include, exclude)
+        current = Prompt(name, structure(name, center, size, axes, include, exclude, to_local=toLocal), include,
+                         exclude)
         self.ensureWorker(ldfsamHome)
         requests = self._openIfNeeded(volume)
         previous = self.history.last(name) if not requests else None
         requests += requests_for(previous, current, self._maskPath(name))
-        if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} prompted"))
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentationNode = segmentationFor(volume, segmentationNode)
         self.target = (volume, segmentationNode, name)
         self.queue = requests
         self._sendNext()
@@ -90,7 +97,7 @@ class InteractiveLogic:
         """Queue the undo of the structure's last change (the worker says when there is nothing to undo)."""
         if self.worker is None or self.volumeID != (volume.GetID() if volume else None):
             raise ValueError(f"nothing to undo for {name!r}")
-        self.target = (volume, segmentationNode, name)
+        self.target = (volume, segmentationFor(volume, segmentationNode), name)
         self.queue = [(undo_request(name, self._maskPath(name)), None)]
         self._sendNext()
 
@@ -127,19 +134,20 @@ class InteractiveLogic:
 
     @staticmethod
     def loadMask(path, volume, segmentationNode, name):
-        """Replace the segment called ``name`` with the worker's mask: a label map on the block of the volume's
-        grid that holds the structure (its origin places it; Slicer imports it onto the segmentation's geometry)."""
+        """Fill the segment called ``name`` (made once, then kept with its ID, colour and visibility) with the
+        worker's mask: a label map (1 = the structure) on the block of the volume's grid that holds it. Slicer's
+        import with the IDs to update clears the segment and refills it in place; an empty mask leaves an empty
+        segment. RuntimeError when Slicer refuses the import."""
+        segmentId = segment_id_for(segmentationNode.GetSegmentation(), name)
         labelmap = slicer.util.loadLabelVolume(path, {"show": False})
         try:
-            labelmap.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-            segmentation = segmentationNode.GetSegmentation()
-            old = segmentation.GetSegmentIdBySegmentName(name)
-            if old:
-                segmentation.RemoveSegment(old)
-            before = set(segmentation.GetSegmentIDs())
-            slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode)
-            for segmentId in set(segmentation.GetSegmentIDs()) - before:
-                segmentation.GetSegment(segmentId).SetName(name)
+            labelmap.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # the volume's frame, as the mask
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segmentId)
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode,
+                                                                                       ids):
+                raise RuntimeError(f"Slicer could not import the mask of {name!r} ({path}) into "
+                                   f"'{segmentationNode.GetName()}'; see the application log")
         finally:
             removeNodeAndHelpers(labelmap)
 
@@ -153,13 +161,27 @@ class InteractiveLogic:
         self.volumeID, self.history, self.queue, self.sent = None, History(), [], None
 
 
-def controlPoints(node):
-    """RAS positions of a markups point list's control points (none for no list)."""
-    if node is None:
-        return []
-    points = []
-    for i in range(node.GetNumberOfControlPoints()):
-        p = [0.0, 0.0, 0.0]
-        node.GetNthControlPointPositionWorld(i, p)
-        points.append(p)
-    return points
+def worldToVolume(volume):
+    """A function mapping a world RAS position into the volume's own frame (the frame it is saved in), or None
+    when the volume is not under a transform. Non-linear transforms are mapped point by point too."""
+    parent = volume.GetParentTransformNode()
+    if parent is None:
+        return None
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, transform)  # world -> volume's parent
+    return lambda p: list(transform.TransformPoint([float(v) for v in p]))
+
+
+def segmentationFor(volume, current=None):
+    """The segmentation of ``volume``'s prompted segments: ``current`` or another one that references the volume,
+    else a new one, under the volume's transform and on its geometry."""
+    found = find_segmentation(volume, current, slicer.util.getNodesByClass("vtkMRMLSegmentationNode"))
+    if found is not None:
+        return found
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                              slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} prompted"))
+    node.SetAttribute(PROMPTED_ATTRIBUTE, "1")
+    node.CreateDefaultDisplayNodes()
+    node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # masks come in the volume's frame
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)  # also the reference found next time
+    return node

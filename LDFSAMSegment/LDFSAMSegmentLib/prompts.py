@@ -3,6 +3,12 @@
 Slicer gives positions in RAS; the prompts file is in LPS (as the volume files): x and y change sign. A markups
 ROI is a box with a centre, a size (mm, along its own axes) and an orientation (its axes in RAS, the columns of
 the 3×3 part of ``GetObjectToWorldMatrix``); the prompt is the axis-aligned box holding its eight corners.
+
+Markups give world positions, but the volume is saved in its own frame (a volume under a transform is saved
+without it): ``to_local`` maps a world RAS position into the volume's frame (Slicer's world-to-parent transform of
+the volume), for the ROI's corners and for every point. Only control points whose position is defined are
+prompts (:func:`placed_points`): ``vtkMRMLMarkupsNode`` says the coordinates of an undefined point must not be
+used, and a preview point is the one still following the mouse.
 A widget calls::
 
     doc = prompts_document([structure("Tooth 21", roi_center, roi_size, roi_axes,
@@ -14,18 +20,36 @@ then runs ``ldfsam segment VOLUME -o OUT.seg.nrrd --prompts JSON_PATH [--base-se
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 Vector = Sequence[float]
+ToLocal = Optional[Callable[[Vector], Vector]]
 
 
 def ras_to_lps(p: Vector) -> List[float]:
     return [-float(p[0]), -float(p[1]), float(p[2])]
 
 
-def roi_box(center: Vector, size: Vector, axes: Optional[Sequence[Vector]] = None) -> Dict[str, List[float]]:
+def placed_points(node: object, defined: int, to_local: ToLocal = None) -> List[List[float]]:
+    """RAS positions (in the volume's frame with ``to_local``) of a markups node's control points whose position
+    status is ``defined`` (``slicer.vtkMRMLMarkupsNode.PositionDefined``); none for no node."""
+    if node is None:
+        return []
+    points = []
+    for i in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(i) != defined:
+            continue  # undefined (skipped while placing) or a preview under the mouse
+        p = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(i, p)
+        points.append([float(v) for v in (to_local(p) if to_local is not None else p)])
+    return points
+
+
+def roi_box(center: Vector, size: Vector, axes: Optional[Sequence[Vector]] = None,
+            to_local: ToLocal = None) -> Dict[str, List[float]]:
     """The LPS box {"min", "max"} holding a markups ROI (RAS centre, size in mm, axes = 3 unit column vectors in
-    RAS, default the RAS axes). ValueError for a size that is not three non-negative numbers."""
+    RAS, default the RAS axes), in the volume's frame when ``to_local`` maps world RAS into it. ValueError for a
+    size that is not three non-negative numbers."""
     if len(size) != 3 or any(float(s) < 0 for s in size):
         raise ValueError(f"ROI size must be three non-negative numbers (mm), got {list(size)}")
     if len(center) != 3:
@@ -37,20 +61,21 @@ def roi_box(center: Vector, size: Vector, axes: Optional[Sequence[Vector]] = Non
             for sz in (-0.5, 0.5):
                 ras = [float(center[i]) + sx * size[0] * cols[0][i] + sy * size[1] * cols[1][i]
                        + sz * size[2] * cols[2][i] for i in range(3)]
-                corners.append(ras_to_lps(ras))
+                corners.append(ras_to_lps(to_local(ras) if to_local is not None else ras))
     return {"min": [min(c[i] for c in corners) for i in range(3)],
             "max": [max(c[i] for c in corners) for i in range(3)]}
 
 
 def structure(name: str, roi_center: Optional[Vector] = None, roi_size: Optional[Vector] = None,
               roi_axes: Optional[Sequence[Vector]] = None, include: Sequence[Vector] = (),
-              exclude: Sequence[Vector] = ()) -> Dict[str, object]:
-    """One entry of the prompts file from an optional ROI and RAS include/exclude control points."""
+              exclude: Sequence[Vector] = (), to_local: ToLocal = None) -> Dict[str, object]:
+    """One entry of the prompts file from an optional ROI (world RAS, mapped by ``to_local``) and include/exclude
+    control points (RAS, already in the volume's frame: see :func:`placed_points`)."""
     if not name or not name.strip():
         raise ValueError("a structure needs a name")
     entry: Dict[str, object] = {"name": name.strip()}
     if roi_center is not None and roi_size is not None:
-        entry["box"] = roi_box(roi_center, roi_size, roi_axes)
+        entry["box"] = roi_box(roi_center, roi_size, roi_axes, to_local)
     points = [{"position": ras_to_lps(p), "label": "include"} for p in include]
     points += [{"position": ras_to_lps(p), "label": "exclude"} for p in exclude]
     if points:
@@ -66,3 +91,13 @@ def prompts_document(structures: Sequence[Dict[str, object]]) -> Dict[str, objec
     if len(set(names)) != len(names):
         raise ValueError("two structures have the same name")
     return {"structures": list(structures)}
+
+
+def not_used_text(reply: Dict[str, object]) -> str:
+    """The prompt worker's report of the prompts SPD's prior did not take as given (``not_used``), as one line for
+    the panel; "" when every prompt was used (or the worker runs without a prior)."""
+    parts = []
+    for item in reply.get("not_used") or []:
+        what = "box" if item.get("point") is None else f"{item.get('label', 'include')} click {int(item['point']) + 1}"
+        parts.append(f"{what} {item.get('action', '')}: {item.get('reason', '')}")
+    return ("Not used as given: " + "; ".join(parts) + ".") if parts else ""

