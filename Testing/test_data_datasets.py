@@ -250,7 +250,7 @@ def test_prepare_slices_yolo_and_nested_budgets(phantom_folder, tmp_path):
     # Phase 2 items follow the contract.
     ds = prepared.slice_dataset("train")
     item = ds[0]
-    assert set(item) == {"sam_image", "yolo_image", "mask", "case_id", "slice_index"}
+    assert set(item) == {"sam_image", "yolo_image", "mask", "valid", "case_id", "slice_index"}
     assert item["sam_image"].shape == (3, 32, 32) and item["yolo_image"].shape == (3, 64, 64)
     assert item["sam_image"].dtype == torch.float32 and 0 <= item["sam_image"].min() <= item["sam_image"].max() <= 1
     assert item["mask"].shape == (1, 32, 32)

@@ -53,6 +53,9 @@ def case_key(case: Case, cfg: PreprocessConfig, kind: str) -> str:
     params = {k: v for k, v in to_dict(cfg).items() if k not in ("sam_size", "yolo_size")}
     doc = {"version": CACHE_VERSION, "kind": kind, "params": params, "image": file_signature(case.image),
            "label": file_signature(case.label) if case.label else None}
+    review = _review_path(case)
+    if review is not None:  # only then: the keys of ordinary cases stay what they were
+        doc["review"] = file_signature(review)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,6 +76,17 @@ class CaseEntry:
     def boxes(self) -> np.ndarray:
         return np.load(self.path / "boxes.npy")
 
+    def reviewed(self) -> Optional[np.ndarray]:
+        """uint8 (z, y, x), 1 where a label counts (a partly reviewed case); None: every voxel counts."""
+        if not self.meta.get("review"):
+            return None
+        return np.load(self.path / "reviewed.npy", mmap_mode="r")
+
+    @property
+    def review(self) -> Optional[Dict[str, Any]]:
+        """A partly reviewed case's ``whole_slices`` (every voxel counts) and ``any_slices`` (some do)."""
+        return self.meta.get("review") or None
+
     @property
     def num_slices(self) -> int:
         return int(self.meta["shape"][0])
@@ -89,7 +103,35 @@ def _load_entry(path: Path) -> Optional[CaseEntry]:
         return None
     if not all((path / n).is_file() for n in ("image.npy", "classes.npy", "boxes.npy")):
         return None
+    if meta.get("review") and not (path / "reviewed.npy").is_file():
+        return None
     return CaseEntry(meta["case_id"], path, meta)
+
+
+def _review_path(case: Case) -> Optional[Path]:
+    """The case's review record (a training case written from a corrected result), when it has one."""
+    if case.label is None or Path(case.image).is_dir():
+        return None
+    from .training_case import review_file
+
+    path = review_file(case.image, case.case_id)
+    return path if path.is_file() else None
+
+
+def _reviewed_on_grid(case: Case, labels, prepared) -> Optional[np.ndarray]:
+    """The review record's mask (1 = the label counts) on the working grid, or None when there is no record."""
+    path = _review_path(case)
+    if path is None:
+        return None
+    import SimpleITK as sitk
+
+    from .preprocess import prepare_labels
+    from .training_case import read_review
+
+    record = read_review(path)
+    mask = sitk.GetImageFromArray(record.mask(sitk.GetArrayViewFromImage(labels)))
+    mask.CopyInformation(labels)
+    return prepare_labels(mask, prepared).astype(np.uint8)
 
 
 def _read_3d(case: Case, cfg: PreprocessConfig, strict: bool):
@@ -105,6 +147,9 @@ def _read_3d(case: Case, cfg: PreprocessConfig, strict: bool):
     grid = prepared.grid
     extra = {"input_grid": to_dict(prepared.input_grid), "grid": to_dict(grid), "window": list(prepared.window),
              "spacing": list(grid.spacing), "slice_axis": slice_axis(grid)}
+    reviewed = _reviewed_on_grid(case, labels, prepared)
+    if reviewed is not None:
+        extra["_reviewed"] = reviewed
     return quantize(prepared.array), classes, raw, report, extra
 
 
@@ -154,6 +199,16 @@ def build_case(case: Case, cfg: PreprocessConfig, root: Path, kind: str, strict_
         np.save(tmp / "image.npy", image)
         np.save(tmp / "classes.npy", classes)
         np.save(tmp / "boxes.npy", boxes)
+        reviewed = extra.pop("_reviewed", None)
+        if reviewed is not None:
+            np.save(tmp / "reviewed.npy", reviewed)
+            flat = reviewed.reshape(nz, -1)
+            extra["review"] = {"whole_slices": [int(z) for z in np.flatnonzero(flat.all(axis=1))],
+                               "any_slices": [int(z) for z in np.flatnonzero(flat.any(axis=1))],
+                               "reviewed_fraction": float(flat.mean()) if flat.size else 0.0,
+                               # teeth that were reviewed: what decides whether a slice is a slice with teeth
+                               "foreground_slices": [int(z) for z in np.flatnonzero(
+                                   ((classes.reshape(nz, -1) > 0) & (flat > 0)).any(axis=1))]}
         meta = {"case_id": case.case_id, "kind": kind, "image_file": str(case.image), "label_file": str(case.label),
                 "shape": list(image.shape), "foreground_slices": [int(z) for z in fg], "num_boxes": int(len(boxes)),
                 "label_counts": {str(k): v for k, v in report.counts.items()},

@@ -77,7 +77,7 @@ def export_yolo(entries_by_split: Dict[str, Sequence[CaseEntry]], target: Path, 
                 image = entry.image()
                 boxes = entry.boxes()
                 h, w = image.shape[1], image.shape[2]
-                for z in select_slices(entry, empty_ratio):
+                for z in select_slices(entry, empty_ratio, detection=True):
                     name = f"{entry.case_id}_{z:04d}"
                     if reuse is not None and _link(reuse, tmp, split, name):
                         continue
@@ -116,4 +116,4 @@ def _link(source: Path, tmp: Path, split: str, name: str) -> bool:
 
 
 def yolo_slice_count(entries: List[CaseEntry], empty_ratio: float) -> int:
-    return sum(len(select_slices(e, empty_ratio)) for e in entries)
+    return sum(len(select_slices(e, empty_ratio, detection=True)) for e in entries)

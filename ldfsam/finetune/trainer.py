@@ -75,6 +75,12 @@ def _to_device(batch: Dict[str, Any], device: torch.device):
             batch["mask"].to(device, non_blocking=True))
 
 
+def _valid(batch: Dict[str, Any], device: torch.device) -> Optional[torch.Tensor]:
+    """The pixels whose labels count (partly reviewed training cases), or None: all of them."""
+    valid = batch.get("valid")
+    return None if valid is None or bool(valid.min() > 0) else valid.to(device, non_blocking=True)
+
+
 class Trainer:
     """Runs (or resumes) one fine-tuning run into ``run_dir``; ``model`` must have had ``configure_phase2``."""
 
@@ -187,8 +193,9 @@ class Trainer:
             with autocast(self.precision, self.env.device):
                 logits = _forward(net, sam, yolo, mask, self.gt_boxes)
             logits = logits[0] if isinstance(logits, tuple) else logits
-            loss = dice_bce_loss(logits, mask, self.cfg.dice_weight, self.cfg.bce_weight)
-            dice = hard_dice(logits, mask, self.cfg.threshold)
+            valid = _valid(batch, self.env.device)
+            loss = dice_bce_loss(logits, mask, self.cfg.dice_weight, self.cfg.bce_weight, valid)
+            dice = hard_dice(logits, mask, self.cfg.threshold, valid)
             sums += torch.tensor([dice.sum().item(), loss.item() * len(dice), len(dice)], dtype=torch.float64)
         sums = distributed.all_reduce_sum(self.env, sums)
         self.model.train()
@@ -205,7 +212,7 @@ class Trainer:
         with autocast(self.precision, self.env.device):
             logits = _forward(net, sam, yolo, mask, self.gt_boxes)
             logits, spd_loss = spd_terms(lambda *a: _forward(net, *a, self.gt_boxes), logits, batch, mask, cfg)
-        loss = dice_bce_loss(logits, mask, cfg.dice_weight, cfg.bce_weight)
+        loss = dice_bce_loss(logits, mask, cfg.dice_weight, cfg.bce_weight, _valid(batch, self.env.device))
         if spd_loss is not None:
             loss = loss + spd_loss
         if not loss.requires_grad:
