@@ -22,10 +22,12 @@ class LDFSAMSegment(ScriptedLoadableModule):
         self.parent.title = _("LDFSAM Segment")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["LDFSAM contributors"]
+        self.parent.contributors = ["LDFSAM maintainers (SlicerLDFSAM project)"]
         self.parent.helpText = _(
-            "Segments the teeth in a dental CBCT volume with LDFSAM (a SAM fine-tuned with feature prompts from a "
-            "distilled YOLO detector). Choose the volume and a model, then click <b>Segment teeth</b>. "
+            "Finds the teeth in a dental cone-beam CT (CBCT) scan and outlines each of them as a 3D segment. Choose "
+            "the scan and a model, then click <b>Segment teeth</b>; Slicer stays usable while it works. Where a "
+            "tooth is wrong, draw a box around it (Interactive) and add a few clicks. For research use; not a "
+            "medical device. The first use installs PyTorch and other packages (ultralytics is AGPL-3.0). "
             "See <a href=\"https://github.com/LDFSAM/SlicerLDFSAM/blob/main/docs/slicer.md\">the documentation</a>.")
         self.parent.acknowledgementText = _(
             "Method: LDFSAM, localization-distilled feature prompting of the Segment Anything Model.")

@@ -26,7 +26,7 @@ class LDFSAMTrain(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         # The Segment module installs the ldfsam core and the shared helpers (LDFSAMSegmentLib).
         self.parent.dependencies = ["LDFSAMSegment"]
-        self.parent.contributors = ["LDFSAM contributors"]
+        self.parent.contributors = ["LDFSAM maintainers (SlicerLDFSAM project)"]
         self.parent.helpText = _(
             "Trains an LDFSAM tooth segmentation model: prepare the data, Phase 1 (YOLOv8 teacher and a student "
             "trained with localization distillation), Phase 2 (SAM fine-tuned with dense and sparse feature "

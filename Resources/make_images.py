@@ -4,7 +4,8 @@
 
 Icons are drawn with Pillow. The panels are loaded from the modules' .ui files with PySide6 (offscreen), with
 plain-Qt stand-ins for the few CTK/MRML widget classes that only exist inside Slicer, and filled with what the
-module shows on a fresh start (the model list comes from the core's registry).
+module shows on a fresh start (the model list comes from the core's registry). They are renderings of the panels'
+layout, not screenshots of Slicer: a caption on each image says so (``--screenshots`` renders only these).
 """
 
 from __future__ import annotations
@@ -171,14 +172,34 @@ def render_train(path: Path) -> None:
     _grab(panel, path, 460, 980)
 
 
+CAPTION = "{ui} rendered offscreen with PySide6 (plain-Qt stand-ins for CTK/MRML widgets), not a Slicer screenshot"
+
+
 def _grab(panel, path: Path, width: int, height: int) -> None:
+    """Render the panel with a caption band on top that says what the image is: the panel's layout from its .ui,
+    drawn by PySide6 without Slicer (Slicer's own widgets, style and views look different)."""
+    from PySide6.QtCore import QRect, Qt
+    from PySide6.QtGui import QColor, QPainter, QPixmap
     from PySide6.QtWidgets import QApplication
 
     panel.resize(width, height)
     panel.show()
     QApplication.processEvents()
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not panel.grab().save(str(path)):
+    shot = panel.grab()
+    band = 34
+    image = QPixmap(shot.width(), shot.height() + band)
+    image.fill(QColor(255, 243, 205))
+    painter = QPainter(image)
+    painter.drawPixmap(0, band, shot)
+    painter.setPen(QColor(90, 70, 0))
+    font = painter.font()
+    font.setPointSize(8)
+    painter.setFont(font)
+    painter.drawText(QRect(6, 2, shot.width() - 12, band - 4), int(Qt.AlignVCenter | Qt.TextWordWrap),
+                     CAPTION.format(ui=path.stem + ".ui"))
+    painter.end()
+    if not image.save(str(path)):
         raise RuntimeError(f"{path}: could not save the screenshot")
 
 
@@ -187,6 +208,10 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])  # noqa: F841 - needed for widgets
+    if "--screenshots" in sys.argv[1:]:
+        render_segment(REPO / "Resources" / "Screenshots" / "LDFSAMSegment.png")
+        render_train(REPO / "Resources" / "Screenshots" / "LDFSAMTrain.png")
+        return 0
     make_icon(REPO / "Resources" / "Icons" / "LDFSAM.png")
     make_icon(REPO / "LDFSAMSegment" / "Resources" / "Icons" / "LDFSAMSegment.png", accent=(46, 134, 222))
     make_icon(REPO / "LDFSAMTrain" / "Resources" / "Icons" / "LDFSAMTrain.png", accent=(39, 174, 96), badge="T")

@@ -1,4 +1,4 @@
-"""The Slicer extension's packaging: CMake, the .s4ext description, the catalog entry, resources, .ui files."""
+"""The Slicer extension's packaging: CMake, the catalog entry, resources, .ui files."""
 
 from __future__ import annotations
 
@@ -38,40 +38,46 @@ def distinct_colors(img) -> int:
     return len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0))
 
 
-def s4ext(path: Path) -> dict:
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.strip().partition(" ")
-            out[key] = value.strip()
-    return out
+def test_there_is_no_s4ext_file():
+    # Slicer 5.8 and later (the versions supported) build the Extensions Index from catalog entries (.json):
+    # Extensions/CMake/SlicerBlockBuildPackageAndUploadExtensions.cmake globs *.json at v5.8.1 and v5.10.0.
+    assert not list(REPO.glob("*.s4ext"))
 
 
-def test_s4ext_agrees_with_the_cmake_extension_variables():
-    cm, desc = cmake_sets(REPO / "CMakeLists.txt"), s4ext(REPO / "LDFSAM.s4ext")
-    assert cm["EXTENSION_CATEGORY"] == desc["category"] == "Segmentation"
-    for key, field in (("HOMEPAGE", "homepage"), ("CONTRIBUTORS", "contributors"), ("DESCRIPTION", "description"),
-                       ("ICONURL", "iconurl"), ("SCREENSHOTURLS", "screenshoturls"), ("DEPENDS", "depends")):
-        assert cm[f"EXTENSION_{key}"] == desc[field], key
-    assert desc["depends"].split() == ["PyTorch"]
-    assert desc["scm"] == "git" and desc["scmurl"].startswith(cm["EXTENSION_HOMEPAGE"])
-
-
-def test_catalog_entry_follows_the_extensions_index_schema():
+def test_catalog_entry_follows_the_extensions_index_schema_and_agrees_with_cmake():
     entry = json.loads((REPO / "LDFSAM.json").read_text(encoding="utf-8"))
-    desc = s4ext(REPO / "LDFSAM.s4ext")
+    cm = cmake_sets(REPO / "CMakeLists.txt")
     # slicer-extension-catalog-entry-schema v1.0.2: these keys only (additionalProperties false), three required.
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
                "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
     assert set(entry) <= allowed
     assert {"$schema", "category", "scm_url"} <= set(entry)
     assert re.search(r"slicer-extension-catalog-entry-schema-v1\.0\.\d+\.json#?$", entry["$schema"])
-    assert entry["category"] == desc["category"]
-    assert entry["scm_url"] == desc["scmurl"] and entry["scm_revision"] == desc["scmrevision"]
+    assert entry["category"] == cm["EXTENSION_CATEGORY"] == "Segmentation"
+    assert entry["scm_url"].startswith(cm["EXTENSION_HOMEPAGE"]) and entry["scm_revision"] == "main"
     assert entry["scm_type"] in ("git", "local")
-    assert entry["build_dependencies"] == desc["depends"].split()
-    assert entry["build_subdirectory"] == desc["build_subdirectory"]
+    assert entry["build_dependencies"] == cm["EXTENSION_DEPENDS"].split() == ["PyTorch"]
+    assert entry["build_subdirectory"] == "."
     assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+
+
+def test_contributors_are_names_with_their_organization():
+    # The Extensions Index review asks for "Name (Organization)", in the extension and in every module.
+    pattern = re.compile(r"^[^(),]+ \([^()]+\)$")
+    contributors = cmake_sets(REPO / "CMakeLists.txt")["EXTENSION_CONTRIBUTORS"]
+    assert all(pattern.match(c.strip()) for c in contributors.split(",")), contributors
+    for m in MODULES:
+        tree = ast.parse((REPO / m / f"{m}.py").read_text(encoding="utf-8"))
+        values = [ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and any(isinstance(t, ast.Attribute) and t.attr == "contributors" for t in n.targets)]
+        assert values and all(pattern.match(c) for c in values[0]), (m, values)
+
+
+def test_description_and_readme_name_the_licences():
+    description = cmake_sets(REPO / "CMakeLists.txt")["EXTENSION_DESCRIPTION"]
+    assert "AGPL-3.0" in description and "not a medical device" in description
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "Apache-2.0" in readme and "AGPL-3.0" in readme and "LICENSE.txt" in readme
 
 
 def test_every_module_is_added_and_the_urls_point_at_files_of_the_repository():
@@ -149,18 +155,6 @@ def test_catalog_checks_of_the_extensions_index_pass():
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text and len(license_text) > 10000
     assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
-
-
-def test_s4ext_and_catalog_entry_describe_the_same_extension():
-    # The index builds from LDFSAM.json; LDFSAM.s4ext (older tools, local builds) must say the same.
-    entry = json.loads((REPO / "LDFSAM.json").read_text(encoding="utf-8"))
-    desc = s4ext(REPO / "LDFSAM.s4ext")
-    pairs = {"scm_url": "scmurl", "scm_revision": "scmrevision", "scm_type": "scm", "category": "category",
-             "build_subdirectory": "build_subdirectory"}
-    for key, field in pairs.items():
-        assert str(entry.get(key)) == desc[field], key
-    assert entry.get("build_dependencies", []) == desc["depends"].split()
-    assert bool(entry.get("enabled", True)) == (desc["enabled"] == "1")
 
 
 def test_the_core_is_installed_once_beside_the_modules_and_train_depends_on_segment():
