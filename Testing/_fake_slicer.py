@@ -51,6 +51,16 @@ class LogText:
         self.lines = []
 
 
+class StringArray:
+    """vtkStringArray, as far as the modules fill it."""
+
+    def __init__(self):
+        self.values: List[str] = []
+
+    def InsertNextValue(self, value):  # noqa: N802
+        self.values.append(value)
+
+
 @contextlib.contextmanager
 def install() -> Iterator[types.SimpleNamespace]:
     """Put ``qt``, ``vtk``, ``slicer`` (and ``slicer.util``, ``slicer.i18n``, ``slicer.ScriptedLoadableModule``) in
@@ -74,8 +84,18 @@ def install() -> Iterator[types.SimpleNamespace]:
     module.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
     module.ScriptedLoadableModuleLogic = object
     slicer.util, slicer.i18n, slicer.ScriptedLoadableModule = util, i18n, module
+    # What the parameter modules declare (types of parameters, the wrapper's decorator and validators).
+    qt.QSettings = QtCore.QSettings
+    vtk.vtkStringArray = StringArray
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = wrapper.WithinRange = lambda *args: None
+    slicer.parameterNodeWrapper = wrapper
+    for name in ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode", "vtkMRMLScalarVolumeNode",
+                 "vtkMRMLSegmentationNode", "vtkMRMLPlotChartNode", "vtkMRMLTableNode"):
+        setattr(slicer, name, type(name, (), {}))
     fakes = {"qt": qt, "vtk": vtk, "slicer": slicer, "slicer.util": util, "slicer.i18n": i18n,
-             "slicer.ScriptedLoadableModule": module}
+             "slicer.ScriptedLoadableModule": module, "slicer.parameterNodeWrapper": wrapper}
     saved = {name: sys.modules.get(name) for name in fakes}
     before = set(sys.modules)
     sys.modules.update(fakes)

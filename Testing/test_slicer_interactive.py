@@ -250,3 +250,58 @@ def test_litemedsam_is_offered_then_downloaded_in_the_background_with_progress(t
     assert state.status.startswith("Downloading: done")
     assert prompt_model(str(home)).ready  # the next Interactive click goes straight to the worker
     assert sorted(p.name for p in (home / "models").iterdir()) == ["litemedsam.safetensors"]
+
+
+class LabelmapNode:
+    def __init__(self, path):
+        self.path, self.transform = path, None
+
+    def SetAndObserveTransformNodeID(self, node_id):  # noqa: N802
+        self.transform = node_id
+
+
+class SegmentationNode:
+    def __init__(self):
+        self.segmentation = Segmentation()
+
+    def GetSegmentation(self):  # noqa: N802
+        return self.segmentation
+
+    def GetName(self):  # noqa: N802
+        return "CBCT prompted"
+
+
+def test_each_answer_fills_the_structures_segment_in_place_and_a_refused_import_is_an_error(tmp_path):
+    """``InteractiveLogic.loadMask``, the real code, with stand-ins for the Slicer calls it makes: the segment is
+    made once, every import names it (Slicer's overload that clears and refills the given segments), the label
+    map is placed in the volume's frame and always removed again, and a refused import raises."""
+    import importlib
+    import types
+
+    pytest.importorskip("PySide6.QtCore", reason="the stand-in qt module is PySide6's QtCore")
+    import _fake_slicer
+
+    with _fake_slicer.install():
+        import slicer
+
+        interactive = importlib.import_module("LDFSAMSegmentLib.interactive_logic")
+        imports, removed, answers = [], [], [True, True, False]
+
+        def import_labelmap(labelmap, node, ids):
+            imports.append((labelmap.path, labelmap.transform, list(ids.values)))
+            return answers.pop(0)
+
+        slicer.util.loadLabelVolume = lambda path, properties: LabelmapNode(path)
+        slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(
+            logic=lambda: types.SimpleNamespace(ImportLabelmapToSegmentationNode=import_labelmap)))
+        interactive.removeNodeAndHelpers = removed.append
+        volume = types.SimpleNamespace(GetTransformNodeID=lambda: "vtkMRMLLinearTransformNode4")
+        node = SegmentationNode()
+        interactive.InteractiveLogic.loadMask("/m/1.nii.gz", volume, node, "Tooth 21")
+        interactive.InteractiveLogic.loadMask("/m/2.nii.gz", volume, node, "Tooth 21")
+        with pytest.raises(RuntimeError, match=r"could not import the mask of 'Tooth 21' \(/m/3.nii.gz\)"):
+            interactive.InteractiveLogic.loadMask("/m/3.nii.gz", volume, node, "Tooth 21")
+    [segment_id] = node.segmentation.segments
+    assert node.segmentation.segments == {segment_id: "Tooth 21"}  # made once, never removed or added again
+    assert imports == [(f"/m/{i}.nii.gz", "vtkMRMLLinearTransformNode4", [segment_id]) for i in (1, 2, 3)]
+    assert [n.path for n in removed] == ["/m/1.nii.gz", "/m/2.nii.gz", "/m/3.nii.gz"]
