@@ -118,3 +118,19 @@ def test_a_line_of_clicks_is_an_include_click_on_every_slice_it_crosses():
         parse_structure({"name": "t", "line": [[1, 1, 0], [1, 1]]}, 0)
     with pytest.raises(InputError, match=r"\.line\[0\]: at voxel .* lies outside the volume"):
         to_voxels(parse_structure({"name": "t", "line": [[100.0, 1.0, 0.0]]}, 0), grid)
+
+
+def test_the_segment_panel_states_the_clicks_the_prior_did_not_use():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LDFSAMSegment"))
+    from LDFSAMSegmentLib.prompts import not_used_text
+
+    reply = {"voxels": 10, "not_used": [
+        {"point": 1, "label": "include", "action": "dropped", "reason": "include click off the tooth by the prior"},
+        {"point": None, "label": "include", "action": "tightened", "reason": "box tightened to the tooth"}]}
+    text = not_used_text(reply)
+    assert text.startswith("Not used as given: include click 2 dropped: include click off the tooth")
+    assert "box tightened" in text
+    assert not_used_text({"voxels": 10}) == "" and not_used_text({"not_used": []}) == ""

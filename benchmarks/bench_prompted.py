@@ -15,6 +15,10 @@ map Slicer loads (the block of the grid holding the mask). The clicks are then r
 run all the way (``agree_iou`` above 1) on a fresh decoder memo and the same embeddings, so that the two ways
 compare in one run: decoder passes, seconds, and how far the masks differ. Prints the machine (CPU, flags, torch,
 load average).
+
+``--prior MODEL`` runs the same with SPD's prior (a model with a saliency head, e.g. ldfsam-demo): clicks validated,
+CPD propagation; it counts the saliency-head passes against the slices decoded (at most one head pass per newly
+decoded slice: the head reads the embedding the decoder has) and times one head pass beside one decoder pass.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--prior", default=None, help="a model with a saliency head (SPD's prior); default: none")
     args = ap.parse_args()
 
     import SimpleITK as sitk
@@ -68,8 +73,8 @@ def main() -> int:
     hi = image.TransformContinuousIndexToPhysicalPoint((x.max() + 1.0, y.max() + 1.0, z.max() + 1.0))
 
     t0 = time.perf_counter()
-    session = PromptedSession(image, precision=args.precision)
-    _ = session.sam
+    session = PromptedSession(image, precision=args.precision, prior=args.prior)
+    _ = session.sam, session.prior
     t_load = time.perf_counter() - t0
     machine["precision"] = str(session.sam.dtype).replace("torch.", "")
     print(f"--precision {args.precision} runs {machine['precision']}", flush=True)
@@ -79,7 +84,7 @@ def main() -> int:
     dice = 2.0 * (mask & truth).sum() / max(1, mask.sum() + truth.sum())
     sam = session.sam
     first = {"seconds": t_first, "load_seconds": t_load, "encoded": sam.encoded, "decoded": sam.decoded,
-             "slices": len(result.slices), "dice": float(dice)}
+             "slices": len(result.slices), "dice": float(dice), "saliency_passes": _passes(session)}
     print(f"first 3D result: {t_first:.1f} s (weights and window {t_load:.1f} s), {sam.encoded} slices encoded "
           f"({(t_first - t_load) / max(1, sam.encoded):.2f} s per slice, decoding included), Dice {dice:.3f}",
           flush=True)
@@ -87,6 +92,8 @@ def main() -> int:
     whole_grid = time_whole_grid_label_map(session, mask)
     print(f"writing the mask as a label map of the whole grid instead of its block: {whole_grid:.2f} s", flush=True)
     decoder_ms = time_decoder(session, mask)
+    if session.maps is not None:
+        decoder_ms["saliency_head"] = time_saliency_head(session, mask)
     print("one decoder pass (prompt encoder and mask decoder, embedding cached): "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in decoder_ms.items()), flush=True)
     agree_iou = session.propagation.agree_iou
@@ -124,6 +131,23 @@ def time_whole_grid_label_map(session, mask) -> float:
         t = time.perf_counter()
         write_label_map(Path(tmp) / "whole.nii.gz", mask.astype(np.uint8), session.grid)
         return time.perf_counter() - t
+
+
+def _passes(session) -> int:
+    return 0 if session.maps is None else session.maps.passes
+
+
+def time_saliency_head(session, mask, repeats: int = 10) -> float:
+    """Milliseconds per saliency-head pass (embedding cached, the map resized onto the view), as a click pays it."""
+    sam, maps = session.sam, session.maps
+    z = int(np.nonzero(mask.any((1, 2)))[0].mean())
+    view = next(v for (k, v) in sam.cache if k == z)
+    maps.map(z, view)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        maps.maps.clear()
+        maps.map(z, view)
+    return (time.perf_counter() - t) / repeats * 1000
 
 
 def time_decoder(session, mask, repeats: int = 10) -> dict:
@@ -177,7 +201,7 @@ def run_clicks(session, image, mask, lo, hi, args) -> list:
             where = image.TransformContinuousIndexToPhysicalPoint((float(xs[len(xs) // 2]),
                                                                    float(ys[len(ys) // 2]), float(zc)))
             output = Path(tmp) / f"click{i}.nii.gz"
-            encoded, decoded = sam.encoded, sam.decoded
+            encoded, decoded, passes = sam.encoded, sam.decoded, _passes(session)
             t = time.perf_counter()
             answer = worker.click({"cmd": "click", "name": name, "position": list(where), "label": "exclude",
                                    "output": str(output)})
@@ -187,9 +211,11 @@ def run_clicks(session, image, mask, lo, hi, args) -> list:
                                                          0)) > 0
             clicks.append({"seconds": seconds, "slice": zc, "encoded": sam.encoded - encoded,
                            "decoded": sam.decoded - decoded, "voxels": int(answer["voxels"]),
+                           "saliency_passes": _passes(session) - passes, "not_used": answer.get("not_used"),
                            "label_map": list(block.GetSize()), "mask": after})
             print(f"click {i + 1} on slice {zc}: {seconds:.2f} s ({sam.decoded - decoded} slices decoded again, "
-                  f"{sam.encoded - encoded} encoded; label map {block.GetSize()} written)", flush=True)
+                  f"{sam.encoded - encoded} encoded, {_passes(session) - passes} saliency-head passes; label map "
+                  f"{block.GetSize()} written)", flush=True)
     return clicks
 
 

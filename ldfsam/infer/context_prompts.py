@@ -164,8 +164,8 @@ class PriorPropagator(Propagator):
             self.context.remember(z, result.mask, self.p.points_on(z))
         return result
 
-    def step(self, z: int, prev: SliceResult, record: bool = True) -> Tuple[Optional[SliceResult], str]:
-        result, why = super().step(z, prev, record)
+    def step(self, z: int, prev: SliceResult, *args, **kwargs) -> Tuple[Optional[SliceResult], str]:
+        result, why = super().step(z, prev, *args, **kwargs)
         if result is not None and self.context is not None:
             self.context.remember(z, result.mask, self.p.points_on(z))
         return result, why
