@@ -49,11 +49,21 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
         shown = self._parameterNode
         LDFSAMModuleWidget.setParameterNode(self, parameterNode)
         if parameterNode is not None and self._parameterNode is not shown:
-            # The chart of a scene that has curves; a scene without them gets its nodes when a run makes curves.
-            hasCurves = self._parameterNode.curveChart is not None
-            self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._parameterNode) if hasCurves else None)
+            if self._parameterNode.curveChart is None:
+                self.plotWidget.setMRMLPlotViewNode(None)  # nothing of a closed scene stays shown
             self.showEvaluation()
             self.showReport()
+        self.showCurves()
+
+    def showCurves(self):
+        """Show the scene's training chart once it has one (a run makes it with its first curve point; opening the
+        module makes no node)."""
+        p = self._parameterNode
+        if p is None or p.curveChart is None:
+            return
+        view = self.plotWidget.mrmlPlotViewNode()
+        if view is None or view.GetPlotChartNodeID() != p.curveChart.GetID():
+            self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(p))
 
     def updateButtons(self, caller=None, event=None):
         if not hasattr(self, "ui"):
@@ -141,12 +151,11 @@ class LDFSAMTrainWidget(LDFSAMModuleWidget):
             percent = overall_percent(run.state.last_event)
             self._overall = self._overall if percent is None else percent
             self.ui.progressBar.value = self._overall
-        if self.runStep in ("distill", "finetune", "all") and run.state.curve:
+        curves = run.state.curve or self._parameterNode.curveChart is not None  # no node made before a point
+        if self.runStep in ("distill", "finetune", "all") and curves:
             self._curve = self._curvePrefix + run.state.curve
-            new = self._parameterNode.curveChart is None
             self.logic.updateCurves(self._parameterNode, self._curve)
-            if new:  # the first curve point of this scene: its chart nodes were just made
-                self.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._parameterNode))
+            self.showCurves()  # the first curve point of the scene makes its chart
 
     def onRunFinished(self, run, error):
         self.onRunUpdate(run)

@@ -1,10 +1,11 @@
 """Light self-test of LDFSAM Train, registered with CTest (no network, no install, no training; seconds).
 
-Loads the module and its panel and checks what a real Slicer got wrong before: the choices survive the first
-show and leaving and re-entering the module (Slicer 5.8's connectGui returned no tag, and stale combo-box
-connectors reset the teacher scale to "n"), empty path fields stay empty (not "."), a path typed in the panel
-reaches the parameter node, and the steps' and Run all's command lines are built from the panel's values without
-importing torch into Slicer's process (Run all refuses a folder the steps filled, and resumes its own run).
+Loads the module and its panel and checks what a real Slicer got wrong before: opening the module adds no node to
+the scene, the choices survive the first show and leaving and re-entering the module (Slicer 5.8's connectGui
+returned no tag, and stale combo-box connectors reset the teacher scale to "n"), empty path fields stay empty (not
+"."), a path typed in the panel reaches the parameter node, and the steps' and Run all's command lines are built
+from the panel's values without importing torch into Slicer's process (Run all refuses a folder the steps filled,
+and resumes its own run).
 The tiny training with Stop and Resume is LDFSAMTrainFullTest.py ("Reload and Test").
 """
 
@@ -43,6 +44,9 @@ class LDFSAMTrainSelfTest(ScriptedLoadableModuleTest):
         self.delayDisplay("The panel keeps its choices (paper defaults first) across module switches")
         widget = self._widget()
         p = widget._parameterNode
+        # Opening the module adds nothing to the user's scene: the curve nodes come with a run's first curve point.
+        for cls in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode", "vtkMRMLPlotViewNode"):
+            self.assertEqual(len(slicer.util.getNodesByClass(cls)), 0, cls)
         self.assertEqual((p.teacherScale, p.studentScale, p.samPreset, p.device), ("x", "n", "vit_b", "auto"))
         self.assertEqual(widget.ui.teacherScaleComboBox.currentText, "x")
         p.studentScale, p.samPreset, p.device = "s", "small", "CPU"
