@@ -37,6 +37,9 @@ def fused_yolo(scale: str = "n", num_classes: int = 80, seed: int = 0) -> Tuple[
                 m.bias.uniform_(-0.5, 0.5)
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
+            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None and m.bias.requires_grad:
+                # Distinct biases (Detect.bias_init makes them equal, and the exporter would merge equal tensors).
+                m.bias.add_(torch.empty_like(m.bias).uniform_(-0.1, 0.1))
     model.eval()
     return model, copy.deepcopy(model).fuse(verbose=False).eval()
 

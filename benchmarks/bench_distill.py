@@ -123,6 +123,8 @@ def main() -> int:
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--schemes", default="none,ld_main_vlr", help="comma-separated student schemes")
+    p.add_argument("--init", default="auto", help="teacher and student initialisation: auto (pretrained weights where "
+                   "installed: Ultralytics', AGPL-3.0), scratch, a registry name or a file")
     args = p.parse_args()
 
     out = Path(args.out)
@@ -132,7 +134,8 @@ def main() -> int:
     t0 = time.time()
     data = (kvasir if args.data == "kvasir" else phantom)(out / "data", args.train, args.val, args.imgsz)
     recipe = TrainRecipe(batch=args.batch, imgsz=args.imgsz, close_mosaic=max(1, args.student_epochs // 4))
-    cfg = DistillConfig(teacher_scale=args.teacher_scale, student_scale="n",
+    cfg = DistillConfig(teacher_scale=args.teacher_scale, student_scale="n", teacher_init=args.init,
+                        student_init=args.init,
                         teacher=dataclasses.replace(recipe, epochs=args.teacher_epochs),
                         student=dataclasses.replace(recipe, epochs=args.student_epochs))
     rows, timings = [], {}
