@@ -96,3 +96,20 @@ def test_student_starts_from_installed_pretrained_weights(tmp_path, monkeypatch)
     run_distillation(data, tmp_path / "run2", cfg, stage="student", progress=progress)
     assert any("random weights (scratch)" in e for e in events), events
     assert json.loads((tmp_path / "run2" / "distill.json").read_text())["student_init"] == "scratch"
+
+
+def test_init_weights_of_another_scale_are_refused(tmp_path):
+    from test_distill_e2e import _phantom_yolo
+
+    from ldfsam.distill.config import TrainRecipe
+    from ldfsam.distill.run import _overrides
+    from ldfsam.distill.trainer import Phase1Trainer
+    from ldfsam.errors import ConfigError
+    from ldfsam.progress import Progress
+
+    data = _phantom_yolo(tmp_path / "data")
+    small, _ = fused_yolo("s", 1)
+    trainer = Phase1Trainer(_overrides(TrainRecipe(epochs=1, batch=2, imgsz=64), data, tmp_path, "init",
+                                       "yolov8n.yaml"), "student", Progress("none"), init_source=small)
+    with pytest.raises(ConfigError, match=r"fit only \d+ of its \d+ tensors.*another YOLOv8 scale than yolov8n"):
+        trainer.get_model(cfg="yolov8n.yaml")

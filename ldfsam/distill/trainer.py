@@ -138,6 +138,11 @@ class Phase1Trainer(DetectionTrainer):
             from .weights import transfer_weights
 
             done, total = transfer_weights(model, self.init_source)
+            if done < total // 2:  # another scale: nothing but a few shapes would match
+                from ..errors import ConfigError
+
+                raise ConfigError(f"the initial weights of the {self.phase} fit only {done} of its {total} tensors: "
+                                  f"they are of another YOLOv8 scale than {Path(str(cfg)).stem}")
             self.progress.log(self.phase, f"{self.phase}: {done} of {total} tensors from the initial weights (the "
                               "rest, the class branch of another class count, keep their fresh initialisation)")
         return model
