@@ -44,7 +44,8 @@ def _list(as_json: bool = False) -> int:
 
         print(json.dumps([{"name": m.name, "kind": m.kind, "state": m.state, "size": m.size,
                            "description": m.description, "default": m.default,
-                           "path": None if m.path is None else str(m.path)} for m in models], indent=2))
+                           "path": None if m.path is None else str(m.path),
+                           "lineage": m.lineage} for m in models], indent=2))
         return 0
     rows = [(m.name + (" (default)" if m.default else ""), m.kind, m.state, _size(m.size), m.description)
             for m in models]
@@ -52,6 +53,13 @@ def _list(as_json: bool = False) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(("NAME", "KIND", "STATE", "SIZE"), widths)) + "  DESCRIPTION")
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+    from ..models.lineage import chain
+
+    versions = [m for m in models if m.lineage]
+    if versions:
+        print("\nlineage:")
+        for m in versions:
+            print("  " + " <- ".join(str(n) for n in chain(m.lineage)))
     print(f"\ncache folder: {models_dir()}")
     return 0
 

@@ -33,6 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="split, training and bootstrap seed (default 2025)")
     p.add_argument("--workers", type=int, help="data loader processes of both phases")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--from", dest="from_model", metavar="MODEL",
+                   help="improve this installed model (name or .safetensors file) instead of training from scratch: "
+                        "its preprocessing, prompt generator and weights, a short schedule")
+    p.add_argument("--mix-phantoms", type=int, metavar="N",
+                   help="with --from: add N augmented phantoms of the bundled model's training data to the training "
+                        "split, so that what the model knew is not forgotten")
+    p.add_argument("--name", dest="model_name", metavar="NAME",
+                   help="install the new model under NAME in the model manager (an installed name is never "
+                        "overwritten)")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
 
 
@@ -69,6 +78,19 @@ def build_config(args: argparse.Namespace):
     ft = {k: v for k, v in (("batch_size", args.batch), ("num_workers", args.workers),
                             ("epochs", args.phase2_epochs or args.epochs)) if v is not None}
     cfg.finetune = dataclasses.replace(cfg.finetune, **ft)
+    if args.mix_phantoms is not None:
+        cfg.mix_phantoms = args.mix_phantoms
+    if args.model_name:
+        from ..models.registry import check_name
+
+        cfg.model_name = check_name(args.model_name, "--name")
+    if args.from_model:
+        from ..train import from_model
+
+        given = {k: getattr(args, k) for k in ("epochs", "phase1_epochs", "phase2_epochs", "batch")}
+        from_model.configure(cfg, args.from_model, {k: v for k, v in given.items() if v is not None})
+    elif cfg.mix_phantoms:
+        raise ConfigError("--mix-phantoms needs --from MODEL: phantoms keep what a model knew while it learns")
     return cfg
 
 

@@ -42,9 +42,11 @@ def read_run_config(run_dir: Path):
         raise ConfigError(f"{path}: {e}") from None
 
 
-def _build(model_cfg: ModelConfig, sam_checkpoint: Optional[str], seed: int, load_init: bool = True):
+def _build(model_cfg: ModelConfig, sam_checkpoint: Optional[str], seed: int, load_init: bool = True,
+           init_model: Optional[str] = None):
     """The model with Phase 2's trainable parameters; ``load_init=False`` (resuming: the saved state has every
-    tensor) skips reading the prompt generator and SAM files."""
+    tensor) skips reading the prompt generator and SAM files. ``init_model``: an LDFSAM model file to start from
+    (all but its prompt generator; ``finetune/from_model.py``)."""
     import torch
 
     from ..model.build import build_model
@@ -57,12 +59,17 @@ def _build(model_cfg: ModelConfig, sam_checkpoint: Optional[str], seed: int, loa
         from ..model.pretrained import load_pretrained_sam
 
         load_pretrained_sam(model, sam_checkpoint)
+        if init_model:
+            from .from_model import load_starting_model
+
+            load_starting_model(model, init_model)
     names = configure_phase2(model)
     return model, names
 
 
 def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], run_dir: Path, resume: bool = False,
-             sam_checkpoint: Optional[str] = None, device: str = "auto", progress: Optional[Progress] = None):
+             sam_checkpoint: Optional[str] = None, device: str = "auto", progress: Optional[Progress] = None,
+             init_model: Optional[str] = None):
     """Start a new run in ``run_dir`` (which must not hold one) or resume the one there (``resume=True``).
 
     For a new run ``model_cfg.prompt_generator.init_weights`` names the Phase 1 prompt generator file (None:
@@ -86,6 +93,8 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             raise ConfigError("a new run needs a FinetuneConfig and a ModelConfig")
         check_writable(run_dir / CONFIG_FILE)  # before minutes of loading data and building the model
         init = {"prompt_generator": model_cfg.prompt_generator.init_weights, "sam_checkpoint": sam_checkpoint}
+        if init_model:
+            init["model"] = str(init_model)
     cfg.validate()
     env = distributed.setup(device)
     # Every rank has checked the folder above before rank 0 writes into it below.
@@ -99,7 +108,8 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
         model_cfg.prompt_generator.image_size = data.preprocess.yolo_size
         if sam_checkpoint:
             model_cfg.sam.init_checkpoint = str(sam_checkpoint)
-        model, names = _build(model_cfg, sam_checkpoint, cfg.seed, load_init=not resume)
+        model, names = _build(model_cfg, sam_checkpoint, cfg.seed, load_init=not resume,
+                              init_model=init.get("model"))
         # Written once data and model are known to work: a failed start leaves no run to "resume".
         if not resume and env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +125,8 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             "epochs": cfg.epochs, "seed": cfg.seed, "prompt_generator": init.get("prompt_generator"),
             "sam_checkpoint": sam_checkpoint, "trainable_parameters": len(names),
         }
+        if init.get("model"):
+            provenance["init_model"] = init["model"]
         trainer = Trainer(cfg, model, model_cfg, data, run_dir, env, progress, provenance)
         if resume:
             trainer.resume()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .cache import installed_models
+from .lineage import describe, lineage_of
 from .registry import load_registry
 from .resolve import DEFAULT_MODEL
 
@@ -23,6 +24,8 @@ class ModelInfo:
     description: str
     default: bool
     path: Optional[Path]  # the local file, where there is one
+    # A model version made by ``ldfsam train --from``: its parent, cases and figures (models/lineage.py).
+    lineage: Optional[dict] = None
 
 
 def list_models() -> List[ModelInfo]:
@@ -37,6 +40,8 @@ def list_models() -> List[ModelInfo]:
         listed |= {e.name, e.file}
     for name, p in installed.items():
         if name not in listed and p.name not in listed:
-            out.append(ModelInfo(name, "ldfsam", "installed", p.stat().st_size, f"imported: {p}",
-                                 name == DEFAULT_MODEL, p))
+            lineage = lineage_of(p) if p.name.endswith(".safetensors") else None
+            out.append(ModelInfo(name, "ldfsam", "installed", p.stat().st_size,
+                                 describe(lineage) if lineage else f"imported: {p}", name == DEFAULT_MODEL, p,
+                                 lineage))
     return out

@@ -63,6 +63,13 @@ class TrainConfig:
     # ``data``, ``budget`` and ``seed`` of this part are set from the fields above.
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    # ``--from MODEL``: the model file to start from (resolved) and the name it was given by (train/from_model.py).
+    init_model: Optional[str] = None
+    init_model_name: Optional[str] = None
+    # Augmented phantoms of the bundled model's training distribution added to the training split (``--from``).
+    mix_phantoms: int = 0
+    # Install the new model under this name in the model manager when the run ends (models/lineage.py).
+    model_name: Optional[str] = None
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the setting that no run can use."""
@@ -76,6 +83,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.sam_size: {self.sam_size} must be a multiple of 16, at least 32")
         if self.evaluate.bootstrap < 1 or self.evaluate.cases_shown < 0 or self.evaluate.tolerance_mm < 0:
             raise ConfigError("TrainConfig.evaluate: bootstrap >= 1, cases_shown >= 0 and tolerance_mm >= 0")
+        if self.mix_phantoms and not self.init_model:
+            raise ConfigError("TrainConfig.mix_phantoms: phantoms are mixed in only when starting from a model "
+                              "(init_model, --from)")
+        if self.mix_phantoms < 0:
+            raise ConfigError(f"TrainConfig.mix_phantoms: {self.mix_phantoms} is below 0")
         self.distill.validate()
         self.finetune.validate()
         return self

@@ -170,7 +170,26 @@ def _evaluation(folder: RunFolder) -> str:
     boot = summary.get("bootstrap", {})
     return (_table(("class", "metric", "mean", "95 % CI low", "95 % CI high", "n", "excluded"), rows)
             + _note(f"{summary.get('cases')} test cases; percentile bootstrap of the mean, "
-                    f"B = {boot.get('resamples')}, seed {boot.get('seed')}."))
+                    f"B = {boot.get('resamples')}, seed {boot.get('seed')}.") + _comparison(folder, summary))
+
+
+def _comparison(folder: RunFolder, new: Dict[str, Any]) -> str:
+    """A run started from a model (``--from``): the starting model and the new one on the same held-out cases."""
+    old = _read_json(folder.evaluation / "starting_model" / "summary.json")
+    if not old:
+        return ""
+    cfg = folder.read_config()
+    rows = []
+    for cls, metrics in new["metrics"].items():
+        for name in ("dice", "iou", "hd95", "assd"):
+            if name not in metrics:
+                continue
+            a, b = (old["metrics"].get(cls) or {}).get(name) or {}, metrics[name]
+            rows.append((cls, name, a.get("mean"), f"[{_fmt(a.get('ci_low'))}, {_fmt(a.get('ci_high'))}]",
+                         b.get("mean"), f"[{_fmt(b.get('ci_low'))}, {_fmt(b.get('ci_high'))}]"))
+    return (f"<h3>Starting model ({html.escape(str(cfg.init_model_name))}) and the new model on the same "
+            f"{new.get('cases')} held-out case(s)</h3>"
+            + _table(("class", "metric", "starting model", "95 % CI", "new model", "95 % CI"), rows))
 
 
 def rank_cases(per_case: Sequence[Dict[str, str]], shown: int) -> Tuple[List[Tuple[str, float]],

@@ -118,6 +118,10 @@ def run_training(cfg: Optional[TrainConfig], run: PathLike, resume: bool = False
             raise InputError("is not empty: a new training run needs a new or empty folder", folder.root)
         if not Path(cfg.data).is_dir():
             raise InputError("no such dataset folder", cfg.data)
+        if cfg.model_name:  # a taken name fails now, not after the training
+            from ..models.lineage import check_new_name
+
+            check_new_name(cfg.model_name)
         folder.root.mkdir(parents=True, exist_ok=True)
         folder.write_config(cfg)
     done = folder.read_stages()
@@ -139,6 +143,11 @@ def run_training(cfg: Optional[TrainConfig], run: PathLike, resume: bool = False
         from .report import write_report
 
         report = write_report(folder.root)
+        if cfg.model_name:
+            from ..models.lineage import install_version
+
+            installed = install_version(folder.root, cfg.model_name)
+            progress.log(PHASE, f"installed the new model as '{cfg.model_name}': {installed}")
     except Exception as e:
         progress.error(PHASE, str(e))
         raise
@@ -168,7 +177,17 @@ def _prepare(cfg: TrainConfig, folder: RunFolder, progress: Progress) -> Dict[st
             pre.label_map = parse_label_map(p.label_map)
         opts = PrepareOptions(test_fraction=p.test_fraction, val_fraction=p.val_fraction, seed=cfg.seed,
                               budgets=[cfg.budget], empty_ratio=p.empty_ratio)
-        prepare_dataset(cfg.data, prepared, pre, opts, progress)
+        source = Path(cfg.data)
+        if cfg.init_model:  # --from MODEL: its preprocessing, and the phantoms mixed in (train/from_model.py)
+            from . import from_model
+
+            pre = from_model.preprocess(cfg)
+            opts.yolo = False  # exported on the run's own splits, below
+            if cfg.mix_phantoms:
+                source = from_model.build_sources(cfg, folder.root, progress)
+        prepare_dataset(source, prepared, pre, opts, progress)
+        if cfg.init_model:
+            from_model.phantoms_to_training(prepared, cfg)
     write_splits(read_splits(prepared / "splits.json"), folder.splits)
     return {"prepared": str(prepared)}
 
@@ -182,6 +201,10 @@ def _phase1(cfg: TrainConfig, folder: RunFolder, progress: Progress) -> Dict[str
     device = _phase1_device(cfg.device)
     distill.teacher = dataclasses.replace(distill.teacher, device=device)
     distill.student = dataclasses.replace(distill.student, device=device)
+    if cfg.init_model:
+        from .from_model import start_prompt_generator
+
+        distill.student_init = str(start_prompt_generator(cfg, folder.root))
     run_distillation(data_yaml, folder.phase1, distill, resume=folder.phase1.exists(), progress=progress)
     return {"best": best_scores(folder.phase1)}
 
@@ -204,7 +227,7 @@ def _phase2(cfg: TrainConfig, folder: RunFolder, progress: Progress) -> Dict[str
     else:
         ft_cfg, model_cfg = phase2_configs(cfg, folder)
         result = finetune(ft_cfg, model_cfg, folder.phase2, sam_checkpoint=cfg.sam_checkpoint, device=cfg.device,
-                          progress=progress)
+                          progress=progress, init_model=cfg.init_model)
     if result.model_path is None:
         raise InputError("Phase 2 ended without a model", folder.phase2)
     return {"best_val_dice": result.best_val_dice, "epochs": result.epochs_done, "steps": result.global_step}
@@ -218,6 +241,12 @@ def phase2_configs(cfg: TrainConfig, folder: RunFolder):
 
     ft_cfg = dataclasses.replace(cfg.finetune, data=str(folder.prepared_dir(cfg).resolve()), budget=cfg.budget,
                                  seed=cfg.seed, splits=None)
+    if cfg.init_model:
+        from . import from_model
+
+        if not folder.prompt_generator.is_file():
+            raise InputError("no prompt generator: Phase 1 has not finished", folder.prompt_generator)
+        return ft_cfg, from_model.model_config(cfg, folder.prompt_generator)
     model_cfg = model_config(cfg.preset, prompt_mode=cfg.prompt_mode)
     if cfg.sam_size:
         model_cfg.sam.image_size = cfg.sam_size
@@ -247,4 +276,8 @@ def _evaluate(cfg: TrainConfig, folder: RunFolder, progress: Progress) -> Dict[s
     paths = write_report(folder.evaluation, rows, summary)
     progress.done("evaluate", message=f"per-case metrics: {paths['per_case']}; summary: {paths['summary']}",
                   cases=summary["cases"])
+    if cfg.init_model:  # the same held-out cases through the model this run started from, for the report
+        from .from_model import evaluate_starting_model
+
+        evaluate_starting_model(cfg, folder, source, progress)
     return {"cases": summary["cases"], "split": e.split}
