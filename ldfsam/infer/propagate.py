@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from scipy import ndimage
 
+from ..data.preprocess import normalize
 from .prompts import VoxelPrompt
 from .slice_sam import SliceSAM, View
 
@@ -49,12 +50,19 @@ class PropagationConfig:
     # min_view voxels) around it, so that a tooth fills a good part of LiteMedSAM's 256×256 input; 0: whole slices.
     view_context: float = 3.0
     min_view: int = 32
+    # Stop rules (see the module's docstring); ``stop_rules=False`` gives the propagation without them.
+    stop_rules: bool = True
+    ring_mm: float = 1.5  # width of the ring around a mask that its contrast is measured against
+    min_contrast: float = 0.25  # ends where the contrast falls below this share of the primary slice's ...
+    min_primary_contrast: float = 0.05  # ... (a rule only for structures that differ from their surroundings)
+    min_on_previous: float = 0.5  # ends where less than this share of the mask lies on the previous one (a jump)
 
 
 @dataclass
 class SliceResult:
     logits: np.ndarray  # on the propagator's view (vy×vx), not the whole slice
     low: object  # torch 1×1×S×S, SAM's own logits (the next slice's mask prompt)
+    iou: float = 1.0  # SAM's predicted IoU of this mask
 
     @property
     def mask(self) -> np.ndarray:
@@ -75,6 +83,8 @@ class StructureResult:
     slices: List[int]
     anchors: List[int]
     stopped: Dict[int, str] = field(default_factory=dict)  # direction (+1/-1) -> why propagation stopped
+    # slice -> what the stop rules measured there (``Propagator.measure``), including the slice that stopped it
+    trace: Dict[int, Dict[str, float]] = field(default_factory=dict)
     # With a prior: what prompt validation did with each click and the box (``prompt_validation.Decision``)
     validation: List[Dict[str, object]] = field(default_factory=list)
     _mask: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
@@ -119,6 +129,8 @@ class Propagator:
             _, _, y0, y1, x0, x1 = prompt.box
             self.rect = (float(y0), float(y1), float(x0), float(x1))
         self.min_area = max(1.0, self.cfg.min_area_mm2 / (spacing[0] * spacing[1]))
+        self.ring = max(1, int(round(self.cfg.ring_mm / min(spacing[0], spacing[1]))))
+        self.trace: Dict[int, Dict[str, float]] = {}
         # Every array here is on the view (SAM's logits, masks); prompts and boxes stay in slice coordinates.
         self.view: View = self._view() or sam.full_view()
         self.oy, self.ox = self.view[0], self.view[2]
@@ -209,9 +221,26 @@ class Propagator:
         """The primary or a fresh anchor on slice z: its box or the 3D box's rectangle, and its points."""
         points = self.p.points_on(z)
         box = self.rect
-        logits, low, _ = self.sam.decode(z, box, points, view=self.view)
+        logits, low, iou = self.sam.decode(z, box, points, view=self.view)
         logits = self._cut(logits, box, None, points)
-        return SliceResult(logits, low) if (logits > 0).sum() >= self.min_area else None
+        return SliceResult(logits, low, iou) if (logits > 0).sum() >= self.min_area else None
+
+    def measure(self, z: int, mask: np.ndarray, prev: Optional[np.ndarray], iou: float) -> Dict[str, float]:
+        """What the stop rules look at on slice z: the mask's area (voxels), SAM's predicted IoU, the mean
+        windowed grey inside the mask and its contrast against a ring around it, and the share of the mask
+        that lies on the previous slice's mask."""
+        y0, y1, x0, x1 = self.view
+        grey = self.sam.volume[z, y0:y1, x0:x1]
+        grey = normalize(grey, self.sam.window) if self.sam.window is not None else np.asarray(grey, np.float32)
+        area = int(np.count_nonzero(mask))
+        ring = ndimage.binary_dilation(mask, iterations=self.ring) & ~mask
+        inside = float(grey[mask].mean()) if area else 0.0
+        around = float(grey[ring].mean()) if ring.any() else inside
+        out = {"area": float(area), "iou": float(iou), "grey": inside, "contrast": inside - around}
+        if prev is not None:
+            out["on_previous"] = float(np.count_nonzero(mask & prev)) / max(1, area)
+            out["area_ratio"] = area / max(1.0, float(np.count_nonzero(prev)))
+        return out
 
     def step(self, z: int, prev: SliceResult) -> Tuple[Optional[SliceResult], str]:
         """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
@@ -219,7 +248,7 @@ class Propagator:
         if prompts is None:
             return None, "the prior and the carried prompts stop agreeing"
         box, points = prompts
-        logits, low, _ = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
+        logits, low, iou = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
             return None, "left the box"
         logits = self._cut(logits, box, prev.mask, points)
@@ -228,12 +257,25 @@ class Propagator:
             return None, "vanished"
         if area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area:
             return None, "too small"
-        return SliceResult(logits, low), ""
+        stats = self.measure(z, logits > 0, prev.mask, iou)
+        self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
+        why = self._ends(stats) if self.cfg.stop_rules and not self.p.points_on(z) else ""
+        return (None, why) if why else (SliceResult(logits, low, iou), "")
 
     def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
         With a prior, CPD's consensus prompts instead (``context_prompts.PriorPropagator``); None stops there."""
         return self._grow(prev.mask), self.p.points_on(z)
+
+    def _ends(self, stats: Dict[str, float]) -> str:
+        """Why the structure ends on a slice measured as ``stats`` ("" where it goes on)."""
+        c, primary = self.cfg, self.primary_stats["contrast"]
+        if abs(primary) >= c.min_primary_contrast and np.sign(primary) * stats["contrast"] < c.min_contrast * abs(
+                primary):
+            return "lost its contrast"
+        if stats.get("on_previous", 1.0) < c.min_on_previous:
+            return "jumped to another structure"
+        return ""
 
     # -- the structure --------------------------------------------------------------------------------------------
 
@@ -251,6 +293,7 @@ class Propagator:
             return StructureResult(np.zeros((0, 0, 0), bool), (start, self.oy, self.ox), self.shape, [start],
                                    [start], {1: "empty", -1: "empty"})
         self.primary_area = float(first.mask.sum())
+        self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]
@@ -269,7 +312,8 @@ class Propagator:
         crop = np.zeros((z1 - z0 + 1, *first.logits.shape), bool)
         for z, r in results.items():
             crop[z - z0] = r.mask
-        return StructureResult(crop, (z0, self.oy, self.ox), self.shape, sorted(results), sorted(anchors), stopped)
+        return StructureResult(crop, (z0, self.oy, self.ox), self.shape, sorted(results), sorted(anchors), stopped,
+                               dict(sorted(self.trace.items())))
 
     def _walk(self, start: int, first: SliceResult, d: int, bounds: Tuple[int, int], side: List[int]
               ) -> Tuple[Dict[int, SliceResult], List[int], str]:
