@@ -62,13 +62,17 @@ def test_starting_model_weights_are_copied_except_the_prompt_generator(tmp_path)
 
 def test_configure_sets_the_short_schedule_from_the_model():
     from ldfsam.train.config import TrainConfig
-    from ldfsam.train.from_model import SHORT_PHASE1_EPOCHS, SHORT_PHASE2_EPOCHS, configure
+    from ldfsam.train.from_model import SHORT_PHASE2_EPOCHS, configure
 
     cfg = configure(TrainConfig(data="x"), "ldfsam-demo", {"phase2_epochs": 3})
     assert cfg.init_model.endswith(".safetensors") and cfg.init_model_name == "ldfsam-demo"
-    assert cfg.distill.ld.scheme == "none" and cfg.distill.student_scale == "n"
-    assert cfg.distill.student.imgsz == 256 and cfg.distill.student.epochs == SHORT_PHASE1_EPOCHS
+    assert cfg.keep_prompt_generator  # Phase 1 trains on only when asked to
     assert cfg.finetune.epochs == 3 != SHORT_PHASE2_EPOCHS
+    cfg = configure(TrainConfig(data="x"), "ldfsam-demo", {"phase1_epochs": 2})
+    assert not cfg.keep_prompt_generator and cfg.finetune.epochs == SHORT_PHASE2_EPOCHS
+    assert cfg.distill.ld.scheme == "none" and cfg.distill.student_scale == "n"
+    assert cfg.distill.student.imgsz == 256 and cfg.distill.student.epochs == 2
+    assert cfg.distill.student.lr0 == 1e-3 and cfg.distill.student.mosaic == 0
     assert cfg.prepare.spacing is None  # the demo model works at the input's spacing
     cfg.validate()
 

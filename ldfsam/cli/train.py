@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-mode", choices=["box", "none", "dense", "sparse", "dense+sparse"])
     p.add_argument("--budget", type=float, metavar="PERCENT", help="annotation budget in percent (default 100)")
     p.add_argument("--epochs", type=int, help="epochs of every training stage (teacher, student, Phase 2)")
-    p.add_argument("--phase1-epochs", type=int, help="epochs of the teacher and of the student")
+    p.add_argument("--phase1-epochs", type=int, help="epochs of the teacher and of the student (with --from: "
+                                                     "0, the default, keeps the model's prompt generator)")
     p.add_argument("--phase2-epochs", type=int, help="epochs of Phase 2")
     p.add_argument("--batch", type=int, help="batch size of both phases")
     p.add_argument("--imgsz", type=int, help="prompt generator input size (Phase 1 and 2; multiple of 32)")
@@ -88,6 +89,8 @@ def build_config(args: argparse.Namespace):
         from ..train import from_model
 
         given = {k: getattr(args, k) for k in ("epochs", "phase1_epochs", "phase2_epochs", "batch")}
+        if args.phase1_epochs is None and args.epochs is not None:
+            given["phase1_epochs"] = 0  # --epochs sets Phase 2's; Phase 1 trains on only when asked to
         from_model.configure(cfg, args.from_model, {k: v for k, v in given.items() if v is not None})
     elif cfg.mix_phantoms:
         raise ConfigError("--mix-phantoms needs --from MODEL: phantoms keep what a model knew while it learns")

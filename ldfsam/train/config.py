@@ -68,6 +68,8 @@ class TrainConfig:
     init_model_name: Optional[str] = None
     # Augmented phantoms of the bundled model's training distribution added to the training split (``--from``).
     mix_phantoms: int = 0
+    # ``--from``: keep the starting model's prompt generator as it is instead of training it on (Phase 1 skipped).
+    keep_prompt_generator: bool = False
     # Install the new model under this name in the model manager when the run ends (models/lineage.py).
     model_name: Optional[str] = None
 

@@ -196,6 +196,11 @@ def _phase1(cfg: TrainConfig, folder: RunFolder, progress: Progress) -> Dict[str
     from ..data.prepared import PreparedData
     from ..distill.run import best_scores, run_distillation
 
+    if cfg.init_model and cfg.keep_prompt_generator:
+        from .from_model import keep_prompt_generator
+
+        progress.log(PHASE, "keeping the starting model's prompt generator (pass --phase1-epochs N to train it on)")
+        return keep_prompt_generator(cfg, folder)
     data_yaml = PreparedData(folder.prepared_dir(cfg)).yolo_data_yaml(cfg.budget)
     distill = dataclasses.replace(cfg.distill)
     device = _phase1_device(cfg.device)
