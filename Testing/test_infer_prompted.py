@@ -100,6 +100,41 @@ def test_exclude_click_changes_its_slice_and_the_propagation_from_it_only(phanto
     np.testing.assert_array_equal(after.mask[:primary + 1], before.mask[:primary + 1])
 
 
+def one_slice_box(image, truth, z, fdi=FDI):
+    """A box on slice z with the in-plane rectangle of ``tooth_box`` (so the encoder's view, and the embeddings,
+    are the ones of the 3D-box tests)."""
+    lo, hi = tooth_box(image, truth, fdi)
+    z_mm = image.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, float(z)))[2]
+    return (lo[0], lo[1], z_mm), (hi[0], hi[1], z_mm)
+
+
+def test_a_box_on_one_slice_ends_at_the_root_apex(phantom, session):
+    """A box on one slice of the crown: the contrast stop ends the structure at the root's apex (the tooth's far
+    end from the occlusal plane), where without the stop rules it goes on into the bone above
+    (test_without_stop_rules_a_box_on_one_slice_runs_past_the_apex)."""
+    _, image, truth = phantom
+    tooth = truth == FDI
+    zt = np.nonzero(tooth.any((1, 2)))[0]
+    crown = int(zt.min()) + 1  # upper teeth: the crown at the low z end here
+    result = session.segment(StructurePrompt("t", *one_slice_box(image, truth, crown)))
+    zs = np.nonzero(result.mask.any((1, 2)))[0]
+    assert abs(int(zs.max()) - int(zt.max())) <= 1, (zs, zt, result.stopped)
+    assert result.stopped[1] in ("lost its contrast", "jumped to another structure")
+    assert dice(result.mask[zt.min():zt.max() + 1], tooth[zt.min():zt.max() + 1]) > 0.6
+    assert set(result.trace) >= set(result.slices)
+
+
+@pytest.mark.slow
+def test_without_stop_rules_a_box_on_one_slice_runs_past_the_apex(phantom, session):
+    from ldfsam.infer.propagate import PropagationConfig, Propagator
+
+    _, image, truth = phantom
+    zt = np.nonzero((truth == FDI).any((1, 2)))[0]
+    prompt = session.voxels([StructurePrompt("t", *one_slice_box(image, truth, int(zt.min()) + 1))])[0]
+    result = Propagator(session.sam, prompt, session.grid.spacing, PropagationConfig(stop_rules=False)).run()
+    assert max(result.slices) > zt.max() + 1
+
+
 def test_blending_between_anchors_stops_where_both_agree(phantom, session):
     """The backward chain from a later anchor stops at the first slice where it agrees with the forward chain:
     with agree_iou 0 after one slice, above 1 only at the previous anchor; the default (0.97) gives the mask of
