@@ -216,3 +216,57 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     assert wrapped.fallback_reason
     assert torch.equal(got, want) and torch.equal(again, want)
     torch._dynamo.reset()
+
+
+def test_fused_cpu_path_matches_in_bands_and_chunks(models, images, embeddings, monkeypatch):
+    """The prepared encoder's float32 path (oneDNN convolutions with their GELU / residual add, the attention in
+    one kernel, one image at a time, the first stage in bands of rows, the first MLPs in chunks of tokens) gives
+    LiteMedSAM's embedding, with the pieces as they come and much smaller ones, at other input sizes too."""
+    import copy
+
+    from ldfsam.model import tiny_vit
+    from ldfsam.model.tiny_vit import PatchMerging, prepare_for_inference
+
+    _, encoder, _, _ = models
+    fused = prepare_for_inference(copy.deepcopy(encoder))
+    if not tiny_vit._fused_ops():
+        pytest.skip("this torch has no oneDNN fused kernels: the plain path runs (tested above)")
+    assert sum(getattr(m, "fused", False) for m in fused.modules()) > 30
+    merged_rows = []
+    original = PatchMerging.forward
+    monkeypatch.setattr(PatchMerging, "forward", lambda self, x: merged_rows.append(x.shape[2]) or original(self, x))
+    with torch.no_grad():
+        assert (fused(images[0]) - embeddings[0]).abs().max().item() < TOL
+        assert merged_rows[:3] == [92, 96, 84]  # stage 0 of one image in three bands (halo 4), not 256 rows
+        monkeypatch.setattr(tiny_vit, "PIECE_BYTES", 4 << 20)  # bands of 8 rows, MLPs in chunks
+        x = torch.nn.functional.interpolate(images[0][1:2], size=(192, 192), mode="bilinear")
+        want = encoder(x)
+        merged_rows.clear()
+        assert (fused(x) - want).abs().max().item() < TOL
+        assert max(merged_rows[:-2]) <= 20 and len(merged_rows) > 10
+
+
+def test_fused_path_stays_out_of_bf16_and_autograd(models, images, monkeypatch):
+    """Under bf16 autocast (the path chosen on CPUs with native bf16) and with gradients on, the plain modules
+    run, as before the fused kernels existed."""
+    import copy
+
+    from ldfsam.model import tiny_vit
+    from ldfsam.model.tiny_vit import prepare_for_inference
+
+    _, encoder, _, _ = models
+    fused = prepare_for_inference(copy.deepcopy(encoder))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fused kernel called")
+
+    monkeypatch.setattr(tiny_vit, "_conv", refuse)
+    x = torch.nn.functional.interpolate(images[0][1:2], size=(128, 128), mode="bilinear")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = fused(x).float()
+    with torch.no_grad():
+        want = encoder(x)
+    cos = torch.nn.functional.cosine_similarity(half.flatten(), want.flatten(), dim=0).item()
+    assert cos > 0.99
+    with torch.enable_grad():
+        assert (fused(x) - want).abs().max().item() < TOL

@@ -36,6 +36,47 @@ from torch import nn
 from .common import LayerNorm2d
 
 
+def _fused_ops() -> bool:
+    """Whether oneDNN's convolution and linear kernels with a fused activation / residual add are here (torch's
+    own CPU kernels for inductor; absent from builds without mkldnn)."""
+    mkldnn = torch.ops.mkldnn
+    try:
+        return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_convolution_pointwise")
+                and hasattr(mkldnn, "_linear_pointwise"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _fusable(x: torch.Tensor, layer: nn.Module) -> bool:
+    """True when ``layer`` (a folded convolution or a linear layer of a prepared encoder) and its input ``x`` can
+    take the fused float32 CPU kernels: no autocast, no autograd. Elsewhere (bf16, CUDA, training) the plain
+    modules run."""
+    return (getattr(layer, "fused", False) and x.dtype == torch.float32 and x.device.type == "cpu"
+            and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+# Largest activation the fused path makes at once. glibc serves blocks up to 32 MB from its heap and reuses them
+# once freed, but maps every larger one afresh, zero-filled page by page: on a small CPU those page faults cost as
+# much as TinyViT's arithmetic (ldfsam.heap). So the fused path runs one image at a time, its first stage in
+# bands of rows and its first MLPs in chunks of tokens, each piece below this size.
+PIECE_BYTES = 24 << 20
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, act: str = "none") -> torch.Tensor:
+    """``conv(x)`` followed by GELU (``act="gelu"``) in one oneDNN pass."""
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, conv.padding, conv.stride,
+                                                   conv.dilation, conv.groups, act, [], "none")
+
+
+def _conv_add_gelu(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """GELU(conv(x) + residual): the add in the convolution's pass, the GELU in place."""
+    y = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, conv.weight, conv.bias, conv.padding,
+                                                       conv.stride, conv.dilation, conv.groups, "add", None, None,
+                                                       [], None)
+    return torch.ops.aten.gelu_(y)
+
+
 class ConvBN(nn.Sequential):
     """Convolution without bias followed by BatchNorm (TinyViT's ``Conv2d_BN``; names ``c`` and ``bn``)."""
 
@@ -53,6 +94,9 @@ class PatchEmbed(nn.Module):
         self.seq = nn.Sequential(ConvBN(in_chans, embed_dim // 2), nn.GELU(), ConvBN(embed_dim // 2, embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, _, second = self.seq
+        if _fusable(x, first):
+            return _conv(second, _conv(first, x, "gelu"))
         return self.seq(x)
 
 
@@ -70,6 +114,10 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fusable(x, self.conv1):
+            # Each activation of this stage is B×256×S×S (64 MB per image at 256): the GELUs and the residual
+            # add as separate passes cost more than the convolutions themselves on a memory-bound CPU.
+            return _conv_add_gelu(self.conv3, _conv(self.conv2, _conv(self.conv1, x, "gelu"), "gelu"), x)
         y = self.act2(self.conv2(self.act1(self.conv1(x))))
         return self.act3(self.conv3(y) + x)
 
@@ -86,6 +134,8 @@ class PatchMerging(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fusable(x, self.conv1):
+            return _conv(self.conv3, _conv(self.conv2, _conv(self.conv1, x, "gelu"), "gelu"))
         return self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
 
 
@@ -118,6 +168,12 @@ class WindowAttention(nn.Module):
         n, length, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(n, length, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
+        if self.frozen_bias is not None and _fusable(x, self.qkv):
+            # The fused float32 kernel: scale, bias, softmax and the product with v without the w²×w² scores in
+            # memory. Its bias must come expanded to every window (a stride-0 view): given heads×w²×w², torch
+            # takes a slower path.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.frozen_bias.expand(n, -1, -1, -1))
+            return self.proj(out.transpose(1, 2).reshape(n, length, -1))
         bias = self.frozen_bias if self.frozen_bias is not None else self.attention_biases[:, self.attention_bias_idxs]
         # Written out rather than scaled_dot_product_attention: with a float mask on the CPU that takes its
         # generic path, which spends more time checking the mask than attending (a quarter of the stage).
@@ -137,7 +193,17 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fusable(x, self.fc1):
+            pieces = -(-x.numel() * self.fc1.out_features * 4 // (x.shape[-1] * PIECE_BYTES))
+            if pieces > 1 and x.dim() > 2 and x.shape[1] > 1:  # B×H×W×C tokens, cut along H
+                return torch.cat([self._fused(part) for part in x.chunk(pieces, dim=1)], dim=1)
+            return self._fused(x)
         return self.fc2(self.act(self.fc1(self.norm(x))))
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.ops.mkldnn._linear_pointwise(self.norm(x), self.fc1.weight, self.fc1.bias, "gelu", [],
+                                                    "none")
+        return self.fc2(hidden)
 
 
 class TinyViTBlock(nn.Module):
@@ -163,7 +229,8 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self._windowed_attention(x)
-        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x.permute(0, 3, 1, 2)  # channels_last NCHW: a view
+        x = (_conv(self.local_conv, x) if _fusable(x, self.local_conv) else self.local_conv(x)).permute(0, 2, 3, 1)
         return x + self.mlp(x)
 
 
@@ -176,9 +243,38 @@ class ConvStage(nn.Module):
         self.downsample = PatchMerging(dim, out_dim, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fusable(x, self.downsample.conv1) and x.shape[0] == 1 and self.downsample.conv2.stride[0] == 2:
+            return self._banded(x)
         for block in self.blocks:
             x = block(x)
         return self.downsample(x)
+
+    def _banded(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage in bands of rows (one image): each band with a halo of rows above and below, enough for its
+        3×3 depthwise convolutions, so that its activations stay below PIECE_BYTES and the output equals the whole
+        image's. Each depthwise convolution pads with zeros where a band stops inside the image, which spoils one
+        more row on that side; the halo (even, for the stride-2 merge) holds all the spoilt rows."""
+        _, _, h, w = x.shape
+        hidden = max(self.blocks[0].conv1.out_channels if len(self.blocks) else 0, self.downsample.conv1.out_channels)
+        halo = len(self.blocks) + 2 - len(self.blocks) % 2  # > blocks (the merge reads one row more), even
+        rows = max(2, PIECE_BYTES // (hidden * w * 4) - 2 * halo) // 2 * 2
+        if h % 2 or rows >= h:
+            for block in self.blocks:
+                x = block(x)
+            return self.downsample(x)
+        out = None
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            g0, g1 = max(r0 - halo, 0), min(r1 + halo, h)
+            y = x[:, :, g0:g1]
+            for block in self.blocks:
+                y = block(y)
+            y = self.downsample(y)
+            if out is None:
+                out = y.new_empty((1, y.shape[1], h // 2, y.shape[3])).contiguous(memory_format=torch.channels_last)
+            k0 = (r0 - g0) // 2
+            out[:, :, r0 // 2:r1 // 2] = y[:, :, k0:k0 + (r1 - r0) // 2]
+        return out
 
 
 class AttentionStage(nn.Module):
@@ -240,6 +336,12 @@ class TinyViT(nn.Module):
         """Image B×3×S×S -> embedding B×out_chans×S/4×S/4."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if x.shape[0] > 1 and _fusable(x, self.patch_embed.seq[0]):
+            # One image at a time keeps every activation small (see PIECE_BYTES); the matmuls stay large.
+            return torch.cat([self._forward(x[i:i + 1]) for i in range(x.shape[0])])
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
@@ -278,6 +380,15 @@ def prepare_for_inference(encoder: TinyViT, channels_last: bool = True) -> TinyV
             module.frozen_bias = module.attention_biases[:, module.attention_bias_idxs].detach().clone()
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
+        if _fused_ops():
+            # float32 on the CPU: activations and residual adds inside oneDNN's convolution/linear passes
+            for module in encoder.modules():
+                if isinstance(module, nn.Conv2d) and module.bias is not None:
+                    module.fused = True
+                elif isinstance(module, Mlp):
+                    module.fc1.fused = True
+                elif isinstance(module, WindowAttention):
+                    module.qkv.fused = True
     encoder.channels_last = channels_last
     encoder.prepared = True
     for p in encoder.parameters():
