@@ -98,3 +98,32 @@ def test_union_keeps_the_automatic_pixels_and_replace_does_not(lite_parts, embed
     # Nothing detected: nothing to refine, the result stays empty.
     empty = torch.full_like(logits, -8.0)
     assert not bool((BoxRefiner(parts=lite_parts).refine(embedding, empty) > 0).any())
+
+
+def test_segmentation_runs_the_pass_on_its_own_embeddings(lite_parts):
+    """``SegmentOptions(refine=True)`` / ``ldfsam segment --refine``: the slice predictor refines what the model
+    decoded, on the embeddings it computed (removing the call from SlicePredictor.predict fails this test)."""
+    from ldfsam.errors import ConfigError
+    from ldfsam.infer.predictor import SlicePredictor
+    from ldfsam.infer.refine import refiner_for
+    from ldfsam.model.build import build_model
+    from ldfsam.model.presets import model_config
+    from ldfsam.model.pretrained import load_pretrained_sam
+
+    cfg = model_config("lite", prompt_mode="none", class_names=["polyp"])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_prompt_generator=False)
+    load_pretrained_sam(model, None)
+    predictor = SlicePredictor(model, 256, 512, torch.device("cpu"), skip_empty=False)
+    slices = torch.rand(1, 200, 240, generator=torch.Generator().manual_seed(3))
+    plain, _ = predictor.predict(slices)
+    predictor.refiner = refiner_for(cfg)
+    calls = []
+    refine = predictor.refiner.refine
+    predictor.refiner.refine = lambda z, logits: calls.append((z.shape, logits.clone())) or refine(z, logits)
+    refined, _ = predictor.predict(slices)
+    assert calls and calls[0][0] == (1, 256, 64, 64) and torch.equal(calls[0][1], plain)
+    assert torch.equal(refined, refine(model.encode_image(predictor.inputs(slices)[0]), plain))
+    assert not torch.equal(refined, plain)
+    with pytest.raises(ConfigError, match="one-class lite model"):
+        refiner_for(model_config("small"))

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bfloat16 where the CPU/GPU has native support, else float32")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     parser.add_argument("--threshold", type=float, default=0.5, help="tooth probability threshold (default 0.5)")
+    parser.add_argument("--refine", action="store_true",
+                        help="lite models: re-segment each piece of the automatic result with LiteMedSAM's own "
+                             "decoder from its box (the refinement pass; docs/training.md)")
     parser.add_argument("--min-island-mm3", type=float, default=10.0,
                         help="remove connected pieces smaller than this volume in mm³ (default 10; 0 keeps all)")
     parser.add_argument("--slice-spacing", default="auto", metavar="auto|native|Npx|MM",
@@ -124,7 +127,7 @@ def _options(args):
 
     return SegmentOptions(batch=args.batch, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                           fill=not args.no_fill_holes, split=args.split_teeth, precision=args.precision,
-                          slice_spacing=args.slice_spacing, spacing=args.spacing)
+                          slice_spacing=args.slice_spacing, spacing=args.spacing, refine=args.refine)
 
 
 def _run_cohort(args) -> int:
@@ -191,7 +194,7 @@ def _run_one(args) -> int:
                                 progress=progress, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                                 fill=not args.no_fill_holes, split=args.split_teeth,
                                 probabilities=args.probabilities, force=args.force, precision=args.precision,
-                                slice_spacing=args.slice_spacing, spacing=args.spacing)
+                                slice_spacing=args.slice_spacing, spacing=args.spacing, refine=args.refine)
     if args.progress != "json":
         t = result.timings
         print(f"teeth on {result.slices_with_teeth} of the {result.model_slices} slices the model ran on "

@@ -109,11 +109,11 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
         embeddings = EmbeddingCache(encoder_fingerprint(loaded.model))
     refiner = None
     if refine:
-        if embeddings is None or len(names) != 1:
-            raise InputError("the refinement pass needs a lite model of one class and a 2D dataset", model)
-        from ..infer.refine import BoxRefiner
+        if embeddings is None:
+            raise InputError("the refinement pass of evaluate needs a 2D dataset", data)
+        from ..infer.refine import refiner_for
 
-        refiner = BoxRefiner()
+        refiner = refiner_for(loaded.model_cfg)
     rows: List[Dict[str, Any]] = []
     if progress is not None:
         progress.start("evaluate", total=len(cases), message=f"evaluating {model} on {len(cases)} {kind} cases")

@@ -59,6 +59,9 @@ class SegmentOptions:
     slice_spacing: SliceSpacing = "auto"
     probabilities: bool = False  # also return the tooth probability map
     spacing: Optional[Tuple[float, float, float]] = None  # the true voxel size (x, y, z) mm, replacing the file's
+    # The lite family's refinement pass (infer/refine.py): each component of the automatic mask re-segmented by
+    # LiteMedSAM's unchanged decoder from its box. One-class lite models only.
+    refine: bool = False
 
     def validate(self) -> SegmentOptions:
         """Raise ConfigError naming the argument of the first bad value."""
@@ -242,6 +245,10 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
         progress.log("segment", f"batch reduced from {options.batch} to {memory.batch} to fit in "
                                 f"{memory.available_bytes / 2**30:.1f} GB of memory", level="warning")
     predictor = SlicePredictor(loaded.model, pre.sam_size, pre.yolo_size, device, dtype)
+    if options.refine:
+        from .refine import refiner_for
+
+        predictor.refiner = refiner_for(cfg)
     n_classes = len(cfg.class_names)
     labels = np.zeros(plan.shape, dtype=np.uint8)
     probs = np.zeros(plan.shape, dtype=np.float32) if options.probabilities else None
@@ -402,7 +409,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
                    memory_limit: Optional[int] = None, slice_spacing: SliceSpacing = "auto",
                    keep_slices: Optional[np.ndarray] = None,
                    should_stop: Optional[Callable[[], bool]] = None,
-                   spacing: Optional[Sequence[float]] = None) -> SegmentationResult:
+                   spacing: Optional[Sequence[float]] = None, refine: bool = False) -> SegmentationResult:
     """Segment the teeth in the volume ``input`` and write ``output`` (.nii/.nii.gz label map or .seg.nrrd).
 
     model: a model name (``ldfsam models list``), a ``.safetensors`` path, or a loaded checkpoint; default: the
@@ -414,12 +421,13 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     slice; a number: candidates that many mm apart.
     keep_slices: bool per input slice (model order) overriding which slices the encoder runs on (benchmarks).
     spacing: the true voxel size (x, y, z) in mm, replacing the file's (one whose header says 0 is refused without).
+    refine: the lite family's refinement pass (``ldfsam.infer.refine``).
     Every argument and both outputs are checked before any work; an output is never the input, even with
     ``force``. Raises InputError/OutputError/CheckpointError/ConfigError naming the file or the argument;
     KeyboardInterrupt or ``should_stop()`` leave no output.
     """
     options = SegmentOptions(batch, threshold, min_island_mm3, fill, split, precision, memory_limit, slice_spacing,
-                             probabilities is not None, spacing).validate()
+                             probabilities is not None, spacing, refine).validate()
     progress = progress or Progress("none")
     t0 = time.perf_counter()
     input = Path(input)

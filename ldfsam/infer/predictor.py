@@ -83,6 +83,8 @@ class SlicePredictor:
         self.times: Dict[str, float] = {"inputs": 0.0, "prompt_features": 0.0, "detect": 0.0, "encoder": 0.0,
                                         "decoder": 0.0}
         self.encoded = 0
+        # The refinement pass (infer/refine.py), set by the pipeline when asked for: None runs none.
+        self.refiner = None
         self.generator = _fused_generator(self.model)
         if getattr(getattr(self.model, "cfg", None), "sam", None) is not None and self.model.cfg.sam.encoder == \
                 "tiny_vit":
@@ -161,6 +163,8 @@ class SlicePredictor:
             if self._needs_boxes():
                 boxes = [detections[i] for i in idx.tolist()]
             logits = model.decode(embeddings, feats, boxes=boxes)
+            if self.refiner is not None:
+                logits = self.refiner.refine(embeddings, logits)
         out[idx] = logits.float().cpu()
         self._tick("decoder", t)
         self.encoded += int(idx.numel())

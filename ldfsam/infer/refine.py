@@ -20,6 +20,15 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 
+def refiner_for(model_cfg) -> BoxRefiner:
+    """The refiner of a model, or ConfigError where the pass does not apply (it needs LiteMedSAM's encoder, whose
+    embeddings its decoder reads, and one class)."""
+    if model_cfg.sam.encoder != "tiny_vit" or len(model_cfg.class_names) != 1:
+        raise ConfigError(f"the refinement pass needs a one-class lite model (LiteMedSAM's encoder); this one is "
+                          f"preset {model_cfg.sam.preset!r} with {len(model_cfg.class_names)} class(es)")
+    return BoxRefiner()
+
+
 class BoxRefiner:
     """``refine(embedding B×D×G×G, logits B×1×S×S) -> logits B×1×S×S``.
 
