@@ -41,7 +41,9 @@ def test_worker_segments_clicks_and_undoes(tmp_path):
     truth[:zm - 1] = truth[zm + 2:] = False
     lo = image.TransformContinuousIndexToPhysicalPoint((x.min() - 1.0, y.min() - 1.0, zm - 1.4))
     hi = image.TransformContinuousIndexToPhysicalPoint((x.max() + 1.0, y.max() + 1.0, zm + 1.4))
-    proc = subprocess.Popen([sys.executable, "-m", "ldfsam", "prompt-worker"], stdin=subprocess.PIPE,
+    # --prior none: SPD's prior would drop the exclude click below (it lies inside the tooth); test_spd_prompted.py
+    # covers the worker with a prior.
+    proc = subprocess.Popen([sys.executable, "-m", "ldfsam", "prompt-worker", "--prior", "none"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert json.loads(proc.stdout.readline()) == {"ok": True, "ready": True}
