@@ -77,6 +77,8 @@ def main() -> int:
                    help="validation images used for checkpoint selection during training (default 24)")
     p.add_argument("--validate-every", type=int, default=2)
     p.add_argument("--seed", type=int, default=2025)
+    p.add_argument("--refine", action="store_true",
+                   help="lite: also evaluate every feature-prompt model with the refinement pass (rows MODE+refine)")
     p.add_argument("--prepared", type=Path, help="reuse this prepared Kvasir folder (default: --out/prepared)")
     args = p.parse_args()
 
@@ -208,6 +210,16 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         }
         print(f"{tag} {mode}: Dice {m['dice']['mean']:.4f} [{m['dice']['ci_low']:.4f}, {m['dice']['ci_high']:.4f}], "
               f"IoU {m['iou']['mean']:.4f} ({steps} steps, {train_s:.0f} s)", flush=True)
+        if args.refine and args.preset == "lite" and prompt_mode not in ("box", "zero-shot"):
+            t0 = time.time()
+            rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=True)
+            summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
+            write_report(run / "eval-val-refine", rows, summary)
+            m = summary["metrics"][summary["classes"][0]]
+            results["runs"][f"{tag}/{mode}+refine"] = {
+                **results["runs"][f"{tag}/{mode}"], "mode": f"{mode}+refine", "dice": m["dice"], "iou": m["iou"],
+                "hd_px": m["hd"], "eval_s": round(time.time() - t0, 1)}
+            print(f"{tag} {mode}+refine: Dice {m['dice']['mean']:.4f}", flush=True)
 
 
 if __name__ == "__main__":
