@@ -92,6 +92,7 @@ def install() -> Iterator[types.SimpleNamespace]:
     wrapper.Choice = wrapper.WithinRange = lambda *args: None
     slicer.parameterNodeWrapper = wrapper
     for name in ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode", "vtkMRMLScalarVolumeNode",
+                 "vtkMRMLMarkupsCurveNode", "vtkMRMLMarkupsLineNode",
                  "vtkMRMLSegmentationNode", "vtkMRMLPlotChartNode", "vtkMRMLTableNode"):
         setattr(slicer, name, type(name, (), {}))
     fakes = {"qt": qt, "vtk": vtk, "slicer": slicer, "slicer.util": util, "slicer.i18n": i18n,

@@ -20,7 +20,7 @@ from LDFSAMSegmentLib.bindings import PARAMETER_PROPERTY, PATH_PROPERTY, bound_w
 MODULES = ("LDFSAMSegment", "LDFSAMTrain")
 # The parts of each module's Lib package that need Slicer; every other one is plain Python, tested here.
 SLICER_LAYER = {"LDFSAMSegmentLib": ("parameters", "logic", "install_logic", "interactive_logic", "widget",
-                                     "lifecycle", "self_test"),
+                                     "lifecycle", "self_test", "segment_origin", "training_logic"),
                 "LDFSAMTrainLib": ("parameters", "logic", "widget")}
 # Where the wrapper's field types meet the widget classes that parameterNodeWrapper can connect them to.
 CONNECTABLE = {"QCheckBox": {"bool"}, "QSpinBox": {"int"}, "QDoubleSpinBox": {"float"}, "QComboBox": {"Choice"},

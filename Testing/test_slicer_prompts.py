@@ -52,7 +52,7 @@ def test_rotated_roi_gives_the_box_around_its_corners():
 
 
 def test_bad_markups_are_refused_before_a_file_is_written():
-    with pytest.raises(ValueError, match="place a ROI or at least one include point"):
+    with pytest.raises(ValueError, match="place a ROI, a line of clicks or at least one include point"):
         structure("t", exclude=[(0, 0, 0)])
     with pytest.raises(ValueError, match="ROI size"):
         roi_box((0, 0, 0), (1, -1, 1))

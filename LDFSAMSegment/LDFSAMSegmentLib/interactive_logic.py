@@ -1,5 +1,7 @@
-"""LDFSAM Segment's "Interactive" section: a markups ROI and include/exclude points -> the prompt worker -> one
-segment per ROI (named after the ROI) in a segmentation node (Slicer layer).
+"""LDFSAM Segment's "Interactive" section: a markups ROI, include/exclude points and a line of clicks -> the prompt
+worker -> one segment per structure (named after the ROI, or the line without a ROI) in a segmentation node (Slicer
+layer). With a prior (``--prior``: SPD's saliency head) the worker says which clicks it did not use and why
+(:meth:`InteractiveLogic.notUsedText`).
 
 The worker (``prompt_client.PromptWorker``) is started once and kept while the module lives, so LiteMedSAM and
 the slice embeddings stay loaded; the volume is saved and opened again only when another volume is chosen.
@@ -30,7 +32,7 @@ from .prompt_client import (
     undo_request,
 )
 from .prompt_targets import PROMPTED_ATTRIBUTE, find_segmentation, segment_id_for
-from .prompts import placed_points, structure
+from .prompts import click_names, not_used_text, placed_labels, placed_points, structure
 
 
 class InteractiveLogic:
@@ -42,15 +44,21 @@ class InteractiveLogic:
         self.queue = []  # (request, state it leaves) still to send for the current action
         self.sent = None  # the one being answered
         self.target = None  # (volume node, segmentation node, name) of the current action
+        self.prior = "auto"  # the worker's --prior (it is started again when this changes)
+        self.labels = {}  # the current action's control point labels: {"include": [...], "exclude": [...]}
 
     @property
     def busy(self):
         return bool(self.queue) or (self.worker is not None and self.worker.pending is not None)
 
-    def ensureWorker(self, ldfsamHome=None):
-        if self.worker is None or not self.worker.running:
-            self.worker = PromptWorker(prompt_worker_argv(), env=core_env(ldfsamHome)).start()
-            self.volumeID, self.history = None, History()
+    def ensureWorker(self, ldfsamHome=None, prior=None):
+        prior = prior or self.prior
+        argv = prompt_worker_argv(prior=prior)
+        if self.worker is not None and self.worker.running and self.worker.argv != argv:
+            self.worker.stop()  # another prior: a worker of its own (the open volume is sent again)
+        if self.worker is None or not self.worker.running or self.worker.argv != argv:
+            self.worker = PromptWorker(argv, env=core_env(ldfsamHome)).start()
+            self.volumeID, self.history, self.prior = None, History(), prior
         if self.folder is None:
             self.folder = tempfile.mkdtemp(prefix="LDFSAM-interactive-")
 
@@ -63,27 +71,34 @@ class InteractiveLogic:
         return [(open_request(path), None)]
 
     def segmentInRoi(self, volume, roi, includeNode=None, excludeNode=None, segmentationNode=None,
-                     ldfsamHome=None):
-        """Queue what segments the ROI's structure (or only the clicks added since); returns the segmentation
-        node that receives it. ValueError for a missing input."""
+                     ldfsamHome=None, lineNode=None, prior=None):
+        """Queue what segments the structure of the ROI (or of the line of clicks without a ROI), or only the
+        clicks added since; returns the segmentation node that receives it. ``prior``: the worker's ``--prior``
+        (auto, none or a model). ValueError for a missing input."""
         if volume is None or volume.GetImageData() is None:
             raise ValueError("Select an input volume that has image data.")
-        if roi is None:
-            raise ValueError("Select the ROI around the structure.")
-        center, size = [0.0] * 3, [0.0] * 3
-        roi.GetCenterWorld(center)
-        roi.GetSizeWorld(size)  # along the world axes below (a parent transform may scale)
-        matrix = roi.GetObjectToWorldMatrix()
-        axes = [[matrix.GetElement(r, c) for r in range(3)] for c in range(3)]
-        axes = [[v / (sum(a * a for a in axis) ** 0.5 or 1.0) for v in axis] for axis in axes]
+        if roi is None and lineNode is None:
+            raise ValueError("Select the ROI around the structure, or a line of clicks through it.")
+        center = size = axes = None
+        if roi is not None:
+            center, size = [0.0] * 3, [0.0] * 3
+            roi.GetCenterWorld(center)
+            roi.GetSizeWorld(size)  # along the world axes below (a parent transform may scale)
+            matrix = roi.GetObjectToWorldMatrix()
+            axes = [[matrix.GetElement(r, c) for r in range(3)] for c in range(3)]
+            axes = [[v / (sum(a * a for a in axis) ** 0.5 or 1.0) for v in axis] for axis in axes]
         toLocal = worldToVolume(volume)
         defined = slicer.vtkMRMLMarkupsNode.PositionDefined
         include = placed_points(includeNode, defined, toLocal)
         exclude = placed_points(excludeNode, defined, toLocal)
-        name = roi.GetName()
-        current = Prompt(name, structure(name, center, size, axes, include, exclude, to_local=toLocal), include,
-                         exclude)
-        self.ensureWorker(ldfsamHome)
+        line = placed_points(lineNode, defined, toLocal)
+        if lineNode is not None and not line:
+            raise ValueError(f"The line of clicks '{lineNode.GetName()}' has no placed point.")
+        name = (roi or lineNode).GetName()
+        current = Prompt(name, structure(name, center, size, axes, include, exclude, to_local=toLocal, line=line),
+                         include, exclude)
+        self.labels = {"include": placed_labels(includeNode, defined), "exclude": placed_labels(excludeNode, defined)}
+        self.ensureWorker(ldfsamHome, prior)
         requests = self._openIfNeeded(volume)
         previous = self.history.last(name) if not requests else None
         requests += requests_for(previous, current, self._maskPath(name))
@@ -121,7 +136,21 @@ class InteractiveLogic:
             return None
         if reply.get("output"):
             self.loadMask(reply["output"], *self.target)
+            from .segment_origin import tagSegments
+
+            volume, segmentationNode, name = self.target
+            # "prompted", with a digest of its voxels: a later edit makes it "edited" in a training case.
+            tagSegments(segmentationNode, [segment_id_for(segmentationNode.GetSegmentation(), name)], "prompted")
         return reply
+
+    def notUsedText(self, reply):
+        """The panel's line for the worker's ``not_used`` report of an answer: each click named as the panel shows
+        it (the include/exclude lists' control point labels, a line's clicks by their position)."""
+        state = self.history.last(reply.get("name", ""))
+        if state is None:
+            return not_used_text(reply)
+        return not_used_text(reply, click_names(state.order, self.labels.get("include", ()),
+                                                self.labels.get("exclude", ())))
 
     def _sendNext(self):
         if self.worker.pending is None and self.queue:

@@ -206,6 +206,10 @@ class LDFSAMSegmentLogic(ScriptedLoadableModuleLogic):
             shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), study)
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.CreateClosedSurfaceRepresentation()
+        from .segment_origin import tagSegments
+
+        # "automatic", with a digest of the voxels: a later edit makes the segment "edited" in a training case.
+        tagSegments(segmentationNode, list(segmentation.GetSegmentIDs()), "automatic")
         return segmentationNode
 
 

@@ -1,10 +1,12 @@
 """The LDFSAM Segment module's parameters (saved with the scene) and its application settings (Slicer layer)."""
 
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import qt
 from slicer import (
+    vtkMRMLMarkupsCurveNode,
     vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsLineNode,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -12,6 +14,7 @@ from slicer import (
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from .cohort import SOURCES
+from .training_set import REVIEW_CHOICES
 
 SETTINGS_CACHE = "LDFSAM/CacheFolder"
 SETTINGS_DEVICE = "LDFSAM/Device"
@@ -37,6 +40,15 @@ class LDFSAMSegmentParameterNode:
     interactiveInclude: vtkMRMLMarkupsFiducialNode
     interactiveExclude: vtkMRMLMarkupsFiducialNode
     interactiveSegmentation: vtkMRMLSegmentationNode
+    # A line of clicks through the structure's slices (SPD's centreline prompt), and the worker's --prior.
+    interactiveLine: Union[vtkMRMLMarkupsCurveNode, vtkMRMLMarkupsLineNode, vtkMRMLMarkupsFiducialNode]
+    interactivePrior: str = "auto"
+    # "Training set": the user's training folder, what they reviewed, and the name of the improved model.
+    trainingFolder: str = ""
+    reviewed: Annotated[str, Choice(list(REVIEW_CHOICES))] = REVIEW_CHOICES[0]
+    reviewedSlices: str = ""
+    newModelName: str = ""
+    improvedModel: str = ""  # the last model the section installed ("Use the new model" selects it)
 
 
 def cacheFolder() -> Optional[str]:

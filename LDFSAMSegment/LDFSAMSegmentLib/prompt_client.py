@@ -33,9 +33,12 @@ class WorkerError(RuntimeError):
         self.alive = alive
 
 
-def prompt_worker_argv(model: Optional[str] = None, python: Optional[str] = None) -> List[str]:
-    """``python -m ldfsam prompt-worker [--model MODEL]`` (no model: LiteMedSAM as published)."""
-    return ldfsam_argv("prompt-worker", *(["--model", model] if model else []), python=python)
+def prompt_worker_argv(model: Optional[str] = None, python: Optional[str] = None,
+                       prior: Optional[str] = None) -> List[str]:
+    """``python -m ldfsam prompt-worker [--model MODEL] [--prior PRIOR]`` (no model: LiteMedSAM as published; no
+    prior: the worker's default, "auto", the default model's saliency head when it has one; "none": no check)."""
+    args = (["--model", model] if model else []) + (["--prior", prior] if prior else [])
+    return ldfsam_argv("prompt-worker", *args, python=python)
 
 
 def open_request(volume_path: str) -> Dict[str, Any]:
@@ -62,12 +65,21 @@ def undo_request(name: str, output_path: str) -> Dict[str, Any]:
 
 @dataclass
 class Prompt:
-    """What the worker has segmented a structure with: its prompts-file entry, and the RAS clicks in it."""
+    """What the worker has segmented a structure with: its prompts-file entry, and the RAS clicks in it.
+
+    ``order``: the clicks as the worker holds them (the entry's points, then the clicks sent one by one), each as
+    (label, index in ``include`` or ``exclude``): the worker's ``not_used`` report numbers clicks in that order."""
 
     name: str
     entry: Dict[str, Any]
     include: List[List[float]] = field(default_factory=list)
     exclude: List[List[float]] = field(default_factory=list)
+    order: List[Tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.order:  # as a segment request sends them (``prompts.structure``: include, then exclude)
+            self.order = [("include", i) for i in range(len(self.include))] + \
+                [("exclude", i) for i in range(len(self.exclude))]
 
 
 def requests_for(previous: Optional[Prompt], current: Prompt,
@@ -77,6 +89,7 @@ def requests_for(previous: Optional[Prompt], current: Prompt,
     added (the embeddings and the structure's undo history are kept), else one segment request."""
     same_base = (previous is not None and previous.name == current.name
                  and previous.entry.get("box") == current.entry.get("box")
+                 and previous.entry.get("line") == current.entry.get("line")
                  and current.include[:len(previous.include)] == previous.include
                  and current.exclude[:len(previous.exclude)] == previous.exclude)
     if not same_base:
@@ -86,7 +99,8 @@ def requests_for(previous: Optional[Prompt], current: Prompt,
         for point in getattr(current, label)[len(getattr(previous, label)):]:
             include = state.include + [point] if label == "include" else state.include
             exclude = state.exclude + [point] if label == "exclude" else state.exclude
-            state = Prompt(current.name, current.entry, include, exclude)
+            order = state.order + [(label, len(getattr(state, label)))]
+            state = Prompt(current.name, current.entry, include, exclude, order)
             steps.append((click_request(current.name, point, label, output_path), state))
     return steps or [(segment_request(current.entry, output_path), current)]
 

@@ -16,6 +16,10 @@ A widget calls::
     Path(json_path).write_text(json.dumps(doc))
 
 then runs ``ldfsam segment VOLUME -o OUT.seg.nrrd --prompts JSON_PATH [--base-segmentation PREVIOUS]``.
+
+A line of clicks (SPD's centreline prompt: a markups curve, line or point list placed through a tooth's slices) is
+sent as the entry's ``line``: its placed control points, in order; the core makes an include click on every slice
+the straight pieces between them cross (a curve's smoothing between its control points is not followed).
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ def placed_points(node: object, defined: int, to_local: ToLocal = None) -> List[
     return points
 
 
+def placed_labels(node: object, defined: int) -> List[str]:
+    """The labels of the control points :func:`placed_points` returns (same order), e.g. "F-2"; [] for no node."""
+    if node is None:
+        return []
+    return [str(node.GetNthControlPointLabel(i)) for i in range(node.GetNumberOfControlPoints())
+            if node.GetNthControlPointPositionStatus(i) == defined]
+
+
 def roi_box(center: Vector, size: Vector, axes: Optional[Sequence[Vector]] = None,
             to_local: ToLocal = None) -> Dict[str, List[float]]:
     """The LPS box {"min", "max"} holding a markups ROI (RAS centre, size in mm, axes = 3 unit column vectors in
@@ -68,9 +80,10 @@ def roi_box(center: Vector, size: Vector, axes: Optional[Sequence[Vector]] = Non
 
 def structure(name: str, roi_center: Optional[Vector] = None, roi_size: Optional[Vector] = None,
               roi_axes: Optional[Sequence[Vector]] = None, include: Sequence[Vector] = (),
-              exclude: Sequence[Vector] = (), to_local: ToLocal = None) -> Dict[str, object]:
-    """One entry of the prompts file from an optional ROI (world RAS, mapped by ``to_local``) and include/exclude
-    control points (RAS, already in the volume's frame: see :func:`placed_points`)."""
+              exclude: Sequence[Vector] = (), to_local: ToLocal = None, line: Sequence[Vector] = ()
+              ) -> Dict[str, object]:
+    """One entry of the prompts file from an optional ROI (world RAS, mapped by ``to_local``), include/exclude
+    control points and a line of clicks (RAS, already in the volume's frame: see :func:`placed_points`)."""
     if not name or not name.strip():
         raise ValueError("a structure needs a name")
     entry: Dict[str, object] = {"name": name.strip()}
@@ -80,8 +93,10 @@ def structure(name: str, roi_center: Optional[Vector] = None, roi_size: Optional
     points += [{"position": ras_to_lps(p), "label": "exclude"} for p in exclude]
     if points:
         entry["points"] = points
-    if "box" not in entry and not include:
-        raise ValueError(f"structure {name!r}: place a ROI or at least one include point")
+    if line:
+        entry["line"] = [ras_to_lps(p) for p in line]
+    if "box" not in entry and not include and not line:
+        raise ValueError(f"structure {name!r}: place a ROI, a line of clicks or at least one include point")
     return entry
 
 
@@ -93,11 +108,38 @@ def prompts_document(structures: Sequence[Dict[str, object]]) -> Dict[str, objec
     return {"structures": list(structures)}
 
 
-def not_used_text(reply: Dict[str, object]) -> str:
+def click_names(order: Sequence[Sequence[object]], include_labels: Sequence[str] = (),
+                exclude_labels: Sequence[str] = ()) -> List[str]:
+    """What the panel calls each click of the worker's entry: ``order`` gives, per click in the worker's order,
+    (label, index in that markups list's placed points) (``prompt_client.Prompt.order``); the control point's
+    label when known, e.g. "include point F-2", else its number in the list."""
+    labels = {"include": list(include_labels), "exclude": list(exclude_labels)}
+    names = []
+    for label, i in order:
+        known = labels.get(str(label), [])
+        names.append(f"{label} point {known[int(i)] if int(i) < len(known) else int(i) + 1}")
+    return names
+
+
+def not_used_text(reply: Dict[str, object], clicks: Optional[Sequence[str]] = None) -> str:
     """The prompt worker's report of the prompts SPD's prior did not take as given (``not_used``), as one line for
-    the panel; "" when every prompt was used (or the worker runs without a prior)."""
+    the panel; "" when every prompt was used (or the worker runs without a prior).
+
+    ``clicks``: the names of the entry's clicks in the worker's order (:func:`click_names`); the worker numbers the
+    clicks of a line after them, so an index past them is a click of the line (named with its RAS position, in
+    the volume's frame). Without ``clicks`` every click is named by its label and number."""
     parts = []
     for item in reply.get("not_used") or []:
-        what = "box" if item.get("point") is None else f"{item.get('label', 'include')} click {int(item['point']) + 1}"
+        point = item.get("point")
+        if point is None:
+            what = "box"
+        elif clicks is not None and int(point) < len(clicks):
+            what = clicks[int(point)]
+        elif clicks is not None:
+            where = item.get("position")
+            at = (" at RAS (" + ", ".join(f"{v:.1f}" for v in ras_to_lps(where)) + ")") if where else ""
+            what = f"line click {int(point) - len(clicks) + 1}{at}"
+        else:
+            what = f"{item.get('label', 'include')} click {int(point) + 1}"
         parts.append(f"{what} {item.get('action', '')}: {item.get('reason', '')}")
     return ("Not used as given: " + "; ".join(parts) + ".") if parts else ""

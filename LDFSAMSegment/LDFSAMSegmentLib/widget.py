@@ -25,6 +25,8 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self._cohort = None  # the CohortState of a running "Segment all volumes"
         self._interactive = None  # InteractiveLogic, made on first use (it starts the prompt worker)
         self._interactiveTimer = None
+        self._training = None  # TrainingSetLogic ("Training set" section)
+        self._improving = None  # the name of the model an "Improve model" run is making
 
     def newLogic(self):
         return LDFSAMSegmentLogic()
@@ -43,6 +45,11 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.interactiveSegmentButton.clicked.connect(self.onInteractiveSegment)
         self.ui.interactiveUndoButton.clicked.connect(self.onInteractiveUndo)
         self.ui.roiSelector.currentNodeChanged.connect(self.updateButtons)
+        self.ui.lineSelector.currentNodeChanged.connect(self.updateButtons)
+        self.ui.promptPriorComboBox.currentIndexChanged.connect(self.onPriorChanged)
+        self.ui.addToTrainingSetButton.clicked.connect(self.onAddToTrainingSet)
+        self.ui.improveModelButton.clicked.connect(self.onImproveModel)
+        self.ui.useNewModelButton.clicked.connect(self.onUseNewModel)
         self._interactiveTimer = qt.QTimer()
         self._interactiveTimer.setInterval(100)
         self._interactiveTimer.timeout.connect(self.pollInteractive)
@@ -69,7 +76,29 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             combo.addItem(choice.label, choice.name)
         combo.currentIndex = names.index(wanted) if wanted in names else 0
         combo.blockSignals(blocked)
+        self.refreshPriors()
         self.onModelChanged()
+
+    def refreshPriors(self):
+        """The priors the Interactive section offers: the worker's default, none, or an installed model (the
+        worker says so when the one chosen has no saliency head)."""
+        combo = self.ui.promptPriorComboBox
+        blocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("the default model's prior (when it has one)"), "auto")
+        combo.addItem(_("nothing: take every click as given"), "none")
+        for choice in self._choices:
+            if choice.state != "available":
+                combo.addItem(_("the prior of {name}").format(name=choice.name), choice.name)
+        wanted = self._parameterNode.interactivePrior if self._parameterNode else "auto"
+        index = combo.findData(wanted)
+        combo.currentIndex = index if index >= 0 else 0
+        combo.blockSignals(blocked)
+
+    def onPriorChanged(self, *_args):
+        prior = self.ui.promptPriorComboBox.currentData
+        if self._parameterNode and prior and self._parameterNode.interactivePrior != prior:
+            self._parameterNode.interactivePrior = prior
 
     def selectedChoice(self):
         index = self.ui.modelComboBox.currentIndex
@@ -110,8 +139,10 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         choice = self.selectedChoice()
         ready = bool(p and p.inputVolume and choice and choice.state != "available")
         cohort = self._cohort is not None
-        self.ui.segmentButton.text = _("Cancel") if running and not cohort else _("Segment teeth")
-        self.ui.segmentButton.enabled = (running and not cohort) or (ready and not busy)
+        improving = self._improving is not None
+        own = cohort or improving  # runs that their own button cancels
+        self.ui.segmentButton.text = _("Cancel") if running and not own else _("Segment teeth")
+        self.ui.segmentButton.enabled = (running and not own) or (ready and not busy)
         fromFolder = bool(p and p.cohortSource == SOURCES[1])
         cohortReady = bool(p and choice and choice.state != "available" and p.cohortOutputFolder
                            and (p.cohortFolder if fromFolder else True))
@@ -121,12 +152,14 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         for name in ("cohortSourceComboBox", "cohortOutputPathLineEdit"):
             getattr(self.ui, name).enabled = not busy
         waiting = self._interactive is not None and self._interactive.busy
-        canPrompt = bool(p and p.inputVolume and self.ui.roiSelector.currentNode()) and not waiting
+        structure = self.ui.roiSelector.currentNode() or self.ui.lineSelector.currentNode()
+        canPrompt = bool(p and p.inputVolume and structure) and not waiting
         self.ui.interactiveSegmentButton.enabled = canPrompt and not self.installing
         # Undo needs the worker's history of this session, and the segmentation its results went to.
         self.ui.interactiveUndoButton.enabled = (canPrompt and self._interactive is not None
                                                  and p.interactiveSegmentation is not None)
         self.ui.downloadModelButton.enabled = bool(choice and choice.state == "available" and not busy)
+        self.updateTrainingButtons(running, busy)
         for name in PANEL_SECTIONS:
             getattr(self.ui, name).enabled = not busy
         if not running and p and not ready:
@@ -139,6 +172,101 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
     def onCohortButton(self):
         self._startOrCancel(self.logic.startCohort, _("Could not start segmenting the volumes: {error}"), None,
                             cohort=True)
+
+    # -- training set ---------------------------------------------------------------------------------------------
+    def trainingLogic(self):
+        from .training_logic import TrainingSetLogic
+
+        self._training = self._training or TrainingSetLogic()
+        return self._training
+
+    def updateTrainingButtons(self, running, busy):
+        from .bindings import path_text
+        from .training_set import REVIEW_CHOICES
+
+        p = self._parameterNode
+        folder = bool(p and path_text(p.trainingFolder))
+        self.ui.addToTrainingSetButton.enabled = bool(folder and p.inputVolume and not busy)
+        self.ui.reviewedSlicesLineEdit.enabled = bool(p and p.reviewed == REVIEW_CHOICES[2])
+        name = p.newModelName.strip() if p else ""
+        if self._improving is not None:
+            self.ui.improveModelButton.text = _("Cancel improving '{name}'").format(name=self._improving)
+            self.ui.improveModelButton.enabled = True
+        else:
+            resumable = bool(name) and self._improveRunStarted(name)
+            self.ui.improveModelButton.text = (_("Resume improving '{name}'").format(name=name) if resumable
+                                               else _("Improve model from my training set"))
+            self.ui.improveModelButton.enabled = bool(folder and name and self.selectedChoice() and not busy)
+        installed = {c.name for c in self._choices if c.state != "available"}
+        self.ui.useNewModelButton.enabled = bool(p and p.improvedModel in installed and p.model != p.improvedModel)
+
+    def _improveRunStarted(self, name):
+        from .training_set import can_resume
+
+        try:
+            return can_resume(self.trainingLogic().improveRun(name, cacheFolder()))
+        except Exception:  # a name the core refuses: the button's run says why
+            return False
+
+    def onAddToTrainingSet(self):
+        from .bindings import path_text
+
+        if self.run is not None or not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        folder = path_text(p.trainingFolder)
+        try:
+            process, plan = self.trainingLogic().addCaseProcess(
+                p.inputVolume, p.outputSegmentation, p.interactiveSegmentation, folder, p.reviewed,
+                p.reviewedSlices, cacheFolder())
+        except Exception as e:
+            slicer.util.errorDisplay(_("Could not add the volume to the training set: {error}").format(error=e))
+            return
+        caseId = self._training.caseId
+        origins = [s.origin for s in plan.segments]
+        counts = ", ".join(f"{origins.count(o)} {o}" for o in ("automatic", "prompted", "edited") if o in origins)
+
+        def done():
+            self._training.discard()
+            self.ui.statusLabel.text = _("Added '{case}' to {folder} ({counts} segment(s)).").format(
+                case=caseId, folder=folder, counts=counts)
+
+        self.startRun(process, done)
+
+    def onImproveModel(self):
+        from .bindings import path_text
+
+        if self._improving is not None:
+            self.ui.statusLabel.text = _("Cancelling (the run keeps its last saved state; the button resumes it)...")
+            self.run.cancel()
+            return
+        if self.run is not None or not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        name, choice = p.newModelName.strip(), self.selectedChoice()
+        try:
+            process, resumed = self.trainingLogic().improveProcess(
+                path_text(p.trainingFolder), choice.name if choice else "", name, p.device, cacheFolder())
+        except Exception as e:
+            slicer.util.errorDisplay(_("Could not start improving the model: {error}").format(error=e))
+            return
+
+        def done():
+            p.improvedModel = name
+            self.refreshModels()
+            self.ui.statusLabel.text = _("'{name}' is installed: press \"Use the new model\" to segment with "
+                                         "it.").format(name=name)
+
+        self._improving = name
+        self.startRun(process, done)
+        if resumed:
+            self.ui.statusLabel.text = _("Resuming the improvement of '{name}'...").format(name=name)
+
+    def onUseNewModel(self):
+        p = self._parameterNode
+        p.model = p.improvedModel
+        self.refreshModels()  # selects the parameter node's model
+        self.ui.statusLabel.text = _("Segmenting with '{name}'.").format(name=p.model)
 
     def _startOrCancel(self, start, failure, onSuccess, cohort=False):
         """The button of a running process cancels it; otherwise ``start(parameters, cacheFolder)`` starts one
@@ -172,6 +300,9 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
     def onRunFinished(self, run, error):
         self.onRunUpdate(run)
         self.run = None
+        self._improving = None
+        if error and self._training is not None:
+            self._training.discard()
         if self._cohort is not None:
             state, self._cohort = self._cohort, None
             self.updateButtons()
@@ -191,7 +322,9 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
 
     def onRunAbandoned(self, run):
         # The scene this run worked for was closed: its temporary files go, its results are not loaded.
-        self._cohort, self._onSuccess = None, None
+        self._cohort, self._onSuccess, self._improving = None, None, None
+        if self._training is not None:
+            self._training.discard()
         self.logic.discardRun()
         self.logic.discardCohort()
 
@@ -235,12 +368,13 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             self._parameterNode.interactiveSegmentation = self._interactive.segmentInRoi(
                 self._parameterNode.inputVolume, self.ui.roiSelector.currentNode(),
                 self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode(), target,
-                cacheFolder())
+                cacheFolder(), lineNode=self.ui.lineSelector.currentNode(),
+                prior=self._parameterNode.interactivePrior)
         except Exception as e:
             slicer.util.errorDisplay(_("Could not segment in the ROI: {error}").format(error=e))
             return
         self.ui.statusLabel.text = _("Segmenting '{name}' (the first run loads LiteMedSAM)...").format(
-            name=self.ui.roiSelector.currentNode().GetName())
+            name=self.interactiveName())
         self._interactiveTimer.start()
         self.updateButtons()
 
@@ -261,10 +395,14 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.startRun(self.logic.downloadModelProcess(model.name), self.onInteractiveSegment)
         return False
 
+    def interactiveName(self):
+        """The structure's name: the ROI's, or the line's when there is no ROI (as ``segmentInRoi`` names it)."""
+        node = self.ui.roiSelector.currentNode() or self.ui.lineSelector.currentNode()
+        return node.GetName() if node else ""
+
     def onInteractiveUndo(self):
-        roi = self.ui.roiSelector.currentNode()
         try:
-            self._interactive.undo(roi.GetName(), self._parameterNode.inputVolume,
+            self._interactive.undo(self.interactiveName(), self._parameterNode.inputVolume,
                                    self._parameterNode.interactiveSegmentation)
         except Exception as e:
             self.ui.statusLabel.text = _("Undo: {error}").format(error=e)
@@ -304,9 +442,7 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
             name=reply.get("name", ""), voxels=reply.get("voxels", 0),
             where=_(" on slices {first}-{last}").format(first=slices[0], last=slices[1]) if slices else "",
             seconds=reply.get("seconds", "?"))
-        from .prompts import not_used_text
-
-        report = not_used_text(reply)  # clicks SPD's prior dropped or moved (the worker's ``not_used``)
+        report = self._interactive.notUsedText(reply)  # clicks SPD's prior dropped or moved (``not_used``)
         if report:
             self.ui.statusLabel.text += " " + report
         self.updateButtons()
