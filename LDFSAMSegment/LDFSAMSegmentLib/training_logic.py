@@ -80,15 +80,24 @@ class TrainingSetLogic:
                 ids.InsertNextValue(segmentId)
             labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
             try:
-                if not logic.ExportSegmentsToLabelmapNode(node, ids, labelmap, volume):
+                # The whole grid of the volume (the default extent is the segments' union, which would shift it);
+                # label values 1..n in the order of ``ids`` (no colour table given).
+                if not logic.ExportSegmentsToLabelmapNode(node, ids, labelmap, volume,
+                                                          slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
                     raise RuntimeError(f"Slicer could not export the segments of '{node.GetName()}'")
-                exported = slicer.util.arrayFromVolume(labelmap)  # 1..n in the order of ``ids``
+                exported = slicer.util.arrayFromVolume(labelmap)
                 if merged is None:
                     merged = np.zeros(exported.shape, np.uint16)
                 for index, (_, value) in enumerate(values):
                     merged[exported == index + 1] = value
             finally:
+                display = labelmap.GetDisplayNode()
+                colors = display.GetColorNode() if display is not None else None
                 removeNodeAndHelpers(labelmap)
+                if colors is not None and colors.GetAttribute("Category") == "Segmentations":
+                    slicer.mrmlScene.RemoveNode(colors)  # the export's own colour table, made for this node
+        if merged is None:
+            raise ValueError("the volume has no segment to add")
         labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         try:
             labelmap.CopyOrientation(volume)  # the volume's grid, in its own frame (as exportVolume saves it)
