@@ -4,7 +4,8 @@ Installs the core's Python packages when they are missing (network, several GB),
 checks the overlap with its known teeth, individual teeth, and the panel itself: Segment teeth becomes Cancel
 while Slicer keeps processing events, and the result is selected as the output. The Interactive section's Slicer
 calls on a volume under a transform (its segmentation, masks filled in place, world points into the volume's
-frame, placed points only), and closing the scene during a run.
+frame, placed points only), and closing the scene during a run. "Add to training set" on a result with one segment
+erased in part: the case's label map on the volume's grid, that segment recorded as edited, the others as automatic.
 """
 
 import os
@@ -20,7 +21,7 @@ class LDFSAMSegmentFullTest(self_test.LDFSAMSelfTest):
         self.runEach(self.test_dependencies_install, self.test_segment_phantom_overlaps_its_teeth,
                      self.test_individual_teeth, self.test_widget_runs_in_the_background,
                      self.test_interactive_results_of_a_transformed_volume_go_in_place,
-                     self.test_closing_the_scene_cancels_a_run)
+                     self.test_closing_the_scene_cancels_a_run, self.test_training_case_of_an_edited_result)
 
     def _phantom(self):
         import SimpleITK as sitk
@@ -198,3 +199,47 @@ class LDFSAMSegmentFullTest(self_test.LDFSAMSelfTest):
         self.assertEqual(widget.ui.statusLabel.text, "Cancelled: the scene was closed.")
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")), 0)
         self.assertEqual(widget.ui.segmentButton.text, "Segment teeth")
+
+    def test_training_case_of_an_edited_result(self):
+        self.delayDisplay("Add to training set: an edited segment is recorded as edited")
+        import json
+
+        import SimpleITK as sitk
+        from LDFSAMSegmentLib.run_state import RunState, failure_message
+        from LDFSAMSegmentLib.training_logic import TrainingSetLogic
+        from LDFSAMSegmentLib.training_set import REVIEW_CHOICES
+
+        volume, _ = self._phantom()
+        logic, parameters = self._parameters(volume, split=True)
+        node = logic.segment(parameters, timeoutS=1800)
+        segmentation = node.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        self.assertGreater(len(ids), 1)
+        edited = slicer.util.arrayFromSegmentBinaryLabelmap(node, ids[0], volume)
+        edited[: edited.shape[0] // 2] = 0  # the user erased half of the first tooth
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, node, ids[0], volume)
+        kept = slicer.util.arrayFromSegmentBinaryLabelmap(node, ids[1], volume)
+        training = os.path.join(self.folder, "cases")
+        case = TrainingSetLogic()
+        process, plan = case.addCaseProcess(volume, node, None, training, REVIEW_CHOICES[1], "")
+        self.assertEqual([s.origin for s in plan.segments], ["edited"] + ["automatic"] * (len(ids) - 1))
+        process.start()
+        state, deadline = RunState(), time.monotonic() + 600
+        while not process.finished:
+            for event in process.poll().events:
+                state.feed(event)
+            slicer.app.processEvents()
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        self.assertIsNone(failure_message(process.returncode, state, process.stderr_tail(), process.cancelled),
+                          process.stderr_tail())
+        case.discard()
+        with open(os.path.join(training, f"{case.caseId}.review.json"), encoding="utf-8") as f:
+            record = json.load(f)
+        self.assertEqual(record["reviewed"]["structures"], [1])
+        self.assertEqual(record["structures"]["1"]["origin"], "edited")
+        self.assertEqual(record["structures"]["2"]["origin"], "automatic")
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(training, f"{case.caseId}_label.nii.gz")))
+        self.assertEqual(labels.shape, slicer.util.arrayFromVolume(volume).shape)
+        self.assertEqual(int((labels == 1).sum()), int((edited > 0).sum()))
+        self.assertEqual(int((labels == 2).sum()), int((kept > 0).sum()))
