@@ -209,7 +209,8 @@ def test_improve_refuses_a_taken_name_and_resumes_a_started_run(tmp_path, monkey
 @pytest.mark.timeout(900)
 def test_an_improvement_run_reports_progress_is_cancelled_and_can_be_resumed(tmp_path):
     """The real ``ldfsam train --from`` started as the panel starts it: its first events arrive, Cancel ends it
-    with status 130, and the run folder it leaves is what "Resume improving" continues."""
+    with status 130, and the run folder it leaves is what "Resume improving" continues (``--resume`` starts, and is
+    cancelled too)."""
     training = tmp_path / "cases"
     _case_files(tmp_path / "tmp")
     case = case_id_for("CBCT 1", str(training))
@@ -222,10 +223,17 @@ def test_an_improvement_run_reports_progress_is_cancelled_and_can_be_resumed(tmp
     run = improve_run_folder(tmp_path / "home" / "models", "clinic-v1")
     argv = improve_argv(str(training), run, "ldfsam-demo", "clinic-v1", device="CPU", python=sys.executable)
     process = BackgroundProcess(argv, env=env, grace_s=60).start()
-    state = _wait(process, 600, until=lambda s: s.last_event is not None)
-    assert state.last_event is not None and can_resume(run)
+    state = _wait(process, 600, until=lambda s: bool(s.last_event))
+    assert state.last_event and can_resume(run), process.stderr_tail()
     process.cancel()
     state = _wait(process, 120)
     assert process.cancelled and process.returncode == 130
     assert failure_message(process.returncode, state, process.stderr_tail(), process.cancelled)
     assert can_resume(run)  # the button now says "Resume improving 'clinic-v1'"
+    resumed = BackgroundProcess(improve_argv(str(training), run, "ldfsam-demo", "clinic-v1", resume=True,
+                                             python=sys.executable), env=env, grace_s=60).start()
+    state = _wait(resumed, 600, until=lambda s: bool(s.last_event))
+    assert state.last_event and state.error is None, resumed.stderr_tail()
+    resumed.cancel()
+    _wait(resumed, 120)
+    assert resumed.cancelled and resumed.returncode == 130
