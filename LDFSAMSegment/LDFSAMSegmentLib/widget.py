@@ -189,15 +189,16 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.addToTrainingSetButton.enabled = bool(folder and p.inputVolume and not busy)
         self.ui.reviewedSlicesLineEdit.enabled = bool(p and p.reviewed == REVIEW_CHOICES[2])
         name = p.newModelName.strip() if p else ""
+        installed = {c.name for c in self._choices if c.state != "available"}
         if self._improving is not None:
             self.ui.improveModelButton.text = _("Cancel improving '{name}'").format(name=self._improving)
             self.ui.improveModelButton.enabled = True
         else:
-            resumable = bool(name) and self._improveRunStarted(name)
+            # A run of that name that was started and not installed yet (cancelled, or it crashed) continues.
+            resumable = bool(name) and name not in installed and self._improveRunStarted(name)
             self.ui.improveModelButton.text = (_("Resume improving '{name}'").format(name=name) if resumable
                                                else _("Improve model from my training set"))
             self.ui.improveModelButton.enabled = bool(folder and name and self.selectedChoice() and not busy)
-        installed = {c.name for c in self._choices if c.state != "available"}
         self.ui.useNewModelButton.enabled = bool(p and p.improvedModel in installed and p.model != p.improvedModel)
 
     def _improveRunStarted(self, name):
