@@ -77,6 +77,7 @@ def _architecture(cfg: Any, model: Any) -> Dict[str, Any]:
         "prompt_generator": f"YOLOv8{g.scale}, {g.num_classes} class(es), input {g.image_size}, P3/P4/P5 channels "
                             f"{'/'.join(str(c) for c in model.prompt_generator.feature_channels)}",
         "feature_prompts": "none (box prompts)" if cfg.uses_boxes else
+                           "none (no prompt)" if not cfg.uses_feature_prompts else
                            f"mix {f.mix_channels} channels, K={f.num_sparse_tokens} sparse tokens, hidden "
                            f"{f.sparse_hidden}",
         "prompt_mode": cfg.prompt_mode,
