@@ -215,7 +215,7 @@ def test_improve_the_demo_model_end_to_end(home, tmp_path):
         assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ldfsam", "train", str(tmp_path / "cases"), "-o", str(run), "--from", "ldfsam-demo",
-           "--mix-phantoms", "1", "--name", "clinic-v1", "--phase1-epochs", "1", "--phase2-epochs", "1",
+           "--mix-phantoms", "1", "--name", "clinic-v1", "--phase2-epochs", "1",
            "--device", "cpu", "--workers", "0", "--progress", "json"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -226,19 +226,18 @@ def test_improve_the_demo_model_end_to_end(home, tmp_path):
     moved = [k for k in old if k.startswith("mask_decoder.") and not torch.equal(old[k].float(), new[k].float())]
     assert len(moved) > 10  # Phase 2 trained on from the demo's decoder
     pg = [k for k in old if k.startswith("prompt_generator.") and old[k].is_floating_point()]
-    assert any(not torch.equal(old[k].float(), new[k].float()) for k in pg)  # Phase 1 trained on too
+    assert pg and all(torch.equal(old[k].float(), new[k].float()) for k in pg)  # kept: no --phase1-epochs
     # Started from the parent, not from scratch: the decoder is still close to the parent's.
     k = "mask_decoder.output_upscaling.0.weight"
     assert float((new[k].float() - old[k].float()).norm() / old[k].float().norm()) < 0.2
     lin = doc["lineage"]
     assert lin["parent"]["name"] == "ldfsam-demo" and lin["cases"]["mixed_phantoms"] == ["mix_phantom_000"]
     assert len(lin["cases"]["test"]) == 1 and lin["validation"]["parent"] is not None
+    assert lin["validation"]["new"]["tooth"]["dice"] > 0.5  # improved, not collapsed (see docs/training.md)
     report = (run / "report.html").read_text()
     assert "Starting model (ldfsam-demo) and the new model" in report
     splits = json.loads((run / "splits.json").read_text())
     assert "mix_phantom_000" in splits["train"] and "s60" in splits["train"]  # partly reviewed: never held out
-    partial = [p for p in (run / "prepared" / "yolo").glob("*/images/train/s60_*.png")]
-    assert all(8 <= int(p.stem.split("_")[-1]) <= 24 for p in partial)
     data = installed.read_bytes()
     again = subprocess.run(cmd[:6] + ["--resume", "--progress", "none"], capture_output=True, text=True, env=env,
                            timeout=600)
