@@ -110,9 +110,9 @@ def one_slice_box(image, truth, z, fdi=FDI):
 
 def test_a_box_on_one_slice_ends_at_the_root_apex(phantom, session):
     """A box on one slice of the crown: the contrast stop ends the structure near the root's apex (the tooth's far
-    end from the occlusal plane; the thin tip's last slices lose their contrast too), never past it, where without
-    the stop rules it goes on into the bone above (test_without_stop_rules_a_box_on_one_slice_runs_past_the_apex).
-    On the occlusal side it ends at the crown tip, not in the lower tooth."""
+    end from the occlusal plane; the thin tip's last slices lose their contrast too), never past it; without the
+    stop rules such a box runs on into the bone (docs/segmentation.md; test_propagation_stops.py has each rule's
+    test against the propagation without it). On the occlusal side it ends at the crown tip here."""
     _, image, truth = phantom
     tooth = truth == FDI
     zt = np.nonzero(tooth.any((1, 2)))[0]
@@ -124,17 +124,6 @@ def test_a_box_on_one_slice_ends_at_the_root_apex(phantom, session):
     assert result.stopped[1] in ("lost its contrast", "jumped to another structure")
     assert dice(result.mask[zt.min():zt.max() + 1], tooth[zt.min():zt.max() + 1]) > 0.6
     assert set(result.trace) >= set(result.slices)
-
-
-@pytest.mark.slow
-def test_without_stop_rules_a_box_on_one_slice_runs_past_the_apex(phantom, session):
-    from ldfsam.infer.propagate import PropagationConfig, Propagator
-
-    _, image, truth = phantom
-    zt = np.nonzero((truth == FDI).any((1, 2)))[0]
-    prompt = session.voxels([StructurePrompt("t", *one_slice_box(image, truth, int(zt.min()) + 1))])[0]
-    result = Propagator(session.sam, prompt, session.grid.spacing, PropagationConfig(stop_rules=False)).run()
-    assert max(result.slices) > zt.max() + 1
 
 
 def test_blending_between_anchors_stops_where_both_agree(phantom, session):
