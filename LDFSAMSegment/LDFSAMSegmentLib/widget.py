@@ -446,6 +446,7 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         report = self._interactive.notUsedText(reply)  # clicks SPD's prior dropped or moved (``not_used``)
         if report:
             self.ui.statusLabel.text += " " + report
+            self.ui.logTextEdit.appendPlainText(f"{reply.get('name', '')}: {report}")  # kept when the line is long
         self.updateButtons()
 
     def stopInteractive(self):
