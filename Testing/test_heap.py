@@ -12,12 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = """
-import json, resource, torch
+import json, resource, sys, torch
 from ldfsam.heap import reuse_large_blocks
 from ldfsam.model.tiny_vit import TinyViT, prepare_for_inference
 tuned = reuse_large_blocks()
 torch.manual_seed(0)
-encoder = prepare_for_inference(TinyViT())  # LiteMedSAM's encoder: its first stage holds B×256×256×256 blocks
+# LiteMedSAM's encoder. Its plain path (NCHW, as under bf16 autocast or in training) holds B×256×256×256 blocks in
+# its first stage; the fused float32 CPU path (channels_last) cuts everything into pieces below PIECE_BYTES.
+encoder = prepare_for_inference(TinyViT(), channels_last=sys.argv[1] == "fused")
 x = torch.rand(1, 3, 256, 256)
 with torch.inference_mode():
     encoder(x)
@@ -28,8 +30,8 @@ print(json.dumps({"tuned": tuned, "faults": resource.getrusage(resource.RUSAGE_S
 """
 
 
-def _probe(**env) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO, timeout=120,
+def _probe(path: str = "plain", **env) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True, cwd=REPO, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -43,3 +45,15 @@ def test_large_blocks_are_reused_instead_of_faulted_in_again():
     # Two forward passes fault in hundreds of thousands of fresh 4 kB pages; reusing the heap needs a small fraction.
     assert system["faults"] > 100_000, system
     assert tuned["faults"] < system["faults"] / 5, (tuned, system)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_fused_encoder_needs_no_heap_setting():
+    """The float32 CPU path keeps every activation below glibc's mmap limit, so freed blocks are reused without the
+    setting (and the process does not keep a large peak heap)."""
+    from ldfsam.model.tiny_vit import _fused_ops
+
+    if not _fused_ops():
+        pytest.skip("no oneDNN fused kernels in this torch: the plain path runs")
+    fused, plain = _probe("fused", LDFSAM_MALLOC="system"), _probe("plain", LDFSAM_MALLOC="system")
+    assert not fused["tuned"] and fused["faults"] < plain["faults"] / 2, (fused, plain)
