@@ -153,3 +153,26 @@ def test_the_prompt_worker_reports_the_clicks_it_did_not_use(phantom, tmp_path):
     plain.session = PromptedSession(image)
     plain.session._sam = worker.session.sam  # the same embeddings: no second encoding of the slices
     assert "not_used" not in plain.segment({"structure": entry, "output": str(tmp_path / "p.nii.gz")})
+
+
+@pytest.mark.slow
+def test_cli_uses_the_default_models_prior_and_names_what_it_did_not_use(phantom, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path, image, truth = phantom
+    lo, hi, zm, (by, bx) = crown_box_and_bone(image, truth)
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"structures": [{"name": "Tooth 11", "box": {"min": list(lo), "max": list(hi)},
+                                                   "points": [{"position": list(_lps(image, zm, by, bx))}],
+                                                   "slices": [lo[2] - 0.3, lo[2] + 0.3]}]}))
+    runs = {}
+    for prior in ("auto", "none"):
+        out = tmp_path / f"{prior}.nii.gz"
+        proc = subprocess.run([sys.executable, "-m", "ldfsam", "segment", str(path), "-o", str(out), "--prompts",
+                               str(prompts), "--prior", prior], capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stderr
+        runs[prior] = proc.stdout
+    assert "Tooth 11: points[0] dropped: include click off the tooth" in runs["auto"], runs["auto"]
+    assert "dropped" not in runs["none"]

@@ -43,4 +43,9 @@ def run_prompted(args) -> int:
     if args.progress != "json":
         parts = [f"{name}: {len(r.slices)} slices" for name, r in result.structures.items()]
         print(f"{'; '.join(parts)}; {result.timings['total']:.1f} s; wrote {args.output}")
+        for name, r in result.structures.items():  # what SPD's prior did not take as given (--prior)
+            for d in r.validation:
+                if d["action"] != "kept":
+                    what = "box" if d["point"] is None else f"points[{d['point']}]"
+                    print(f"{name}: {what} {d['action']}: {d['reason']}")
     return 0
