@@ -90,6 +90,7 @@ def prepared(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_saliency_head_trains_in_phase2_and_is_saved(prepared, tmp_path):
     from ldfsam.checkpoint import load_checkpoint, load_state
     from ldfsam.finetune.run import finetune
