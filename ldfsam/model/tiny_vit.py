@@ -53,7 +53,14 @@ def _fusable(x: torch.Tensor, layer: nn.Module) -> bool:
     modules run."""
     return (getattr(layer, "fused", False) and x.dtype == torch.float32 and x.device.type == "cpu"
             and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu"))
+            and not _cpu_autocast())
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 # Largest activation the fused path makes at once. glibc serves blocks up to 32 MB from its heap and reuses them
