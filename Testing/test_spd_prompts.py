@@ -29,11 +29,25 @@ def test_clicks_the_prior_contradicts_are_moved_or_dropped():
     assert actions == {0: "kept", 1: "moved", 2: "dropped", 3: "dropped", 4: "kept"}
     moved = next(d for d in decisions if d.action == "moved")
     assert moved.moved_to[0] == 7 and prob[int(moved.moved_to[1]) - 10, int(moved.moved_to[2]) - 20] > 0.5
-    assert "off the tooth" in decisions[2].reason and "inside a tooth" in decisions[3].reason
+    assert "off the tooth" in decisions[2].reason and "inside the tooth" in decisions[3].reason
     assert [p[2] for p in keep] == [True, True, False] and (62.0, 25.0, True) not in keep
     # Without a nearby tooth the moved click would be dropped too.
     _, strict = validate_points(7, points[1:2], prob, VIEW, 0.5, (0.5, 0.5), ValidationConfig(max_move_mm=0.5))
     assert strict[0].action == "dropped"
+
+
+def test_an_exclude_click_on_another_tooth_is_kept():
+    # Two teeth: the include click on the left one, exclude clicks on both. Cutting a leak off into the neighbour
+    # is a clinician's correction, not noise; only the one contradicting the include click is dropped.
+    prob = 0.02 + 0.96 * np.maximum(disc(cx=20, r=7), disc(cx=42, r=7))
+    points = [(0, 40.0, 40.0, True), (1, 41.0, 41.0, False), (2, 40.0, 62.0, False)]
+    keep, decisions = validate_points(7, points, prob, VIEW, 0.5, (0.5, 0.5), ValidationConfig())
+    assert [d.action for d in decisions] == ["kept", "dropped", "kept"]
+    assert (40.0, 62.0, False) in keep and (41.0, 41.0, False) not in keep
+    assert "another tooth" in decisions[2].reason
+    # With no include click on the slice there is no tooth to contradict: both exclude clicks stay.
+    keep, decisions = validate_points(7, points[1:], prob, VIEW, 0.5, (0.5, 0.5), ValidationConfig())
+    assert [d.action for d in decisions] == ["kept", "kept"]
 
 
 def test_a_box_is_fitted_to_the_tooth_it_mostly_covers():

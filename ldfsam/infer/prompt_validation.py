@@ -2,7 +2,9 @@
 
 - An include click where the prior says "not tooth" (saliency below the threshold) is moved to the nearest tooth
   pixel when one lies within ``max_move_mm``, else dropped.
-- An exclude click where the prior says "tooth" is dropped.
+- An exclude click where the prior says "tooth" is dropped when it lies on the same tooth (salient component) as an
+  include click of its slice: there it contradicts the user's own include. On another tooth it is kept: the prior
+  knows "tooth", not which tooth, and an exclude click on a neighbouring tooth is how a clinician cuts a leak off.
 - A box on one slice is fitted to the salient component it mostly covers (at least ``box_cover`` of that
   component inside the box): tightened to it, or extended to it by at most ``max_growth`` of the box's side. A 3D
   box is kept as drawn (it bounds the structure on every slice; one slice's component would cut the others).
@@ -61,9 +63,11 @@ def validate_points(z: int, points: Sequence[Tuple[int, float, float, bool]], pr
     """Points ``(index, y, x, include)`` of slice z against its map ``prob`` (on ``view``) -> (the points to use,
     (y, x, include); a decision for every point)."""
     salient = prob >= threshold
+    pieces, _ = ndimage.label(salient)
     nearest = None
     keep: List[Tuple[float, float, bool]] = []
     out: List[Decision] = []
+    excludes: List[Tuple[int, float, float, float]] = []
     for j, y, x, inc in points:
         s = _at(prob, view, y, x)
         where = (float(z), float(y), float(x))
@@ -88,12 +92,29 @@ def validate_points(z: int, points: Sequence[Tuple[int, float, float, bool]], pr
                 out.append(Decision(j, True, "dropped", f"include click off the tooth by the prior (saliency {s:.2f}),"
                                     f" no tooth pixel within {cfg.max_move_mm:g} mm", where, None, s))
         elif not inc and s >= threshold:
-            out.append(Decision(j, False, "dropped", f"exclude click inside a tooth by the prior (saliency {s:.2f})",
-                                where, None, s))
+            excludes.append((j, y, x, s))  # decided once the include clicks' teeth are known
+            out.append(Decision(j, False, "kept", "", where, None, s))
         else:
             keep.append((y, x, inc))
             out.append(Decision(j, inc, "kept", "agrees with the prior", where, None, s))
+    teeth = {_piece(pieces, view, y, x) for y, x, inc in keep if inc} - {0}
+    for j, y, x, s in excludes:
+        d = next(d for d in out if d.point == j)
+        if _piece(pieces, view, y, x) in teeth:
+            d.action, d.reason = "dropped", (f"exclude click inside the tooth of the include clicks by the prior "
+                                             f"(saliency {s:.2f})")
+        else:
+            keep.append((y, x, False))
+            d.reason = f"on another tooth than the include clicks by the prior (saliency {s:.2f}): kept"
     return keep, out
+
+
+def _piece(pieces: np.ndarray, view: View, y: float, x: float) -> int:
+    """The label of the salient component at slice voxel (y, x), 0 for none or outside the view."""
+    yy, xx = int(round(y)) - view[0], int(round(x)) - view[2]
+    if 0 <= yy < pieces.shape[0] and 0 <= xx < pieces.shape[1]:
+        return int(pieces[yy, xx])
+    return 0
 
 
 def validate_box(z: int, box: Box, prob: np.ndarray, view: View, threshold: float, cfg: ValidationConfig
