@@ -150,7 +150,9 @@ def test_blending_between_anchors_stops_where_both_agree(phantom, session):
 
     _, image, truth = phantom
     lo, hi = tooth_box(image, truth)
-    before = session.segment(StructurePrompt("t", lo, hi))
+    # Without the stop rules: the chain then reaches the box's end, three slices from the primary one.
+    before = Propagator(session.sam, session.voxels([StructurePrompt("t", lo, hi)])[0], session.grid.spacing,
+                        PropagationConfig(stop_rules=False)).run()
     primary = before.anchors[0]
     click_z = int(np.nonzero(before.mask.any((1, 2)))[0].max())
     assert click_z - primary >= 3
@@ -160,7 +162,7 @@ def test_blending_between_anchors_stops_where_both_agree(phantom, session):
     prompt = session.voxels([StructurePrompt("t", lo, hi, points=[Point(tuple(where), include=True)])])[0]
     runs = {}
     for agree in (0.0, 0.97, 2.0):
-        p = Counting(session.sam, prompt, session.grid.spacing, PropagationConfig(agree_iou=agree))
+        p = Counting(session.sam, prompt, session.grid.spacing, PropagationConfig(agree_iou=agree, stop_rules=False))
         runs[agree] = (p.run().mask, p.back_steps)
     assert runs[0.0][1] == 1  # agrees at once: one backward slice
     assert runs[2.0][1] == click_z - primary - 1  # never agrees: every slice back to the primary one
