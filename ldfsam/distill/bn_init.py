@@ -2,7 +2,7 @@
 
 A converted export (``ldfsam.model.yolo_weights``) has each BatchNorm as the identity plus a bias, exact in eval
 mode. In training mode BN normalises by the batch's statistics instead, which would throw the pretrained scale of
-every channel away at the first step. Two remedies, chosen by ``DistillConfig.pretrained_bn``:
+every channel away at the first step. Two remedies, chosen by ``DistillConfig.pretrained_bn`` (default frozen):
 
 * ``reestimate_bn``: measure each BN input's per-channel mean and variance on training batches (eval mode, so every
   layer sees what the pretrained network computes), set them as the running statistics and compensate the affine

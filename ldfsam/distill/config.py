@@ -81,10 +81,11 @@ class DistillConfig:
     # used, so the distill.json and the training record of each file say which initialisation it had.
     teacher_init: Optional[str] = "auto"
     student_init: Optional[str] = "auto"
-    # BatchNorm of pretrained weights whose BN was folded into the convolutions (the ONNX exports):
-    # "reestimate" sets each BN's statistics from the training images (and compensates its affine map) so that
-    # training-mode BN computes what the pretrained network computes; "frozen" keeps BN in eval mode throughout.
-    pretrained_bn: BNInit = "reestimate"
+    # BatchNorm of pretrained weights whose BN was folded into the convolutions (the ONNX exports): "frozen" keeps
+    # BN in eval mode throughout (fine-tuned better on Kvasir-SEG, docs/distillation.md); "reestimate" sets each
+    # BN's statistics from the training images (and compensates its affine map) so that training-mode BN computes
+    # what the pretrained network computes.
+    pretrained_bn: BNInit = "frozen"
 
     def validate(self) -> DistillConfig:
         """Raise ConfigError on values no training can use."""
