@@ -64,7 +64,9 @@ def load_pretrained_sam(model: torch.nn.Module, sam_checkpoint: Optional[Union[s
         from ..checkpoint import load_strict
 
         state, sha256 = _litemedsam()
-        own = {k for k in model.state_dict() if not k.startswith(("prompt_generator.", "feature_prompts."))}
+        # LDFSAM's own parts (prompt generator, feature prompts, SPD's saliency head) are not in LiteMedSAM.
+        own = {k for k in model.state_dict()
+               if not k.startswith(("prompt_generator.", "feature_prompts.", "saliency_head."))}
         mapped = litemedsam_for(model, state)
         sam_part = {k: v for k, v in mapped.items() if k in own}
         missing, unexpected = sorted(own - set(sam_part)), sorted(set(mapped) - own)
