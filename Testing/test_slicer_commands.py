@@ -361,6 +361,8 @@ def test_train_commands_are_accepted_by_the_core_after_a_real_prepare(tmp_path):
 
     resolved = build_config(auto)
     assert resolved.teacher.device == resolved.student.device == ("0" if torch.cuda.is_available() else "cpu")
+    # The panel's default teacher is the core's "auto" (the pretrained YOLOv8s where installed), not a fixed x.
+    assert auto.teacher_scale == "auto" and resolved.teacher_scale == "auto"
 
     args = parse(train.finetune_argv(s, python=PY))
     assert (args.data, args.out, args.prompt_generator, args.preset, args.budget) == \

@@ -14,6 +14,8 @@ from typing import List, Optional
 from LDFSAMSegmentLib.commands import device_arg, ldfsam_argv
 
 SCALES = ("n", "s", "m", "l", "x")
+# "auto": the pretrained YOLOv8s teacher where its weights are installed, else the paper's x (ldfsam distill).
+TEACHER_SCALES = ("auto",) + SCALES
 SAM_PRESETS = ("vit_b", "vit_l", "vit_h", "small")
 STEPS = ("prepare", "distill", "finetune", "evaluate")
 
@@ -25,7 +27,7 @@ class TrainSettings:
     dataset: str
     output: str
     budget_percent: int = 100
-    teacher_scale: str = "x"
+    teacher_scale: str = "auto"
     student_scale: str = "n"
     sam_preset: str = "vit_b"
     sam_checkpoint: Optional[str] = None
@@ -43,9 +45,9 @@ class TrainSettings:
             raise ValueError("choose an output folder")
         if not 1 <= int(self.budget_percent) <= 100:
             raise ValueError(f"annotation budget must be 1-100 %, not {self.budget_percent}")
-        for name in ("teacher_scale", "student_scale"):
-            if getattr(self, name) not in SCALES:
-                raise ValueError(f"{name.replace('_', ' ')} must be one of {', '.join(SCALES)}")
+        for name, allowed in (("teacher_scale", TEACHER_SCALES), ("student_scale", SCALES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}")
         if self.sam_preset not in SAM_PRESETS:
             raise ValueError(f"SAM preset must be one of {', '.join(SAM_PRESETS)}")
         for name in ("distill_epochs", "finetune_epochs", "batch_size"):

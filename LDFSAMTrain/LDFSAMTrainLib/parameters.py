@@ -9,7 +9,7 @@ from typing import Annotated
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from .commands import SAM_PRESETS, SCALES
+from .commands import SAM_PRESETS, SCALES, TEACHER_SCALES
 
 
 @parameterNodeWrapper
@@ -17,7 +17,7 @@ class LDFSAMTrainParameterNode:
     datasetFolder: str = ""
     outputFolder: str = ""
     annotationBudget: Annotated[int, WithinRange(1, 100)] = 100
-    teacherScale: Annotated[str, Choice(list(SCALES))] = "x"
+    teacherScale: Annotated[str, Choice(list(TEACHER_SCALES))] = "auto"
     studentScale: Annotated[str, Choice(list(SCALES))] = "n"
     samPreset: Annotated[str, Choice(list(SAM_PRESETS))] = "vit_b"
     samCheckpoint: str = ""

@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, help="batch size of both phases")
     p.add_argument("--imgsz", type=int, help="prompt generator input size (Phase 1 and 2; multiple of 32)")
     p.add_argument("--sam-size", type=int, help="SAM input size (default: the preset's)")
-    p.add_argument("--teacher-scale", choices=tuple("nsmlx"), help="YOLOv8 teacher scale (default x)")
+    p.add_argument("--teacher-scale", choices=("auto",) + tuple("nsmlx"),
+                   help="YOLOv8 teacher scale (default auto: s with the pretrained YOLOv8s where it is installed, "
+                        "else the paper's x)")
     p.add_argument("--student-scale", choices=tuple("nsmlx"), help="YOLOv8 student scale (default n)")
     p.add_argument("--scheme", choices=("none", "kd", "ld_main", "ld_main_vlr"), help="distillation scheme")
     p.add_argument("--sam-checkpoint", type=Path, help="official SAM checkpoint (.pth) for the image encoder")

@@ -47,14 +47,14 @@ class LDFSAMTrainSelfTest(ScriptedLoadableModuleTest):
         # Opening the module adds nothing to the user's scene: the curve nodes come with a run's first curve point.
         for cls in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode", "vtkMRMLPlotViewNode"):
             self.assertEqual(len(slicer.util.getNodesByClass(cls)), 0, cls)
-        self.assertEqual((p.teacherScale, p.studentScale, p.samPreset, p.device), ("x", "n", "vit_b", "auto"))
-        self.assertEqual(widget.ui.teacherScaleComboBox.currentText, "x")
+        self.assertEqual((p.teacherScale, p.studentScale, p.samPreset, p.device), ("auto", "n", "vit_b", "auto"))
+        self.assertEqual(widget.ui.teacherScaleComboBox.currentText, "auto")
         p.studentScale, p.samPreset, p.device = "s", "small", "CPU"
         for _ in range(3):
             slicer.util.selectModule("Data")
             slicer.util.selectModule("LDFSAMTrain")
         p = widget._parameterNode
-        self.assertEqual((p.teacherScale, p.studentScale, p.samPreset, p.device), ("x", "s", "small", "CPU"))
+        self.assertEqual((p.teacherScale, p.studentScale, p.samPreset, p.device), ("auto", "s", "small", "CPU"))
         self.assertEqual(widget.ui.studentScaleComboBox.currentText, "s")
         widget.ui.teacherScaleComboBox.currentText = "m"
         self.assertEqual(widget._parameterNode.teacherScale, "m")
