@@ -239,7 +239,7 @@ def test_improve_the_demo_model_end_to_end(home, tmp_path):
     splits = json.loads((run / "splits.json").read_text())
     assert "mix_phantom_000" in splits["train"] and "s60" in splits["train"]  # partly reviewed: never held out
     data = installed.read_bytes()
-    again = subprocess.run(cmd[:6] + ["--resume", "--progress", "none"], capture_output=True, text=True, env=env,
+    again = subprocess.run(cmd[:7] + ["--resume", "--progress", "none"], capture_output=True, text=True, env=env,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert installed.read_bytes() == data  # a finished run resumed: the version is installed once

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             if v:
                 cmd += [flag, str(v)]
         if (run / "train.json").is_file():
-            cmd = cmd[:6] + ["--resume", "--progress", "none"]
+            cmd = cmd[:7] + ["--resume", "--progress", "none"]
         cpu0, t0 = cpu_seconds_children(), time.monotonic()
         subprocess.run(cmd, check=True)
         wall, cpu = time.monotonic() - t0, cpu_seconds_children() - cpu0
