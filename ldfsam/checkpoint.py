@@ -269,6 +269,23 @@ def _read_tensors(path: Path, float_dtype: Callable[[str], torch.dtype]) -> Dict
     return tensors
 
 
+def state_mismatch(expected: Dict[str, Tuple[int, ...]], state: Dict[str, torch.Tensor]) -> str:
+    """How ``state`` differs from the tensor names and shapes ``expected`` ("" when it fits): missing, unexpected
+    and reshaped tensors, each counted with a first example."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+    details = []
+    if missing:
+        details.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if extra:
+        details.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
+    if wrong:
+        details.append(f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} instead of "
+                       f"{tuple(expected[wrong[0]])}")
+    return "; ".join(details)
+
+
 def load_strict(module: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: PathLike, what: str,
                 assign: bool = False) -> None:
     """Load ``state_dict`` into ``module`` strictly; any missing, unexpected or reshaped tensor is a

@@ -74,21 +74,12 @@ def check_architecture(state: object, source: object) -> State:
     """``state`` if it is a state dict of LiteMedSAM's architecture (same keys, same shapes), else CheckpointError."""
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("is not a LiteMedSAM checkpoint (expected a state dict of tensors)", source)
-    want = expected_shapes()
-    missing = sorted(set(want) - set(state))
-    extra = sorted(set(state) - set(want))
-    wrong = sorted(k for k in set(want) & set(state) if tuple(state[k].shape) != want[k])
-    if missing or extra or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-        if extra:
-            details.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
-        if wrong:
-            details.append(f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} "
-                           f"instead of {want[wrong[0]]}")
+    from ..checkpoint import state_mismatch
+
+    mismatch = state_mismatch(expected_shapes(), state)
+    if mismatch:
         raise CheckpointError("is not LiteMedSAM's architecture (TinyViT encoder, SAM prompt encoder and decoder): "
-                              + "; ".join(details), source)
+                              + mismatch, source)
     return state
 
 

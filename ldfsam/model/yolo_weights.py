@@ -96,20 +96,12 @@ def unfuse(initializers: Dict[str, np.ndarray], source: object) -> Tuple[torch.n
             state[f"{prefix}.bn.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
         else:
             state[key] = tensor
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or extra or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-        if extra:
-            details.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
-        if wrong:
-            details.append(f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} instead "
-                           f"of {tuple(own[wrong[0]].shape)}")
+    from ..checkpoint import state_mismatch
+
+    mismatch = state_mismatch({k: tuple(v.shape) for k, v in own.items()}, state)
+    if mismatch:
         raise CheckpointError(f"is not the architecture of Ultralytics' yolov8{cfg.scale} with {cfg.num_classes} "
-                              "class(es): " + "; ".join(details), source)
+                              f"class(es): {mismatch}", source)
     model.load_state_dict(state, strict=True)
     return model.eval(), cfg
 
