@@ -98,6 +98,7 @@ def _without_stop_rules():
     return PropagationConfig(**({"stop_rules": False} if "stop_rules" in names else {}))
 
 
+@pytest.mark.slow  # a real model over many slices: the default suite keeps the unit tests of CPD
 def test_cpd_stops_the_structure_where_the_prior_ends(phantom, session):
     """Tooth 11's root ends below the top of the tooth rows (no tooth above it): CPD ends the structure there by
     itself. (Towards the crown it meets the lower incisor, which the prior also calls tooth: the class-level prior
@@ -135,6 +136,7 @@ def test_a_click_costs_at_most_one_head_pass_per_newly_decoded_slice(phantom, se
     assert new_passes <= session.sam.encoded - encoded  # one map per (slice, view): only new embeddings cost one
 
 
+@pytest.mark.slow  # a real worker process; the not-used report's logic has unit tests
 def test_the_prompt_worker_reports_the_clicks_it_did_not_use(phantom, tmp_path):
     from ldfsam.cli.prompt_worker import Worker
 
