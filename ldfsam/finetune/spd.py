@@ -27,20 +27,28 @@ from .loss import dice_bce_loss
 PSC_REACH = 8
 
 
-def saliency_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Dice + BCE of saliency logits B×1×S×S against the union of the reference mask's classes (B×C×S×S)."""
+def saliency_loss(logits: torch.Tensor, mask: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dice + BCE of saliency logits B×1×S×S against the union of the reference mask's classes (B×C×S×S), on the
+    pixels whose label counts (``valid`` B×1×S×S, e.g. the reviewed part of a corrected case; None: all)."""
     target = (mask > 0.5).any(1, keepdim=True).float()
-    return dice_bce_loss(logits, target)
+    return dice_bce_loss(logits, target, valid=valid)
 
 
 def psc_loss(logits: torch.Tensor, next_logits: torch.Tensor, mask: torch.Tensor, next_mask: torch.Tensor,
-             valid: torch.Tensor) -> torch.Tensor:
+             valid: torch.Tensor, counts: Optional[torch.Tensor] = None,
+             next_counts: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Uni-directional PSC: 1 − soft Dice of σ(next_logits) against σ(logits) detached, within ``PSC_REACH``
     pixels of either slice's reference mask; mean over the pairs with ``valid`` (B bool) and a non-empty
-    neighbourhood (0 without any)."""
+    neighbourhood (0 without any). ``counts`` / ``next_counts`` (B×1×S×S): where each slice's label counts (a
+    partly reviewed case); an unreviewed label must not decide where PSC applies."""
     guide = torch.sigmoid(logits.float()).detach()
     pred = torch.sigmoid(next_logits.float())
-    near = ((mask > 0.5) | (next_mask > 0.5)).float()
+    here, there = mask > 0.5, next_mask > 0.5
+    if counts is not None:
+        here = here & (counts > 0.5)
+    if next_counts is not None:
+        there = there & (next_counts > 0.5)
+    near = (here | there).float()
     near = F.max_pool2d(near, 2 * PSC_REACH + 1, stride=1, padding=PSC_REACH)
     dims = tuple(range(1, pred.ndim))
     inter = (pred * guide * near).sum(dims)
@@ -109,6 +117,8 @@ class PscPairs(torch.utils.data.Dataset):
         key = "embedding" if "embedding" in item else "sam_image"
         item.update(next_image=other[key], next_yolo=other["yolo_image"], next_mask=other["mask"],
                     has_next=torch.tensor(j >= 0))
+        if "valid" in other:
+            item["next_valid"] = other["valid"]
         return item
 
 
@@ -133,12 +143,15 @@ def spd_terms(forward, out, batch: Dict[str, Any], mask: torch.Tensor, cfg: Any
     if not isinstance(out, tuple):
         return out, None
     logits, saliency = out
+    device = mask.device
+    counts = batch["valid"].to(device) if "valid" in batch else None
     terms = []
     if saliency is not None and cfg.saliency_weight > 0:
-        terms.append(cfg.saliency_weight * saliency_loss(saliency, mask))
+        terms.append(cfg.saliency_weight * saliency_loss(saliency, mask, counts))
     if "next_image" in batch and cfg.psc_weight > 0:
-        device = mask.device
         next_mask = batch["next_mask"].to(device)
+        next_counts = batch["next_valid"].to(device) if "next_valid" in batch else None
         next_logits, _ = forward(batch["next_image"].to(device), batch["next_yolo"].to(device), next_mask)
-        terms.append(cfg.psc_weight * psc_loss(logits, next_logits, mask, next_mask, batch["has_next"]))
+        terms.append(cfg.psc_weight * psc_loss(logits, next_logits, mask, next_mask, batch["has_next"], counts,
+                                               next_counts))
     return logits, (sum(terms) if terms else None)
