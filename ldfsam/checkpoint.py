@@ -13,6 +13,7 @@ resumable state and by the prompt-generator files.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import struct
@@ -267,6 +268,17 @@ def _read_tensors(path: Path, float_dtype: Callable[[str], torch.dtype]) -> Dict
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot be read as safetensors: {e}", path) from None
     return tensors
+
+
+def tensors_digest(state: Dict[str, torch.Tensor]) -> str:
+    """SHA256 over every tensor's name, dtype, shape and bytes, in name order: what a converted third-party file
+    records, and checks on every load."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def state_mismatch(expected: Dict[str, Tuple[int, ...]], state: Dict[str, torch.Tensor]) -> str:

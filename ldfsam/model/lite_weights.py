@@ -14,7 +14,6 @@ The package's model code is never imported: only its data file is read.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,12 +125,9 @@ def state_from_bytes(data: bytes, source: object) -> State:
 
 
 def _tensors_digest(state: State) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    from ..checkpoint import tensors_digest
+
+    return tensors_digest(state)
 
 
 def cache_path() -> Path:

@@ -20,7 +20,6 @@ the licence, the export's metadata and ``fused_bn``. Nothing of the source packa
 from __future__ import annotations
 
 import ast
-import hashlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -52,12 +51,9 @@ def registry_entry(name: str):
 
 
 def _digest(state: State) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    from ..checkpoint import tensors_digest
+
+    return tensors_digest(state)
 
 
 def _class_names(metadata: Dict[str, str], nc: int) -> List[str]:
