@@ -25,18 +25,15 @@ def load_starting_model(model: torch.nn.Module, path: Union[str, Path]) -> List[
     Both models must be of one architecture: a tensor missing or of another shape is a CheckpointError naming the
     file.
     """
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, state_mismatch
 
     path = Path(path)
     parent = load_checkpoint(path).model.state_dict()
     own = model.state_dict()
     wanted = [k for k in own if not k.startswith(PROMPT_GENERATOR)]
-    missing = [k for k in wanted if k not in parent]
-    wrong = [k for k in wanted if k in parent and parent[k].shape != own[k].shape]
-    if missing or wrong:
-        example = (missing or wrong)[0]
-        raise CheckpointError(f"the starting model does not fit the model being trained ({len(missing)} tensors "
-                              f"missing, {len(wrong)} of another shape, e.g. {example})", path)
+    mismatch = state_mismatch({k: tuple(own[k].shape) for k in wanted}, {k: parent[k] for k in wanted if k in parent})
+    if mismatch:
+        raise CheckpointError(f"the starting model does not fit the model being trained ({mismatch})", path)
     with torch.no_grad():
         for k in wanted:
             own[k].copy_(parent[k].to(own[k].dtype))
