@@ -10,7 +10,9 @@ Pipeline, all with seed 2025, for each annotation budget:
    ``box`` (detected boxes, Table 1's baseline), ``box-gt`` (boxes of the reference masks: an oracle),
    ``zero-shot-gt`` (the pretrained decoder unchanged, prompted with the reference boxes: the oracle of a
    pretrained SAM), ``zero-shot`` (unchanged decoder, detected boxes), ``none`` (the decoder fine-tuned with no
-   prompt: what fine-tuning alone gives), ``dense``, ``sparse``, ``dense+sparse``.
+   prompt: what fine-tuning alone gives), ``dense``, ``sparse``, ``dense+sparse``. The box modes' detection
+   confidence is chosen on the checkpoint-selection images (``--box-conf auto``, ``ldfsam/finetune/box_conf.py``):
+   a detector trained on few images scores its boxes far below the model's default 0.25.
 4. Validation Dice and IoU of each model on the held-out images at their original resolution, with 95 %
    bootstrap CIs, and the learnt α of the dense prompt.
 
@@ -80,6 +82,9 @@ def main() -> int:
     p.add_argument("--refine", action="store_true",
                    help="lite: also evaluate every feature-prompt model with the refinement pass (rows MODE+refine)")
     p.add_argument("--prepared", type=Path, help="reuse this prepared Kvasir folder (default: --out/prepared)")
+    p.add_argument("--box-conf", default="auto",
+                   help="detection confidence of the box modes: auto (default: chosen on the checkpoint-selection "
+                        "images, ldfsam/finetune/box_conf.py) or a number (0.25: the model's default)")
     args = p.parse_args()
 
     from ldfsam.data.config import PreprocessConfig
@@ -136,6 +141,34 @@ def _alpha(model_path: Path):
         return float(f.get_tensor("feature_prompts.alpha")) if "feature_prompts.alpha" in f.keys() else None
 
 
+def _box_conf(args, pd, prepared: Path, budget: float, pg_state, pg_cfg, yolo_size: int, sam_size: int,
+              results: dict, tag: str) -> float:
+    """The box modes' detection confidence: given, or chosen on the runs' checkpoint-selection images (the
+    ``--val-during-training`` images Phase 2 selects its checkpoint on), never on the rest of the validation."""
+    if args.box_conf != "auto":
+        results.setdefault("box_conf", {})[tag] = {"conf": float(args.box_conf), "chosen_on": "given"}
+        return float(args.box_conf)
+    import dataclasses
+
+    from ldfsam.finetune.box_conf import choose_box_conf
+    from ldfsam.finetune.config import FinetuneConfig
+    from ldfsam.finetune.data import load_data
+    from ldfsam.model.prompt_generator import PromptGenerator
+
+    t0 = time.time()
+    cfg = FinetuneConfig(data=str(prepared), budget=budget, max_val_items=args.val_during_training)
+    data = load_data(cfg, sam_size, yolo_size, list(pd.preprocess.class_names))
+    generator = PromptGenerator(dataclasses.replace(pg_cfg, image_size=yolo_size))
+    generator.load_weights(pg_state, "prompt generator")
+    conf, scores = choose_box_conf(generator, data.val)
+    results.setdefault("box_conf", {})[tag] = {
+        "conf": conf, "chosen_on": f"{len(data.val)} checkpoint-selection images", "box_cover_dice": scores,
+        "seconds": round(time.time() - t0, 1)}
+    print(f"{tag}: box confidence {conf} (box-cover Dice {scores[conf]:.3f} on {len(data.val)} checkpoint-selection "
+          f"images; at 0.25: {scores.get(0.25, float('nan')):.3f})", flush=True)
+    return conf
+
+
 def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids, modes, sam_size: int,
                yolo_size: int, results: dict) -> None:
     from ldfsam.evaluate.model_eval import evaluate_model
@@ -165,7 +198,8 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
     if not generator.is_file():
         found = sorted(generator.parent.glob("*.safetensors"))
         raise SystemExit(f"no prompt generator at {generator} (found: {[str(f) for f in found]})")
-    _, pg_cfg, _ = load_prompt_generator_weights(generator)
+    pg_state, pg_cfg, _ = load_prompt_generator_weights(generator)
+    box_conf = _box_conf(args, pd, prepared, budget, pg_state, pg_cfg, yolo_size, sam_size, results, tag)
     for mode in modes:
         t0 = time.time()
         run = out / f"{tag}-finetune-{mode.replace('+', '_')}"
@@ -176,6 +210,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         model_cfg.prompt_generator = pg_cfg
         model_cfg.prompt_generator.image_size = yolo_size
         model_cfg.prompt_generator.init_weights = str(generator)
+        model_cfg.box_conf = box_conf
         if args.dense_norm:
             model_cfg.feature_prompts.dense_norm = args.dense_norm
         extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}
