@@ -1,11 +1,11 @@
-"""Box mode's detection confidence chosen on held-out images (ldfsam/finetune/box_conf.py)."""
+"""Box mode's detection confidence and box count chosen on held-out images (ldfsam/finetune/box_conf.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ldfsam.finetune.box_conf import box_cover_dice, choose_box_conf
+from ldfsam.finetune.box_conf import box_cover_dice, choose_box_prompts
 from ldfsam.model.build import build_model
 from ldfsam.model.presets import model_config
 
@@ -38,21 +38,24 @@ def test_a_detector_scoring_low_gets_a_low_threshold():
     right = torch.tensor([[10.0, 10, 30, 30, 0.0, 0]])
     wrong = torch.tensor([[40.0, 40, 60, 60, 0.007, 0]])
     dets = {i: torch.cat([right.clone().index_fill_(1, torch.tensor([4]), 0.025 + 0.01 * i), wrong]) for i in range(3)}
-    conf, scores = choose_box_conf(_FixedDetector(dets), data)
-    assert conf == 0.02  # 0.01 and 0.02 both keep only the right boxes: the higher wins
-    assert scores[conf] == pytest.approx(1.0)
-    assert scores[0.25] == 0.0  # nothing detected at the old default
-    assert scores[0.001] < 1.0  # the wrong box hurts when kept
+    conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(2, 32))
+    assert (conf, k) == (0.02, 2)  # 0.01 and 0.02 both keep only the right boxes: the higher wins
+    assert scores[conf, k] == pytest.approx(1.0)
+    assert scores[0.25, 2] == 0.0  # nothing detected at the old default
+    assert scores[0.001, 2] < 1.0  # the wrong box hurts when kept
+    # With one box per image the right (best-scoring) box alone is kept at any low threshold: fewest boxes win.
+    conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(1, 2, 32))
+    assert k == 1 and scores[conf, 1] == pytest.approx(1.0) and conf == 0.02
 
 
 def test_ties_go_to_the_highest_threshold_and_empty_images_count():
     # Image 0 holds no object: a box there costs it its Dice of 1.
     data = [_item(0, None), _item(1, (5, 5, 20, 20))]
     dets = {0: torch.tensor([[0.0, 0, 8, 8, 0.1, 0]]), 1: torch.tensor([[5.0, 5, 20, 20, 0.9, 0]])}
-    conf, scores = choose_box_conf(_FixedDetector(dets), data)
-    assert scores[0.001] == pytest.approx(0.5)
-    assert scores[0.15] == pytest.approx(1.0)
-    assert conf == 0.5  # 0.15 ... 0.5 all give 1.0: the highest wins
+    conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(1,))
+    assert scores[0.001, 1] == pytest.approx(0.5)
+    assert scores[0.15, 1] == pytest.approx(1.0)
+    assert (conf, k) == (0.5, 1)  # 0.15 ... 0.5 all give 1.0: the highest wins
 
 
 def test_box_cover_dice_by_hand():
@@ -70,8 +73,8 @@ def test_runs_on_a_real_prompt_generator():
     data = [{"yolo_image": torch.rand(3, size, size), "mask": torch.zeros(1, 32, 32)} for _ in range(2)]
     data[1]["mask"][0, 4:12, 4:12] = 1
     generator.train()
-    conf, scores = choose_box_conf(generator, data, grid=(0.001, 0.25))
-    assert conf in (0.001, 0.25) and set(scores) == {0.001, 0.25}
+    conf, k, scores = choose_box_prompts(generator, data, max_boxes=4, grid=(0.001, 0.25), counts=(1, 8))
+    assert conf in (0.001, 0.25) and set(scores) == {(0.001, 1), (0.001, 4), (0.25, 1), (0.25, 4)}
     assert generator.training  # the mode is restored
     with pytest.raises(ValueError, match="no images"):
-        choose_box_conf(generator, [])
+        choose_box_prompts(generator, [])

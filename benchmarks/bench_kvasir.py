@@ -11,8 +11,9 @@ Pipeline, all with seed 2025, for each annotation budget:
    ``zero-shot-gt`` (the pretrained decoder unchanged, prompted with the reference boxes: the oracle of a
    pretrained SAM), ``zero-shot`` (unchanged decoder, detected boxes), ``none`` (the decoder fine-tuned with no
    prompt: what fine-tuning alone gives), ``dense``, ``sparse``, ``dense+sparse``. The box modes' detection
-   confidence is chosen on the checkpoint-selection images (``--box-conf auto``, ``ldfsam/finetune/box_conf.py``):
-   a detector trained on few images scores its boxes far below the model's default 0.25.
+   confidence and box count are chosen on the checkpoint-selection images (``--box-conf auto``,
+   ``ldfsam/finetune/box_conf.py``): a detector trained on few images scores its boxes far below the model's
+   default 0.25.
 4. Validation Dice and IoU of each model on the held-out images at their original resolution, with 95 %
    bootstrap CIs, and the learnt α of the dense prompt.
 
@@ -142,15 +143,18 @@ def _alpha(model_path: Path):
 
 
 def _box_conf(args, pd, prepared: Path, budget: float, pg_state, pg_cfg, yolo_size: int, sam_size: int,
-              results: dict, tag: str) -> float:
-    """The box modes' detection confidence: given, or chosen on the runs' checkpoint-selection images (the
-    ``--val-during-training`` images Phase 2 selects its checkpoint on), never on the rest of the validation."""
+              results: dict, tag: str):
+    """(confidence, boxes per image) of the box modes: given (with the model's default count), or chosen on the
+    runs' checkpoint-selection images (the ``--val-during-training`` images Phase 2 selects its checkpoint on),
+    never on the rest of the validation."""
+    from ldfsam.model.config import ModelConfig
+
     if args.box_conf != "auto":
         results.setdefault("box_conf", {})[tag] = {"conf": float(args.box_conf), "chosen_on": "given"}
-        return float(args.box_conf)
+        return float(args.box_conf), ModelConfig().max_boxes
     import dataclasses
 
-    from ldfsam.finetune.box_conf import choose_box_conf
+    from ldfsam.finetune.box_conf import choose_box_prompts
     from ldfsam.finetune.config import FinetuneConfig
     from ldfsam.finetune.data import load_data
     from ldfsam.model.prompt_generator import PromptGenerator
@@ -160,13 +164,14 @@ def _box_conf(args, pd, prepared: Path, budget: float, pg_state, pg_cfg, yolo_si
     data = load_data(cfg, sam_size, yolo_size, list(pd.preprocess.class_names))
     generator = PromptGenerator(dataclasses.replace(pg_cfg, image_size=yolo_size))
     generator.load_weights(pg_state, "prompt generator")
-    conf, scores = choose_box_conf(generator, data.val)
+    conf, k, scores = choose_box_prompts(generator, data.val, ModelConfig().max_boxes)
     results.setdefault("box_conf", {})[tag] = {
-        "conf": conf, "chosen_on": f"{len(data.val)} checkpoint-selection images", "box_cover_dice": scores,
-        "seconds": round(time.time() - t0, 1)}
-    print(f"{tag}: box confidence {conf} (box-cover Dice {scores[conf]:.3f} on {len(data.val)} checkpoint-selection "
-          f"images; at 0.25: {scores.get(0.25, float('nan')):.3f})", flush=True)
-    return conf
+        "conf": conf, "max_boxes": k, "chosen_on": f"{len(data.val)} checkpoint-selection images",
+        "box_cover_dice": {f"{t}/{n}": v for (t, n), v in scores.items()}, "seconds": round(time.time() - t0, 1)}
+    at_default = max(v for (t, n), v in scores.items() if t == 0.25)
+    print(f"{tag}: box prompts at confidence {conf}, at most {k} per image (box-cover Dice {scores[conf, k]:.3f} on "
+          f"{len(data.val)} checkpoint-selection images; at 0.25: {at_default:.3f})", flush=True)
+    return conf, k
 
 
 def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids, modes, sam_size: int,
@@ -199,7 +204,8 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         found = sorted(generator.parent.glob("*.safetensors"))
         raise SystemExit(f"no prompt generator at {generator} (found: {[str(f) for f in found]})")
     pg_state, pg_cfg, _ = load_prompt_generator_weights(generator)
-    box_conf = _box_conf(args, pd, prepared, budget, pg_state, pg_cfg, yolo_size, sam_size, results, tag)
+    box_conf, max_boxes = _box_conf(args, pd, prepared, budget, pg_state, pg_cfg, yolo_size, sam_size, results,
+                                    tag)
     for mode in modes:
         t0 = time.time()
         run = out / f"{tag}-finetune-{mode.replace('+', '_')}"
@@ -210,7 +216,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         model_cfg.prompt_generator = pg_cfg
         model_cfg.prompt_generator.image_size = yolo_size
         model_cfg.prompt_generator.init_weights = str(generator)
-        model_cfg.box_conf = box_conf
+        model_cfg.box_conf, model_cfg.max_boxes = box_conf, max_boxes
         if args.dense_norm:
             model_cfg.feature_prompts.dense_norm = args.dense_norm
         extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}

@@ -7,10 +7,14 @@ at the default 0.25 it then prompts nothing and the box baseline predicts empty 
 setting of the detector, so it is chosen on images that neither trained it nor score the result: a run's
 checkpoint-selection images.
 
-Criterion: the mean over those images of the Dice between the union of the detected boxes (the top
-``max_boxes`` scoring at least the threshold) and the union of the reference masks' boxes, both painted on the
-YOLO grid: how well the box prompts cover the objects, which is what box mode hands to SAM. An image without
-references scores 1 when nothing is detected, 0 otherwise. Ties go to the highest threshold (fewest boxes).
+The number of boxes kept per image (``ModelConfig.max_boxes``) is chosen with it: at a low threshold a weak
+detector keeps dozens of boxes per image, each a decoder row in training (32 boxes × batch 8 at the 256 grid
+took 20 GB and was killed), most of them wrong.
+
+Criterion: the mean over those images of the Dice between the union of the detected boxes (the best ``k``
+scoring at least the threshold) and the union of the reference masks' boxes, both painted on the YOLO grid: how
+well the box prompts cover the objects, which is what box mode hands to SAM. An image without references scores
+1 when nothing is detected, 0 otherwise. Ties go to fewer boxes, then to the higher threshold.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 # Thresholds tried, low to high: detectors trained briefly score in the hundredths.
 CONF_GRID: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3,
                                 0.4, 0.5)
+BOX_COUNTS: Tuple[int, ...] = (1, 2, 3, 5, 8, 16, 32)
 
 
 def _paint(boxes: np.ndarray, size: int) -> np.ndarray:
@@ -54,14 +59,16 @@ def box_cover_dice(detections: Sequence[np.ndarray], references: Sequence[np.nda
 
 
 @torch.no_grad()
-def choose_box_conf(generator: torch.nn.Module, dataset, max_boxes: int = 32,
-                    grid: Sequence[float] = CONF_GRID) -> Tuple[float, Dict[float, float]]:
-    """(threshold, {threshold: box-cover Dice}) of the prompt generator (``.detect(yolo B×3×Y×Y, conf, max_det)``)
-    on ``dataset`` (items with ``yolo_image`` 3×Y×Y and ``mask`` C×S×S): see the module docstring."""
+def choose_box_prompts(generator: torch.nn.Module, dataset, max_boxes: int = 32, grid: Sequence[float] = CONF_GRID,
+                       counts: Sequence[int] = BOX_COUNTS) -> Tuple[float, int, Dict[Tuple[float, int], float]]:
+    """(threshold, boxes per image, {(threshold, boxes): box-cover Dice}) of the prompt generator
+    (``.detect(yolo B×3×Y×Y, conf, max_det)``) on ``dataset`` (items with ``yolo_image`` 3×Y×Y and ``mask``
+    C×S×S), the box count at most ``max_boxes``: see the module docstring."""
     from .gt_boxes import boxes_from_masks
 
     if len(dataset) == 0:
         raise ValueError("no images to choose the box confidence on")
+    counts = sorted({min(int(k), max_boxes) for k in counts})
     was_training = generator.training
     generator.eval()
     detections, references, size = [], [], 0
@@ -74,6 +81,6 @@ def choose_box_conf(generator: torch.nn.Module, dataset, max_boxes: int = 32,
             references.append(boxes_from_masks(mask[None], size / mask.shape[-1])[0].numpy())
     finally:
         generator.train(was_training)
-    scores = {float(t): box_cover_dice(detections, references, size, float(t), max_boxes) for t in grid}
-    best = max(scores, key=lambda t: (scores[t], t))
-    return best, scores
+    scores = {(float(t), k): box_cover_dice(detections, references, size, float(t), k) for t in grid for k in counts}
+    conf, k = max(scores, key=lambda tk: (scores[tk], -tk[1], tk[0]))
+    return conf, k, scores
