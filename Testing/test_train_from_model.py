@@ -77,6 +77,44 @@ def test_configure_sets_the_short_schedule_from_the_model():
     cfg.validate()
 
 
+def test_a_fine_tune_from_a_model_moves_its_weights_from_the_parents(tmp_path):
+    """Phase 2 from a model file, a few steps: the decoder and prompt heads move (a fine-tune that leaves the
+    weights where they were fails here), yet stay close to the parent's (it started from them, not from SAM's
+    own weights)."""
+    from ldfsam.checkpoint import load_state, save_checkpoint
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.data.phantom import write_phantom_dataset
+    from ldfsam.data.prepared import PrepareOptions, prepare_dataset
+    from ldfsam.finetune.config import FinetuneConfig
+    from ldfsam.finetune.run import finetune
+    from ldfsam.progress import Progress
+
+    parent, cfg = _small(1)
+    with torch.no_grad():  # a parent unlike any fresh model, the dense α included
+        g = torch.Generator().manual_seed(0)
+        for p in parent.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    pre = PreprocessConfig(target_spacing=None, sam_size=64, yolo_size=64)
+    save_checkpoint(tmp_path / "parent.safetensors", parent, cfg, pre)
+    write_phantom_dataset(tmp_path / "src", cases=2, shape=(10, 40, 40), spacing=0.5)
+    prepare_dataset(tmp_path / "src", tmp_path / "prepared", pre, PrepareOptions(yolo=False, test_count=0,
+                                                                                val_fraction=0.0))
+    ft = FinetuneConfig(data=str(tmp_path / "prepared"), epochs=1, batch_size=4, max_steps=3, lr=2e-4,
+                        num_workers=0, precision="fp32", embedding_cache="off")
+    finetune(ft, cfg, tmp_path / "run", device="cpu", progress=Progress("none"),
+             init_model=str(tmp_path / "parent.safetensors"))
+    new, _ = load_state(tmp_path / "run" / "state.safetensors")
+    old = parent.state_dict()
+    trained = {k[len("model."):]: v for k, v in new.items()
+               if k.startswith(("model.mask_decoder.", "model.feature_prompts."))}
+    assert len(trained) > 10
+    moved = [k for k, v in trained.items() if not torch.equal(v, old[k])]
+    assert len(moved) > len(trained) // 2
+    for k in moved:
+        if old[k].numel() > 100:
+            assert float((trained[k] - old[k]).norm() / old[k].norm()) < 0.1, k
+
+
 def test_mixed_in_phantoms_go_to_training_only(tmp_path):
     from ldfsam.data.config import PreprocessConfig
     from ldfsam.data.phantom import write_phantom_dataset

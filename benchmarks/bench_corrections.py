@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPE_NOTE = "phantom shapes drawn by PhantomSampling (48-72 x 96-160 x 96-160)"
+DEFAULT_SHAPE = "48x96x96"  # z, y, x voxels: the smallest of PhantomSampling's shapes, so ten volumes fit an hour
 
 
 def shifted_config():
@@ -39,13 +40,22 @@ def shifted_config():
     return cfg
 
 
-def write_volume_pair(folder: Path, name: str, seed: int):
+def sampling(shape: str):
+    """PhantomSampling with one shape "ZxYxX" (or None: PhantomSampling's own shapes)."""
+    from ldfsam.data.synthetic import PhantomSampling
+
+    if not shape:
+        return None
+    return PhantomSampling(shapes=(tuple(int(v) for v in shape.lower().split("x")),))
+
+
+def write_volume_pair(folder: Path, name: str, seed: int, shape: str = DEFAULT_SHAPE):
     import SimpleITK as sitk
 
     from ldfsam.data.synthetic import augmented_phantom
     from ldfsam.data.volume import write_label_volume, write_volume
 
-    out, spacing = augmented_phantom(seed, augment=shifted_config())
+    out, spacing = augmented_phantom(seed, sampling(shape), augment=shifted_config())
     image = sitk.GetImageFromArray(np.asarray(out.image, np.float32))
     image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,14 +64,14 @@ def write_volume_pair(folder: Path, name: str, seed: int):
     return folder / f"{name}.nii.gz", folder / f"{name}_label.nii.gz", np.asarray(out.labels)
 
 
-def corrected_cases(scans: Path, cases: Path, n: int, reviewed_every: int) -> None:
+def corrected_cases(scans: Path, cases: Path, n: int, reviewed_every: int, shape: str = DEFAULT_SHAPE) -> None:
     """``n`` training cases: the truth on every ``reviewed_every``-th slice, those slices marked reviewed."""
     import SimpleITK as sitk
 
     from ldfsam.data.training_case import add_training_case
 
     for k in range(n):
-        vol, lab, labels = write_volume_pair(scans, f"clinic_{k}", 6000 + k)
+        vol, lab, labels = write_volume_pair(scans, f"clinic_{k}", 6000 + k, shape)
         reviewed = list(range(0, labels.shape[0], reviewed_every))
         partial = np.zeros_like(labels)
         partial[reviewed] = labels[reviewed]
@@ -73,15 +83,57 @@ def corrected_cases(scans: Path, cases: Path, n: int, reviewed_every: int) -> No
         add_training_case(vol, seg, cases, f"clinic_{k}", reviewed_slices=reviewed)
 
 
+class EncoderMemo:
+    """The frozen image encoder's embeddings of the held-out slices, computed once for every model scored.
+
+    Every model of this benchmark shares the bundled model's frozen LiteMedSAM encoder (the lite preset has no
+    adapters), and the encoder costs 10-20x the rest of a segmentation: scoring the improved models on the same
+    held-out volumes then costs little. Keys are the encoder's fingerprint and the exact input slice, so a model
+    with another encoder, or another slice, is encoded as usual; results are those of ``segment_volume``.
+    """
+
+    def __init__(self):
+        self.store, self.fingerprints, self.hits, self.misses = {}, {}, 0, 0
+
+    def install(self) -> None:
+        import torch
+
+        from ldfsam.finetune.embedding_cache import encoder_fingerprint, image_key
+        from ldfsam.model.ldfsam import LDFSAM
+
+        plain, memo = LDFSAM.encode_image, self
+
+        def encode_image(model, sam_image):
+            if torch.is_grad_enabled():
+                return plain(model, sam_image)
+            fp = memo.fingerprints.get(id(model))
+            if fp is None or fp[0] is not model:
+                fp = memo.fingerprints[id(model)] = (model, encoder_fingerprint(model))
+            keys = [fp[1] + image_key(x) for x in sam_image]
+            missing = [i for i, k in enumerate(keys) if k not in memo.store]
+            memo.hits, memo.misses = memo.hits + len(keys) - len(missing), memo.misses + len(missing)
+            if missing:
+                for i, e in zip(missing, plain(model, sam_image[missing])):
+                    memo.store[keys[i]] = e.clone()
+            return torch.stack([memo.store[k] for k in keys])
+
+        LDFSAM.encode_image = encode_image
+
+
+MEMO = EncoderMemo()
+
+
 def evaluate(model: str, folder: Path, seed: int = 2025):
     from ldfsam.evaluate.model_eval import evaluate_model
     from ldfsam.evaluate.report import summarize
 
     t0 = time.monotonic()
+    load0 = os.getloadavg()
     rows = evaluate_model(model, folder, device="cpu")
     s = summarize(rows, resamples=1000, seed=seed)
     d = s["metrics"]["tooth"]["dice"]
     return {"dice": d["mean"], "ci": [d["ci_low"], d["ci_high"]], "n": d["n"], "seconds": time.monotonic() - t0,
+            "load": [load0, os.getloadavg()], "encoded": MEMO.misses, "memo_hits": MEMO.hits,
             "per_case": {r["case_id"]: r["dice"] for r in rows}}
 
 
@@ -90,37 +142,54 @@ def cpu_seconds_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def paired_gain(before: dict, after: dict, resamples: int = 2000, seed: int = 2025):
+    """Mean per-volume Dice gain and its 95 % bootstrap CI (the same volumes scored by both models)."""
+    ids = sorted(before["per_case"])
+    d = np.array([after["per_case"][i] - before["per_case"][i] for i in ids])
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
+    return {"mean": float(d.mean()), "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--rounds", default="1,2,4", help="numbers of corrected volumes")
     p.add_argument("--eval", type=int, default=10, help="held-out volumes of the shifted domain")
+    p.add_argument("--shape", default=DEFAULT_SHAPE, help="ZxYxX voxels of every shifted-domain volume")
     p.add_argument("--mix-phantoms", type=int, default=2)
     p.add_argument("--reviewed-every", type=int, default=2, help="every k-th slice is reviewed")
     p.add_argument("--phase1-epochs", type=int)
     p.add_argument("--phase2-epochs", type=int)
+    p.add_argument("--lr", type=float, help="Phase 2 learning rate (default: the --from short schedule's)")
+    p.add_argument("--tag", default="", help="a recipe variant: its rounds are kept apart in results.json")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    MEMO.install()
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     held_out = out / "held_out"
     if not (held_out / f"heldout_{args.eval - 1}_label.nii.gz").is_file():
         for k in range(args.eval):
-            write_volume_pair(held_out, f"heldout_{k}", 5000 + k)
+            write_volume_pair(held_out, f"heldout_{k}", 5000 + k, args.shape)
+    results["setup"] = {"shape_zyx": args.shape, "eval": args.eval, "cpus": os.cpu_count()}
     if "bundled" not in results:
         results["bundled"] = evaluate("ldfsam-demo", held_out)
         results_path.write_text(json.dumps(results, indent=1))
-    config = out / "train.json"
-    config.write_text(json.dumps({"prepare": {"test_fraction": 0.0, "val_fraction": 0.0}}))
+    config = out / f"train{args.tag}.json"
+    settings = {"prepare": {"test_fraction": 0.0, "val_fraction": 0.0}}
+    if args.lr:
+        settings["finetune"] = {"lr": args.lr}
+    config.write_text(json.dumps(settings))
     for n in [int(v) for v in args.rounds.split(",")]:
-        key = f"round_{n}"
+        key = f"round_{n}{args.tag}"
         if key in results:
             continue
         cases = out / f"cases_{n}"
         if not cases.is_dir():
-            corrected_cases(out / "scans", cases, n, args.reviewed_every)
-        run = out / f"run_{n}"
+            corrected_cases(out / "scans", cases, n, args.reviewed_every, args.shape)
+        run = out / f"run_{n}{args.tag}"
         cmd = [sys.executable, "-m", "ldfsam", "train", str(cases), "-o", str(run), "--from", "ldfsam-demo",
                "--mix-phantoms", str(args.mix_phantoms), "--config", str(config), "--device", "cpu",
                "--workers", "0", "--progress", "none"]
@@ -129,23 +198,33 @@ def main(argv=None) -> int:
                 cmd += [flag, str(v)]
         if (run / "train.json").is_file():
             cmd = cmd[:7] + ["--resume", "--progress", "none"]
+        load0 = os.getloadavg()
         cpu0, t0 = cpu_seconds_children(), time.monotonic()
         subprocess.run(cmd, check=True)
         wall, cpu = time.monotonic() - t0, cpu_seconds_children() - cpu0
         stages = json.loads((run / "stages.json").read_text())["stages"]
-        results[key] = {"volumes": n, "wall_s": wall, "cpu_s": cpu,
+        train = json.loads((run / "train.json").read_text())
+        results[key] = {"volumes": n, "wall_s": wall, "cpu_s": cpu, "load": [load0, os.getloadavg()],
+                        "recipe": {"tag": args.tag, "mix_phantoms": args.mix_phantoms,
+                                   "phase1_epochs": args.phase1_epochs or 0,
+                                   "phase2_epochs": train["finetune"]["epochs"], "lr": train["finetune"]["lr"],
+                                   "batch": train["finetune"]["batch_size"]},
                         "stages_s": {k: v["seconds"] for k, v in stages.items()},
                         "eval": evaluate(str(run / "phase2" / "model.safetensors"), held_out)}
+        results[key]["gain"] = paired_gain(results["bundled"], results[key]["eval"])
         results_path.write_text(json.dumps(results, indent=1))
-    print("| model | held-out Dice [95 % CI] | train wall s | train CPU s |")
-    print("| --- | --- | --- | --- |")
+    print(f"volumes {args.shape} (z x y x x voxels), {args.eval} held out")
+    print("| model | held-out Dice [95 % CI] | paired gain [95 % CI] | train wall s | train CPU s | load |")
+    print("| --- | --- | --- | --- | --- | --- |")
     b = results["bundled"]
-    print(f"| bundled ldfsam-demo | {b['dice']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}] | | |")
-    for key in sorted((k for k in results if k.startswith("round_")), key=lambda k: int(k.split("_")[1])):
+    print(f"| bundled ldfsam-demo | {b['dice']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}] | | | | |")
+    for key in sorted((k for k in results if k.startswith("round_")),
+                      key=lambda k: (results[k].get("recipe", {}).get("tag", ""), results[k]["volumes"])):
         r = results[key]
-        e = r["eval"]
-        print(f"| + {r['volumes']} corrected | {e['dice']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}] | "
-              f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} |")
+        e, g = r["eval"], r.get("gain") or paired_gain(b, r["eval"])
+        print(f"| + {r['volumes']} corrected {r.get('recipe', {})} | {e['dice']:.3f} [{e['ci'][0]:.3f}, "
+              f"{e['ci'][1]:.3f}] | {g['mean']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] | {r['wall_s']:.0f} | "
+              f"{r['cpu_s']:.0f} | {r.get('load', '')} |")
     return 0
 
 
