@@ -216,7 +216,8 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         model_cfg.prompt_generator = pg_cfg
         model_cfg.prompt_generator.image_size = yolo_size
         model_cfg.prompt_generator.init_weights = str(generator)
-        model_cfg.box_conf, model_cfg.max_boxes = box_conf, max_boxes
+        if not gt:  # the oracle modes take every reference box, whatever the detector's settings
+            model_cfg.box_conf, model_cfg.max_boxes = box_conf, max_boxes
         if args.dense_norm:
             model_cfg.feature_prompts.dense_norm = args.dense_norm
         extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}
