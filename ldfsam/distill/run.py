@@ -137,9 +137,11 @@ def _train_stage(stage: _Stage, scale: str, recipe: TrainRecipe, data_yaml: Path
     if resume and stage.last.exists():
         overrides.update(resume=str(stage.last), model=str(stage.last))
         progress.log(phase, f"resuming {phase} from {stage.last}")
-    from_weights = init not in (None, "scratch", "auto") and "resume" not in overrides
-    init_source = load_init_source(init) if from_weights else None
-    bn_mode = pretrained_bn if from_weights and has_folded_bn(init) else None
+    # A resumed run takes its weights from last.pt, but its BatchNorm is handled as when it started: frozen (the
+    # layers the init weights cover) or re-estimated once at the start; never left to normalise pretrained layers.
+    pretrained = init not in (None, "scratch", "auto")
+    init_source = load_init_source(init) if pretrained else None
+    bn_mode = pretrained_bn if pretrained and has_folded_bn(init) else None
     try:
         with weights_only_checkpoints():
             trainer = Phase1Trainer(overrides, phase, progress, on_save=on_save, teacher=teacher, ld=ld,

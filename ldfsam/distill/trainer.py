@@ -93,8 +93,9 @@ class Phase1Trainer(DetectionTrainer):
     """DetectionTrainer reporting to ``progress`` under ``phase``; ``on_save(trainer, is_best)`` follows each save.
 
     teacher/ld: distil from this frozen teacher (student stage); init_source: a DetectionModel whose tensors of
-    matching name and shape start the first epoch (ignored on resume). pretrained_bn: "reestimate" or "frozen" for
-    init weights whose BatchNorm was folded (``ldfsam.distill.bn_init``), None otherwise.
+    matching name and shape start the first epoch (on resume it only says which BatchNorm layers it covers).
+    pretrained_bn: "reestimate" or "frozen" for init weights whose BatchNorm was folded (``ldfsam.distill.bn_init``),
+    None otherwise.
     """
 
     BN_IMAGES = 256  # training images that re-estimate the BatchNorm statistics of folded pretrained weights
@@ -146,6 +147,7 @@ class Phase1Trainer(DetectionTrainer):
                                   f"they are of another YOLOv8 scale than {Path(str(cfg)).stem}")
             self.progress.log(self.phase, f"{self.phase}: {done} of {total} tensors from the initial weights (the "
                               "rest, the class branch of another class count, keep their fresh initialisation)")
+        if self.init_source is not None:  # also on resume: the same layers stay frozen
             from .bn_init import fresh_batchnorms
 
             self._fresh_bn = fresh_batchnorms(model, self.init_source)
