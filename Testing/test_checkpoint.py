@@ -216,7 +216,7 @@ def test_loading_builds_without_initialising(saved):
         "from ldfsam.checkpoint import load_checkpoint\n"
         f"load_checkpoint({str(path)!r})\n"
         "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n"
-        "from ldfsam.model.build import _INIT_FUNCTIONS\n"
+        "from ldfsam.model.meta_init import _INIT_FUNCTIONS\n"
         "import torch.nn.init as init\n"
         "assert all(getattr(init, n).__module__ == 'torch.nn.init' for n in _INIT_FUNCTIONS)\n"
         "print('ok')\n"

@@ -226,12 +226,12 @@ def test_volume_too_small_to_hold_a_tooth(tmp_path, tiny_model, shape, spacing, 
 
 def test_a_loader_bug_is_not_called_a_bad_model_file(tmp_path, tiny_model, volume, monkeypatch):
     """Errors the loader expects (a damaged or foreign file) are CheckpointErrors; a bug surfaces as itself."""
-    import ldfsam.model.build as build
+    import ldfsam.checkpoint as checkpoint
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug in the model builder")
 
-    monkeypatch.setattr(build, "build_model", broken)
+    monkeypatch.setattr(checkpoint, "build_model", broken)
     with pytest.raises(ZeroDivisionError, match="a bug in the model builder"):
         segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model)
     assert not (tmp_path / "o.nii.gz").exists()

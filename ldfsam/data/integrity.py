@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .suffixes import volume_suffix
 
 _CHUNK = 1 << 22
 
@@ -59,8 +60,6 @@ def check_volume_file(path: Path, image: Optional[sitk.Image] = None) -> None:
     ``image``: what SimpleITK read from it, for the fast checksum comparison; None when the reader failed (the
     check then explains why, where it can). Formats and layouts it cannot judge pass unchecked.
     """
-    from .volume import volume_suffix
-
     suffix = volume_suffix(path)
     try:
         if suffix in (".nii", ".nii.gz"):
@@ -79,8 +78,6 @@ def check_volume_file(path: Path, image: Optional[sitk.Image] = None) -> None:
 
 def data_files(path: Path) -> List[Path]:
     """The files besides ``path`` that hold its voxels: a MetaImage header's data file, a NRRD's detached data."""
-    from .volume import volume_suffix
-
     suffix = volume_suffix(path)
     try:
         if suffix == ".mhd":

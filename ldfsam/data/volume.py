@@ -19,30 +19,14 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path, cannot_write
 from ..errors import Arg, ConfigError, InputError, OutputError, exists_already
+from .integrity import check_volume_file, nifti_voxel_size
+from .suffixes import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix  # noqa: F401 (this module's names too)
 
 PathLike = Union[str, Path]
 
-# Longest suffix first so that ".seg.nrrd" wins over ".nrrd" and ".nii.gz" over ".gz".
-VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 LABEL_WRITE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _FORMAT_NAMES = {".seg.nrrd": "Slicer segmentation", ".nii.gz": "NIfTI", ".nii": "NIfTI", ".nrrd": "NRRD",
                  ".mha": "MetaImage", ".mhd": "MetaImage"}
-
-
-def volume_suffix(path: PathLike) -> Optional[str]:
-    """The supported suffix ``path`` ends with (lower case), or None."""
-    name = Path(path).name.lower()
-    for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return None
-
-
-def strip_volume_suffix(path: PathLike) -> str:
-    """The file name without its volume suffix (``case_001.nii.gz`` -> ``case_001``)."""
-    name = Path(path).name
-    suffix = volume_suffix(name)
-    return name[: -len(suffix)] if suffix else name
 
 
 @contextlib.contextmanager
@@ -151,8 +135,6 @@ def _read_file(path: Path) -> sitk.Image:
         raise InputError("is not readable (permission denied)", path)
     if path.stat().st_size == 0:
         raise InputError("is an empty file (0 bytes)", path)
-    from .integrity import check_volume_file
-
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -219,8 +201,6 @@ def check_spacing(spacing: Spacing, what: str = "spacing") -> tuple:
 def _check_stated_voxel_size(path: Path) -> None:
     """Refuse a NIfTI whose header gives a voxel size of 0 (or a negative or non-finite one): ITK would read it at
     1 mm, and the spacing decides every size in the pipeline (a dental CBCT has 0.2-0.4 mm voxels)."""
-    from .integrity import nifti_voxel_size
-
     try:
         size = nifti_voxel_size(path)
     except OSError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import Optional, Tuple
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
@@ -14,9 +13,12 @@ from .feature_prompts import FeaturePromptEncoder
 from .image_encoder import ImageEncoderViT
 from .ldfsam import LDFSAM
 from .mask_decoder import MaskDecoder
+from .meta_init import meta_without_init
 from .presets import OFFICIAL, SAM_PRESETS
 from .prompt_encoder import PromptEncoder
 from .prompt_generator import PromptGenerator, load_prompt_generator_weights
+from .saliency import SaliencyHead
+from .tiny_vit import TinyViT
 
 
 def check_config(cfg: ModelConfig) -> None:
@@ -79,14 +81,12 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
     s = cfg.sam
     grid = s.grid
     generator = PromptGenerator(cfg.prompt_generator)  # on CPU always: ultralytics runs a forward pass to build it
-    with _meta_without_init() if shapes_only else contextlib.nullcontext():
+    with meta_without_init() if shapes_only else contextlib.nullcontext():
         encoder, prompt_encoder, decoder, feature_prompts = _build_sam_parts(cfg, grid, generator)
     # Outside the meta context: LDFSAM's own (non-persistent) pixel statistics must be real tensors.
     model = LDFSAM(cfg, encoder, prompt_encoder, decoder, generator, feature_prompts)
     if cfg.saliency.enabled:
-        from .saliency import SaliencyHead
-
-        with _meta_without_init() if shapes_only else contextlib.nullcontext():
+        with meta_without_init() if shapes_only else contextlib.nullcontext():
             model.saliency_head = SaliencyHead(s.prompt_embed_dim, cfg.saliency.hidden)
     path = cfg.prompt_generator.init_weights
     if load_prompt_generator and path and not shapes_only:
@@ -99,29 +99,8 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
     return model
 
 
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                   "xavier_normal_", "constant_", "zeros_", "ones_")
-
-
-@contextlib.contextmanager
-def _meta_without_init():
-    """Build on the meta device with ``torch.nn.init`` switched off. Random initialisation of meta tensors is
-    pointless, and any random op on them makes torch import its compiler stack (1-2 s of every model load)."""
-    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in saved:
-            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        with torch.device("meta"):
-            yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
-
-
 def _build_encoder(s) -> nn.Module:
     if s.encoder == "tiny_vit":
-        from .tiny_vit import TinyViT
-
         t = s.tiny_vit
         return TinyViT(image_size=s.image_size, embed_dims=tuple(t.embed_dims), depths=tuple(t.depths),
                        num_heads=tuple(t.num_heads), window_sizes=tuple(t.window_sizes), mlp_ratio=t.mlp_ratio,

