@@ -141,7 +141,9 @@ def child(args) -> int:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(args.labels)) > 0
         pred = r.labels > 0
         dice = float(2 * np.count_nonzero(truth & pred) / (np.count_nonzero(truth) + np.count_nonzero(pred)))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a shared machine, unlike wall time
     print(json.dumps({"seconds": seconds, "process_seconds": process, "slices": r.slices,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime, "system_seconds": usage.ru_stime,
                       "model_slices": r.model_slices, "encoded": r.slices_with_teeth, "batch": r.batch,
                       "peak_bytes": peak, "dice": dice, "timings": r.timings}))
     return 0
@@ -159,6 +161,10 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--slice-spacing", default="auto", help="as `ldfsam segment --slice-spacing` (auto, native, mm)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--malloc", nargs="+", default=["default"], choices=("default", "system"),
+                    help="allocator settings to run each volume with, in turn: default (ldfsam.heap keeps large "
+                         "blocks) and/or system (LDFSAM_MALLOC=system); several (repeats allowed, e.g. default "
+                         "system system default) give back-to-back ratios")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
@@ -232,25 +238,31 @@ def main() -> int:
                        "--volume", str(vol), "--labels",
                        str(lab), "--workdir", work, "--batch", str(args.batch), "--precision", args.precision,
                        "--threads", str(args.threads), "--slice-spacing", spacing]
-                load = os.getloadavg()
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-                if proc.returncode != 0:
-                    print(proc.stderr, file=sys.stderr)
-                    return proc.returncode
-                run = json.loads(proc.stdout.strip().splitlines()[-1])
-                run.update(preset=preset, teeth_fraction=fraction, load_avg=load, slice_spacing=spacing, **enc)
-                run["slices_per_s"] = run["slices"] / run["seconds"]
-                results["runs"].append(run)
-                t = run["timings"]
-                dice = "" if run["dice"] is None else f", Dice {run['dice']:.3f}"
-                print(f"{preset} teeth {fraction:.0%}, --slice-spacing {spacing}: {run['seconds']:.1f} s/volume "
-                      f"({run['process_seconds']:.1f} s "
-                      f"process){dice}, {run['slices_per_s']:.1f} slices/s, model on {run['model_slices']}, "
-                      f"{run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
-                      f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
-                      f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
-                      f"{t['cleanup']:.1f} s, write {t['write']:.1f} s, read+load {t['load']:.1f} s | load average "
-                      f"{load[0]:.1f}", flush=True)
+                for malloc in args.malloc:
+                    env = dict(os.environ)
+                    env.pop("LDFSAM_MALLOC", None)
+                    if malloc == "system":
+                        env["LDFSAM_MALLOC"] = "system"
+                    load = os.getloadavg()
+                    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+                    if proc.returncode != 0:
+                        print(proc.stderr, file=sys.stderr)
+                        return proc.returncode
+                    run = json.loads(proc.stdout.strip().splitlines()[-1])
+                    run.update(preset=preset, teeth_fraction=fraction, load_avg=load, slice_spacing=spacing,
+                               malloc=malloc, **enc)
+                    run["slices_per_s"] = run["slices"] / run["seconds"]
+                    results["runs"].append(run)
+                    t = run["timings"]
+                    dice = "" if run["dice"] is None else f", Dice {run['dice']:.3f}"
+                    print(f"{preset} teeth {fraction:.0%}, --slice-spacing {spacing}: {run['seconds']:.1f} s/volume "
+                          f"({run['process_seconds']:.1f} s process, {run['cpu_seconds']:.0f} s CPU){dice}, "
+                          f"{run['slices_per_s']:.1f} slices/s, model on {run['model_slices']}, "
+                          f"{run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
+                          f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
+                          f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
+                          f"{t['cleanup']:.1f} s, write {t['write']:.1f} s, read+load {t['load']:.1f} s | "
+                          f"malloc {malloc}, load average {load[0]:.1f}", flush=True)
     results["machine"]["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
