@@ -144,25 +144,57 @@ def speed(args, parts, peaks: dict, log) -> list:
     return rows
 
 
-def kvasir_cases(data_dir: Path, count: int, seed: int):
+def kvasir_cases(data_dir: Path, count: int, seed: int, ids=None):
+    """(id, rgb, mask) of ``count`` Kvasir-SEG images drawn with ``seed``, or of the images ``ids``."""
     import numpy as np
 
     from ldfsam.finetune.image_dataset import read_mask_image, read_rgb
 
-    ids = sorted(p.stem for p in (data_dir / "kvasir-seg" / "images").glob("*.jpg"))
-    rng = np.random.default_rng(seed)
-    for name in sorted(rng.choice(ids, size=min(count, len(ids)), replace=False)):
+    if ids is None:
+        pool = sorted(p.stem for p in (data_dir / "kvasir-seg" / "images").glob("*.jpg"))
+        ids = sorted(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
+    for name in ids:
         rgb = read_rgb(data_dir / "kvasir-seg" / "images" / f"{name}.jpg")
         mask = read_mask_image(data_dir / "kvasir-seg" / "masks" / f"{name}.jpg")
         yield name, rgb, mask
 
 
-def dice_at_sizes(args, log) -> dict:
-    """Zero-shot box-prompted Dice on Kvasir images at each input size (fused encoder, ``--dice-precision``)."""
+def kvasir_box_dice(encode, parts, cases, size: int, batch: int, bf16: bool = False) -> list:
+    """Zero-shot box-prompted Dice of each case (rgb, reference mask): the image min-max scaled and resized to
+    ``size``, ``encode`` (image batch -> embeddings), the box of the reference mask, LiteMedSAM's single-mask
+    output, Dice at the image's original resolution."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
+    dices = []
+    for start in range(0, len(cases), batch):
+        chunk = cases[start:start + batch]
+        images, boxes = [], []
+        for _, rgb, mask in chunk:
+            img = torch.from_numpy(rgb).permute(2, 0, 1).float()[None]
+            img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)  # LiteMedSAM: min-max, no mean/std
+            images.append(img)
+            ys, xs = np.nonzero(mask)
+            h, w = mask.shape
+            boxes.append([xs.min() * size / w, ys.min() * size / h, (xs.max() + 1) * size / w,
+                          (ys.max() + 1) * size / h])
+        with torch.inference_mode():
+            with _autocast(bf16):
+                emb = encode(torch.stack(images)).float()
+            sparse, dense = parts.prompt_encoder(len(chunk), boxes=torch.tensor(boxes, dtype=torch.float32))
+            logits = parts.mask_decoder(emb, parts.prompt_encoder.get_dense_pe(), sparse, dense)
+        for (_, _, mask), lg in zip(chunk, logits):
+            pred = F.interpolate(lg[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0] > 0
+            truth = torch.from_numpy(mask)
+            inter = (pred & truth).sum().item()
+            dices.append(2 * inter / max(pred.sum().item() + truth.sum().item(), 1))
+    return dices
+
+
+def dice_at_sizes(args, log) -> dict:
+    """Zero-shot box-prompted Dice on Kvasir images at each input size (fused encoder, ``--dice-precision``)."""
     from ldfsam.evaluate.bootstrap import bootstrap_mean_ci
     from ldfsam.model.lite_weights import litemedsam_state_dict, load_litemedsam
     from ldfsam.model.tiny_vit import prepare_for_inference
@@ -174,30 +206,8 @@ def dice_at_sizes(args, log) -> dict:
     for size in args.sizes:
         parts = load_litemedsam(size, state)
         encoder = prepare_for_inference(parts.image_encoder)
-        dices = []
         t0 = time.perf_counter()
-        for start in range(0, len(cases), args.dice_batch):
-            chunk = cases[start:start + args.dice_batch]
-            images, boxes = [], []
-            for _, rgb, mask in chunk:
-                img = torch.from_numpy(rgb).permute(2, 0, 1).float()[None]
-                img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-                img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)  # LiteMedSAM: min-max, no mean/std
-                images.append(img)
-                ys, xs = np.nonzero(mask)
-                h, w = mask.shape
-                boxes.append([xs.min() * size / w, ys.min() * size / h, (xs.max() + 1) * size / w,
-                              (ys.max() + 1) * size / h])
-            with torch.inference_mode():
-                with _autocast(bf16):
-                    emb = encoder(torch.stack(images)).float()
-                sparse, dense = parts.prompt_encoder(len(chunk), boxes=torch.tensor(boxes, dtype=torch.float32))
-                logits = parts.mask_decoder(emb, parts.prompt_encoder.get_dense_pe(), sparse, dense)
-            for (_, _, mask), lg in zip(chunk, logits):
-                pred = F.interpolate(lg[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0] > 0
-                truth = torch.from_numpy(mask)
-                inter = (pred & truth).sum().item()
-                dices.append(2 * inter / max(pred.sum().item() + truth.sum().item(), 1))
+        dices = kvasir_box_dice(encoder, parts, cases, size, args.dice_batch, bf16)
         ci = bootstrap_mean_ci(dices, seed=args.seed)
         mean, low, high = ci["mean"], ci["ci_low"], ci["ci_high"]
         out[size] = {"images": len(dices), "dice_mean": mean, "ci95": [low, high],
