@@ -89,18 +89,21 @@ class EncoderMemo:
     Every model of this benchmark shares the bundled model's frozen LiteMedSAM encoder (the lite preset has no
     adapters), and the encoder costs 10-20x the rest of a segmentation: scoring the improved models on the same
     held-out volumes then costs little. Keys are the encoder's fingerprint and the exact input slice, so a model
-    with another encoder, or another slice, is encoded as usual; results are those of ``segment_volume``.
+    with another encoder, or another slice, is encoded as usual; embeddings are kept in float32 (in ``root``,
+    so that a resumed benchmark has them too): results are those of ``segment_volume``.
     """
 
     def __init__(self):
-        self.store, self.fingerprints, self.hits, self.misses = {}, {}, 0, 0
+        self.root, self.fingerprints, self.hits, self.misses = None, {}, 0, 0
 
-    def install(self) -> None:
+    def install(self, root: Path) -> None:
         import torch
+        from safetensors.torch import load_file, save_file
 
         from ldfsam.finetune.embedding_cache import encoder_fingerprint, image_key
         from ldfsam.model.ldfsam import LDFSAM
 
+        self.root = root
         plain, memo = LDFSAM.encode_image, self
 
         def encode_image(model, sam_image):
@@ -108,14 +111,15 @@ class EncoderMemo:
                 return plain(model, sam_image)
             fp = memo.fingerprints.get(id(model))
             if fp is None or fp[0] is not model:
-                fp = memo.fingerprints[id(model)] = (model, encoder_fingerprint(model))
-            keys = [fp[1] + image_key(x) for x in sam_image]
-            missing = [i for i, k in enumerate(keys) if k not in memo.store]
-            memo.hits, memo.misses = memo.hits + len(keys) - len(missing), memo.misses + len(missing)
-            if missing:
-                for i, e in zip(missing, plain(model, sam_image[missing])):
-                    memo.store[keys[i]] = e.clone()
-            return torch.stack([memo.store[k] for k in keys])
+                fp = memo.fingerprints[id(model)] = (model, encoder_fingerprint(model)[:24])
+            paths = [memo.root / fp[1] / f"{image_key(x)}.safetensors" for x in sam_image]
+            missing = [i for i, q in enumerate(paths) if not q.is_file()]
+            memo.hits, memo.misses = memo.hits + len(paths) - len(missing), memo.misses + len(missing)
+            fresh = dict(zip(missing, plain(model, sam_image[missing]))) if missing else {}
+            for i, e in fresh.items():
+                paths[i].parent.mkdir(parents=True, exist_ok=True)
+                save_file({"e": e.float().contiguous()}, str(paths[i]))
+            return torch.stack([fresh[i] if i in fresh else load_file(str(q))["e"] for i, q in enumerate(paths)])
 
         LDFSAM.encode_image = encode_image
 
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    MEMO.install()
+    MEMO.install(out / "embeddings")
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     held_out = out / "held_out"
@@ -203,7 +207,7 @@ def main(argv=None) -> int:
         subprocess.run(cmd, check=True)
         wall, cpu = time.monotonic() - t0, cpu_seconds_children() - cpu0
         stages = json.loads((run / "stages.json").read_text())["stages"]
-        train = json.loads((run / "train.json").read_text())
+        train = json.loads((run / "train.json").read_text())["config"]
         results[key] = {"volumes": n, "wall_s": wall, "cpu_s": cpu, "load": [load0, os.getloadavg()],
                         "recipe": {"tag": args.tag, "mix_phantoms": args.mix_phantoms,
                                    "phase1_epochs": args.phase1_epochs or 0,

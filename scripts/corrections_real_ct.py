@@ -38,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 UPPER_ROW, LOWER_ROW = (5, 17), (19, 30)
 ARCH = (62, 160, 15, 90)  # x0, x1, y0, y1 inclusive: the dental arch's in-plane box on every slice of the rows
 
@@ -126,7 +127,7 @@ def picture(ct: np.ndarray, upper: np.ndarray, before: np.ndarray, after: np.nda
             ax.imshow(ct[z, ya:yb, xa:xb], cmap="gray", vmin=800, vmax=3200)
             m = labels[z, ya:yb, xa:xb] > 0
             ax.imshow(np.ma.masked_where(~m, m), cmap=cmap, alpha=0.6)
-            tag = "reviewed" if (r == 0 and z in reviewed) else ("not reviewed" if r == 0 else "")
+            tag = "" if (r or not reviewed) else ("reviewed" if z in reviewed else "not reviewed")
             ax.set_title(f"z={z} {tag}".strip(), fontsize=7)
             ax.axis("off")
         ax = axes[r, -1]
@@ -149,7 +150,9 @@ def main() -> int:
     data = Path(os.environ.get("LDFSAM_DATA_DIR", REPO.parent / "shared" / "data"))
     p.add_argument("--input", type=Path, default=data / "ct-head-stanford" / "CThead_jaw_z60-112.nii.gz")
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--reviewed", default="10-17", help="slices of the crop whose prompted labels were checked")
+    p.add_argument("--reviewed", default="teeth", help="slices of the crop whose prompted labels were checked "
+                   "whole (e.g. 10-15), or 'teeth': each prompted tooth with a one-voxel shell (the unprompted "
+                   "molars 26-27 share the upper row's slices, so no slice is labelled whole)")
     p.add_argument("--mix-phantoms", type=int, default=2)
     p.add_argument("--phase2-epochs", type=int)
     p.add_argument("--stop-after", choices=("prompted", "before", "train"), help="stop after this stage")
@@ -159,6 +162,9 @@ def main() -> int:
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    from bench_corrections import MEMO
+
+    MEMO.install(work / "embeddings")  # the frozen encoder's embeddings of the crop, shared by before and after
     res_path = work / "results.json"
     res = json.loads(res_path.read_text()) if res_path.is_file() else {}
 
@@ -171,12 +177,17 @@ def main() -> int:
         save()
     if args.stop_after == "prompted":
         return 0
-    reviewed = parse_range(args.reviewed)
+    reviewed = [] if args.reviewed == "teeth" else parse_range(args.reviewed)
     cases = work / f"cases_{args.reviewed}"
     if not cases.is_dir():
+        from prompted_real_ct import UPPER
+
         from ldfsam.data.training_case import add_training_case
 
-        add_training_case(args.input, upper, cases, "ct_upper", reviewed_slices=reviewed)
+        if reviewed:
+            add_training_case(args.input, upper, cases, "ct_upper", reviewed_slices=reviewed)
+        else:
+            add_training_case(args.input, upper, cases, "ct_upper", reviewed_structures=list(UPPER))
     if "before" not in res:
         res["before"] = segment("ldfsam-demo", args.input, work / "before.nii.gz")
         save()
@@ -194,13 +205,17 @@ def main() -> int:
             cmd += ["--phase2-epochs", str(args.phase2_epochs)]
         if (run / "train.json").is_file():
             cmd = cmd[:7] + ["--resume", "--progress", "none"]
+        stages = run / "stages.json"
+        if stages.is_file() and "evaluate" in json.loads(stages.read_text())["stages"]:
+            cmd = None  # a finished run whose timing was not recorded: only the stages' own seconds are known
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         load0, t0 = os.getloadavg(), time.monotonic()
-        subprocess.run(cmd, check=True, cwd=REPO)
+        if cmd is not None:
+            subprocess.run(cmd, check=True, cwd=REPO)
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        train = json.loads((run / "train.json").read_text())
-        res[key] = {"wall_s": time.monotonic() - t0,
-                    "cpu_s": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+        train = json.loads((run / "train.json").read_text())["config"]
+        res[key] = {"wall_s": time.monotonic() - t0 if cmd else None,
+                    "cpu_s": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime) if cmd else None,
                     "load": [load0, os.getloadavg()], "reviewed": reviewed,
                     "phase2_epochs": train["finetune"]["epochs"], "lr": train["finetune"]["lr"],
                     "stages_s": {k: v["seconds"] for k, v in
@@ -222,7 +237,8 @@ def main() -> int:
         g = res[name]["regions"]
         print(f"{name}: total {g['total']}, upper row {g['upper_row']}, lower row {g['lower_row']}, outside the "
               f"rows {g['outside_rows']}; {res[name]['seconds']:.0f} s")
-    print(f"training: {res[key]['wall_s']:.0f} s wall, {res[key]['cpu_s']:.0f} s CPU; wrote {args.picture}")
+    print(f"training: {res[key]['wall_s']} s wall, {res[key]['cpu_s']} s CPU, stages {res[key]['stages_s']}; "
+          f"wrote {args.picture}")
     return 0
 
 
