@@ -20,6 +20,11 @@ Rules (``PropagationConfig`` holds the numbers):
   ``min_on_previous`` of the mask lies on the previous slice's mask: it jumped to something beside it. SAM's
   predicted IoU was measured too and does not separate a tooth from air on the real CT (0.57-0.90 on both), so
   no rule uses it. What each slice measured is in ``StructureResult.trace`` (docs/segmentation.md).
+- Following a root (``follow``). Below a crown SAM's mask, prompted with the previous slice's box, leaves the root
+  for the bone around it and loses its contrast. Where a rule fires (or SAM's mask is mostly darker than dentin)
+  and SAM's mask is not darker than its ring (a darker mask lies in a gap: the tooth ended), the slice keeps the
+  part that continues the previous mask instead: its pixels near that mask that are closer to the tooth's grey
+  than to the surroundings' (``Propagator.follow``). The root ends where no such part is left.
 - Cross-slice consistency: every prompted slice is an anchor. Between two consecutive anchors a and b on one side,
   the slices are propagated from a towards b and from b back towards a, and the two logits are blended linearly
   by distance (weight |z − a| / |b − a| for b's), so each slice agrees with the nearer prompt and the result
@@ -64,6 +69,18 @@ class PropagationConfig:
     min_contrast: float = 0.25  # ends where the contrast falls below this share of the primary slice's ...
     min_primary_contrast: float = 0.05  # ... (a rule only for structures that differ from their surroundings)
     min_on_previous: float = 0.5  # ends where less than this share of the mask lies on the previous one (a jump)
+    # Following a root where SAM's mask leaves it (see the module's docstring); ``follow=False``: stop there.
+    follow: bool = True
+    # Only where SAM's mask is not darker than its surroundings: a root is followed through the bone, where SAM's
+    # mask is bone-grey; a mask darker than its ring lies in a gap (between the rows, beyond a cusp).
+    follow_gap: float = 0.0
+    follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
+    follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
+    # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island
+    # (at least follow_whole of the bright region it belongs to lies within follow_mm of the previous mask) ...
+    follow_keep: float = 0.2
+    follow_whole: float = 0.5
+    follow_growth: float = 0.1  # ... and at most this much larger than the narrowest section followed so far
 
 
 @dataclass
@@ -71,6 +88,7 @@ class SliceResult:
     logits: np.ndarray  # on the propagator's view (vy×vx), not the whole slice
     low: object  # torch 1×1×S×S, SAM's own logits (the next slice's mask prompt)
     iou: float = 1.0  # SAM's predicted IoU of this mask
+    narrowest: float = np.inf  # where the mask was followed (``Propagator.follow``): the least area of that chain
 
     @property
     def mask(self) -> np.ndarray:
@@ -138,6 +156,7 @@ class Propagator:
             self.rect = (float(y0), float(y1), float(x0), float(x1))
         self.min_area = max(1.0, self.cfg.min_area_mm2 / (spacing[0] * spacing[1]))
         self.ring = max(1, int(round(self.cfg.ring_mm / min(spacing[0], spacing[1]))))
+        self.follow_px = max(1, int(round(self.cfg.follow_slope * spacing[2] / min(spacing[0], spacing[1]))))
         self.trace: Dict[int, Dict[str, float]] = {}
         # Every array here is on the view (SAM's logits, masks); prompts and boxes stay in slice coordinates.
         self.view: View = self._view() or sam.full_view()
@@ -277,22 +296,91 @@ class Propagator:
         if area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area:
             return None, "too small"
         stats = self.measure(z, logits > 0, prev.mask, iou)
+        rules = self.cfg.stop_rules and not self.p.points_on(z)
+        narrowest = np.inf
+        why = self._ends(stats) if rules else ""
+        if rules and self.cfg.follow and stats["contrast"] >= self.cfg.follow_gap:
+            followed = self.follow(z, prev, None if why else stats["grey"])
+            if followed is not None:
+                sam = stats
+                logits, stats = followed
+                stats.update(followed=1.0, sam_area=sam["area"], sam_grey=sam["grey"], sam_contrast=sam["contrast"],
+                             sam_on_previous=sam.get("on_previous", 1.0))
+                why, low = "", prev.low
+                narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
-        why = self._ends(stats) if self.cfg.stop_rules and not self.p.points_on(z) else ""
-        return (None, why) if why else (SliceResult(logits, low, iou), "")
+        return (None, why) if why else (SliceResult(logits, low, iou, narrowest), "")
+
+    def follow(self, z: int, prev: SliceResult, sam_grey: Optional[float] = None
+               ) -> Optional[Tuple[np.ndarray, Dict[str, float]]]:
+        """Where SAM's mask on slice z has left the structure (a stop rule fired; or, given its mean grey
+        ``sam_grey``, it is not mostly the structure's grey), the part of z that continues the previous slice's
+        mask: its pixels within ``follow_slope`` × the slice distance (at least a voxel) of that mask whose grey is
+        at least ``follow_level`` of the way from the surroundings' (the median of a ring around them) to the
+        structure's (the primary slice's mean), in the pieces touching the previous mask. (logits, measures) where
+        that part passes the contrast rule, is at most ``follow_growth`` larger than the narrowest section of the
+        chain it continues (a root narrows towards its apex) and covers ``follow_keep`` of the previous mask or
+        holds ``follow_whole`` of the bright region it belongs to; None where it does not (the root has ended) or
+        where SAM's mask is mostly the structure's grey."""
+        c = self.cfg
+        near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
+        ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
+        r = self.ring + 1
+        h, w = near.shape
+        cy, cx = slice(max(0, ys[0] - r), min(h, ys[-1] + r + 1)), slice(max(0, xs[0] - r), min(w, xs[-1] + r + 1))
+        grey = self._grey(z, cy, cx)
+        near, before = near[cy, cx], prev.mask[cy, cx]
+        ring = ndimage.binary_dilation(near, iterations=self.ring) & ~near
+        around = float(np.median(grey[ring])) if ring.any() else float(grey[~near].mean()) if (~near).any() else 0.0
+        tooth = self.primary_stats["grey"]
+        level = around + c.follow_level * (tooth - around)
+        if tooth <= around or (sam_grey is not None and sam_grey >= level):
+            return None
+        bright = grey >= level
+        pieces, n = ndimage.label(near & bright)
+        if n == 0:
+            return None
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(pieces[before])] = True
+        keep[0] = False
+        part = keep[pieces]
+        # The bright region the part belongs to, beyond that distance too. A root's section either overlaps the
+        # previous one well or, where a tilted root moves by about its width, is an island in the bone; a small
+        # part cut out of a larger bright region (a neighbouring tooth, the cortex of the palate or the sinus floor)
+        # is not the structure going on.
+        whole, _ = ndimage.label(bright)
+        region = np.isin(whole, np.unique(whole[part]))
+        area, prev_area = int(part.sum()), int(before.sum())
+        if (area < self.min_area or area < c.min_area_fraction * self.primary_area
+                or area > (1 + c.follow_growth) * min(prev_area, prev.narrowest)
+                or (np.count_nonzero(part & before) < c.follow_keep * min(area, prev_area)
+                    and area < c.follow_whole * np.count_nonzero(region))):
+            return None
+        mask = np.zeros(prev.mask.shape, bool)
+        mask[cy, cx] = part
+        stats = self.measure(z, mask, prev.mask, 1.0)
+        if self._ends(stats, jump=False):  # the tests above are the jump rule for a root that moves
+            return None
+        return np.where(mask, -OFF, OFF).astype(np.float32), stats
+
+    def _grey(self, z: int, cy: slice, cx: slice) -> np.ndarray:
+        """Slice z's windowed grey on the view's region (cy, cx)."""
+        y0, x0 = self.view[0], self.view[2]
+        grey = self.sam.volume[z, y0 + cy.start:y0 + cy.stop, x0 + cx.start:x0 + cx.stop]
+        return normalize(grey, self.sam.window) if self.sam.window is not None else np.asarray(grey, np.float32)
 
     def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
         With a prior, CPD's consensus prompts instead (``context_prompts.PriorPropagator``); None stops there."""
         return self._grow(prev.mask), self.p.points_on(z)
 
-    def _ends(self, stats: Dict[str, float]) -> str:
+    def _ends(self, stats: Dict[str, float], jump: bool = True) -> str:
         """Why the structure ends on a slice measured as ``stats`` ("" where it goes on)."""
         c, primary = self.cfg, self.primary_stats["contrast"]
         if abs(primary) >= c.min_primary_contrast and np.sign(primary) * stats["contrast"] < c.min_contrast * abs(
                 primary):
             return "lost its contrast"
-        if stats.get("on_previous", 1.0) < c.min_on_previous:
+        if jump and stats.get("on_previous", 1.0) < c.min_on_previous:
             return "jumped to another structure"
         return ""
 
