@@ -52,3 +52,31 @@ def oblique_direction(angle_deg: float = 20.0, tilt_deg: float = 10.0):
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
     return tuple(float(v) for v in (rz @ rx).ravel())
+
+
+class BoxSegmenter:
+    """SliceSAM's interface (``volume``, ``window``, ``full_view``, ``decode``) with SAM's habit in a box: it
+    always finds something. It takes the box's voxels brighter than ``threshold`` (grey values in [0, 1]), and
+    where there are none, the middle of the box (as SAM gives a blob in a box on flat background); decode returns
+    logits on the view, a dummy low-res tensor and a predicted IoU of 0.9."""
+
+    def __init__(self, volume: np.ndarray, threshold: float = 0.5) -> None:
+        self.volume, self.window, self.threshold = volume, None, threshold
+
+    def full_view(self):
+        return (0, self.volume.shape[1], 0, self.volume.shape[2])
+
+    def decode(self, z, box=None, points=(), mask=None, view=None):
+        import torch
+
+        y0, y1, x0, x1 = (int(v) for v in box)
+        grey = self.volume[z]
+        out = np.full(grey.shape, -5.0, np.float32)
+        inner = grey[y0:y1 + 1, x0:x1 + 1] > self.threshold
+        if inner.any():
+            out[y0:y1 + 1, x0:x1 + 1][inner] = 5.0
+        else:
+            h, w = y1 - y0 + 1, x1 - x0 + 1
+            out[y0 + h // 4:y1 + 1 - h // 4, x0 + w // 4:x1 + 1 - w // 4] = 5.0
+        vy0, vy1, vx0, vx1 = view
+        return out[vy0:vy1, vx0:vx1], torch.zeros(1, 1, 4, 4), 0.9

@@ -11,7 +11,7 @@ fails if the part is removed) it ends at the neck.
 from __future__ import annotations
 
 import numpy as np
-import torch
+from _infer_helpers import BoxSegmenter
 
 from ldfsam.infer.prompts import VoxelPrompt
 from ldfsam.infer.propagate import PropagationConfig, Propagator
@@ -19,28 +19,9 @@ from ldfsam.infer.propagate import PropagationConfig, Propagator
 AIR, BONE, TOOTH = 0.1, 0.45, 0.95
 
 
-class LeakySegmenter:
-    """SliceSAM's interface: the box's voxels brighter than 0.3 (bone and tooth alike); a blob in the box's middle
-    where there are none."""
-
-    def __init__(self, volume: np.ndarray) -> None:
-        self.volume, self.window = volume, None
-
-    def full_view(self):
-        return (0, self.volume.shape[1], 0, self.volume.shape[2])
-
-    def decode(self, z, box=None, points=(), mask=None, view=None):
-        y0, y1, x0, x1 = (int(v) for v in box)
-        grey = self.volume[z]
-        out = np.full(grey.shape, -5.0, np.float32)
-        inner = grey[y0:y1 + 1, x0:x1 + 1] > 0.3
-        if inner.any():
-            out[y0:y1 + 1, x0:x1 + 1][inner] = 5.0
-        else:
-            h, w = y1 - y0 + 1, x1 - x0 + 1
-            out[y0 + h // 4:y1 + 1 - h // 4, x0 + w // 4:x1 + 1 - w // 4] = 5.0
-        vy0, vy1, vx0, vx1 = view
-        return out[vy0:vy1, vx0:vx1], torch.zeros(1, 1, 4, 4), 0.9
+def leaky_segmenter(volume: np.ndarray) -> BoxSegmenter:
+    """SAM's stand-in taking bone and tooth alike (everything brighter than soft tissue)."""
+    return BoxSegmenter(volume, threshold=0.3)
 
 
 def disc(cy: float, cx: float, r: float, n: int = 64) -> np.ndarray:
@@ -63,7 +44,7 @@ def tooth_volume() -> np.ndarray:
 def extent(cfg: PropagationConfig):
     vol = tooth_volume()
     prompt = VoxelPrompt("tooth", (15, 15, 25, 39, 25, 39), False, [], (0, 23))
-    result = Propagator(LeakySegmenter(vol), prompt, (1.0, 1.0, 2.0), cfg).run()
+    result = Propagator(leaky_segmenter(vol), prompt, (1.0, 1.0, 2.0), cfg).run()
     zs = np.nonzero(result.mask.any((1, 2)))[0]
     return result, (int(zs.min()), int(zs.max())), vol
 
@@ -93,6 +74,6 @@ def test_following_does_not_cross_a_gap_into_a_darker_mask():
     vol = tooth_volume()
     vol[19:24][:, disc(32, 32, 6)] = TOOTH  # the opposing tooth, past a gap of one slice
     prompt = VoxelPrompt("tooth", (15, 15, 25, 39, 25, 39), False, [], (0, 23))
-    result = Propagator(LeakySegmenter(vol), prompt, (1.0, 1.0, 2.0), PropagationConfig()).run()
+    result = Propagator(leaky_segmenter(vol), prompt, (1.0, 1.0, 2.0), PropagationConfig()).run()
     zs = np.nonzero(result.mask.any((1, 2)))[0]
     assert zs.max() == 17, (zs, result.stopped)

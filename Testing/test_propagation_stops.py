@@ -1,7 +1,7 @@
 """Where propagation ends without a prior (``PropagationConfig``'s stop rules), on synthetic volumes where the
 propagation without them runs past the structure.
 
-The segmenter here is a stand-in for SAM with SAM's habit in a box: it always finds something. It takes the
+The segmenter here (``_infer_helpers.BoxSegmenter``) is a stand-in for SAM with SAM's habit in a box: it always finds something. It takes the
 voxels of the box brighter than half the window, and where there are none, the middle of the box (as SAM gives a
 blob in a box on flat background). Each volume is built so that exactly one rule can end the structure; each test
 checks that the structure ends there with the rules, and runs past it without them (``stop_rules=False``), so it
@@ -10,38 +10,11 @@ fails if the rule is removed. The same rules on LiteMedSAM and a phantom: ``test
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
-
 import numpy as np
-import torch
+from _infer_helpers import BoxSegmenter
 
 from ldfsam.infer.prompts import VoxelPrompt
 from ldfsam.infer.propagate import PropagationConfig, Propagator
-
-
-class BoxSegmenter:
-    """SliceSAM's interface (``volume``, ``window``, ``full_view``, ``decode``) on a volume of grey values in
-    [0, 1]; decode returns logits on the view, a dummy low-res tensor and a predicted IoU of 0.9."""
-
-    def __init__(self, volume: np.ndarray) -> None:
-        self.volume, self.window = volume, None
-
-    def full_view(self):
-        return (0, self.volume.shape[1], 0, self.volume.shape[2])
-
-    def decode(self, z: int, box: Optional[Tuple[float, float, float, float]] = None,
-               points: Sequence = (), mask=None, view=None):
-        y0, y1, x0, x1 = (int(v) for v in box)
-        grey = self.volume[z]
-        out = np.full(grey.shape, -5.0, np.float32)
-        inner = grey[y0:y1 + 1, x0:x1 + 1] > 0.5
-        if inner.any():
-            out[y0:y1 + 1, x0:x1 + 1][inner] = 5.0
-        else:
-            h, w = y1 - y0 + 1, x1 - x0 + 1
-            out[y0 + h // 4:y1 + 1 - h // 4, x0 + w // 4:x1 + 1 - w // 4] = 5.0
-        vy0, vy1, vx0, vx1 = view
-        return out[vy0:vy1, vx0:vx1], torch.zeros(1, 1, 4, 4), 0.9
 
 
 def disc(shape, cy: float, cx: float, r: float) -> np.ndarray:
