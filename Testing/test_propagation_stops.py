@@ -1,11 +1,11 @@
 """Where propagation ends without a prior (``PropagationConfig``'s stop rules), on synthetic volumes where the
 propagation without them runs past the structure.
 
-The segmenter here (``_infer_helpers.BoxSegmenter``) is a stand-in for SAM with SAM's habit in a box: it always finds something. It takes the
-voxels of the box brighter than half the window, and where there are none, the middle of the box (as SAM gives a
-blob in a box on flat background). Each volume is built so that exactly one rule can end the structure; each test
-checks that the structure ends there with the rules, and runs past it without them (``stop_rules=False``), so it
-fails if the rule is removed. The same rules on LiteMedSAM and a phantom: ``test_infer_prompted.py``.
+The segmenter here (``_infer_helpers.BoxSegmenter``) is a stand-in for SAM with SAM's habit in a box: it always
+finds something. It takes the voxels of the box brighter than half the window, and where there are none, the middle
+of the box (as SAM gives a blob in a box on flat background). Each volume is built so that exactly one rule can end
+the structure; each test checks that the structure ends there with the rules, and runs past it without them
+(``stop_rules=False``), so it fails if the rule is removed. The same rules on LiteMedSAM and a phantom: ``test_infer_prompted.py``.
 """
 
 from __future__ import annotations
