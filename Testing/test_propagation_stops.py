@@ -5,7 +5,8 @@ The segmenter here (``_infer_helpers.BoxSegmenter``) is a stand-in for SAM with 
 finds something. It takes the voxels of the box brighter than half the window, and where there are none, the middle
 of the box (as SAM gives a blob in a box on flat background). Each volume is built so that exactly one rule can end
 the structure; each test checks that the structure ends there with the rules, and runs past it without them
-(``stop_rules=False``), so it fails if the rule is removed. The same rules on LiteMedSAM and a phantom: ``test_infer_prompted.py``.
+(``stop_rules=False``), so it fails if the rule is removed. The same rules on LiteMedSAM and a phantom:
+``test_infer_prompted.py``.
 """
 
 from __future__ import annotations
