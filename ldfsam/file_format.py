@@ -19,15 +19,18 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple, Union
 
 from .atomic import atomic_path
 from .config import from_dict
 from .data.config import PreprocessConfig
 from .errors import CheckpointError, ConfigError
 from .model.config import ModelConfig
+
+# torch only where tensors are made or read: headers and documents are read without it (Slicer lists the installed
+# models before torch is installed).
+if TYPE_CHECKING:
+    import torch
 
 PathLike = Union[str, Path]
 META_KEY = "ldfsam"
@@ -41,6 +44,7 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 def save_state(path: PathLike, tensors: Dict[str, torch.Tensor], document: Dict[str, Any]) -> None:
     """Write ``tensors`` and the JSON ``document`` (header metadata key "ldfsam") to ``path`` atomically."""
+    import torch
     from safetensors.torch import save_file
 
     bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
@@ -166,16 +170,16 @@ def read_checkpoint_configs(path: PathLike) -> Tuple[ModelConfig, PreprocessConf
         raise CheckpointError(f"has an invalid configuration: {e}", path) from None
 
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool}
-
-
 def read_tensors(path: Path, float_dtype: Callable[[str], torch.dtype]) -> Dict[str, torch.Tensor]:
     """Every tensor of a checked safetensors file, floating ones converted to ``float_dtype(key)`` one at a time.
 
     Plain reads, no memory map: mapped file pages would count against the process for as long as it runs.
     """
+    import torch
+
+    torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                    "BOOL": torch.bool}
     header, data_start = read_header(path)
     tensors: Dict[str, torch.Tensor] = {}
     try:
@@ -183,7 +187,7 @@ def read_tensors(path: Path, float_dtype: Callable[[str], torch.dtype]) -> Dict[
             for key, info in header.items():
                 if key == "__metadata__":
                     continue
-                dtype = _TORCH_DTYPES.get(info["dtype"])
+                dtype = torch_dtypes.get(info["dtype"])
                 if dtype is None:
                     raise ValueError(f"tensor {key!r} has unsupported dtype {info['dtype']}")
                 begin, end = info["data_offsets"]
@@ -201,6 +205,8 @@ def read_tensors(path: Path, float_dtype: Callable[[str], torch.dtype]) -> Dict[
 def tensors_digest(state: Dict[str, torch.Tensor]) -> str:
     """SHA256 over every tensor's name, dtype, shape and bytes, in name order: what a converted third-party file
     records, and checks on every load."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(state):
         t = state[key].contiguous()
