@@ -148,15 +148,21 @@ def load_state(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     return tensors, document
 
 
+def check_document(document: Dict[str, Any], path: PathLike, fmt: str, version: int, what: str) -> None:
+    """Refuse a document of another format than ``fmt`` (a file of another kind) or of another ``version``;
+    ``what`` names the kind of file in the message ("model", "prompt generator")."""
+    if document.get("format") != fmt:
+        raise CheckpointError(f"is not an LDFSAM {what} file (format {document.get('format')!r}, expected "
+                              f"{fmt!r})", path)
+    if document.get("version") != version:
+        raise CheckpointError(f"{what} format version {document.get('version')!r} is not supported (this ldfsam "
+                              f"reads version {version}); a newer ldfsam wrote it?", path)
+
+
 def read_checkpoint_meta(path: PathLike) -> Dict[str, Any]:
     """The JSON document of an LDFSAM model file, from its header only (no tensors are read)."""
     document = read_document(path)
-    if document.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"is not an LDFSAM model file (format {document.get('format')!r}, expected "
-                              f"{MODEL_FORMAT!r})", path)
-    if document.get("version") != MODEL_VERSION:
-        raise CheckpointError(f"model format version {document.get('version')!r} is not supported (this ldfsam "
-                              f"reads version {MODEL_VERSION}); a newer ldfsam wrote it?", path)
+    check_document(document, path, MODEL_FORMAT, MODEL_VERSION, "model")
     return document
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import Arg, CheckpointError, ConfigError
-from ..file_format import load_state, load_strict, save_state
+from ..file_format import check_document, load_state, load_strict, save_state
 from ..offline import import_ultralytics
 from .config import PromptGeneratorConfig
 
@@ -114,12 +114,7 @@ def load_prompt_generator_weights(path: PathLike) -> Tuple[Dict[str, torch.Tenso
                                                            Dict[str, Any]]:
     """Read a prompt-generator file: (DetectionModel state dict, its PromptGeneratorConfig, the JSON document)."""
     tensors, document = load_state(path)
-    if document.get("format") != FORMAT:
-        raise CheckpointError(f"is not an LDFSAM prompt generator file (format {document.get('format')!r}, "
-                              f"expected {FORMAT!r})", path)
-    if document.get("version") != VERSION:
-        raise CheckpointError(f"prompt generator format version {document.get('version')!r} is not supported "
-                              f"(this ldfsam reads version {VERSION})", path)
+    check_document(document, path, FORMAT, VERSION, "prompt generator")
     try:
         cfg = from_dict(PromptGeneratorConfig, document.get("config", {}), "config")
     except ConfigError as e:
