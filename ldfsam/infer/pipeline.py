@@ -62,6 +62,9 @@ class SegmentOptions:
     # The lite family's refinement pass (infer/refine.py): each component of the automatic mask re-segmented by
     # LiteMedSAM's unchanged decoder from its box. One-class lite models only.
     refine: bool = False
+    # Also return SPD's saliency map (models with a saliency head): the head's tooth probability on every slice the
+    # encoder ran on, interpolated between them as the logits are; 0 where the prompt generator found no teeth.
+    saliency: bool = False
 
     def validate(self) -> SegmentOptions:
         """Raise ConfigError naming the argument of the first bad value."""
@@ -90,6 +93,7 @@ class SegmentationResult:
     grid: Any
     segment_names: list
     probabilities: Optional[np.ndarray] = None
+    saliency: Optional[np.ndarray] = None  # SPD's tooth saliency map (z×y×x float32 on the input grid), if asked
     slices: int = 0
     slices_with_teeth: int = 0  # model slices on which the prompt generator found teeth (encoder passes)
     model_slices: int = 0  # slices the model ran on (all of them with slice_spacing="native")
@@ -129,6 +133,7 @@ class Prediction:
     model_slices: int
     batch: int
     times: Dict[str, float]
+    saliency: Optional[np.ndarray] = None
 
 
 # -- 1. read and validate the input -----------------------------------------------------------------------------
@@ -245,6 +250,12 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
         progress.log("segment", f"batch reduced from {options.batch} to {memory.batch} to fit in "
                                 f"{memory.available_bytes / 2**30:.1f} GB of memory", level="warning")
     predictor = SlicePredictor(loaded.model, pre.sam_size, pre.yolo_size, device, dtype)
+    saliency: Optional[Dict[int, torch.Tensor]] = None
+    if options.saliency:
+        if getattr(loaded.model, "saliency_head", None) is None:
+            raise ConfigError("{}: this model has no saliency head (train one in Phase 2; `ldfsam info --model NAME` "
+                              "shows whether a model has one)", arguments=[Arg("saliency", True)])
+        predictor.want_saliency, saliency = True, {}
     if options.refine:
         from .refine import refiner_for
 
@@ -270,12 +281,36 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
         if keep_slices is not None:
             keep = torch.from_numpy(np.asarray(keep_slices, dtype=bool)[plan.positions[chosen]])
         logits, has = predictor.predict(torch.from_numpy(block), keep)
+        if saliency is not None:
+            saliency.update({int(plan.positions[i]): predictor.saliency[j] if h else None
+                             for j, (i, h) in enumerate(zip(chosen, has.tolist()))})
         with_teeth += int(has.sum())
         schedule.record(chosen, logits, has)
         progress.update("segment", schedule.resolved, m, slices_with_teeth=with_teeth,
                         model_slices=schedule.model_slices)
     return Prediction(labels, probs, with_teeth, schedule.model_slices, memory.batch,
-                      {f"predict.{k}": round(v, 3) for k, v in predictor.times.items()})
+                      {f"predict.{k}": round(v, 3) for k, v in predictor.times.items()},
+                      None if saliency is None else saliency_map(saliency, plan.shape))
+
+
+def saliency_map(logits: Dict[int, Any], shape: Tuple[int, int, int]) -> np.ndarray:
+    """SPD's saliency probabilities on every slice (z×y×x float32) from the head's logits (1×G×G, None: no
+    teeth) of the model slices at their z: bilinear onto each slice, linear along z between model slices, as
+    the mask logits are filled (``SliceFiller``)."""
+    import torch
+
+    from .slice_sampling import SliceFiller
+
+    class _MapFiller(SliceFiller):
+        def _write(self, z: int, value) -> None:
+            self.probs[z] = torch.sigmoid(value[0]).numpy()
+
+    out = np.zeros(shape, dtype=np.float32)
+    filler = _MapFiller(out, 0.0, 1, out)
+    for z in sorted(logits):
+        filler.add_slice(z, logits[z])
+    filler.finish()
+    return out
 
 
 # -- 5. post-process ---------------------------------------------------------------------------------------------
@@ -361,8 +396,10 @@ def _finish(plan: SlicePlan, prediction: Prediction, loaded_classes: List[str], 
             timings: Dict[str, float]) -> SegmentationResult:
     t = time.perf_counter()
     labels, probs, names = clean_up(prediction, plan, loaded_classes, options)
+    saliency = None if prediction.saliency is None else np.ascontiguousarray(plan.orient.invert(prediction.saliency))
     timings["cleanup"] = time.perf_counter() - t
     return SegmentationResult(labels=labels, grid=plan.grid, segment_names=names, probabilities=probs,
+                              saliency=saliency,
                               slices=plan.shape[0], slices_with_teeth=prediction.slices_with_teeth,
                               model_slices=prediction.model_slices, batch=prediction.batch, timings=timings)
 

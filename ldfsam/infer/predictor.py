@@ -85,6 +85,11 @@ class SlicePredictor:
         self.encoded = 0
         # The refinement pass (infer/refine.py), set by the pipeline when asked for: None runs none.
         self.refiner = None
+        # SPD's saliency map (model/saliency.py) on the embeddings the decoder uses: set ``want_saliency`` and each
+        # ``predict`` leaves the head's logits of its batch in ``saliency`` (B×1×G×G on the embedding grid, float32
+        # on the CPU; EMPTY_LOGIT on slices not encoded). One head pass per encoded slice, no encoder pass.
+        self.want_saliency = False
+        self.saliency: Optional[torch.Tensor] = None
         self.generator = _fused_generator(self.model)
         if getattr(getattr(self.model, "cfg", None), "sam", None) is not None and self.model.cfg.sam.encoder == \
                 "tiny_vit":
@@ -152,7 +157,11 @@ class SlicePredictor:
         keep = keep.to(torch.bool).cpu()
         out = torch.full((n, c, self.sam_size, self.sam_size), EMPTY_LOGIT, dtype=torch.float32)
         idx = torch.nonzero(keep).flatten()
+        self.saliency = None
         if idx.numel() == 0:
+            if self.want_saliency:
+                grid = self.sam_size // 4  # SAM's embedding grid (64 for 256-pixel inputs)
+                self.saliency = torch.full((n, 1, grid, grid), EMPTY_LOGIT, dtype=torch.float32)
             return out, keep
         sel = idx.to(self.device)
         with self._autocast():
@@ -165,6 +174,10 @@ class SlicePredictor:
             logits = model.decode(embeddings, feats, boxes=boxes)
             if self.refiner is not None:
                 logits = self.refiner.refine(embeddings, logits)
+            if self.want_saliency:
+                head = model.saliency_head(embeddings).float().cpu()
+                self.saliency = torch.full((n,) + tuple(head.shape[1:]), EMPTY_LOGIT, dtype=torch.float32)
+                self.saliency[idx] = head
         out[idx] = logits.float().cpu()
         self._tick("decoder", t)
         self.encoded += int(idx.numel())
