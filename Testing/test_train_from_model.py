@@ -3,12 +3,14 @@ versions installed with their lineage (never overwriting), and (slow) the whole 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -75,6 +77,63 @@ def test_configure_sets_the_short_schedule_from_the_model():
     assert cfg.distill.student.lr0 == 1e-3 and cfg.distill.student.mosaic == 0
     assert cfg.prepare.spacing is None  # the demo model works at the input's spacing
     cfg.validate()
+
+
+def test_a_learning_rate_given_in_the_config_file_is_kept_even_at_the_default_value(tmp_path):
+    """--config's finetune.lr (and epochs) win over the short schedule's, also when the value equals
+    FinetuneConfig's own default (once taken as unset and replaced); options win over the file."""
+    import argparse
+
+    from ldfsam.cli.train import add_arguments, build_config
+    from ldfsam.finetune.config import FinetuneConfig
+    from ldfsam.train.from_model import SHORT_LR
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = [str(tmp_path), "-o", str(tmp_path / "run"), "--from", "ldfsam-demo"]
+    assert SHORT_LR != FinetuneConfig.lr
+    for lr in (FinetuneConfig.lr, 3e-5):
+        (tmp_path / "c.json").write_text(json.dumps({"finetune": {"lr": lr}}))
+        assert build_config(parser.parse_args(base + ["--config", str(tmp_path / "c.json")])).finetune.lr == lr
+    (tmp_path / "c.json").write_text(json.dumps({"finetune": {"epochs": 2}}))
+    cfg = build_config(parser.parse_args(base + ["--config", str(tmp_path / "c.json")]))
+    assert cfg.finetune.lr == SHORT_LR and cfg.finetune.epochs == 2
+    cfg = build_config(parser.parse_args(base + ["--config", str(tmp_path / "c.json"), "--phase2-epochs", "3"]))
+    assert cfg.finetune.epochs == 3
+    assert build_config(parser.parse_args(base)).finetune.lr == SHORT_LR
+
+
+def test_a_warning_when_the_counted_pixels_are_almost_all_tooth(tmp_path):
+    """A review of the teeth alone (each structure and its one-pixel shell) counts about half tooth: the run warns
+    that nothing teaches background; whole reviewed slices (mostly background) do not warn."""
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.data.phantom import make_phantom
+    from ldfsam.data.prepared import PrepareOptions, prepare_dataset
+    from ldfsam.data.training_case import add_training_case
+    from ldfsam.progress import Progress
+    from ldfsam.train.config import TrainConfig
+    from ldfsam.train.from_model import MOSTLY_TOOTH, phantoms_to_training, warn_if_no_background
+
+    img, lab = make_phantom((16, 64, 64), 0.5, seed=0, teeth_fraction=0.75)
+    sitk.WriteImage(img, str(tmp_path / "scan.nrrd"))
+    sitk.WriteImage(lab, str(tmp_path / "seg.nrrd"))
+    teeth = [int(v) for v in np.unique(sitk.GetArrayFromImage(lab)) if v]
+    shares = {}
+    for review, kwargs in (("teeth", {"reviewed_structures": teeth}), ("slices", {"reviewed_slices": range(4, 12)})):
+        add_training_case(tmp_path / "scan.nrrd", tmp_path / "seg.nrrd", tmp_path / review, "c", **kwargs)
+        prepared = tmp_path / f"prepared_{review}"
+        prepare_dataset(tmp_path / review, prepared, PreprocessConfig(target_spacing=None, yolo_size=64, sam_size=64),
+                        PrepareOptions(yolo=False, test_fraction=0.0, val_fraction=0.0))
+        cfg = TrainConfig(data=str(tmp_path / review))
+        cfg.prepare.test_fraction = cfg.prepare.val_fraction = 0.0
+        phantoms_to_training(prepared, cfg)
+        stream = io.StringIO()
+        shares[review] = warn_if_no_background(prepared, cfg, Progress("json", stream=stream))
+        warned = [e for e in map(json.loads, stream.getvalue().splitlines()) if e.get("level") == "warning"]
+        assert bool(warned) == (review == "teeth"), (review, shares[review])
+        if warned:
+            assert "Review whole slices" in warned[0]["message"] and warned[0]["tooth_share"] > MOSTLY_TOOTH
+    assert shares["teeth"] > MOSTLY_TOOTH > shares["slices"] > 0
 
 
 def test_a_fine_tune_from_a_model_moves_its_weights_from_the_parents(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +92,11 @@ def build_config(args: argparse.Namespace):
         from ..train import from_model
 
         given = {k: getattr(args, k) for k in ("epochs", "phase1_epochs", "phase2_epochs", "batch")}
+        if args.config:  # what the file sets wins over the short schedule, whatever its value (options win over both)
+            in_file = json.loads(Path(args.config).read_text(encoding="utf-8")).get("finetune") or {}
+            for key, name in (("lr", "lr"), ("epochs", "phase2_epochs")):
+                if key in in_file and given.get(name) is None:
+                    given[name] = getattr(cfg.finetune, key)  # as load_json read and checked it
         if args.phase1_epochs is None and args.epochs is not None:
             given["phase1_epochs"] = 0  # --epochs sets Phase 2's; Phase 1 trains on only when asked to
         from_model.configure(cfg, args.from_model, {k: v for k, v in given.items() if v is not None})

@@ -52,8 +52,8 @@ def starting_model(model: str):
 
 
 def configure(cfg: TrainConfig, model: str, given: Dict[str, Any]) -> TrainConfig:
-    """Set ``cfg`` up to start from ``model``; ``given`` holds the command line's explicit values (not None),
-    which win over the short schedule."""
+    """Set ``cfg`` up to start from ``model``; ``given`` holds the explicit values (not None: ``epochs``,
+    ``phase1_epochs``, ``phase2_epochs``, ``batch``, ``lr``), which win over the short schedule."""
     path, model_cfg, pre, _ = starting_model(model)
     cfg.init_model, cfg.init_model_name = str(path), model
     pg = model_cfg.prompt_generator
@@ -65,12 +65,10 @@ def configure(cfg: TrainConfig, model: str, given: Dict[str, Any]) -> TrainConfi
     batch = given.get("batch") or SHORT_BATCH
     recipe = dict(imgsz=pg.image_size, epochs=max(1, epochs1), batch=batch, **GENTLE_PHASE1)
     d.teacher, d.student = dataclasses.replace(d.teacher, **recipe), dataclasses.replace(d.student, **recipe)
+    # The learning rate is the short schedule's unless given (a --config file's finetune.lr, even when it equals
+    # FinetuneConfig's own default: the value alone cannot tell set from unset).
     ft = {"epochs": given.get("phase2_epochs") or given.get("epochs") or SHORT_PHASE2_EPOCHS,
-          "batch_size": batch}
-    from ..finetune.config import FinetuneConfig
-
-    if cfg.finetune.lr == FinetuneConfig.lr:  # not set by a --config file
-        ft["lr"] = SHORT_LR
+          "batch_size": batch, "lr": given.get("lr") or SHORT_LR}
     cfg.finetune = dataclasses.replace(cfg.finetune, **ft)
     cfg.prepare.spacing = pre.target_spacing
     if cfg.mix_phantoms < 0:
@@ -176,6 +174,51 @@ def phantoms_to_training(prepared: Path, cfg: TrainConfig) -> None:
                                mixed_phantoms=len(mixed), partly_reviewed=len(partial))
     manifest["yolo"] = {}  # exported again, on these splits, when Phase 1 asks for it
     write_text_atomic(prepared / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def counted_tooth_fraction(prepared: Path, ids: List[str]) -> Optional[float]:
+    """The share of tooth among the pixels whose labels count in Phase 2 (the slices ``select_slices`` offers;
+    of a partly reviewed case only its reviewed pixels), over cases ``ids``; None when nothing counts."""
+    import numpy as np
+
+    from ..data.prepared import PreparedData
+    from ..data.slices import select_slices
+
+    data = PreparedData(prepared)
+    counted = tooth = 0
+    for i in ids:
+        e = data.entry(i)
+        zs = select_slices(e, data.empty_ratio)
+        if not zs:
+            continue
+        classes = np.asarray(e.classes()[zs]) > 0
+        reviewed = e.reviewed()
+        valid = np.ones_like(classes) if reviewed is None else np.asarray(reviewed[zs]) > 0
+        counted += int(valid.sum())
+        tooth += int((classes & valid).sum())
+    return tooth / counted if counted else None
+
+
+# A whole reviewed slice of a dental scan is mostly background (teeth: a few to 15 % of an axial slice; 2-5 % of
+# the phantoms'); a review of the teeth alone (a structure and its one-pixel shell) counts about half tooth.
+MOSTLY_TOOTH = 0.3
+
+
+def warn_if_no_background(prepared: Path, cfg: TrainConfig, progress) -> Optional[float]:
+    """Warn when the user's cases teach almost no background: a model trained on them learns "more tooth" and
+    marks bone and streaks too (docs/training.md, the real head CT). Returns the tooth share of counted pixels."""
+    from ..data.splits import read_splits
+
+    own = [i for i in read_splits(prepared / "splits.json").train if not i.startswith(MIX_PREFIX)]
+    share = counted_tooth_fraction(prepared, own)
+    if share is not None and share > MOSTLY_TOOTH:
+        hint = ("phantoms are mixed in, yet they hold no background of your scans" if cfg.mix_phantoms else
+                "no phantoms are mixed in either")
+        progress.log("train", f"{100 * share:.0f} % of the pixels whose labels count in your cases are tooth: "
+                     f"almost no background is taught, and the new model may mark bone and metal streaks as "
+                     f"teeth ({hint}). Review whole slices (every voxel of a reviewed slice counts, background "
+                     f"too) or mix phantoms in (--mix-phantoms).", level="warning", tooth_share=round(share, 3))
+    return share
 
 
 # -- Phase 1 and Phase 2 --------------------------------------------------------------------------------------------

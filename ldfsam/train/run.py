@@ -188,6 +188,7 @@ def _prepare(cfg: TrainConfig, folder: RunFolder, progress: Progress) -> Dict[st
         prepare_dataset(source, prepared, pre, opts, progress)
         if cfg.init_model:
             from_model.phantoms_to_training(prepared, cfg)
+            from_model.warn_if_no_background(prepared, cfg, progress)
     write_splits(read_splits(prepared / "splits.json"), folder.splits)
     return {"prepared": str(prepared)}
 
