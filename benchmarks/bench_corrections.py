@@ -208,7 +208,9 @@ def main(argv=None) -> int:
         wall, cpu = time.monotonic() - t0, cpu_seconds_children() - cpu0
         stages = json.loads((run / "stages.json").read_text())["stages"]
         train = json.loads((run / "train.json").read_text())["config"]
+        # One thread (OMP_NUM_THREADS=1): the CPU time is then what an idle machine's wall time would be.
         results[key] = {"volumes": n, "wall_s": wall, "cpu_s": cpu, "load": [load0, os.getloadavg()],
+                        "threads": os.environ.get("OMP_NUM_THREADS", "all"),
                         "recipe": {"tag": args.tag, "mix_phantoms": args.mix_phantoms,
                                    "phase1_epochs": args.phase1_epochs or 0,
                                    "phase2_epochs": train["finetune"]["epochs"], "lr": train["finetune"]["lr"],

@@ -1,14 +1,15 @@
 """Learning from corrections on the real head CT: the upper teeth labelled with prompted segmentation, the bundled
 model improved on them, the lower teeth (never labelled) segmented before and after.
 
-    python scripts/corrections_real_ct.py --work runs/ct-corrections [--reviewed 10-17] [--mix-phantoms 2]
+    python scripts/corrections_real_ct.py --work runs/ct-corrections [--reviewed teeth+6-9] [--mix-phantoms 2]
 
 Stages (each kept in ``--work``, so a second call goes on where the first stopped):
 
 1. prompted segmentation of the twelve upper teeth of ``ct-head-stanford``'s jaw crop, one box per tooth on slice
    13 (the boxes of ``scripts/prompted_real_ct.py``), propagated with the stop rules; the union is the label map;
-2. ``add_training_case`` with only ``--reviewed`` slices reviewed (the slices where the prompted result was
-   checked by eye: every other slice, the lower row included, is ignored by the losses);
+2. ``add_training_case`` with only what ``--reviewed`` names reviewed: whole slices where the prompted result
+   was checked by eye (every voxel of them counts, background too), the prompted teeth (each with a one-voxel
+   shell), or both; everything else, the lower row included, is ignored by the losses;
 3. the bundled model on the whole crop ("before");
 4. ``ldfsam train CASES --from ldfsam-demo --mix-phantoms M`` (the real command, wall and CPU seconds of the
    process tree);
@@ -151,8 +152,8 @@ def main() -> int:
     p.add_argument("--input", type=Path, default=data / "ct-head-stanford" / "CThead_jaw_z60-112.nii.gz")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--reviewed", default="teeth", help="slices of the crop whose prompted labels were checked "
-                   "whole (e.g. 10-15), or 'teeth': each prompted tooth with a one-voxel shell (the unprompted "
-                   "molars 26-27 share the upper row's slices, so no slice is labelled whole)")
+                   "whole (e.g. 6-9), 'teeth': each prompted tooth with a one-voxel shell (the unprompted molars "
+                   "26-27 lie on slices 10-15, which therefore cannot be reviewed whole), or both: teeth+6-9")
     p.add_argument("--mix-phantoms", type=int, default=2)
     p.add_argument("--phase2-epochs", type=int)
     p.add_argument("--stop-after", choices=("prompted", "before", "train"), help="stop after this stage")
@@ -177,17 +178,16 @@ def main() -> int:
         save()
     if args.stop_after == "prompted":
         return 0
-    reviewed = [] if args.reviewed == "teeth" else parse_range(args.reviewed)
+    teeth, _, slices = args.reviewed.partition("+") if args.reviewed.startswith("teeth") else ("", "", args.reviewed)
+    reviewed = parse_range(slices) if slices else []
     cases = work / f"cases_{args.reviewed}"
     if not cases.is_dir():
         from prompted_real_ct import UPPER
 
         from ldfsam.data.training_case import add_training_case
 
-        if reviewed:
-            add_training_case(args.input, upper, cases, "ct_upper", reviewed_slices=reviewed)
-        else:
-            add_training_case(args.input, upper, cases, "ct_upper", reviewed_structures=list(UPPER))
+        add_training_case(args.input, upper, cases, "ct_upper", reviewed_slices=reviewed or None,
+                          reviewed_structures=list(UPPER) if teeth else ())
     if "before" not in res:
         res["before"] = segment("ldfsam-demo", args.input, work / "before.nii.gz")
         save()
@@ -233,10 +233,13 @@ def main() -> int:
               (upper, work / "before.nii.gz", work / f"after_{args.reviewed}.nii.gz")]
     args.picture.parent.mkdir(parents=True, exist_ok=True)
     picture(ct, *arrays, reviewed, args.picture)
-    for name in ("before", after_key):
+    for name, labels in (("before", arrays[1]), (after_key, arrays[2])):
         g = res[name]["regions"]
+        # What lies outside the rows on the reviewed slices was taught as background: counted apart.
+        on_reviewed = regions(np.where(np.isin(np.arange(len(labels)), reviewed)[:, None, None], labels, 0))
         print(f"{name}: total {g['total']}, upper row {g['upper_row']}, lower row {g['lower_row']}, outside the "
-              f"rows {g['outside_rows']}; {res[name]['seconds']:.0f} s")
+              f"rows {g['outside_rows']} ({on_reviewed['outside_rows']} of them on reviewed slices); "
+              f"{res[name]['seconds']:.0f} s")
     print(f"training: {res[key]['wall_s']} s wall, {res[key]['cpu_s']} s CPU, stages {res[key]['stages_s']}; "
           f"wrote {args.picture}")
     return 0
