@@ -26,6 +26,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -69,12 +70,47 @@ def _warmup_cosine(opt, steps: int, warmup: int = 20):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def train_prompt_generator(model, images, boxes, steps: int, batch: int, lr: float, log) -> None:
+def init_prompt_generator(model, init: str, bn: str, images: np.ndarray, log) -> Optional[List[str]]:
+    """Start the prompt generator from pretrained weights the way ``ldfsam distill`` starts its student
+    (``ldfsam.distill.weights`` / ``bn_init``): ``init`` "auto" (the registry's YOLOv8n weights where installed, else
+    random), "scratch", a registry name or a prompt generator file. Returns the BatchNorm layers to keep training
+    (the rest frozen) when ``bn`` is "frozen" and the weights' BatchNorm was folded, else None."""
+    from ldfsam.distill.bn_init import fresh_batchnorms, reestimate_bn
+    from ldfsam.distill.weights import has_folded_bn, load_init_source, resolve_init, transfer_weights
+    from ldfsam.progress import Progress
+
+    det = model.prompt_generator.detector
+    init = resolve_init("prompt generator", init, model.cfg.prompt_generator.scale, Progress("bar"))
+    if init == "scratch":
+        log("prompt generator: random initialisation")
+        return None
+    source = load_init_source(init)
+    done, total = transfer_weights(det, source)
+    log(f"prompt generator: {done} of {total} tensors from {init} (the class branch keeps its fresh initialisation)")
+    if not has_folded_bn(init):
+        return None
+    if bn == "frozen":
+        return fresh_batchnorms(det, source)
+    # As Phase1Trainer: the BatchNorm statistics re-estimated on 256 training images, the eval-mode map unchanged.
+    layers, seen = reestimate_bn(det, (_rgb(images[i:i + 16]) for i in range(0, min(256, len(images)), 16)))
+    log(f"prompt generator: BatchNorm statistics re-estimated on {seen} slices ({layers} layers)")
+    return None
+
+
+def train_prompt_generator(model, images, boxes, steps: int, batch: int, lr: float, log,
+                           train_bn: Optional[List[str]] = None) -> None:
+    """``train_bn``: with pretrained weights whose BatchNorm was folded and is kept frozen, the layers that still
+    normalise (those the weights do not cover); None: every BatchNorm trains."""
     from ultralytics.cfg import get_cfg
+
+    from ldfsam.distill.bn_init import freeze_bn
 
     det = model.prompt_generator.detector
     det.args = get_cfg()
     det.train()
+    if train_bn is not None:
+        n = freeze_bn(det, skip=train_bn)
+        log(f"prompt generator: {n} pretrained BatchNorm layers frozen, {len(train_bn)} fresh ones train")
     for p in det.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(det.parameters(), lr=lr, weight_decay=5e-4)
@@ -195,6 +231,8 @@ def register_bundled(model: Path) -> None:
 
 
 def main() -> int:
+    from ldfsam.distill.config import DistillConfig
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEMO_DIR / "ldfsam_demo.safetensors")
     ap.add_argument("--phantoms", type=int, default=24)
@@ -203,6 +241,11 @@ def main() -> int:
     ap.add_argument("--sam-slices", type=int, default=480, help="slices encoded for Phase 2 (each once)")
     ap.add_argument("--phase1", type=Path, help="prompt generator file: loaded when it exists (Phase 1 skipped), "
                                                 "else written after Phase 1")
+    ap.add_argument("--yolo-init", default="scratch",
+                    help="Phase 1 start: auto (the pretrained yolov8n-coco where installed, Ultralytics weights, "
+                         "AGPL-3.0), scratch, a registry name or a prompt generator file")
+    ap.add_argument("--pretrained-bn", choices=("frozen", "reestimate"), default=DistillConfig.pretrained_bn,
+                    help="BatchNorm of pretrained weights folded into their convolutions (ldfsam.distill.bn_init)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -241,12 +284,14 @@ def main() -> int:
         model.prompt_generator.load_weights(state, args.phase1)
         log(f"prompt generator from {args.phase1}")
     else:
-        train_prompt_generator(model, images, boxes, args.yolo_steps, args.batch, 2e-3, log)
+        train_bn = init_prompt_generator(model, args.yolo_init, args.pretrained_bn, images, log)
+        train_prompt_generator(model, images, boxes, args.yolo_steps, args.batch, 2e-3, log, train_bn)
         if args.phase1 is not None:
             from ldfsam.model.prompt_generator import save_prompt_generator
 
             save_prompt_generator(args.phase1, model.prompt_generator.detector, cfg.prompt_generator,
-                                  training={"script": "scripts/train_demo_model.py", "yolo_steps": args.yolo_steps})
+                                  training={"script": "scripts/train_demo_model.py", "yolo_steps": args.yolo_steps,
+                                            "init": args.yolo_init, "pretrained_bn": args.pretrained_bn})
             log(f"saved the prompt generator to {args.phase1}")
     train_decoder(model, images, masks, args.sam_steps, args.batch // 2, 1e-4 * 5, args.sam_slices, log)
     training = {"script": "scripts/train_demo_model.py", "args": {k: str(v) for k, v in vars(args).items()},
