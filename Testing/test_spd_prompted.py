@@ -136,6 +136,32 @@ def test_a_click_costs_at_most_one_head_pass_per_newly_decoded_slice(phantom, se
     assert new_passes <= session.sam.encoded - encoded  # one map per (slice, view): only new embeddings cost one
 
 
+@pytest.mark.slow  # two whole slices encoded: 90 s on the loaded 2-core machine, a few seconds idle
+def test_the_prompt_worker_gives_the_priors_saliency_map(phantom, session, tmp_path):
+    from ldfsam.cli.prompt_worker import Worker
+
+    _, image, truth = phantom
+    worker = Worker(prior=PRIOR)
+    worker.session = session  # the module's embeddings
+    z = int(np.median(np.nonzero(truth == FDI)[0]))
+    answer = worker.saliency({"slices": [z, z + 1], "output": str(tmp_path / "s.nii.gz")})
+    assert answer["slices"] == [z, z + 1] and answer["index"] == [z, 0, 0]
+    out = sitk.ReadImage(answer["output"])
+    np.testing.assert_allclose(out.GetOrigin(), image.TransformIndexToPhysicalPoint((0, 0, z)), atol=1e-6)
+    prob = sitk.GetArrayFromImage(out)
+    assert prob.shape == (2,) + truth.shape[1:] and prob.dtype == np.float32
+    # The trained head's map: tooth where the teeth are (this phantom's seed is not one it was trained on).
+    teeth = truth[z:z + 2] > 0
+    pred = prob >= session.prior.threshold
+    assert 2 * np.count_nonzero(pred & teeth) / (np.count_nonzero(pred) + np.count_nonzero(teeth)) > 0.6
+    with pytest.raises(ValueError, match="within 0..31"):
+        worker.saliency({"slices": [30, 32], "output": str(tmp_path / "t.nii.gz")})
+    plain = Worker(prior=None)
+    plain.session = PromptedSession(image)
+    with pytest.raises(ValueError, match="no prior"):
+        plain.saliency({"slices": [z, z], "output": str(tmp_path / "u.nii.gz")})
+
+
 @pytest.mark.slow  # a real worker process; the not-used report's logic has unit tests
 def test_the_prompt_worker_reports_the_clicks_it_did_not_use(phantom, tmp_path):
     from ldfsam.cli.prompt_worker import Worker

@@ -16,6 +16,10 @@ on a slice already encoded costs only SAM's decoder. Requests:
 - ``{"cmd": "click", "name": NAME, "position": [x, y, z], "label": "include"|"exclude", "output": PATH}``:
   adds a click to that structure's prompts and segments it again.
 - ``{"cmd": "undo", "name": NAME, "output": PATH}``: drops the structure's last change and segments it again.
+- ``{"cmd": "saliency", "slices": [FIRST, LAST], "output": PATH}``: with a prior, SPD's tooth saliency map of
+  slices FIRST to LAST (indices, inclusive) on whole slices, written as a float32 probability map of that block
+  of the grid (placed like ``segment``'s); one head pass per slice, and an encoder pass for each slice not yet
+  encoded whole. Answer: ``slices``, ``index``, ``output``, ``seconds``.
 - ``{"cmd": "quit"}``.
 """
 
@@ -106,6 +110,31 @@ class Worker:
         self.history[name].append(entry)
         return answer
 
+    def saliency(self, req):
+        """The prior's map on whole slices ``req["slices"]`` (first, last), written to ``req["output"]``."""
+        import time
+        from pathlib import Path
+
+        import numpy as np
+
+        from ..infer import outputs as out_io
+
+        if self.session is None:
+            raise ValueError("no volume is open; send {\"cmd\": \"open\", \"volume\": PATH} first")
+        if self.session.prior is None:
+            raise ValueError("the worker has no prior (--prior none or a default model without a saliency head)")
+        nz = self.session.grid.size[2]
+        first, last = (int(v) for v in req["slices"])
+        if not 0 <= first <= last < nz:
+            raise ValueError(f"slices {[first, last]}: give first <= last, both within 0..{nz - 1}")
+        t = time.perf_counter()
+        maps = self.session.maps
+        block = np.stack([maps.map(z) for z in range(first, last + 1)])
+        out_io.write_probabilities(Path(req["output"]), block, self.session.grid.crop((first, 0, 0), block.shape),
+                                   overwrite=True)
+        return {"output": str(req["output"]), "slices": [first, last], "index": [first, 0, 0],
+                "seconds": round(time.perf_counter() - t, 3)}
+
     def undo(self, req):
         name = req["name"]
         if len(self.history.get(name, [])) < 2:
@@ -124,7 +153,8 @@ def run(args) -> int:
     from ..infer.saliency_prior import prior_option
 
     worker = Worker(args.model, args.precision, prior_option(getattr(args, "prior", "auto")))
-    handlers = {"open": worker.open, "segment": worker.segment, "click": worker.click, "undo": worker.undo}
+    handlers = {"open": worker.open, "segment": worker.segment, "click": worker.click, "undo": worker.undo,
+                "saliency": worker.saliency}
     out.write(json.dumps({"ok": True, "ready": True}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -140,7 +170,7 @@ def run(args) -> int:
                 out.flush()
                 return 0
             if cmd not in handlers:
-                raise ValueError(f"unknown cmd {cmd!r}; known: open, segment, click, undo, quit")
+                raise ValueError(f"unknown cmd {cmd!r}; known: open, segment, click, undo, saliency, quit")
             answer = {"ok": True, **handlers[cmd](req)}
         except (LDFSAMError, ValueError, KeyError, TypeError) as e:
             message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
