@@ -194,6 +194,26 @@ def test_inference_preparation_keeps_the_outputs(models, images, embeddings):
     assert (out - embeddings[0][1:3]).abs().max().item() < TOL
 
 
+def test_inference_preparation_without_the_fused_kernels(models, images, monkeypatch):
+    """``fused=False`` (benchmarks compare the two paths): prepared, but the plain modules run, same embedding."""
+    import copy
+
+    from ldfsam.model import tiny_vit
+    from ldfsam.model.tiny_vit import prepare_for_inference
+
+    _, encoder, _, _ = models
+    plain = prepare_for_inference(copy.deepcopy(encoder), fused=False)
+    assert not any(getattr(m, "fused", False) for m in plain.modules())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fused kernel called")
+
+    monkeypatch.setattr(tiny_vit, "_conv", refuse)
+    x = torch.nn.functional.interpolate(images[0][1:2], size=(128, 128), mode="bilinear")
+    with torch.no_grad():
+        assert (plain(x) - encoder(x)).abs().max().item() < TOL
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch):
     """A real inductor failure (its C++ compiler does not exist): the wrapper warns once, says why, and from then
     on returns the eager module's outputs."""

@@ -4,8 +4,9 @@ Part 1, speed: images/s and achieved GFLOP/s of the encoder against the machine'
 bf16, measured in the same run), for input sizes 256/192/128 and batch sizes 1..8, for each variant:
 
 - ``eager``: TinyViT as loaded (conv + BatchNorm, NCHW), fp32: the layout of LiteMedSAM's own code ("before");
+- ``plain``: ``prepare_for_inference(fused=False)``: prepared, but the plain modules (not the fused CPU kernels);
 - ``fused``: ``prepare_for_inference`` (BatchNorm folded into the convolutions, channels_last, bias tables
-  gathered once), fp32;
+  gathered once; in float32 on the CPU oneDNN's fused kernels, one image at a time), fp32;
 - ``fused-bf16``: the same under bf16 autocast;
 - ``compiled``/``compiled-bf16``: ``torch.compile`` of the fused encoder (inductor, weights frozen), where it
   works; compile time is reported separately and excluded from the rates.
@@ -16,6 +17,8 @@ Part 2, Dice: zero-shot box-prompted LiteMedSAM on Kvasir-SEG images (box from t
 256/192/128, Dice at the image's original resolution, mean with a 95 % bootstrap CI.
 
     python benchmarks/bench_encoder.py --json /work/runs/bench_encoder.json
+    python benchmarks/bench_encoder.py --interleave 5 --variants fused plain --sizes 256 --batches 4 --threads 2 \
+        --dice-images 0      # on a shared machine: ratios within rounds, wall and CPU time
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def variants(encoder, want: list, log) -> dict:
 
     fused = prepare_for_inference(copy.deepcopy(encoder))
     out = {"eager": (encoder, False, None), "fused": (fused, False, None), "fused-bf16": (fused, True, None)}
+    if "plain" in want:  # prepared as the product does, but without oneDNN's fused float32 kernels
+        out["plain"] = (prepare_for_inference(copy.deepcopy(encoder), fused=False), False, None)
     if any(v.startswith("compiled") for v in want):
         out["compiled"] = (compile_encoder(copy.deepcopy(fused)), False, None)
         out["compiled-bf16"] = (compile_encoder(copy.deepcopy(fused)), True, None)
@@ -142,6 +147,65 @@ def speed(args, parts, peaks: dict, log) -> list:
                     f"{row['fraction_of_faster_peak']:.0%} of the faster matmul peak; max diff "
                     f"{agree['max_abs_diff']:.1e}, first call {first:.1f} s")
     return rows
+
+
+def interleaved(args, parts, log) -> dict:
+    """The variants timed in turn, round after round, each round beside an fp32 matmul at the same thread count:
+    on a shared machine the ratios within a round say more than any absolute rate. Per pass: wall time and the
+    process's CPU time (all threads; at one thread the thread's own), both per image; the fraction of the matmul
+    peak by each clock (GEMM FLOP/s measured the same way right before the round)."""
+    import statistics
+
+    import torch
+
+    size, batch = args.sizes[0], args.batches[0]
+    flops = encoder_flops(size)
+    chosen = variants(parts.image_encoder, args.variants, log)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(size))
+    n = 1024 if args.threads == 1 else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rows = {name: [] for name in chosen}
+    peaks = []
+    with torch.inference_mode():
+        for fn, _, _ in chosen.values():
+            fn(x[:1])  # warm-up (weight reorders, first allocations)
+        for r in range(args.interleave):
+            a @ b
+            w, c = time.perf_counter(), time.process_time()
+            for _ in range(3):
+                a @ b
+            peak = {"wall": 3 * 2 * n**3 / (time.perf_counter() - w), "cpu": 3 * 2 * n**3 / (time.process_time() - c)}
+            peaks.append(peak)
+            for name, (fn, bf16, _) in chosen.items():
+                load = os.getloadavg()[0]
+                with _autocast(bf16):
+                    w, c = time.perf_counter(), time.process_time()
+                    fn(x)
+                    wall, cpu = (time.perf_counter() - w) / batch, (time.process_time() - c) / batch
+                row = {"wall_s_per_image": wall, "cpu_s_per_image": cpu, "load": load,
+                       "fraction_of_fp32_peak_wall": flops / wall / peak["wall"],
+                       "fraction_of_fp32_peak_cpu": flops / cpu / peak["cpu"]}
+                rows[name].append(row)
+                log(f"round {r + 1} {name:8s}: {wall:.2f} s/img wall ({row['fraction_of_fp32_peak_wall']:.0%} of "
+                    f"the fp32 peak of {peak['wall'] / 1e9:.0f} GFLOP/s), {cpu:.2f} s/img CPU "
+                    f"({row['fraction_of_fp32_peak_cpu']:.0%}), load {load:.1f}")
+    summary = {"threads": args.threads, "size": size, "batch": batch, "gflop_per_image": flops / 1e9,
+               "peaks_gflops": [{k: v / 1e9 for k, v in p.items()} for p in peaks], "rows": rows}
+    for name, rs in rows.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "load"}
+        summary[name] = {"median": med, "range": {k: [min(r[k] for r in rs), max(r[k] for r in rs)] for k in med}}
+        log(f"{name}: median {med['wall_s_per_image']:.2f} s/img wall, {med['cpu_s_per_image']:.2f} s/img CPU, "
+            f"{med['fraction_of_fp32_peak_wall']:.0%} / {med['fraction_of_fp32_peak_cpu']:.0%} of the fp32 peak "
+            f"(wall / CPU clock)")
+    names = list(rows)
+    for other in names[1:]:
+        for clock in ("wall", "cpu"):
+            key = f"{clock}_s_per_image"
+            ratios = [o[key] / f[key] for f, o in zip(rows[names[0]], rows[other])]
+            summary[f"{other}/{names[0]} {clock}"] = ratios
+            log(f"{other} / {names[0]}, {clock} time per round: {', '.join(f'{q:.2f}' for q in ratios)} "
+                f"(median {statistics.median(ratios):.2f})")
+    return summary
 
 
 def kvasir_cases(data_dir: Path, count: int, seed: int, ids=None):
@@ -227,6 +291,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="timed batches per point (the best counts)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="instead of the speed table: the variants in turn for ROUNDS rounds at the first size and "
+                         "batch, each round beside an fp32 matmul (wall and CPU time; for shared machines)")
     ap.add_argument("--dice-images", type=int, default=100, help="Kvasir images for the Dice part (0: skip it)")
     ap.add_argument("--dice-batch", type=int, default=8)
     ap.add_argument("--dice-precision", choices=("fp32", "bf16"), default="fp32")
@@ -254,7 +321,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     results = {"machine": machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()}}
     log(f"machine: {results['machine']}")
-    if not args.skip_speed:
+    if args.interleave:
+        results["interleaved"] = interleaved(args, load_litemedsam(args.sizes[0]), log)
+    elif not args.skip_speed:
         peaks = {"fp32": matmul_peak(args.threads, torch.float32), "bf16": matmul_peak(args.threads, torch.bfloat16)}
         results["matmul_peak_gflops"] = {k: v / 1e9 for k, v in peaks.items()}
         log(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")

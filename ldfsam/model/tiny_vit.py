@@ -368,10 +368,12 @@ def _fold_batchnorm(block: ConvBN) -> nn.Conv2d:
 
 
 @torch.no_grad()
-def prepare_for_inference(encoder: TinyViT, channels_last: bool = True) -> TinyViT:
+def prepare_for_inference(encoder: TinyViT, channels_last: bool = True, fused: Optional[bool] = None) -> TinyViT:
     """Make ``encoder`` (in place) an inference-only network with the same outputs up to float rounding:
     eval mode, every BatchNorm folded into its convolution, weights and activations channels_last.
 
+    ``fused``: mark it for oneDNN's fused float32 CPU kernels (channels_last only); None: wherever torch has them.
+    False keeps the plain modules (benchmarks compare the two).
     Its state dict no longer matches LiteMedSAM's names (no ``bn``), so load the weights before calling this.
     Calling it again on a prepared encoder does nothing.
     """
@@ -387,7 +389,7 @@ def prepare_for_inference(encoder: TinyViT, channels_last: bool = True) -> TinyV
             module.frozen_bias = module.attention_biases[:, module.attention_bias_idxs].detach().clone()
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
-        if _fused_ops():
+        if _fused_ops() if fused is None else fused:
             # float32 on the CPU: activations and residual adds inside oneDNN's convolution/linear passes
             for module in encoder.modules():
                 if isinstance(module, nn.Conv2d) and module.bias is not None:
