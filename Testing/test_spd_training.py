@@ -135,3 +135,32 @@ def test_psc_off_for_2d_image_datasets(tmp_path):
     cfg = FinetuneConfig(data=str(data), epochs=1, batch_size=3, max_steps=1, num_workers=0, val_fraction=0.34)
     finetune(cfg, _tiny_config(saliency=False), tmp_path / "run", progress=Progress("none"))
     assert read_checkpoint_meta(tmp_path / "run" / "model.safetensors")["training"]["psc"] is False
+
+
+def test_psc_on_the_prior_makes_adjacent_maps_agree():
+    """scripts/train_saliency_head.py --psc: PSC on the head's own maps of adjacent slices (row (d) of
+    bench_noisy_prompts), pulling the map of z+1 towards z's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_saliency_head import held_out_pairs, psc_term
+
+    from ldfsam.model.saliency import SaliencyHead
+
+    torch.manual_seed(0)
+    head = SaliencyHead(256, 8)
+    emb = torch.randn(4, 256, 8, 8)  # two pairs: (0, 1) and (2, 3)
+    tgt = torch.zeros(4, 1, 256, 256)
+    tgt[:, :, 96:160, 96:160] = 1
+    pairs = [(emb[i], tgt[i, 0] > 0) for i in range(4)]
+    before = held_out_pairs(head, pairs, 0.5)["pairs_adjacent_map_dice"]
+    opt = torch.optim.Adam(head.parameters(), lr=3e-2)
+    first = torch.tensor([0, 2])
+    for _ in range(10):
+        loss = psc_term(head, emb, tgt, first)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = held_out_pairs(head, pairs, 0.5)["pairs_adjacent_map_dice"]
+    assert after > before + 0.05, (before, after)

@@ -15,7 +15,9 @@ Prompts per tooth (deterministic for the volume's seed and the tooth):
 
 Rows (``ROWS``): (a) today's prompted mode without the stop rules (``PropagationConfig(stop_rules=False)``), (a')
 with them, (b) + SPD's local prompt validation and (c) + CPD, with the demo model's saliency head as the prior
-(``ldfsam.infer.context_prompts.PriorPropagator``), and the clean prompts as the ceiling. A row is a name,
+(``ldfsam.infer.context_prompts.PriorPropagator``), and the clean prompts as the ceiling. ``--psc-prior`` and
+``--control-prior`` add (d), CPD with a prior trained with PSC, and (d0), the same training without PSC
+(``scripts/train_saliency_head.py --pairs N --psc W`` and ``--psc 0``). A row is a name,
 whether its prompts are noisy, the propagation settings and keyword arguments for ``PromptedSession`` (e.g. a
 prior), so rows for more parts are one line each. Per tooth: Dice, HD95 (``ldfsam.evaluate.metrics``) and the
 first and last slice of the result against the tooth's. The volumes use seeds that no training set of the
@@ -214,11 +216,21 @@ def main(rows: Optional[List[Row]] = None) -> int:
     ap.add_argument("--rows", help="only the rows whose names start with one of these (comma-separated), e.g. "
                     "\"(a),(a'),clean\"")
     ap.add_argument("--json", type=Path, help="also write every result here")
+    ap.add_argument("--psc-prior", type=Path, help="row (d): a prior trained with PSC (scripts/"
+                    "train_saliency_head.py --psc W)")
+    ap.add_argument("--control-prior", type=Path, help="row (d0): the same recipe without PSC (--psc 0), so (d0) "
+                    "-> (d) is PSC's contribution")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    rows = rows or ROWS
+    rows = list(rows or ROWS)
+    at = max(i for i, r in enumerate(rows) if r.session) + 1 if any(r.session for r in rows) else len(rows)
+    for name, path in (("(d0) + CPD, prior retrained without PSC", args.control_prior),
+                       ("(d) + CPD, PSC-trained prior", args.psc_prior)):
+        if path is not None:
+            rows.insert(at, Row(name, session={"prior": str(path)}))
+            at += 1
     if args.rows:
         rows = [r for r in rows if r.name.startswith(tuple(args.rows.split(",")))]
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,

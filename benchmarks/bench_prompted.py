@@ -19,6 +19,14 @@ load average).
 ``--prior MODEL`` runs the same with SPD's prior (a model with a saliency head, e.g. ldfsam-demo): clicks validated,
 CPD propagation; it counts the saliency-head passes against the slices decoded (at most one head pass per newly
 decoded slice: the head reads the embedding the decoder has) and times one head pass beside one decoder pass.
+
+``--compare-prior MODEL`` measures what a click costs with SPD's prior against without it, in one run on the same
+slice embeddings: the box, then ``--clicks`` include clicks on the tooth (one slice further from its top end
+each time, where the prior keeps them), answered by the worker's handler first without a prior, then with
+``MODEL``. Per click: seconds, slices decoded again, saliency-head passes; and the time of one head pass and
+one decoder pass. The issue's bar: a click with the prior costs no more than without, beyond one head pass per
+newly decoded slice, i.e. (seconds with the prior − passes × head pass) per decoded slice against seconds per
+decoded slice without it.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--prior", default=None, help="a model with a saliency head (SPD's prior); default: none")
+    ap.add_argument("--compare-prior", metavar="MODEL", help="click cost with this prior against without one")
     args = ap.parse_args()
 
     import SimpleITK as sitk
@@ -72,6 +81,12 @@ def main() -> int:
     lo = image.TransformContinuousIndexToPhysicalPoint((x.min() - 1.0, y.min() - 1.0, z.min() - 1.0))
     hi = image.TransformContinuousIndexToPhysicalPoint((x.max() + 1.0, y.max() + 1.0, z.max() + 1.0))
 
+    if args.compare_prior:
+        results = compare_prior(image, truth, lo, hi, args, machine)
+        print(json.dumps(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     t0 = time.perf_counter()
     session = PromptedSession(image, precision=args.precision, prior=args.prior)
     _ = session.sam, session.prior
@@ -118,6 +133,81 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def compare_prior(image, truth, lo, hi, args, machine) -> dict:
+    """Click costs without and with the prior ``args.compare_prior`` on one SliceSAM (see the module's
+    docstring)."""
+    import tempfile
+
+    from ldfsam.cli.prompt_worker import Worker
+    from ldfsam.infer.prompted import PromptedSession
+
+    plain = PromptedSession(image, precision=args.precision)
+    spd = PromptedSession(image, precision=args.precision, prior=args.compare_prior)
+    spd._sam = plain.sam  # the same LiteMedSAM and embeddings
+    zs = np.nonzero(truth.any((1, 2)))[0]
+    where = []
+    for i in range(args.clicks):
+        ys, xs = np.nonzero(truth[zs.max() - 1 - i])
+        k = len(ys) // 2
+        where.append(list(image.TransformContinuousIndexToPhysicalPoint((float(xs[k]), float(ys[k]),
+                                                                         float(zs.max() - 1 - i)))))
+    out = {"machine": machine, "volume": [args.slices, args.size, args.size], "fdi": args.fdi}
+    sam = plain.sam
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, session in (("without", plain), ("with", spd)):
+            worker = Worker(precision=args.precision)
+            worker.session = session
+            name = f"Tooth {args.fdi}"
+            t, encoded, decoded, passes = time.perf_counter(), sam.encoded, sam.decoded, _passes(session)
+            worker.segment({"structure": {"name": name, "box": {"min": list(lo), "max": list(hi)}},
+                            "output": str(Path(tmp) / f"{key}.nii.gz")})
+            first = {"seconds": time.perf_counter() - t, "encoded": sam.encoded - encoded,
+                     "decoded": sam.decoded - decoded, "saliency_passes": _passes(session) - passes}
+            clicks = []
+            for i, position in enumerate(where):
+                t, encoded, decoded, passes = time.perf_counter(), sam.encoded, sam.decoded, _passes(session)
+                answer = worker.click({"name": name, "position": position, "label": "include",
+                                       "output": str(Path(tmp) / f"{key}{i}.nii.gz")})
+                clicks.append({"seconds": time.perf_counter() - t, "encoded": sam.encoded - encoded,
+                               "decoded": sam.decoded - decoded, "saliency_passes": _passes(session) - passes,
+                               "voxels": answer["voxels"], "not_used": answer.get("not_used")})
+                c = clicks[-1]
+                print(f"{key} prior, click {i + 1}: {c['seconds']:.2f} s, {c['decoded']} decoded, {c['encoded']} "
+                      f"encoded, {c['saliency_passes']} head passes, not used: {c['not_used']}", flush=True)
+            out[key] = {"first": first, "clicks": clicks}
+            print(f"{key} prior, first result: {first}", flush=True)
+    z = int(np.median(zs))
+    view = next(v for (k, v) in sam.cache if k == z)
+    ys, xs = np.nonzero(truth[z])
+    box = (float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max()))
+    import torch
+
+    with torch.inference_mode():
+        sam._decode(z, box, [], None, view)
+        t = time.perf_counter()
+        for _ in range(10):
+            sam._decode(z, box, [], None, view)
+        decoder_ms = (time.perf_counter() - t) / 10 * 1000
+    maps = spd.maps
+    maps.map(z, view)
+    t = time.perf_counter()
+    for _ in range(10):
+        maps.maps.clear()
+        maps.map(z, view)
+    head_ms = (time.perf_counter() - t) / 10 * 1000
+    a, b = out["without"]["clicks"], out["with"]["clicks"]
+    per = [sum(c["seconds"] for c in a) / max(1, sum(c["decoded"] for c in a)),
+           (sum(c["seconds"] for c in b) - head_ms / 1000 * sum(c["saliency_passes"] for c in b))
+           / max(1, sum(c["decoded"] for c in b))]
+    out.update(decoder_ms=decoder_ms, head_ms=head_ms, seconds_per_decoded_slice_without=per[0],
+               seconds_per_decoded_slice_with_less_head=per[1], ratio=per[1] / per[0] if per[0] else None)
+    machine["load_after"] = os.getloadavg()
+    print(f"one decoder pass {decoder_ms:.1f} ms, one saliency-head pass {head_ms:.1f} ms; per decoded slice of a "
+          f"click: {per[0]:.3f} s without the prior, {per[1]:.3f} s with it less its head passes "
+          f"(ratio {out['ratio'] if out['ratio'] is None else round(out['ratio'], 3)})", flush=True)
+    return out
 
 
 def time_whole_grid_label_map(session, mask) -> float:
