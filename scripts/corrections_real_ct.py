@@ -110,7 +110,7 @@ def segment(model: str, ct_path: Path, out: Path) -> dict:
 
 
 def picture(ct: np.ndarray, upper: np.ndarray, before: np.ndarray, after: np.ndarray, reviewed: list,
-            out: Path, zs=(8, 13, 16, 20, 22, 24, 26)) -> None:
+            out: Path, zs=(8, 13, 16, 20, 22, 24, 26), teeth: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +128,8 @@ def picture(ct: np.ndarray, upper: np.ndarray, before: np.ndarray, after: np.nda
             ax.imshow(ct[z, ya:yb, xa:xb], cmap="gray", vmin=800, vmax=3200)
             m = labels[z, ya:yb, xa:xb] > 0
             ax.imshow(np.ma.masked_where(~m, m), cmap=cmap, alpha=0.6)
-            tag = "" if (r or not reviewed) else ("reviewed" if z in reviewed else "not reviewed")
+            tag = "" if r else ("slice reviewed" if z in reviewed else
+                                "teeth reviewed" if teeth and labels[z].any() else "not reviewed")
             ax.set_title(f"z={z} {tag}".strip(), fontsize=7)
             ax.axis("off")
         ax = axes[r, -1]
@@ -193,8 +194,9 @@ def main() -> int:
         save()
     if args.stop_after == "before":
         return 0
-    key = f"train_{args.reviewed}"
-    run = work / f"run_{args.reviewed}"
+    arm = args.reviewed + (f"_mix{args.mix_phantoms}" if args.mix_phantoms else "")
+    key = f"train_{arm}"
+    run = work / f"run_{arm}"
     if key not in res:
         cfg = work / "train.json"
         cfg.write_text(json.dumps({"prepare": {"test_fraction": 0.0, "val_fraction": 0.0}}))
@@ -223,16 +225,15 @@ def main() -> int:
         save()
     if args.stop_after == "train":
         return 0
-    after_key = f"after_{args.reviewed}"
+    after_key = f"after_{arm}"
     if after_key not in res:
-        res[after_key] = segment(str(run / "phase2" / "model.safetensors"), args.input,
-                                 work / f"after_{args.reviewed}.nii.gz")
+        res[after_key] = segment(str(run / "phase2" / "model.safetensors"), args.input, work / f"{after_key}.nii.gz")
         save()
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(args.input))).astype(np.float32)
     arrays = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in
-              (upper, work / "before.nii.gz", work / f"after_{args.reviewed}.nii.gz")]
+              (upper, work / "before.nii.gz", work / f"{after_key}.nii.gz")]
     args.picture.parent.mkdir(parents=True, exist_ok=True)
-    picture(ct, *arrays, reviewed, args.picture)
+    picture(ct, *arrays, reviewed, args.picture, teeth=bool(teeth))
     for name, labels in (("before", arrays[1]), (after_key, arrays[2])):
         g = res[name]["regions"]
         # What lies outside the rows on the reviewed slices was taught as background: counted apart.
