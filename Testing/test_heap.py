@@ -57,3 +57,41 @@ def test_fused_encoder_needs_no_heap_setting():
         pytest.skip("no oneDNN fused kernels in this torch: the plain path runs")
     fused, plain = _probe("fused", LDFSAM_MALLOC="system"), _probe("plain", LDFSAM_MALLOC="system")
     assert not fused["tuned"] and fused["faults"] < plain["faults"] / 2, (fused, plain)
+
+
+def test_long_lived_objects_pause_the_collector_and_are_frozen():
+    """Objects made inside ``long_lived_objects`` (torch's and ultralytics' imports) are left out of every later
+    collection; the collector's own state (on or off) is restored."""
+    import gc
+
+    from ldfsam.heap import long_lived_objects
+
+    assert gc.isenabled()
+    try:
+        before = gc.get_freeze_count()
+        with long_lived_objects():
+            assert not gc.isenabled()
+            made = [[i] for i in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= before + len(made)
+        gc.disable()
+        with long_lived_objects():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_the_command_line_freezes_before_exit_and_the_python_call_does_not():
+    """``ldfsam`` (argv from the process) freezes everything as its last step, so the interpreter's exit skips its
+    final collection; ``main([...])`` from Python (tests, scripts) leaves the collector alone."""
+    probe = ("import gc, sys\nfrom ldfsam.cli import main\nsys.argv = ['ldfsam']\ncode = {}()\n"
+             "print(code, gc.get_freeze_count())")
+    for call, frozen in (("main", True), ("(lambda: main([]))", False)):
+        out = subprocess.run([sys.executable, "-c", probe.format(call)], capture_output=True, text=True,
+                             cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        code, count = out.stdout.strip().splitlines()[-1].split()
+        assert code == "2"  # no command: the help, exit code 2
+        assert (int(count) > 0) == frozen

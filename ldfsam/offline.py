@@ -144,8 +144,11 @@ def import_ultralytics() -> ModuleType:
         # on one thread (measured: the demo at 99 % of one core on 2). torch is imported first, so its thread
         # pool keeps its own default, and the variable is taken back so that child processes do not inherit it.
         user_threads = os.environ.get("OMP_NUM_THREADS")
-        import torch  # noqa: F401 - before ultralytics, see above
-        import ultralytics
+        from .heap import long_lived_objects
+
+        with long_lived_objects():  # no garbage collection over torch's import (ldfsam.heap)
+            import torch  # noqa: F401 - before ultralytics, see above
+            import ultralytics
 
         if user_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)

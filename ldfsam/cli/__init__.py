@@ -57,6 +57,17 @@ def _flags_of(parser: argparse.ArgumentParser) -> Dict[str, str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line ``argv`` (default: this process's own, as the ``ldfsam`` command does; the process then
+    exits without a last garbage collection over everything torch made: ``ldfsam.heap.freeze_before_exit``)."""
+    code = _main(argv)
+    if argv is None:
+        from ..heap import freeze_before_exit
+
+        freeze_before_exit()
+    return code
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: a command may run itself again
