@@ -223,7 +223,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}
         cfg = FinetuneConfig(**extra, data=str(prepared), budget=budget, epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, seed=args.seed, num_workers=1, max_val_items=args.val_during_training,
-                             validate_every_epochs=args.validate_every,
+                             validate_every_epochs=args.validate_every, box_conf="model",  # chosen above
                              box_prompts="ground_truth" if gt else "detected")
         if (run / "state.safetensors").is_file():
             result = finetune(None, None, run, resume=True, progress=Progress("bar"))

@@ -18,6 +18,7 @@ _FIELDS = {
     "max_steps": "max_steps", "seed": "seed",
     "precision": "precision", "workers": "num_workers", "checkpoint_every": "checkpoint_every_steps",
     "validate_every": "validate_every_epochs", "early_stop": "early_stop_patience", "box_prompts": "box_prompts",
+    "box_conf": "box_conf",
 }
 
 
@@ -44,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "decoder unchanged), none (the decoder fine-tuned with no prompt: an ablation)")
     g.add_argument("--box-prompts", choices=["detected", "ground_truth"],
                    help="box mode: the detector's boxes (default) or the reference masks' boxes (oracle baseline)")
+    g.add_argument("--box-conf", choices=["auto", "model"],
+                   help="the detection confidence and boxes per image saved in the model: auto (default: chosen on "
+                        "the validation images) or model (the model configuration's, 0.25 and 32)")
     g.add_argument("--prompt-generator", type=Path, help="Phase 1 prompt generator .safetensors (frozen)")
     g.add_argument("--sam-checkpoint", type=Path, help="official SAM checkpoint (.pth) for the image encoder")
     g.add_argument("--sam-size", type=int, help="SAM input size for 2D datasets (default 256)")

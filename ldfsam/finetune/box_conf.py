@@ -15,11 +15,16 @@ Criterion: the mean over those images of the Dice between the union of the detec
 scoring at least the threshold) and the union of the reference masks' boxes, both painted on the YOLO grid: how
 well the box prompts cover the objects, which is what box mode hands to SAM. An image without references scores
 1 when nothing is detected, 0 otherwise. Ties go to fewer boxes, then to the higher threshold.
+
+A fine-tuning run (``ldfsam finetune``, ``ldfsam train``) makes this choice before training, on its validation
+images (``FinetuneConfig.box_conf = "auto"``, the default; :func:`choose_for_run`), and saves it in the model:
+box mode trains and segments with it, and every mode uses it where inference asks the detector whether an image
+holds an object at all (skipping empty CBCT slices).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +33,8 @@ import torch
 CONF_GRID: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3,
                                 0.4, 0.5)
 BOX_COUNTS: Tuple[int, ...] = (1, 2, 3, 5, 8, 16, 32)
+# A run chooses on at most this many of its validation images (evenly spread): one YOLO pass each.
+MAX_RUN_ITEMS = 256
 
 
 def _paint(boxes: np.ndarray, size: int) -> np.ndarray:
@@ -84,3 +91,23 @@ def choose_box_prompts(generator: torch.nn.Module, dataset, max_boxes: int = 32,
     scores = {(float(t), k): box_cover_dice(detections, references, size, float(t), k) for t in grid for k in counts}
     conf, k = max(scores, key=lambda tk: (scores[tk], -tk[1], tk[0]))
     return conf, k, scores
+
+
+def choose_for_run(cfg: Any, model: torch.nn.Module, data: Any) -> Optional[Dict[str, Any]]:
+    """A fine-tuning run's choice (``FinetuneConfig.box_conf == "auto"``): the confidence and box count of the
+    model's prompt generator chosen on the run's validation images (at most ``MAX_RUN_ITEMS``), written into
+    ``model.cfg``; returns what was chosen, for the run's records. None, and ``model.cfg`` left as it is, with
+    ``box_conf = "model"``, with reference-mask box prompts (an oracle keeps every box) or without validation
+    images (nothing held out to choose on)."""
+    from .data import _limit
+
+    if cfg.box_conf != "auto" or cfg.box_prompts == "ground_truth" or data.val is None or len(data.val) == 0:
+        return None
+    images = _limit(data.val, MAX_RUN_ITEMS)
+    conf, k, scores = choose_box_prompts(model.prompt_generator, images, model.cfg.max_boxes)
+    at_default = max((v for (t, _), v in scores.items() if t == model.cfg.box_conf), default=None)
+    chosen = {"conf": conf, "max_boxes": k, "box_cover_dice": scores[conf, k], "images": len(images),
+              "replaced": {"conf": model.cfg.box_conf, "max_boxes": model.cfg.max_boxes,
+                           "box_cover_dice": at_default}}
+    model.cfg.box_conf, model.cfg.max_boxes = conf, k
+    return chosen

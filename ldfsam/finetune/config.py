@@ -9,6 +9,7 @@ DatasetFormat = Literal["auto", "slices", "images"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 BoxPrompts = Literal["detected", "ground_truth"]
 EmbeddingCacheMode = Literal["auto", "off"]
+BoxConfMode = Literal["auto", "model"]
 PscMode = Literal["auto", "on", "off"]
 
 
@@ -65,6 +66,10 @@ class FinetuneConfig:
     # Box mode only: prompt with the detector's boxes (the paper's baseline) or with the tight boxes of the
     # reference masks' connected components (an oracle baseline independent of the detector).
     box_prompts: BoxPrompts = "detected"
+    # The prompt generator's detection confidence and boxes per image saved in the model (box mode's prompts; the
+    # empty-image check of every mode): "auto" chooses them on the validation images before training
+    # (finetune/box_conf.py), "model" keeps the ModelConfig's (box_conf 0.25, max_boxes 32 by default).
+    box_conf: BoxConfMode = "auto"
     # "auto": when the image encoder has no trainable parameter (the lite preset), encode every image once and
     # train on the cached embeddings (finetune/embedding_cache.py); "off": encode in every step.
     embedding_cache: EmbeddingCacheMode = "auto"

@@ -110,6 +110,17 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             model_cfg.sam.init_checkpoint = str(sam_checkpoint)
         model, names = _build(model_cfg, sam_checkpoint, cfg.seed, load_init=not resume,
                               init_model=init.get("model"))
+        if not resume:
+            from .box_conf import choose_for_run
+
+            # Before config.json is written: a resumed run keeps the choice (its model config and init say it).
+            chosen = choose_for_run(cfg, model, data)
+            if chosen is not None:
+                init["box_conf"] = chosen
+                if progress is not None and env.is_main:
+                    progress.log("finetune", f"box prompts: confidence {chosen['conf']}, at most "
+                                             f"{chosen['max_boxes']} per image, chosen on {chosen['images']} "
+                                             f"validation images (box-cover Dice {chosen['box_cover_dice']:.3f})")
         # Written once data and model are known to work: a failed start leaves no run to "resume".
         if not resume and env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +135,7 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             "split_counts": {k: len(v) for k, v in data.splits.items()}, "budget": cfg.budget,
             "epochs": cfg.epochs, "seed": cfg.seed, "prompt_generator": init.get("prompt_generator"),
             "sam_checkpoint": sam_checkpoint, "trainable_parameters": len(names),
+            "box_conf": init.get("box_conf", "model"),
         }
         if init.get("model"):
             provenance["init_model"] = init["model"]
