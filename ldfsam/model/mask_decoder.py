@@ -94,7 +94,7 @@ class MaskDecoder(nn.Module):
         the LayerNorm, the GELUs and the hypernetwork product all act on one pixel: so the whole path runs as
         matrix products on rows of (pixel, sub-pixel) and only the M-channel masks are put in image order at the
         end. The same function as the convolutions (to float rounding; Testing/test_model_mask_decoder_speed.py),
-        about 2.5× faster forward + backward on a CPU than the convolutions for a 64×64 grid (docs/training.md).
+        and cheaper on a CPU: a lite Phase 2 step (64×64 grid) takes 1.33× less CPU time (docs/training.md).
         """
         c1, norm, act1, c2, act2 = self.output_upscaling
         n, d = src.shape[0], src.shape[-1]
