@@ -147,7 +147,7 @@ def run_volume(seed: int, teeth: List[int], kinds: List[str], rows: List[Row], a
     sessions: Dict[str, Any] = {}
     out = []
     for row in rows:
-        key = json.dumps(sorted(row.session), default=str)
+        key = json.dumps(sorted(row.session.items()), default=str)  # the values too: one session per prior
         if key not in sessions:
             session = PromptedSession(image, precision=args.precision, **row.session)
             if sessions:  # the same LiteMedSAM on the same volume: share the slice embeddings
