@@ -11,7 +11,9 @@ phantoms (``ldfsam.data.synthetic``, with ``--augment`` the CBCT-realism augment
 
 Two phases as in the paper, simplified for a CPU:
 1. the YOLOv8n prompt generator learns to detect teeth (ultralytics' detection loss on per-tooth boxes; no
-   teacher, so no localization distillation);
+   teacher, so no localization distillation), from random weights (``--yolo-init scratch``, the bundled model) or
+   from the COCO-pretrained YOLOv8n (``--yolo-init auto``: ``yolov8n-coco`` where installed, Ultralytics weights,
+   AGPL-3.0), started as ``ldfsam distill`` starts its student (pretrained BatchNorm frozen by default);
 2. with the prompt generator and the encoder frozen, each training slice is encoded once
    (``ldfsam.finetune.embedding_cache``), then the feature prompt heads, SAM's "no mask" embedding and the mask
    decoder learn the masks with Dice + BCE.
