@@ -135,6 +135,8 @@ def main() -> int:
     ap.add_argument("--ct", action="store_true", help="also the real head CT's jaw crop")
     ap.add_argument("--png", type=Path, help="with --ct: the boxes on a few slices")
     ap.add_argument("--slices", default="8,12,14,17,20,23,26")
+    ap.add_argument("--conf", type=float, help="box confidence for every model (default: each model's box_conf, "
+                                                "0.25 for a prompt generator file)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -147,7 +149,8 @@ def main() -> int:
     models = {}
     for spec in args.models:
         name, path = spec.split("=", 1)
-        models[name] = load_generator(Path(path))
+        generator, conf = load_generator(Path(path))
+        models[name] = generator, conf if args.conf is None else args.conf
     results = {}
     if args.phantoms:
         from ldfsam.data.augment import AugmentConfig
