@@ -117,10 +117,6 @@ def finetune(cfg: Optional[FinetuneConfig], model_cfg: Optional[ModelConfig], ru
             chosen = choose_for_run(cfg, model, data)
             if chosen is not None:
                 init["box_conf"] = chosen
-                if progress is not None and env.is_main:
-                    progress.log("finetune", f"box prompts: confidence {chosen['conf']}, at most "
-                                             f"{chosen['max_boxes']} per image, chosen on {chosen['images']} "
-                                             f"validation images (box-cover Dice {chosen['box_cover_dice']:.3f})")
         # Written once data and model are known to work: a failed start leaves no run to "resume".
         if not resume and env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -269,6 +269,11 @@ class Trainer:
         self.progress.start(PHASE, total=limit, epochs=cfg.epochs, message=(
             f"fine-tuning: {len(self.data.train)} training items, {self.steps_per_epoch} steps/epoch x "
             f"{cfg.epochs} epochs, {env.world_size} process(es), {self.precision}"), step=pos["global_step"])
+        chosen = self.provenance.get("box_conf")
+        if isinstance(chosen, dict) and pos["global_step"] == 0:
+            self.progress.log(PHASE, f"box prompts: confidence {chosen['conf']}, at most {chosen['max_boxes']} per "
+                                     f"image, chosen on {chosen['images']} validation images (box-cover Dice "
+                                     f"{chosen['box_cover_dice']:.3f})")
         self.model.train()
         freeze_norm_statistics(self.model)
         stopped_early = False
