@@ -68,6 +68,7 @@ def test_phase1_starts_from_the_pretrained_weights_with_bn_frozen(script, tmp_pa
         assert not torch.equal(after[f"{name}.running_mean"], before[f"{name}.running_mean"]), name
 
 
+@pytest.mark.slow  # 22 s loaded; the default start is covered above
 def test_scratch_and_reestimated_starts(script, tmp_path, monkeypatch):
     monkeypatch.setenv("LDFSAM_HOME", str(tmp_path / "home"))
     _, fused = fused_yolo("n", 80)
