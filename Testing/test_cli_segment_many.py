@@ -76,6 +76,7 @@ def test_a_folder_of_volumes_per_volume_events_and_manifest(scans, reference):
     assert all(x["status"] == "done" and x["error"] is None and x["seconds"] > 0 for x in lines)
 
 
+@pytest.mark.slow  # 32 s idle: two runs over a list; CI runs it (-m slow)
 def test_a_list_a_bad_volume_exit_status_and_rerun(scans, reference, tmp_path):
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")

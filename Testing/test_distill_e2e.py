@@ -126,6 +126,7 @@ def test_student_file_loads_into_the_core_model(finished_run):
     assert getattr(saved, "criterion", None) is None
 
 
+@pytest.mark.slow  # 28 s idle: an interrupted Phase 1 run resumed; CI runs it (-m slow)
 def test_interrupted_student_resumes(finished_run, data_yaml, tmp_path, capsys):
     out, _, proc = finished_run
     assert proc.returncode == 0, proc.stderr[-3000:]
