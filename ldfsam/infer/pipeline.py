@@ -295,22 +295,10 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
 
 def saliency_map(logits: Dict[int, Any], shape: Tuple[int, int, int]) -> np.ndarray:
     """SPD's saliency probabilities on every slice (z×y×x float32) from the head's logits (1×G×G, None: no
-    teeth) of the model slices at their z: bilinear onto each slice, linear along z between model slices, as
-    the mask logits are filled (``SliceFiller``)."""
-    import torch
+    teeth) of the model slices at their z, filled between them as the mask logits are."""
+    from .slice_sampling import fill_probabilities
 
-    from .slice_sampling import SliceFiller
-
-    class _MapFiller(SliceFiller):
-        def _write(self, z: int, value) -> None:
-            self.probs[z] = torch.sigmoid(value[0]).numpy()
-
-    out = np.zeros(shape, dtype=np.float32)
-    filler = _MapFiller(out, 0.0, 1, out)
-    for z in sorted(logits):
-        filler.add_slice(z, logits[z])
-    filler.finish()
-    return out
+    return fill_probabilities(logits, shape)
 
 
 # -- 5. post-process ---------------------------------------------------------------------------------------------

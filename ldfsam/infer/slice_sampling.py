@@ -14,7 +14,7 @@ the same candidates coarse to fine, skipping those that interpolation recovers (
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -125,6 +125,24 @@ class SliceFiller:
         self.labels[z] = labels.numpy()
         if self.probs is not None:
             self.probs[z] = torch.sigmoid(best).numpy()
+
+
+class _ProbabilityFiller(SliceFiller):
+    """A SliceFiller that writes only the sigmoid of one-channel logits (its ``labels`` array is the output)."""
+
+    def _write(self, z: int, value: torch.Tensor) -> None:
+        self.probs[z] = torch.sigmoid(value[0]).numpy()
+
+
+def fill_probabilities(logits: Dict[int, Optional[torch.Tensor]], shape: Tuple[int, int, int]) -> np.ndarray:
+    """One-channel logits (1×G×G, None: nothing there) of model slices keyed by z -> probabilities on every slice
+    (z×y×x float32): bilinear onto each slice, linear along z between model slices, as ``SliceFiller`` does."""
+    out = np.zeros(shape, dtype=np.float32)
+    filler = _ProbabilityFiller(out, 0.0, 1, out)
+    for z in sorted(logits):
+        filler.add_slice(z, logits[z])
+    filler.finish()
+    return out
 
 
 def threshold_logits(logits: torch.Tensor, cut: float) -> Tuple[torch.Tensor, torch.Tensor]:
