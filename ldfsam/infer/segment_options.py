@@ -1,0 +1,48 @@
+"""How to segment a volume: :class:`SegmentOptions`, checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from ..errors import Arg, ConfigError
+from .slice_sampling import SliceSpacing, parse_slice_spacing
+
+
+@dataclass
+class SegmentOptions:
+    """How to segment (:func:`segment_volume`'s keyword arguments of the same names)."""
+
+    batch: int = 8
+    threshold: float = 0.5
+    min_island_mm3: float = 10.0
+    fill: bool = True
+    split: bool = False
+    precision: str = "auto"
+    memory_limit: Optional[int] = None
+    slice_spacing: SliceSpacing = "auto"
+    probabilities: bool = False  # also return the tooth probability map
+    spacing: Optional[Tuple[float, float, float]] = None  # the true voxel size (x, y, z) mm, replacing the file's
+    # The lite family's refinement pass (infer/refine.py): each component of the automatic mask re-segmented by
+    # LiteMedSAM's unchanged decoder from its box. One-class lite models only.
+    refine: bool = False
+    # Also return SPD's saliency map (models with a saliency head): the head's tooth probability on every slice the
+    # encoder ran on, interpolated between them as the logits are; 0 where the prompt generator found no teeth.
+    saliency: bool = False
+
+    def validate(self) -> SegmentOptions:
+        """Raise ConfigError naming the argument of the first bad value."""
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError("{}: must be between 0 and 1", arguments=[Arg("threshold", self.threshold)])
+        if self.min_island_mm3 < 0:
+            raise ConfigError("{}: must not be negative", arguments=[Arg("min_island_mm3", self.min_island_mm3)])
+        if self.batch < 1:
+            raise ConfigError("{}: must be at least 1", arguments=[Arg("batch", self.batch)])
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError("{}: use auto, fp32 or bf16", arguments=[Arg("precision", self.precision)])
+        parse_slice_spacing(self.slice_spacing)
+        if self.spacing is not None:
+            from ..data.volume import check_spacing
+
+            self.spacing = check_spacing(self.spacing)
+        return self
