@@ -220,9 +220,20 @@ class PreparedData:
         ratio = self.empty_ratio if empty_ratio is None else empty_ratio
         return SliceDataset(self.entries(split, budget), self.preprocess, ratio, all_slices=all_slices)
 
-    def yolo_data_yaml(self, budget: float = 1.0) -> Path:
-        """The Phase 1 data.yaml for ``budget`` (exported now when ``prepare`` did not make it)."""
+    def yolo_data_yaml(self, budget: float = 1.0, size: Optional[int] = None) -> Path:
+        """The Phase 1 data.yaml for ``budget`` (exported now when ``prepare`` did not make it).
+
+        ``size``: the detector's input size when it differs from the prepared ``yolo_size``. The images are then
+        rendered again from the full-resolution cache at that size (a folder of their own, found again by its key):
+        resizing the prepared images would feed a larger detector upsampled pixels with no more detail.
+        """
         name = _budget_name(budget)
+        if size is not None and size != self.preprocess.yolo_size:
+            preprocess = dataclasses.replace(self.preprocess, yolo_size=int(size))
+            by_split = {"train": self.entries("train", budget), "val": self.entries("val"),
+                        "test": self.entries("test")}
+            target = self.root / "yolo" / f"b{name}-{yolo_key(by_split, preprocess, self.empty_ratio)}"
+            return export_yolo(by_split, target, preprocess, self.empty_ratio)
         rel = self.manifest.get("yolo", {}).get(name)
         if rel and (self.root / rel / "data.yaml").is_file():
             return self.root / rel / "data.yaml"

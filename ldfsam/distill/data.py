@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import yaml
 
@@ -51,17 +51,17 @@ def _has_images(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_detection_data(path: PathLike, budget: float = 1.0) -> DetectionData:
+def read_detection_data(path: PathLike, budget: float = 1.0, imgsz: Optional[int] = None) -> DetectionData:
     """Read and check a YOLO data.yaml; returns it with absolute paths and its class names.
 
     ``path`` may also be a folder holding a data.yaml, or a folder written by ``ldfsam prepare`` (its YOLO export
-    for the annotation ``budget``, made now if ``prepare`` did not make it).
+    for the annotation ``budget`` at the detector's input size ``imgsz``, made now if ``prepare`` did not make it).
     """
     path = Path(path)
     if (path / "prepared.json").is_file():
         from ..data.prepared import PreparedData
 
-        path = PreparedData(path.resolve()).yolo_data_yaml(budget)
+        path = PreparedData(path.resolve()).yolo_data_yaml(budget, size=imgsz)
     elif path.is_dir():
         path = path / "data.yaml"
     if not path.is_file():

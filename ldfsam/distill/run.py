@@ -221,7 +221,8 @@ def run_distillation(data: PathLike, out: PathLike, cfg: Optional[DistillConfig]
 
 def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights: Optional[PathLike], resume: bool,
          progress: Progress, budget: float, phase: List[str]) -> Dict[str, Path]:
-    data_set = read_detection_data(data, budget)
+    imgsz = cfg.student.imgsz
+    data_set = read_detection_data(data, budget, imgsz=imgsz)
     names = data_set.names
     need_teacher = cfg.ld.scheme != "none"
     train_teacher = stage == "teacher" or (stage == "both" and need_teacher and teacher_weights is None)
@@ -234,6 +235,10 @@ def _run(data: Path, out: Path, cfg: DistillConfig, stage: str, teacher_weights:
     if not (resume and (out / "distill.json").exists()):
         cfg = _resolve_inits(cfg, train_teacher, stage in ("student", "both"), progress)
     cfg = _run_config(out, cfg, resume, progress)
+    if resume and cfg.student.imgsz != imgsz:
+        # A resumed run keeps its own input size, so a prepared folder's export at that size.
+        data_set = read_detection_data(data, budget, imgsz=cfg.student.imgsz)
+        data_yaml = data_set.write(out / "data.yaml")
     made: Dict[str, Path] = {}
     base_meta = {"phase": 1, "data": str(data_set.source), "class_names": [names[k] for k in sorted(names)],
                  "distill": to_dict(cfg)}
