@@ -20,7 +20,8 @@ from LDFSAMSegmentLib.bindings import PARAMETER_PROPERTY, PATH_PROPERTY, bound_w
 MODULES = ("LDFSAMSegment", "LDFSAMTrain")
 # The parts of each module's Lib package that need Slicer; every other one is plain Python, tested here.
 SLICER_LAYER = {"LDFSAMSegmentLib": ("parameters", "logic", "install_logic", "interactive_logic", "widget",
-                                     "lifecycle", "self_test", "segment_origin", "training_logic"),
+                                     "model_section", "interactive_section", "training_section", "lifecycle",
+                                     "self_test", "segment_origin", "training_logic"),
                 "LDFSAMTrainLib": ("parameters", "logic", "widget")}
 # Where the wrapper's field types meet the widget classes that parameterNodeWrapper can connect them to.
 CONNECTABLE = {"QCheckBox": {"bool"}, "QSpinBox": {"int"}, "QDoubleSpinBox": {"float"}, "QComboBox": {"Choice"},
@@ -243,8 +244,11 @@ def _ui_widgets(module: str):
 
 
 def _widget_sources(module: str) -> str:
-    """The code that reaches the module's widgets: its widget and the shared life cycle."""
-    paths = (REPO / module / f"{module}Lib" / "widget.py", REPO / "LDFSAMSegment" / "LDFSAMSegmentLib" / "lifecycle.py")
+    """The code that reaches the module's widgets: its widget (with the sections of its panel, ``*_section.py``)
+    and the shared life cycle."""
+    lib = REPO / module / f"{module}Lib"
+    paths = (lib / "widget.py", *sorted(lib.glob("*_section.py")),
+             REPO / "LDFSAMSegment" / "LDFSAMSegmentLib" / "lifecycle.py")
     return "".join(p.read_text(encoding="utf-8") for p in paths)
 
 

@@ -3,7 +3,8 @@
 Plain Python (no Slicer, no Qt, tested outside Slicer): ``commands``, ``process`` and ``pipes``, ``run_state``,
 ``dependencies``, ``model_choices``, ``segments``, ``bindings``, ``cohort``, ``prompts``, ``prompt_client``,
 ``prompt_targets``, ``reload_order``. Slicer layer: ``parameters``, ``logic``,
-``install_logic``, ``widget``, and ``lifecycle`` (what both modules' widgets share).
+``install_logic``, ``widget`` with its sections (``model_section``, ``interactive_section``,
+``training_section``), and ``lifecycle`` (what both modules' widgets share).
 """
 
 from pathlib import Path

