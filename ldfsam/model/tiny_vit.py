@@ -27,7 +27,7 @@ of 4.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -295,11 +295,15 @@ class AttentionStage(nn.Module):
         self.downsample = None if last else PatchMerging(dim, out_dim, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks_and_merge(x)[1]
+
+    def blocks_and_merge(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the blocks' output B×C×H×W, the stage's output): the first feeds the half-resolution student's neck."""
         x = x.permute(0, 2, 3, 1)  # tokens as B×H×W×C: a view, no copy
         for block in self.blocks:
             x = block(x)
         x = x.permute(0, 3, 1, 2)
-        return x if self.downsample is None else self.downsample(x)
+        return x, (x if self.downsample is None else self.downsample(x))
 
 
 class TinyViT(nn.Module):

@@ -1,0 +1,90 @@
+"""A cheaper TinyViT for the lite family: LiteMedSAM's encoder at half the input resolution, with a neck back to
+the 64×64 embedding grid, trained to reproduce LiteMedSAM's embeddings (``scripts/distill_encoder.py``).
+
+Layout (S = 256, G = S/4 = 64; the backbone is LiteMedSAM's TinyViT with its own weights, unchanged):
+
+    image B×3×S×S -> 2×2 average pool -> B×3×S/2×S/2
+    -> TinyViT at S/2: stage 0 at S/2, stage 1 at S/4 (its blocks' output: ``fine`` B×128×G×G),
+       stages 2-3 and LiteMedSAM's neck at S/8 -> ``coarse`` B×256×G/2×G/2
+    -> UpNeck(coarse, fine) -> embedding B×256×G×G, the teacher's grid and channels.
+
+It takes the teacher's input and gives an embedding of the teacher's shape, so LiteMedSAM's prompt encoder and
+mask decoder (and every model trained on LiteMedSAM's frozen encoder) run on it unchanged. About 3.5× fewer
+FLOPs per slice than the teacher (``ldfsam.model.flops``; docs/model.md, "A distilled half-resolution encoder").
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+from .tiny_vit import TinyViT
+
+
+class UpNeck(nn.Module):
+    """coarse B×D×g×g + fine B×C×2g×2g -> B×D×2g×2g: the coarse embedding upsampled (bilinear) plus a correction
+    computed at 2g from both (1×1 mixes, LayerNorm, ``depth`` residual 3×3-depthwise + 1×1 blocks, 1×1 out).
+
+    The output projection starts at zero, so an untrained neck is plain bilinear upsampling of the coarse embedding.
+    """
+
+    def __init__(self, dim: int = 256, fine_chans: int = 128, hidden: int = 128, depth: int = 2) -> None:
+        super().__init__()
+        self.fine = nn.Conv2d(fine_chans, hidden, 1)
+        self.coarse = nn.Conv2d(dim, hidden, 1, bias=False)
+        self.norm = LayerNorm2d(hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.GELU(),
+                          nn.Conv2d(hidden, hidden, 1), nn.GELU())
+            for _ in range(depth))
+        self.out = nn.Conv2d(hidden, dim, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        h = F.gelu(self.norm(self.fine(fine) + self.coarse(up)))
+        for block in self.blocks:
+            h = h + block(h)
+        return up + self.out(h)
+
+
+class HalfResTinyViT(nn.Module):
+    """Image B×3×S×S in [0, 1] (as LiteMedSAM's encoder takes it) -> embedding B×256×S/4×S/4.
+
+    ``backbone``: a TinyViT of LiteMedSAM's layout built for S/2 (its weights are LiteMedSAM's). Parameter names:
+    ``backbone.*`` as LiteMedSAM's ``image_encoder.*``, ``up_neck.*`` the distilled neck.
+    """
+
+    def __init__(self, image_size: int = 256, neck_hidden: int = 128, neck_depth: int = 2, **tiny_vit) -> None:
+        super().__init__()
+        if image_size % 32:
+            raise ValueError(f"image_size: {image_size} is not a multiple of 32 (half of it must suit TinyViT)")
+        self.image_size = image_size
+        self.embedding_size = image_size // 4
+        self.backbone = TinyViT(image_size=image_size // 2, **tiny_vit)
+        dims = self.backbone.layers[1].blocks[0].attn.qkv.in_features
+        self.up_neck = UpNeck(self.backbone.neck[0].out_channels, dims, neck_hidden, neck_depth)
+
+    def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Image B×3×S×S -> (coarse B×256×S/8×S/8, fine B×128×S/4×S/4): the frozen backbone's part (the
+        distillation caches it)."""
+        b = self.backbone
+        x = F.avg_pool2d(x, 2)
+        if b.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = b.layers[0](b.patch_embed(x))
+        fine, x = b.layers[1].blocks_and_merge(x)
+        for layer in b.layers[2:]:
+            x = layer(x)
+        return b.neck(x), fine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1 and not torch.is_grad_enabled():
+            # One image at a time, as the teacher's fused path runs: every activation stays small.
+            return torch.cat([self.up_neck(*self.features(x[i:i + 1])) for i in range(x.shape[0])])
+        return self.up_neck(*self.features(x))
