@@ -84,3 +84,11 @@ def exists_already(path: Union[str, Path], argument: str = "overwrite", appeared
     """The error for an output file that is there already; ``argument`` is the caller's way to overwrite it."""
     what = "appeared while writing" if appeared else "exists already"
     return OutputError(f"{what}; pass {{}} to overwrite it", path, arguments=[Arg(argument, True)])
+
+
+def itk_message(e: Exception) -> str:
+    """The part of an ITK (SimpleITK) exception's message worth showing a user."""
+    text = str(e).strip().splitlines()
+    # ITK messages start with a file:line banner; the last non-empty line is the useful part.
+    lines = [t.strip() for t in text if t.strip()]
+    return lines[-1] if lines else type(e).__name__
