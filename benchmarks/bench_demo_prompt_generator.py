@@ -14,8 +14,9 @@ never changes the prompt generator, so which slices a model runs on (``has_objec
   boxes), the share of tooth slices a model would run on, and of empty slices it would run on; paired differences
   against the first model with bootstrap 95 % CIs over phantoms.
 - ``--ct``: the jaw crop of ``ct-head-stanford`` (``$LDFSAM_DATA_DIR``, default ../shared/data): per axial slice
-  whether the model would run on it and its boxes, counted inside and outside the tooth rows (upper 9-17, lower
-  20-26, as ``scripts/render_real_ct.py`` says); ``--png`` draws the boxes on a few slices, one row per model.
+  whether the model would run on it and its boxes, counted inside and outside the tooth rows' crowns (upper 9-17,
+  lower 20-26: the rows' edge slices 18, 19 and 27 and the roots, which ``scripts/render_real_ct.py`` lists, count
+  as outside); ``--png`` draws the boxes on a few slices, one row per model.
 """
 
 from __future__ import annotations

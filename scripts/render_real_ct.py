@@ -4,9 +4,11 @@ segmentation overlaid (docs/images/demo_on_ct_head.png by default).
     python scripts/render_real_ct.py [--model ldfsam-demo] [--out docs/images/demo_on_ct_head.png]
 
 The CT is read from ``$LDFSAM_DATA_DIR`` (default ``../shared/data``); it is never copied into the repository.
-Prints how many voxels were segmented on each slice. By eye, the crop's upper tooth row lies at slices 9-17 (slice
-0 is the skull-base side), metal fillings at 16-21, the lower teeth at 20-26, the cervical spine and mandible
-throughout, the mastoids and petrous bones at 0-14.
+Prints how many voxels were segmented on each slice. On the crop (slice 0 is the skull-base side) the upper tooth
+row lies at slices 5-17 (root apices about 5-8, crowns 9-17), slice 18 is the gap between the rows, the lower row
+at 19-30 (crowns 19-26, incisor tips to 27, roots in the mandible to about 30); enamel and metal (values of 3000
+and more) lie on slices 10-27, the metal fillings and their streaks at about 15-22, the mandible's body at 25-39,
+the mastoids and petrous bones at 0-14, the cervical spine throughout.
 """
 
 from __future__ import annotations
