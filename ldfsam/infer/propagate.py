@@ -74,6 +74,11 @@ class PropagationConfig:
     # Only where SAM's mask is not darker than its surroundings: a root is followed through the bone, where SAM's
     # mask is bone-grey; a mask darker than its ring lies in a gap (between the rows, beyond a cusp).
     follow_gap: float = 0.0
+    # ... except on a root's side: once the last ``root_sections`` sections followed hold no enamel (mean grey below
+    # ``root_grey`` of the prompted crown's), the structure is in the jaw, where a darker SAM mask is the bone or the
+    # ligament between roots, not a gap between the rows; near the enamel (a crown's occlusal end) the guard stays.
+    root_grey: float = 0.95
+    root_sections: int = 2
     follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
     follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
     # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island
@@ -89,6 +94,7 @@ class SliceResult:
     low: object  # torch 1×1×S×S, SAM's own logits (the next slice's mask prompt)
     iou: float = 1.0  # SAM's predicted IoU of this mask
     narrowest: float = np.inf  # where the mask was followed (``Propagator.follow``): the least area of that chain
+    dentin: int = 0  # how many sections up to this one in a row hold no enamel (``PropagationConfig.root_grey``)
 
     @property
     def mask(self) -> np.ndarray:
@@ -299,17 +305,31 @@ class Propagator:
         rules = self.cfg.stop_rules and not self.p.points_on(z)
         narrowest = np.inf
         why = self._ends(stats) if rules else ""
-        if rules and self.cfg.follow and stats["contrast"] >= self.cfg.follow_gap:
+        root = self.on_root(prev)
+        if rules and self.cfg.follow and (stats["contrast"] >= self.cfg.follow_gap or root):
             followed = self.follow(z, prev, None if why else stats["grey"])
             if followed is not None:
                 sam = stats
                 logits, stats = followed
                 stats.update(followed=1.0, sam_area=sam["area"], sam_grey=sam["grey"], sam_contrast=sam["contrast"],
                              sam_on_previous=sam.get("on_previous", 1.0))
+                if sam["contrast"] < self.cfg.follow_gap:  # followed only because it is the root's side
+                    stats["root_side"] = 1.0
                 why, low = "", prev.low
                 narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
-        return (None, why) if why else (SliceResult(logits, low, iou, narrowest), "")
+        if why:
+            return None, why
+        return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin)), ""
+
+    def _dentin(self, stats: Dict[str, float], before: int) -> int:
+        """``SliceResult.dentin`` of a section measured as ``stats`` after ``before`` such sections."""
+        return before + 1 if stats["grey"] < self.cfg.root_grey * self.primary_stats["grey"] else 0
+
+    def on_root(self, prev: SliceResult) -> bool:
+        """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``
+        sections held no enamel (``PropagationConfig.root_grey``). There the gap guard (``follow_gap``) is lifted."""
+        return self.cfg.root_sections > 0 and prev.dentin >= self.cfg.root_sections
 
     def follow(self, z: int, prev: SliceResult, sam_grey: Optional[float] = None
                ) -> Optional[Tuple[np.ndarray, Dict[str, float]]]:
