@@ -1,0 +1,152 @@
+"""Where a propagated structure ends, and following a root where SAM's mask leaves it: the stop rules of
+``propagate.Propagator`` (``StopRules``, a mixin; ``PropagationConfig`` holds the numbers).
+
+- Stop rules (``stop_rules``; SAM finds something in any box, so without them a box on one slice runs through
+  the air, soft tissue and the other jaw). On a slice without include points the structure ends where its mask
+  has lost its contrast (mean grey inside minus that of a ring of ``ring_mm`` around it, below ``min_contrast``
+  of the primary slice's, for a primary contrast of at least ``min_primary_contrast``): a tooth is brighter
+  than what surrounds it, air, soft tissue and bone beyond the apex are not. It also ends where less than
+  ``min_on_previous`` of the mask lies on the previous slice's mask: it jumped to something beside it. SAM's
+  predicted IoU was measured too and does not separate a tooth from air on the real CT (0.57-0.90 on both), so
+  no rule uses it. What each slice measured is in ``StructureResult.trace`` (docs/segmentation.md).
+- Following a root (``follow``). Below a crown SAM's mask, prompted with the previous slice's box, leaves the root
+  for the bone around it and loses its contrast. Where a rule fires (or SAM's mask is mostly darker than dentin)
+  and SAM's mask is not darker than its ring (a darker mask lies in a gap: the tooth ended), the slice keeps the
+  part that continues the previous mask instead: its pixels near that mask that are closer to the tooth's grey
+  than to the surroundings' (``StopRules.follow``). The root ends where no such part is left.
+- The root's side (``root_grey``, ``root_sections``). The gap guard above is lifted once the last sections held no
+  enamel (their mean grey below ``root_grey`` of the prompted crown's): the structure is then in the jaw, where a
+  SAM mask darker than its ring lies on the bone or the ligament between roots; near the enamel, at a crown's
+  occlusal end where the other row may touch it, the guard stays.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Protocol, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from ..data.preprocess import normalize
+
+# Logit given to voxels a cut removes (never part of the mask).
+OFF = -20.0
+
+
+class Section(Protocol):
+    """What the rules read of the previous slice's result (``propagate.SliceResult``)."""
+
+    mask: np.ndarray  # on the propagator's view
+    narrowest: float
+    dentin: int
+
+
+class StopRules:
+    """The stop rules and root following of ``propagate.Propagator``, which provides ``cfg``
+    (``PropagationConfig``), ``sam``, ``view``, ``ring`` and ``follow_px`` (voxels), ``min_area``, and from its
+    primary slice ``primary_area`` and ``primary_stats`` (``measure``)."""
+
+    def measure(self, z: int, mask: np.ndarray, prev: Optional[np.ndarray], iou: float) -> Dict[str, float]:
+        """What the stop rules look at on slice z: the mask's area (voxels), SAM's predicted IoU, the mean
+        windowed grey inside the mask and its contrast against a ring around it, and the share of the mask
+        that lies on the previous slice's mask."""
+        area = int(np.count_nonzero(mask))
+        prev_area = None if prev is None else float(np.count_nonzero(prev))
+        if area == 0:
+            return {"area": 0.0, "iou": float(iou), "grey": 0.0, "contrast": 0.0, "on_previous": 0.0,
+                    "area_ratio": 0.0}
+        # Only the mask's bounding box grown by the ring: a few per cent of the view.
+        ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        r = self.ring + 1
+        cy, cx = slice(max(0, ys[0] - r), ys[-1] + r + 1), slice(max(0, xs[0] - r), xs[-1] + r + 1)
+        mask = mask[cy, cx]
+        prev = None if prev is None else prev[cy, cx]
+        y0, x0 = self.view[0], self.view[2]
+        grey = self.sam.volume[z, y0 + cy.start:y0 + cy.start + mask.shape[0],
+                               x0 + cx.start:x0 + cx.start + mask.shape[1]]
+        grey = normalize(grey, self.sam.window) if self.sam.window is not None else np.asarray(grey, np.float32)
+        ring = ndimage.binary_dilation(mask, iterations=self.ring) & ~mask
+        inside = float(grey[mask].mean())
+        around = float(grey[ring].mean()) if ring.any() else inside
+        out = {"area": float(area), "iou": float(iou), "grey": inside, "contrast": inside - around}
+        if prev is not None:
+            out["on_previous"] = float(np.count_nonzero(mask & prev)) / area
+            out["area_ratio"] = area / max(1.0, prev_area)
+        return out
+
+    def _dentin(self, stats: Dict[str, float], before: int) -> int:
+        """``SliceResult.dentin`` of a section measured as ``stats`` after ``before`` such sections."""
+        return before + 1 if stats["grey"] < self.cfg.root_grey * self.primary_stats["grey"] else 0
+
+    def on_root(self, prev: Section) -> bool:
+        """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``
+        sections held no enamel (``PropagationConfig.root_grey``). There the gap guard (``follow_gap``) is lifted."""
+        return self.cfg.root_sections > 0 and prev.dentin >= self.cfg.root_sections
+
+    def follow(self, z: int, prev: Section, sam_grey: Optional[float] = None
+               ) -> Optional[Tuple[np.ndarray, Dict[str, float]]]:
+        """Where SAM's mask on slice z has left the structure (a stop rule fired; or, given its mean grey
+        ``sam_grey``, it is not mostly the structure's grey), the part of z that continues the previous slice's
+        mask: its pixels within ``follow_slope`` × the slice distance (at least a voxel) of that mask whose grey is
+        at least ``follow_level`` of the way from the surroundings' (the median of a ring around them) to the
+        structure's (the primary slice's mean), in the pieces touching the previous mask. (logits, measures) where
+        that part passes the contrast rule, is at most ``follow_growth`` larger than the narrowest section of the
+        chain it continues (a root narrows towards its apex) and covers ``follow_keep`` of the previous mask or
+        holds ``follow_whole`` of the bright region it belongs to; None where it does not (the root has ended) or
+        where SAM's mask is mostly the structure's grey."""
+        c = self.cfg
+        near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
+        ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
+        r = self.ring + 1
+        h, w = near.shape
+        cy, cx = slice(max(0, ys[0] - r), min(h, ys[-1] + r + 1)), slice(max(0, xs[0] - r), min(w, xs[-1] + r + 1))
+        grey = self._grey(z, cy, cx)
+        near, before = near[cy, cx], prev.mask[cy, cx]
+        ring = ndimage.binary_dilation(near, iterations=self.ring) & ~near
+        around = float(np.median(grey[ring])) if ring.any() else float(grey[~near].mean()) if (~near).any() else 0.0
+        tooth = self.primary_stats["grey"]
+        level = around + c.follow_level * (tooth - around)
+        if tooth <= around or (sam_grey is not None and sam_grey >= level):
+            return None
+        bright = grey >= level
+        pieces, n = ndimage.label(near & bright)
+        if n == 0:
+            return None
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(pieces[before])] = True
+        keep[0] = False
+        part = keep[pieces]
+        # The bright region the part belongs to, beyond that distance too. A root's section either overlaps the
+        # previous one well or, where a tilted root moves by about its width, is an island in the bone; a small
+        # part cut out of a larger bright region (a neighbouring tooth, the cortex of the palate or the sinus floor)
+        # is not the structure going on.
+        whole, _ = ndimage.label(bright)
+        region = np.isin(whole, np.unique(whole[part]))
+        area, prev_area = int(part.sum()), int(before.sum())
+        if (area < self.min_area or area < c.min_area_fraction * self.primary_area
+                or area > (1 + c.follow_growth) * min(prev_area, prev.narrowest)
+                or (np.count_nonzero(part & before) < c.follow_keep * min(area, prev_area)
+                    and area < c.follow_whole * np.count_nonzero(region))):
+            return None
+        mask = np.zeros(prev.mask.shape, bool)
+        mask[cy, cx] = part
+        stats = self.measure(z, mask, prev.mask, 1.0)
+        if self._ends(stats, jump=False):  # the tests above are the jump rule for a root that moves
+            return None
+        return np.where(mask, -OFF, OFF).astype(np.float32), stats
+
+    def _grey(self, z: int, cy: slice, cx: slice) -> np.ndarray:
+        """Slice z's windowed grey on the view's region (cy, cx)."""
+        y0, x0 = self.view[0], self.view[2]
+        grey = self.sam.volume[z, y0 + cy.start:y0 + cy.stop, x0 + cx.start:x0 + cx.stop]
+        return normalize(grey, self.sam.window) if self.sam.window is not None else np.asarray(grey, np.float32)
+
+    def _ends(self, stats: Dict[str, float], jump: bool = True) -> str:
+        """Why the structure ends on a slice measured as ``stats`` ("" where it goes on)."""
+        c, primary = self.cfg, self.primary_stats["contrast"]
+        if abs(primary) >= c.min_primary_contrast and np.sign(primary) * stats["contrast"] < c.min_contrast * abs(
+                primary):
+            return "lost its contrast"
+        if jump and stats.get("on_previous", 1.0) < c.min_on_previous:
+            return "jumped to another structure"
+        return ""
