@@ -39,23 +39,34 @@ def test_a_detector_scoring_low_gets_a_low_threshold():
     wrong = torch.tensor([[40.0, 40, 60, 60, 0.007, 0]])
     dets = {i: torch.cat([right.clone().index_fill_(1, torch.tensor([4]), 0.025 + 0.01 * i), wrong]) for i in range(3)}
     conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(2, 32))
-    assert (conf, k) == (0.02, 2)  # 0.01 and 0.02 both keep only the right boxes: the higher wins
+    assert (conf, k) == (0.01, 2)  # 0.01 and 0.02 both keep only the right boxes: the lower of the two middles
     assert scores[conf, k] == pytest.approx(1.0)
     assert scores[0.25, 2] == 0.0  # nothing detected at the old default
     assert scores[0.001, 2] < 1.0  # the wrong box hurts when kept
-    # With one box per image the right (best-scoring) box alone is kept at any low threshold: fewest boxes win.
+    # With one box per image the right (best-scoring) box alone is kept at any low threshold: fewest boxes win,
+    # at the middle of the tied 0.001 ... 0.02.
     conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(1, 2, 32))
-    assert k == 1 and scores[conf, 1] == pytest.approx(1.0) and conf == 0.02
+    assert k == 1 and scores[conf, 1] == pytest.approx(1.0) and conf == 0.005
 
 
-def test_ties_go_to_the_highest_threshold_and_empty_images_count():
+def test_ties_go_to_the_middle_threshold_and_empty_images_count():
     # Image 0 holds no object: a box there costs it its Dice of 1.
     data = [_item(0, None), _item(1, (5, 5, 20, 20))]
     dets = {0: torch.tensor([[0.0, 0, 8, 8, 0.1, 0]]), 1: torch.tensor([[5.0, 5, 20, 20, 0.9, 0]])}
     conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(1,))
     assert scores[0.001, 1] == pytest.approx(0.5)
     assert scores[0.15, 1] == pytest.approx(1.0)
-    assert (conf, k) == (0.5, 1)  # 0.15 ... 0.5 all give 1.0: the highest wins
+    assert (conf, k) == (0.25, 1)  # 0.15 ... 0.5 all give 1.0: the (lower) middle of the six wins
+
+
+def test_a_weaker_new_image_keeps_its_box():
+    """The selection images' right boxes all score 0.6-0.9: every threshold up to 0.5 ties. The highest (the old
+    rule) would drop the only box of a new image whose polyp scores 0.2; the middle of the tie keeps it."""
+    data = [_item(i, (10, 10, 30, 30)) for i in range(4)]
+    dets = {i: torch.tensor([[10.0, 10, 30, 30, 0.6 + 0.1 * i, 0]]) for i in range(4)}
+    conf, k, scores = choose_box_prompts(_FixedDetector(dets), data, counts=(1, 2))
+    assert k == 1 and all(scores[t, 1] == pytest.approx(1.0) for t in (0.001, 0.5))
+    assert conf == 0.075 and conf < 0.2  # index 7 of the 15 tied thresholds
 
 
 def test_box_cover_dice_by_hand():
