@@ -1,10 +1,12 @@
 """The half-resolution student encoder (ldfsam/model/tiny_vit_student.py) on small random networks."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from ldfsam.errors import CheckpointError
 from ldfsam.model.tiny_vit import TinyViT, prepare_for_inference
-from ldfsam.model.tiny_vit_student import HalfResTinyViT
+from ldfsam.model.tiny_vit_student import HalfResTinyViT, UpNeck, half_resolution_encoder, save_neck
 
 SMALL = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_sizes=(7, 7, 7, 7),
              out_chans=32)
@@ -74,3 +76,41 @@ def test_neck_trains_and_backbone_gets_no_gradient_when_frozen():
     loss.backward()
     assert net.up_neck.out.weight.grad is not None and net.up_neck.out.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in net.backbone.parameters())
+
+
+def random_teacher(seed: int = 0) -> TinyViT:
+    """LiteMedSAM's layout at 256 with random weights and BatchNorm statistics."""
+    torch.manual_seed(seed)
+    teacher = TinyViT(image_size=256).eval()
+    with torch.no_grad():
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return teacher
+
+
+def test_student_from_a_prepared_teacher_equals_the_one_from_its_weights(tmp_path):
+    torch.manual_seed(1)
+    neck = UpNeck(hidden=16, depth=1, stem=True)
+    with torch.no_grad():
+        neck.out.weight.normal_(0, 0.05)
+    path = tmp_path / "neck.safetensors"
+    save_neck(path, neck, {"epochs": 0})
+    teacher = random_teacher()
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        from_weights = half_resolution_encoder(teacher, path)(x)
+        prepare_for_inference(teacher)  # as the slice predictor leaves a model it has run
+        from_prepared = half_resolution_encoder(teacher, path)(x)
+    assert from_weights.shape == (1, 256, 64, 64)
+    torch.testing.assert_close(from_prepared, from_weights, rtol=1e-4, atol=1e-4)
+
+
+def test_a_file_that_is_not_a_neck_is_refused(tmp_path):
+    from ldfsam.file_format import save_state
+
+    path = tmp_path / "other.safetensors"
+    save_state(path, {"w": torch.zeros(2)}, {"format": "ldfsam-model", "version": 1})
+    with pytest.raises(CheckpointError, match="not an LDFSAM encoder neck file"):
+        half_resolution_encoder(random_teacher(), path)

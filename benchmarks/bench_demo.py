@@ -15,12 +15,16 @@ shared machine), with the load average at each run's start.
 
 Variants (``--variants``) are run interleaved, ``--repeat`` times each, to compare them by ratios in one run:
 ``default`` (the product as it is) and ``name=ENV=VALUE[,ENV=VALUE]`` for a run with those environment
-variables set. Reported per variant: the median of every figure and its spread (min-max).
+variables set; ``LDFSAM_BENCH_DEMO_ARGS`` adds options to the command (``half=LDFSAM_BENCH_DEMO_ARGS=--encoder
+half``). Each run's Dice against the phantom's truth is recorded too. Reported per variant: the median of every
+figure and its spread (min-max).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -99,9 +103,14 @@ def child(args) -> int:
     out = Path(args.workdir) / f"demo_{os.getpid()}.seg.nrrd"
     t = time.process_time()
     w = time.perf_counter()
-    sys.argv = ["ldfsam", "demo", "--progress", "none", "-o", str(out), "--force"]
-    code = main()  # as the ``ldfsam`` command calls it (argv from the process)
+    # Extra options of ``ldfsam demo`` for a variant (e.g. ``half=LDFSAM_BENCH_DEMO_ARGS=--encoder half``).
+    extra = os.environ.get("LDFSAM_BENCH_DEMO_ARGS", "").split()
+    sys.argv = ["ldfsam", "demo", "--progress", "none", "-o", str(out), "--force", *extra]
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        code = main()  # as the ``ldfsam`` command calls it (argv from the process)
     command_cpu, command_wall = time.process_time() - t, time.perf_counter() - w
+    dice = [float(line.rsplit(":", 1)[1]) for line in said.getvalue().splitlines() if line.startswith("Dice")]
     out.unlink(missing_ok=True)
 
     def cpu(stage):
@@ -131,7 +140,8 @@ def child(args) -> int:
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) * 1024
     print(json.dumps({"code": code, "cpu": stages, "cpu_at_end": time.process_time(), "wall": walls,
-                      "system_seconds": usage.ru_stime, "peak_bytes": peak}), flush=True)
+                      "system_seconds": usage.ru_stime, "peak_bytes": peak, "dice": dice[0] if dice else None}),
+          flush=True)
     return 0
 
 
@@ -185,7 +195,7 @@ def main() -> int:
                 runs[name].append(r)
                 c = r["cpu"]
                 print(f"{name} run {i + 1}: {r['process_cpu']:.1f} s CPU, {r['process_wall']:.1f} s wall, peak "
-                      f"{r['peak_bytes'] / 2**30:.2f} GiB, load {r['load']:.1f} | "
+                      f"{r['peak_bytes'] / 2**30:.2f} GiB, Dice {r.get('dice')}, load {r['load']:.1f} | "
                       + ", ".join(f"{k} {v:.2f}" for k, v in c.items()), flush=True)
     summary = {}
     for name, rs in runs.items():

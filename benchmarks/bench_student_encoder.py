@@ -37,22 +37,17 @@ sys.path.insert(0, str(BENCH))
 
 
 def student_with_neck(neck_file: Path, state):
-    """The half-resolution student: LiteMedSAM's TinyViT weights at 128 and the neck of ``neck_file``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    """The half-resolution student: LiteMedSAM's TinyViT weights at 128 and the neck of ``neck_file`` (None: an
+    untrained neck, i.e. bilinear upsampling)."""
     from ldfsam.model.lite_weights import load_litemedsam
     from ldfsam.model.tiny_vit import prepare_for_inference
-    from ldfsam.model.tiny_vit_student import HalfResTinyViT
+    from ldfsam.model.tiny_vit_student import HalfResTinyViT, half_resolution_encoder
 
-    config = {"hidden": 128, "depth": 2}
+    teacher = load_litemedsam(256, state).image_encoder
     if neck_file is not None:
-        with safe_open(str(neck_file), "pt") as f:
-            config = json.loads(f.metadata()["config"])
-    student = HalfResTinyViT(neck_hidden=config["hidden"], neck_depth=config["depth"])
-    student.backbone.load_state_dict(load_litemedsam(128, state).image_encoder.state_dict())
-    if neck_file is not None:
-        student.up_neck.load_state_dict(load_file(str(neck_file)))
+        return half_resolution_encoder(teacher, neck_file)
+    student = HalfResTinyViT()
+    student.backbone.load_state_dict(teacher.state_dict())
     prepare_for_inference(student.backbone)
     student.eval()
     for p in student.parameters():
@@ -86,6 +81,8 @@ def main() -> int:
     ap.add_argument("--phantom-teeth", type=int, default=120)
     ap.add_argument("--timing-images", type=int, default=3)
     ap.add_argument("--timing-rounds", type=int, default=3)
+    ap.add_argument("--reuse", type=Path, help="a previous run's --json: the Dice per case of every encoder it "
+                    "measured (teacher, half-bilinear...) is taken from there, not computed again (same sets, seed)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -102,6 +99,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     results = {"machine": machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()}}
     print(f"machine: {results['machine']}", flush=True)
+    before = json.loads(args.reuse.read_text()) if args.reuse else {}
     state = litemedsam_state_dict()
     teacher = load_litemedsam(256, state)
     prepare_for_inference(teacher.image_encoder)
@@ -116,7 +114,8 @@ def main() -> int:
     results["gflops"] = {"teacher": gflops(lambda: TinyViT(image_size=256), 256)}
     for name, enc in encoders.items():
         if name != "teacher":
-            neck = dict(neck_hidden=enc.up_neck.out.in_channels, neck_depth=len(enc.up_neck.blocks))
+            neck = dict(neck_hidden=enc.up_neck.out.in_channels, neck_depth=len(enc.up_neck.blocks),
+                        neck_stem=enc.up_neck.stem is not None)
             results["gflops"][name] = gflops(lambda: HalfResTinyViT(**neck), 256)  # noqa: B023 (called at once)
     results["gflops"]["half-native"] = gflops(lambda: TinyViT(image_size=128), 128)
     print(f"GFLOP per slice: {json.dumps({k: round(v, 1) for k, v in results['gflops'].items()})}", flush=True)
@@ -139,7 +138,8 @@ def main() -> int:
     if args.kvasir_images > 0:
         ids = kvasir_val_ids(args.data_dir, args.seed)[:args.kvasir_images]
         cases = list(kvasir_cases(args.data_dir, 0, args.seed, ids=ids))
-        dice = {name: kvasir_box_dice(enc, teacher, cases, 256, 1) for name, enc in encoders.items()}
+        dice = {name: before["kvasir_per_image"][name] if name in before.get("kvasir_per_image", {}) else
+                kvasir_box_dice(enc, teacher, cases, 256, 1) for name, enc in encoders.items()}
         if args.native:
             dice["half-native"] = kvasir_box_dice(native.image_encoder, native, cases, 128, 1)
         results["kvasir"] = {n: paired(dice["teacher"], d, args.seed) for n, d in dice.items() if n != "teacher"}
@@ -152,6 +152,9 @@ def main() -> int:
         volume, window, cases = phantom_cases(pargs)
         dice = {}
         for name, enc in encoders.items():
+            if name in before.get("phantom_per_case", {}):
+                dice[name] = before["phantom_per_case"][name]
+                continue
             parts = SimpleNamespace(image_encoder=enc, prompt_encoder=teacher.prompt_encoder,
                                     mask_decoder=teacher.mask_decoder)
             dice[name] = phantom_dice(parts, {"d": teacher.mask_decoder}, volume, window, cases)["d"]

@@ -116,6 +116,10 @@ def build_cache(args) -> list:
         for name, image in source:
             path = out_dir / (hashlib.sha1(name.encode()).hexdigest()[:20] + ".safetensors")
             files.append(path)
+            image_file = path.with_suffix(".image.safetensors")
+            if args.stem and not image_file.is_file():  # the neck's full-resolution input
+                with atomic_path(image_file) as tmp:
+                    save_file({"image": image.to(torch.float16).contiguous()}, str(tmp))
             if path.is_file():
                 continue
             target = None
@@ -150,16 +154,16 @@ def build_cache(args) -> list:
 
 def train(args, files: list) -> dict:
     import torch
-    from safetensors.torch import load_file, safe_open, save_file
+    from safetensors.torch import load_file, safe_open
 
-    from ldfsam.atomic import atomic_path
-    from ldfsam.model.tiny_vit_student import UpNeck
+    from ldfsam.model.tiny_vit_student import UpNeck, save_neck
 
     def names(path):
         with safe_open(str(path), "pt") as f:
             return f.metadata()["name"]
 
-    data = [load_file(str(p)) for p in files]
+    data = [load_file(str(p)) | (load_file(str(p.with_suffix(".image.safetensors"))) if args.stem else {})
+            for p in files]
     groups = [names(p).split("/")[0] for p in files]
     # every 10th input of each source held out: the embedding error on inputs the neck did not see
     held = [i % 10 == 0 for i in range(len(data))]
@@ -167,7 +171,7 @@ def train(args, files: list) -> dict:
     va = [d for d, h in zip(data, held) if h]
     log(f"training on {len(tr)} inputs, {len(va)} held out; sources {sorted(set(groups))}")
     torch.manual_seed(args.seed)
-    neck = UpNeck(hidden=args.hidden, depth=args.depth)
+    neck = UpNeck(hidden=args.hidden, depth=args.depth, stem=args.stem)
     opt = torch.optim.AdamW(neck.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * -(-len(tr) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
@@ -175,14 +179,17 @@ def train(args, files: list) -> dict:
     def stack(items, key):
         return torch.stack([d[key] for d in items]).float()
 
+    def run(items):
+        return neck(stack(items, "coarse"), stack(items, "fine"), stack(items, "image") if args.stem else None)
+
     def evaluate(items) -> dict:
         neck.eval()
         mse = base = cos = 0.0
         with torch.no_grad():
             for i in range(0, len(items), 16):
                 chunk = items[i:i + 16]
-                c, f, t = stack(chunk, "coarse"), stack(chunk, "fine"), stack(chunk, "target")
-                y = neck(c, f)
+                c, t = stack(chunk, "coarse"), stack(chunk, "target")
+                y = run(chunk)
                 up = torch.nn.functional.interpolate(c, size=t.shape[-2:], mode="bilinear", align_corners=False)
                 mse += ((y - t) ** 2).mean(dim=(1, 2, 3)).sum().item()
                 base += ((up - t) ** 2).mean(dim=(1, 2, 3)).sum().item()
@@ -199,8 +206,7 @@ def train(args, files: list) -> dict:
         total = 0.0
         for i in range(0, len(order), args.batch):
             chunk = [tr[j] for j in order[i:i + args.batch]]
-            c, f, t = stack(chunk, "coarse"), stack(chunk, "fine"), stack(chunk, "target")
-            loss = torch.nn.functional.mse_loss(neck(c, f), t)
+            loss = torch.nn.functional.mse_loss(run(chunk), stack(chunk, "target"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -212,10 +218,9 @@ def train(args, files: list) -> dict:
         log(f"epoch {epoch}: train {total / len(tr):.5f}, held-out {history[-1]['held_out']}, "
             f"{time.process_time() - t0:.0f} s CPU")
         if args.out is not None:
-            config = {"kind": "tiny_vit_half_up_neck", "hidden": args.hidden, "depth": args.depth}
-            with atomic_path(args.out) as tmp:
-                save_file({k: v.contiguous() for k, v in neck.state_dict().items()}, str(tmp),
-                          metadata={"config": json.dumps(config), "epoch": str(epoch)})
+            save_neck(args.out, neck, {"epochs": epoch, "inputs": {g: groups.count(g) for g in sorted(set(groups))},
+                                       "held_out": history[-1]["held_out"], "loss": "mse", "lr": args.lr,
+                                       "script": "scripts/distill_encoder.py"})
     return {"history": history, "inputs": len(data), "train": len(tr), "held_out": len(va),
             "sources": {g: groups.count(g) for g in sorted(set(groups))}}
 
@@ -233,6 +238,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2025)
     ap.add_argument("--hidden", type=int, default=192)
     ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--stem", action="store_true", help="the neck also sees the full-resolution image")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)

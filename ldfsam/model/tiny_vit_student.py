@@ -9,33 +9,36 @@ Layout (S = 256, G = S/4 = 64; the backbone is LiteMedSAM's TinyViT with its own
     -> UpNeck(coarse, fine) -> embedding B×256×G×G, the teacher's grid and channels.
 
 It takes the teacher's input and gives an embedding of the teacher's shape, so LiteMedSAM's prompt encoder and
-mask decoder (and every model trained on LiteMedSAM's frozen encoder) run on it unchanged. About 3.5× fewer
-FLOPs per slice than the teacher (``ldfsam.model.flops``; docs/model.md, "A distilled half-resolution encoder").
+mask decoder (and every model trained on LiteMedSAM's frozen encoder) run on it unchanged. 22 against 74.9 GFLOP
+per slice; its accuracy against the teacher: docs/model.md, "A distilled half-resolution encoder".
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .tiny_vit import TinyViT
+from .tiny_vit import TinyViT, WindowAttention
 
 
 class UpNeck(nn.Module):
     """coarse B×D×g×g + fine B×C×2g×2g -> B×D×2g×2g: the coarse embedding upsampled (bilinear) plus a correction
     computed at 2g from both (1×1 mixes, LayerNorm, ``depth`` residual 3×3-depthwise + 1×1 blocks, 1×1 out).
+    With ``stem``, the full-resolution image B×3×8g×8g enters the correction too (a 4×4 stride-4 convolution).
 
     The output projection starts at zero, so an untrained neck is plain bilinear upsampling of the coarse embedding.
     """
 
-    def __init__(self, dim: int = 256, fine_chans: int = 128, hidden: int = 128, depth: int = 2) -> None:
+    def __init__(self, dim: int = 256, fine_chans: int = 128, hidden: int = 128, depth: int = 2,
+                 stem: bool = False) -> None:
         super().__init__()
         self.fine = nn.Conv2d(fine_chans, hidden, 1)
         self.coarse = nn.Conv2d(dim, hidden, 1, bias=False)
+        self.stem = nn.Conv2d(3, hidden, 4, stride=4, bias=False) if stem else None
         self.norm = LayerNorm2d(hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.GELU(),
@@ -45,9 +48,12 @@ class UpNeck(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
         up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        h = F.gelu(self.norm(self.fine(fine) + self.coarse(up)))
+        h = self.fine(fine) + self.coarse(up)
+        if self.stem is not None:
+            h = h + self.stem(image)
+        h = F.gelu(self.norm(h))
         for block in self.blocks:
             h = h + block(h)
         return up + self.out(h)
@@ -60,7 +66,8 @@ class HalfResTinyViT(nn.Module):
     ``backbone.*`` as LiteMedSAM's ``image_encoder.*``, ``up_neck.*`` the distilled neck.
     """
 
-    def __init__(self, image_size: int = 256, neck_hidden: int = 128, neck_depth: int = 2, **tiny_vit) -> None:
+    def __init__(self, image_size: int = 256, neck_hidden: int = 128, neck_depth: int = 2, neck_stem: bool = False,
+                 **tiny_vit) -> None:
         super().__init__()
         if image_size % 32:
             raise ValueError(f"image_size: {image_size} is not a multiple of 32 (half of it must suit TinyViT)")
@@ -68,7 +75,7 @@ class HalfResTinyViT(nn.Module):
         self.embedding_size = image_size // 4
         self.backbone = TinyViT(image_size=image_size // 2, **tiny_vit)
         dims = self.backbone.layers[1].blocks[0].attn.qkv.in_features
-        self.up_neck = UpNeck(self.backbone.neck[0].out_channels, dims, neck_hidden, neck_depth)
+        self.up_neck = UpNeck(self.backbone.neck[0].out_channels, dims, neck_hidden, neck_depth, neck_stem)
 
     def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Image B×3×S×S -> (coarse B×256×S/8×S/8, fine B×128×S/4×S/4): the frozen backbone's part (the
@@ -86,5 +93,46 @@ class HalfResTinyViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > 1 and not torch.is_grad_enabled():
             # One image at a time, as the teacher's fused path runs: every activation stays small.
-            return torch.cat([self.up_neck(*self.features(x[i:i + 1])) for i in range(x.shape[0])])
-        return self.up_neck(*self.features(x))
+            return torch.cat([self.forward(x[i:i + 1]) for i in range(x.shape[0])])
+        return self.up_neck(*self.features(x), x if self.up_neck.stem is not None else None)
+
+
+NECK_FORMAT, NECK_VERSION = "ldfsam-encoder-neck", 1
+
+
+def save_neck(path, neck: UpNeck, training: dict) -> None:
+    """The distilled neck as safetensors + its JSON document (sizes, and how it was trained)."""
+    from ..file_format import save_state
+
+    config = {"hidden": neck.out.in_channels, "depth": len(neck.blocks), "stem": neck.stem is not None,
+              "dim": neck.out.out_channels, "fine_chans": neck.fine.in_channels}
+    save_state(path, dict(neck.state_dict()), {"format": NECK_FORMAT, "version": NECK_VERSION,
+                                               "teacher": "litemedsam", "config": config, "training": training})
+
+
+def half_resolution_encoder(teacher: TinyViT, neck_path) -> HalfResTinyViT:
+    """The student for ``teacher`` (an unprepared TinyViT of LiteMedSAM's layout, at 256): its weights at half
+    the input resolution and the distilled neck read from ``neck_path``, prepared for inference. A teacher of
+    another layout is refused (CheckpointError): the neck was distilled for LiteMedSAM's."""
+    from ..file_format import check_document, load_state, load_strict
+    from .tiny_vit import prepare_for_inference
+
+    tensors, document = load_state(neck_path)
+    check_document(document, neck_path, NECK_FORMAT, NECK_VERSION, "encoder neck")
+    c = document["config"]
+    student = HalfResTinyViT(teacher.image_size, c["hidden"], c["depth"], c["stem"])
+    prepared = getattr(teacher, "prepared", False)
+    if prepared:  # BatchNorm already folded into the teacher's convolutions: fold the student's alike first
+        prepare_for_inference(student.backbone, channels_last=teacher.channels_last)
+    load_strict(student.backbone, teacher.state_dict(), neck_path, "the half-resolution encoder (LiteMedSAM's "
+                "TinyViT layout)")
+    if prepared:  # the gathered bias tables were made from the student's initial weights
+        for m in student.backbone.modules():
+            if isinstance(m, WindowAttention):
+                m.frozen_bias = m.attention_biases[:, m.attention_bias_idxs].detach().clone()
+    load_strict(student.up_neck, tensors, neck_path, "encoder neck")
+    prepare_for_inference(student.backbone)
+    student.float().eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student
