@@ -15,8 +15,8 @@ shared machine), with the load average at each run's start.
 
 Variants (``--variants``) are run interleaved, ``--repeat`` times each, to compare them by ratios in one run:
 ``default`` (the product as it is) and ``name=ENV=VALUE[,ENV=VALUE]`` for a run with those environment
-variables set; ``LDFSAM_BENCH_DEMO_ARGS`` adds options to the command (``half=LDFSAM_BENCH_DEMO_ARGS=--encoder
-half``). Each run's Dice against the phantom's truth is recorded too. Reported per variant: the median of every
+variables set; ``LDFSAM_BENCH_DEMO_ARGS`` adds options to the command (``mine=LDFSAM_BENCH_DEMO_ARGS=--model
+FILE``). Each run's Dice against the phantom's truth is recorded too. Reported per variant: the median of every
 figure and its spread (min-max).
 """
 
@@ -103,7 +103,7 @@ def child(args) -> int:
     out = Path(args.workdir) / f"demo_{os.getpid()}.seg.nrrd"
     t = time.process_time()
     w = time.perf_counter()
-    # Extra options of ``ldfsam demo`` for a variant (e.g. ``half=LDFSAM_BENCH_DEMO_ARGS=--encoder half``).
+    # Extra options of ``ldfsam demo`` for a variant (e.g. ``mine=LDFSAM_BENCH_DEMO_ARGS=--model FILE``).
     extra = os.environ.get("LDFSAM_BENCH_DEMO_ARGS", "").split()
     sys.argv = ["ldfsam", "demo", "--progress", "none", "-o", str(out), "--force", *extra]
     said = io.StringIO()
