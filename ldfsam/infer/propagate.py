@@ -61,11 +61,11 @@ class PropagationConfig:
     # Only where SAM's mask is not darker than its surroundings: a root is followed through the bone, where SAM's
     # mask is bone-grey; a mask darker than its ring lies in a gap (between the rows, beyond a cusp).
     follow_gap: float = 0.0
-    # ... except on a root's side: once the last ``root_sections`` sections followed hold no enamel (mean grey below
+    # ... except on a root's side: once the last ``root_sections`` sections in a row held no enamel (mean grey below
     # ``root_grey`` of the prompted crown's), the structure is in the jaw, where a darker SAM mask is the bone or the
     # ligament between roots, not a gap between the rows; near the enamel (a crown's occlusal end) the guard stays.
-    root_grey: float = 0.95
-    root_sections: int = 2
+    root_grey: float = 0.95  # between the real CT's necks (0.84-0.92 of the window) and crowns (0.97-0.99)
+    root_sections: int = 2  # a crown's last, partial-volume slice can be dentin-dark for one slice; 0: rule off
     follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
     follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
     # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island
