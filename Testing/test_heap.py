@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, resource, sys, torch
 from ldfsam.heap import reuse_large_blocks
-from ldfsam.model.tiny_vit import TinyViT, prepare_for_inference
+from ldfsam.model.tiny_vit import TinyViT
+from ldfsam.model.tiny_vit_inference import prepare_for_inference
 tuned = reuse_large_blocks()
 torch.manual_seed(0)
 # LiteMedSAM's encoder. Its plain path (NCHW, as under bf16 autocast or in training) holds B×256×256×256 blocks in

@@ -184,7 +184,8 @@ def test_inference_preparation_keeps_the_outputs(models, images, embeddings):
     """BatchNorm folded into the convolutions, channels_last, frozen bias tables: LiteMedSAM's embedding still."""
     import copy
 
-    from ldfsam.model.tiny_vit import ConvBN, prepare_for_inference
+    from ldfsam.model.tiny_vit import ConvBN
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
 
     _, encoder, _, _ = models
     fused = prepare_for_inference(copy.deepcopy(encoder))
@@ -199,7 +200,7 @@ def test_inference_preparation_without_the_fused_kernels(models, images, monkeyp
     import copy
 
     from ldfsam.model import tiny_vit
-    from ldfsam.model.tiny_vit import prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
 
     _, encoder, _, _ = models
     plain = prepare_for_inference(copy.deepcopy(encoder), fused=False)
@@ -219,7 +220,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     on returns the eager module's outputs."""
     import torch._inductor.config as inductor_config
 
-    from ldfsam.model.tiny_vit import compile_encoder, prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import compile_encoder, prepare_for_inference
 
     torch._dynamo.reset()
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/ldfsam-no-compiler",))
@@ -245,7 +246,8 @@ def test_fused_cpu_path_matches_in_bands_and_chunks(models, images, embeddings, 
     import copy
 
     from ldfsam.model import tiny_vit
-    from ldfsam.model.tiny_vit import PatchMerging, prepare_for_inference
+    from ldfsam.model.tiny_vit import PatchMerging
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
 
     _, encoder, _, _ = models
     fused = prepare_for_inference(copy.deepcopy(encoder))
@@ -272,7 +274,7 @@ def test_fused_path_stays_out_of_bf16_and_autograd(models, images, monkeypatch):
     import copy
 
     from ldfsam.model import tiny_vit
-    from ldfsam.model.tiny_vit import prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
 
     _, encoder, _, _ = models
     fused = prepare_for_inference(copy.deepcopy(encoder))

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from ldfsam.errors import CheckpointError
-from ldfsam.model.tiny_vit import TinyViT, prepare_for_inference
+from ldfsam.model.tiny_vit import TinyViT
+from ldfsam.model.tiny_vit_inference import prepare_for_inference
 from ldfsam.model.tiny_vit_student import HalfResTinyViT, UpNeck, half_resolution_encoder, save_neck
 
 SMALL = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_sizes=(7, 7, 7, 7),

@@ -103,7 +103,7 @@ def agreement(fn, reference, x, bf16: bool) -> dict:
 
 def variants(encoder, want: list, log) -> dict:
     """name -> (callable, bf16, compile seconds or None)."""
-    from ldfsam.model.tiny_vit import compile_encoder, prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import compile_encoder, prepare_for_inference
 
     fused = prepare_for_inference(copy.deepcopy(encoder))
     out = {"eager": (encoder, False, None), "fused": (fused, False, None), "fused-bf16": (fused, True, None)}
@@ -261,7 +261,7 @@ def dice_at_sizes(args, log) -> dict:
     """Zero-shot box-prompted Dice on Kvasir images at each input size (fused encoder, ``--dice-precision``)."""
     from ldfsam.evaluate.bootstrap import bootstrap_mean_ci
     from ldfsam.model.lite_weights import litemedsam_state_dict, load_litemedsam
-    from ldfsam.model.tiny_vit import prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
 
     state = litemedsam_state_dict()
     cases = list(kvasir_cases(args.data_dir, args.dice_images, args.seed))

@@ -197,7 +197,7 @@ def main() -> int:
 
     from ldfsam.heap import reuse_large_blocks
     from ldfsam.model.lite_weights import load_litemedsam
-    from ldfsam.model.tiny_vit import prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
 
     reuse_large_blocks()  # as the product
     torch.set_num_threads(args.threads)

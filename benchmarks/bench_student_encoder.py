@@ -40,7 +40,7 @@ def student_with_neck(neck_file: Path, state):
     """The half-resolution student: LiteMedSAM's TinyViT weights at 128 and the neck of ``neck_file`` (None: an
     untrained neck, i.e. bilinear upsampling)."""
     from ldfsam.model.lite_weights import load_litemedsam
-    from ldfsam.model.tiny_vit import prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
     from ldfsam.model.tiny_vit_student import HalfResTinyViT, half_resolution_encoder
 
     teacher = load_litemedsam(256, state).image_encoder
@@ -92,7 +92,8 @@ def main() -> int:
 
     from ldfsam.heap import reuse_large_blocks
     from ldfsam.model.lite_weights import litemedsam_state_dict, load_litemedsam
-    from ldfsam.model.tiny_vit import TinyViT, prepare_for_inference
+    from ldfsam.model.tiny_vit import TinyViT
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
     from ldfsam.model.tiny_vit_student import HalfResTinyViT
 
     reuse_large_blocks()

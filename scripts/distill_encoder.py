@@ -96,7 +96,7 @@ def build_cache(args) -> list:
     from ldfsam.atomic import atomic_path
     from ldfsam.finetune.embedding_cache import image_key
     from ldfsam.model.lite_weights import litemedsam_state_dict, load_litemedsam
-    from ldfsam.model.tiny_vit import prepare_for_inference
+    from ldfsam.model.tiny_vit_inference import prepare_for_inference
     from ldfsam.model.tiny_vit_student import HalfResTinyViT
 
     state = litemedsam_state_dict()

@@ -107,7 +107,7 @@ def inference_encoder(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.
     itself is left as it is (its state dict keeps LiteMedSAM's names)."""
     if model.cfg.sam.encoder != "tiny_vit":
         return model.encode_image
-    from ..model.tiny_vit import prepare_for_inference
+    from ..model.tiny_vit_inference import prepare_for_inference
 
     device = next(model.image_encoder.parameters()).device
     encoder = prepare_for_inference(copy.deepcopy(model.image_encoder), channels_last=device.type == "cpu")

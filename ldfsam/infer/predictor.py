@@ -93,7 +93,7 @@ class SlicePredictor:
         self.generator = _fused_generator(self.model)
         if getattr(getattr(self.model, "cfg", None), "sam", None) is not None and self.model.cfg.sam.encoder == \
                 "tiny_vit":
-            from ..model.tiny_vit import prepare_for_inference
+            from ..model.tiny_vit_inference import prepare_for_inference
 
             # TinyViT for inference: BatchNorm folded into its convolutions, channels-last, bias tables gathered
             # once (same outputs to float rounding; docs/model.md, "Encoder speed"). In place: a loaded model.

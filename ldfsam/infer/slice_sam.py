@@ -86,7 +86,8 @@ class SliceSAM:
     def __init__(self, parts: SamParts, volume: np.ndarray, window: Optional[Tuple[float, float]] = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, precision: str = "auto") -> None:
         from ..heap import reuse_large_blocks
-        from ..model.tiny_vit import TinyViT, prepare_for_inference
+        from ..model.tiny_vit import TinyViT
+        from ..model.tiny_vit_inference import prepare_for_inference
         from .predictor import resolve_precision
 
         reuse_large_blocks()

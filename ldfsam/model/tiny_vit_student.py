@@ -115,7 +115,7 @@ def half_resolution_encoder(teacher: TinyViT, neck_path) -> HalfResTinyViT:
     the input resolution and the distilled neck read from ``neck_path``, prepared for inference. A teacher of
     another layout is refused (CheckpointError): the neck was distilled for LiteMedSAM's."""
     from ..file_format import check_document, load_state, load_strict
-    from .tiny_vit import prepare_for_inference
+    from .tiny_vit_inference import prepare_for_inference
 
     tensors, document = load_state(neck_path)
     check_document(document, neck_path, NECK_FORMAT, NECK_VERSION, "encoder neck")
