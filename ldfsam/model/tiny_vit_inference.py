@@ -25,6 +25,13 @@ def _fold_batchnorm(block: ConvBN) -> nn.Conv2d:
     return fused
 
 
+def freeze_attention_biases(encoder: nn.Module) -> None:
+    """Gather every window attention's bias table into the per-offset matrix once (again after new weights)."""
+    for module in encoder.modules():
+        if isinstance(module, WindowAttention):
+            module.frozen_bias = module.attention_biases[:, module.attention_bias_idxs].detach().clone()
+
+
 @torch.no_grad()
 def prepare_for_inference(encoder: TinyViT, channels_last: bool = True, fused: Optional[bool] = None) -> TinyViT:
     """Make ``encoder`` (in place) an inference-only network with the same outputs up to float rounding:
@@ -42,9 +49,7 @@ def prepare_for_inference(encoder: TinyViT, channels_last: bool = True, fused: O
         for name, child in list(parent.named_children()):
             if isinstance(child, ConvBN):
                 setattr(parent, name, _fold_batchnorm(child))
-    for module in encoder.modules():
-        if isinstance(module, WindowAttention):
-            module.frozen_bias = module.attention_biases[:, module.attention_bias_idxs].detach().clone()
+    freeze_attention_biases(encoder)
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
         if _fused_ops() if fused is None else fused:

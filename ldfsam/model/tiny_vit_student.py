@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .tiny_vit import TinyViT, WindowAttention
+from .tiny_vit import TinyViT
 
 
 class UpNeck(nn.Module):
@@ -115,7 +115,7 @@ def half_resolution_encoder(teacher: TinyViT, neck_path) -> HalfResTinyViT:
     the input resolution and the distilled neck read from ``neck_path``, prepared for inference. A teacher of
     another layout is refused (CheckpointError): the neck was distilled for LiteMedSAM's."""
     from ..file_format import check_document, load_state, load_strict
-    from .tiny_vit_inference import prepare_for_inference
+    from .tiny_vit_inference import freeze_attention_biases, prepare_for_inference
 
     tensors, document = load_state(neck_path)
     check_document(document, neck_path, NECK_FORMAT, NECK_VERSION, "encoder neck")
@@ -127,9 +127,7 @@ def half_resolution_encoder(teacher: TinyViT, neck_path) -> HalfResTinyViT:
     load_strict(student.backbone, teacher.state_dict(), neck_path, "the half-resolution encoder (LiteMedSAM's "
                 "TinyViT layout)")
     if prepared:  # the gathered bias tables were made from the student's initial weights
-        for m in student.backbone.modules():
-            if isinstance(m, WindowAttention):
-                m.frozen_bias = m.attention_biases[:, m.attention_bias_idxs].detach().clone()
+        freeze_attention_biases(student.backbone)
     load_strict(student.up_neck, tensors, neck_path, "encoder neck")
     prepare_for_inference(student.backbone)
     student.float().eval()
