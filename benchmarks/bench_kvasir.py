@@ -10,7 +10,10 @@ Pipeline, all with seed 2025, for each annotation budget:
    ``box`` (detected boxes, Table 1's baseline), ``box-gt`` (boxes of the reference masks: an oracle),
    ``zero-shot-gt`` (the pretrained decoder unchanged, prompted with the reference boxes: the oracle of a
    pretrained SAM), ``zero-shot`` (unchanged decoder, detected boxes), ``none`` (the decoder fine-tuned with no
-   prompt: what fine-tuning alone gives), ``dense``, ``sparse``, ``dense+sparse``. The box modes' detection
+   prompt: what fine-tuning alone gives), ``dense``, ``sparse``, ``dense+sparse``, ``auto`` (no training: the
+   budget's ``dense+sparse`` and ``box`` models joined, ``ldfsam/model/auto_prompt.py``: per image the box model
+   where the detector keeps exactly one box scoring at least a threshold chosen on the checkpoint-selection images,
+   else the feature prompts; both modes must run in the same budget). The box modes' detection
    confidence and box count are chosen on the checkpoint-selection images (``--box-conf auto``,
    ``ldfsam/finetune/box_conf.py``): a detector trained on few images scores its boxes far below the model's
    default 0.25.
@@ -75,7 +78,7 @@ def main() -> int:
     p.add_argument("--phase1-epochs", type=int, default=6)
     p.add_argument("--prompt-generator", type=Path, help="use this Phase 1 prompt generator instead of training one")
     p.add_argument("--modes", help="comma-separated prompt modes (default small: box,box-gt,dense+sparse; lite: "
-                                   "zero-shot-gt,box,none,dense+sparse,dense,sparse)")
+                                   "zero-shot-gt,box,none,dense+sparse,dense,sparse,auto)")
     p.add_argument("--val-during-training", type=int, default=24,
                    help="validation images used for checkpoint selection during training (default 24)")
     p.add_argument("--validate-every", type=int, default=2)
@@ -101,7 +104,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-    default_modes = ("zero-shot-gt,box,none,dense+sparse,dense,sparse" if args.preset == "lite"
+    default_modes = ("zero-shot-gt,box,none,dense+sparse,dense,sparse,auto" if args.preset == "lite"
                      else "box,box-gt,dense+sparse")
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     sam_size = 256 if args.preset == "lite" else args.size
@@ -174,6 +177,76 @@ def _box_conf(args, pd, prepared: Path, budget: float, pg_state, pg_cfg, yolo_si
     return conf, k
 
 
+def _selection_ids(args, pd, prepared: Path, budget: float, sam_size: int, yolo_size: int) -> list:
+    """The case ids of the checkpoint-selection images (the ``--val-during-training`` images Phase 2 selects its
+    checkpoint on)."""
+    from ldfsam.finetune.config import FinetuneConfig
+    from ldfsam.finetune.data import load_data
+
+    cfg = FinetuneConfig(data=str(prepared), budget=budget, max_val_items=args.val_during_training)
+    val = load_data(cfg, sam_size, yolo_size, list(pd.preprocess.class_names)).val
+    return [val[i]["case_id"] for i in range(len(val))]
+
+
+def _detection_scores(model_path: Path, data: Path, ids) -> list:
+    """Per image the scores of the model's detections (at 0.1, at most 8), on the inputs evaluation gives it."""
+    import torch
+
+    from ldfsam.checkpoint import load_checkpoint
+    from ldfsam.data.images import read_rgb, resize_square
+    from ldfsam.evaluate.model_eval import select_cases
+
+    loaded = load_checkpoint(model_path)
+    size = loaded.preprocess.yolo_size
+    scores = []
+    for case in select_cases(data, None, "val", ids)[1]:
+        yolo = torch.from_numpy(resize_square(read_rgb(case.image), size, False).copy()).permute(2, 0, 1)
+        with torch.no_grad():
+            det = loaded.model.prompt_generator.detect(yolo.float()[None] / 255.0, conf=0.1, max_det=8)[0]
+        scores.append((case.case_id, [float(x) for x in det[:, 4]]))
+    return [sc for _, sc in sorted(scores)]
+
+
+def _run_auto(args, out: Path, pd, prepared: Path, budget: float, val_ids, sam_size: int, yolo_size: int,
+              results: dict, tag: str) -> None:
+    """The ``auto`` row: the budget's dense+sparse and box models joined, its box-score threshold chosen on the
+    checkpoint-selection images (never on the rest of the validation), then evaluated like every mode."""
+    from ldfsam.evaluate.model_eval import evaluate_model
+    from ldfsam.evaluate.report import summarize, write_report
+    from ldfsam.model.auto_assemble import assemble
+    from ldfsam.model.auto_prompt import choose_box_score
+    from ldfsam.progress import Progress
+
+    t0 = time.time()
+    ds, box = (out / f"{tag}-finetune-{m}" / "model.safetensors" for m in ("dense_sparse", "box"))
+    sel = sorted(_selection_ids(args, pd, prepared, budget, sam_size, yolo_size))
+    dice = {}
+    for name, path in (("ds", ds), ("box", box)):
+        rows = evaluate_model(str(path), args.data, ids=sel, progress=Progress("none"))
+        dice[name] = [r["dice"] for r in sorted(rows, key=lambda r: r["case_id"])]
+    score, means = choose_box_score(_detection_scores(ds, args.data, sel), dice["box"], dice["ds"])
+    run = out / f"{tag}-auto"
+    run.mkdir(exist_ok=True)
+    model_path = run / "model.safetensors"
+    assemble(ds, box, model_path, score)
+    choose_s = time.time() - t0
+    for refine in (False, True) if args.refine else (False,):
+        t0 = time.time()
+        rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=refine)
+        summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
+        write_report(run / ("eval-val-refine" if refine else "eval-val"), rows, summary)
+        m = summary["metrics"][summary["classes"][0]]
+        mode = "auto+refine" if refine else "auto"
+        results["runs"][f"{tag}/{mode}"] = {
+            "budget": budget, "mode": mode, "model": str(model_path), "steps": 0,
+            "train_images": len(pd.case_ids("train", budget)), "dice": m["dice"], "iou": m["iou"], "hd_px": m["hd"],
+            "alpha": _alpha(model_path), "train_s": 0.0, "eval_s": round(time.time() - t0, 1),
+            "box_score": score, "box_score_chosen_on": f"{len(sel)} checkpoint-selection images",
+            "selection_dice_by_score": means, "choose_s": round(choose_s, 1)}
+        print(f"{tag} {mode} (box score {score}): Dice {m['dice']['mean']:.4f} [{m['dice']['ci_low']:.4f}, "
+              f"{m['dice']['ci_high']:.4f}]", flush=True)
+
+
 def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids, modes, sam_size: int,
                yolo_size: int, results: dict) -> None:
     from ldfsam.evaluate.model_eval import evaluate_model
@@ -206,9 +279,14 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
     pg_state, pg_cfg, _ = load_prompt_generator_weights(generator)
     box_conf, max_boxes = _box_conf(args, pd, prepared, budget, pg_state, pg_cfg, yolo_size, sam_size, results,
                                     tag)
-    for mode in modes:
+    if "auto" in modes and not {"dense+sparse", "box"} <= set(modes):
+        raise SystemExit("mode auto joins the budget's dense+sparse and box models: list both modes too")
+    for mode in [m for m in modes if m != "auto"] + (["auto"] if "auto" in modes else []):
         t0 = time.time()
         run = out / f"{tag}-finetune-{mode.replace('+', '_')}"
+        if mode == "auto":
+            _run_auto(args, out, pd, prepared, budget, val_ids, sam_size, yolo_size, results, tag)
+            continue
         prompt_mode = {"box-gt": "box", "zero-shot-gt": "zero-shot"}.get(mode, mode)
         gt = mode.endswith("-gt")
         model_cfg = model_config(args.preset, prompt_mode=prompt_mode, class_names=list(pd.preprocess.class_names))

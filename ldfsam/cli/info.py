@@ -19,6 +19,7 @@ PARTS = OrderedDict([
     ("mask_decoder", "SAM mask decoder"),
     ("prompt_generator", "prompt generator (YOLOv8)"),
     ("feature_prompts", "feature prompt encoder"),
+    ("box_branch", "box branch (auto mode)"),
 ])
 
 

@@ -1,4 +1,4 @@
-"""``ldfsam models list|download|import|remove``: the model registry and the user's model cache."""
+"""``ldfsam models list|download|import|remove|combine``: the model registry and the user's model cache."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an installed model of the same name")
     p = sub.add_parser("remove", help="delete an installed model")
     p.add_argument("name")
+    p = sub.add_parser("combine", help="join a dense+sparse and a box model of one training (same encoder and prompt "
+                                       "generator) into an 'auto' model: per image the box branch where the detector "
+                                       "keeps exactly one box scoring at least --box-score, else the feature prompts")
+    p.add_argument("feature_model", help="the dense+sparse model (.safetensors)")
+    p.add_argument("box_model", help="the box model (.safetensors)")
+    p.add_argument("-o", "--output", required=True, help="the auto model file to write (.safetensors)")
+    p.add_argument("--box-score", type=float, default=0.4,
+                   help="score a lone detected box needs for the box branch (default 0.4: chosen on Kvasir-SEG's "
+                        "checkpoint-selection images at both budgets, docs/training.md)")
 
 
 def _size(n: int) -> str:
@@ -120,6 +129,16 @@ def run(args) -> int:
 
         path = import_model(args.path, args.name, force=args.force)
         print(f"installed {path.name[:-len('.safetensors')]}: {path}")
+        return 0
+    if args.action == "combine":
+        from ..model.auto_assemble import assemble
+
+        out = Path(args.output)
+        if out.exists():
+            from ..errors import OutputError
+
+            raise OutputError("exists already; choose another output file", out)
+        print(f"wrote {assemble(args.feature_model, args.box_model, out, args.box_score)}")
         return 0
     if args.action == "remove":
         from ..models import remove_model

@@ -52,6 +52,11 @@ def _build(model_cfg: ModelConfig, sam_checkpoint: Optional[str], seed: int, loa
     from ..model.build import build_model
     from ..model.trainable import configure_phase2
 
+    if model_cfg.prompt_mode == "auto":
+        from ..errors import ConfigError
+
+        raise ConfigError("prompt mode 'auto' is not trained itself: train a 'dense+sparse' and a 'box' model, then "
+                          "join them with `ldfsam models combine` (docs/training.md)")
     # Same seed on every rank: randomly initialised parts are identical before DDP broadcasts them anyway.
     torch.manual_seed(seed)
     model = build_model(model_cfg, load_prompt_generator=load_init)

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .auto_prompt import BoxBranch
 from .config import ModelConfig
 from .feature_prompts import FeaturePromptEncoder
 from .image_encoder import ImageEncoderViT
@@ -88,6 +89,9 @@ def build_model(cfg: ModelConfig, load_prompt_generator: bool = True, shapes_onl
     if cfg.saliency.enabled:
         with meta_without_init() if shapes_only else contextlib.nullcontext():
             model.saliency_head = SaliencyHead(s.prompt_embed_dim, cfg.saliency.hidden)
+    if cfg.prompt_mode == "auto":  # the box branch (model/auto_prompt.py): a box model's prompt encoder and decoder
+        with meta_without_init() if shapes_only else contextlib.nullcontext():
+            model.box_branch = BoxBranch(*_prompt_encoder_and_decoder(cfg, grid))
     path = cfg.prompt_generator.init_weights
     if load_prompt_generator and path and not shapes_only:
         state, file_cfg, _ = load_prompt_generator_weights(path)
@@ -113,20 +117,27 @@ def _build_encoder(s) -> nn.Module:
     )
 
 
-def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) -> Tuple[
-        nn.Module, PromptEncoder, MaskDecoder, Optional[FeaturePromptEncoder]]:
+def _prompt_encoder_and_decoder(cfg: ModelConfig, grid: int) -> Tuple[PromptEncoder, MaskDecoder]:
     s = cfg.sam
-    encoder = _build_encoder(s)
     prompt_encoder = PromptEncoder(s.prompt_embed_dim, (grid, grid), (s.image_size, s.image_size),
                                    point_prompts=s.point_prompts, mask_in_chans=s.mask_in_chans)
     decoder = MaskDecoder(len(cfg.class_names), s.prompt_embed_dim, s.decoder_depth, s.decoder_num_heads,
                           s.decoder_mlp_dim, num_multimask_outputs=s.decoder_multimask_outputs)
+    return prompt_encoder, decoder
+
+
+def _build_sam_parts(cfg: ModelConfig, grid: int, generator: PromptGenerator) -> Tuple[
+        nn.Module, PromptEncoder, MaskDecoder, Optional[FeaturePromptEncoder]]:
+    s = cfg.sam
+    encoder = _build_encoder(s)
+    prompt_encoder, decoder = _prompt_encoder_and_decoder(cfg, grid)
     feature_prompts = None
     if cfg.uses_feature_prompts:
         fp = cfg.feature_prompts
+        mode = "dense+sparse" if cfg.prompt_mode == "auto" else cfg.prompt_mode
         feature_prompts = FeaturePromptEncoder(
             generator.feature_channels, fp.mix_channels, s.prompt_embed_dim, (grid, grid),
-            dense="dense" in cfg.prompt_mode, sparse="sparse" in cfg.prompt_mode,
+            dense="dense" in mode, sparse="sparse" in mode,
             num_sparse_tokens=fp.num_sparse_tokens, sparse_hidden=fp.sparse_hidden, alpha_init=fp.alpha_init,
             yolo_size=cfg.prompt_generator.image_size, dense_norm=fp.dense_norm,
         )

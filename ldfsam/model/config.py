@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional, Tuple
 
-PromptMode = Literal["box", "zero-shot", "none", "dense", "sparse", "dense+sparse"]
+PromptMode = Literal["box", "zero-shot", "none", "dense", "sparse", "dense+sparse", "auto"]
 SamPreset = Literal["vit_b", "vit_l", "vit_h", "small", "lite"]
 BOX_MODES = ("box", "zero-shot")
 EncoderKind = Literal["vit", "tiny_vit"]
@@ -131,6 +131,9 @@ class ModelConfig:
     # Box mode: the most detected boxes used as SAM box prompts per image, and their confidence threshold.
     max_boxes: int = 32
     box_conf: float = 0.25
+    # "auto" (model/auto_prompt.py): an image whose detector keeps exactly one box scoring at least this is segmented
+    # by the box branch from its boxes, every other image by the feature prompts.
+    auto_box_score: float = 0.4
 
     @property
     def uses_boxes(self) -> bool:

@@ -12,6 +12,8 @@ Prompt modes (rows of the paper's Table 1):
 - ``dense``: Z_cond = Z_img + α·P_dense (α learnable, 0 at initialisation), no prompt tokens.
 - ``sparse``: the K Sparse Feature Prompt tokens are the decoder's prompt tokens.
 - ``dense+sparse`` (the paper's method): both.
+- ``auto``: per image, the box branch (a box model's prompt encoder and decoder) from the detected boxes where the
+  detector keeps exactly one box scoring at least ``auto_box_score``, else dense+sparse (``auto_prompt.py``).
 
 Inputs are floats in [0, 1]; SAM's pixel normalisation happens inside. YOLO takes [0, 1] directly.
 """
@@ -55,6 +57,8 @@ class LDFSAM(nn.Module):
         self.feature_prompts = feature_prompts
         # SPD's saliency head (model/saliency.py), set by build_model when ``cfg.saliency.enabled``.
         self.saliency_head: Optional[nn.Module] = None
+        # The ``auto`` mode's box branch (model/auto_prompt.py), set by build_model in that mode.
+        self.box_branch: Optional[nn.Module] = None
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.prompt_generator.eval()
@@ -106,6 +110,12 @@ class LDFSAM(nn.Module):
         """
         if self.cfg.uses_boxes:
             return self._decode_boxes(image_embeddings, features, boxes)
+        if self.prompt_mode == "auto":
+            return self._decode_auto(image_embeddings, features)
+        return self._decode_features(image_embeddings, features)
+
+    def _decode_features(self, image_embeddings: torch.Tensor, features: Optional[Sequence[torch.Tensor]]
+                         ) -> torch.Tensor:
         b = image_embeddings.shape[0]
         if self.feature_prompts is None:  # "none": no prompt, whatever features were passed
             dense, tokens = None, image_embeddings.new_zeros((b, 0, self.cfg.sam.prompt_embed_dim))
@@ -119,8 +129,32 @@ class LDFSAM(nn.Module):
         logits = self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), tokens, no_mask)
         return self._upscale(logits)
 
+    def _decode_auto(self, image_embeddings: torch.Tensor, features: Optional[Sequence[torch.Tensor]]
+                     ) -> torch.Tensor:
+        from .auto_prompt import box_chosen, branch_boxes
+
+        if features is None:
+            raise ValueError("prompt mode 'auto' needs the YOLO features")
+        logits = self._decode_features(image_embeddings, features)
+        cfg = self.cfg
+        conf = min(cfg.box_conf, cfg.auto_box_score)
+        with torch.no_grad():
+            detections = self.prompt_generator.detect_from_features(tuple(f.float() for f in features), conf=conf,
+                                                                    max_det=max(cfg.max_boxes, 2))
+        chosen = torch.nonzero(box_chosen(detections, cfg.auto_box_score)).flatten().tolist()
+        if chosen:
+            idx = torch.tensor(chosen, device=image_embeddings.device)
+            boxes = branch_boxes([detections[i] for i in chosen], conf, cfg.max_boxes)
+            boxed = self._decode_boxes(image_embeddings.index_select(0, idx),
+                                       [f.index_select(0, idx) for f in features], boxes, self.box_branch)
+            logits = logits.index_copy(0, idx, boxed.to(logits.dtype))
+        return logits
+
     def _decode_boxes(self, image_embeddings: torch.Tensor, features: Optional[Sequence[torch.Tensor]],
-                      boxes: Optional[List[torch.Tensor]]) -> torch.Tensor:
+                      boxes: Optional[List[torch.Tensor]], branch: Optional[nn.Module] = None) -> torch.Tensor:
+        """Box prompts through SAM's prompt encoder and decoder, or through ``branch``'s (``auto``)."""
+        prompt_encoder, mask_decoder = ((self.prompt_encoder, self.mask_decoder) if branch is None
+                                        else (branch.prompt_encoder, branch.mask_decoder))
         b = image_embeddings.shape[0]
         if boxes is None:
             if features is None:
@@ -141,8 +175,8 @@ class LDFSAM(nn.Module):
         out = image_embeddings.new_full((b, self.num_classes, 4 * g, 4 * g), NO_OBJECT_LOGIT)
         if rows.numel():
             flat = torch.cat(per_image).clamp(0, self.image_size)
-            tokens, no_mask = self.prompt_encoder(len(flat), flat)
-            logits = self.mask_decoder(image_embeddings[rows], self.prompt_encoder.get_dense_pe(), tokens, no_mask)
+            tokens, no_mask = prompt_encoder(len(flat), flat)
+            logits = mask_decoder(image_embeddings[rows], prompt_encoder.get_dense_pe(), tokens, no_mask)
             # Several boxes of one image: their masks are united by the maximum logit.
             index = rows.view(-1, 1, 1, 1).expand_as(logits)
             out = out.scatter_reduce(0, index, logits.to(out.dtype), "amax", include_self=False)

@@ -5,7 +5,8 @@ prompt encoder, the mask decoder and SPD's saliency head (when the model has one
 weights and the whole YOLO prompt generator.
 Parameters that the configured prompt mode never uses are frozen too, so that every trainable parameter receives
 a gradient: SAM's box-corner embeddings take part only in box mode. A ``zero-shot`` model trains nothing: it is the
-pretrained SAM prompted with the detected boxes.
+pretrained SAM prompted with the detected boxes. Nor does an ``auto`` model: it is joined from a trained
+``dense+sparse`` and a trained ``box`` model (``model/auto_prompt.py``), and Phase 2 refuses it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 
 def _is_trainable(name: str, prompt_mode: str, num_classes: int) -> bool:
-    if prompt_mode == "zero-shot":
+    if prompt_mode in ("zero-shot", "auto"):  # auto: joined from two trained models (model/auto_prompt.py)
         return False
     if name.startswith("mask_decoder.iou_prediction_head."):
         return False  # SAM's IoU head (interactive use): Phase 2 has no IoU target
