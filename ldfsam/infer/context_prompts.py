@@ -35,6 +35,11 @@ class ContextConfig:
     slices: int = 2  # SPD's context: a few slices (its Fig. 8: more does not hurt, fewer loses the gain)
     points_per_slice: int = 3
     max_points: int = 4  # consensus points given to the decoder (LiteMedSAM was trained mostly with boxes)
+    # CPD only where the prior sees the structure: at least this share of the prompted slice's mask salient. A prior
+    # that does not (the demo prior on the real head CT marks 1-6 voxels of a 20-30 voxel crown) cannot tell where
+    # the tooth goes on: the slices beyond are prompted as without a prior (the previous mask's box and the stop
+    # rules), and validation's decisions stand. 0: CPD always.
+    min_seen: float = 0.5
 
 
 def centreline(mask: np.ndarray, n: int = 3) -> List[Point]:
@@ -160,6 +165,14 @@ class PriorPropagator(Propagator):
 
     def anchor(self, z: int) -> Optional[SliceResult]:
         result = super().anchor(z)
+        if result is not None and self.context is not None and not self.context.history:
+            seen = float(np.mean(self.maps.map(z, self.view)[result.mask] >= self.maps.threshold))
+            if seen < self.context.cfg.min_seen:  # the prompted slice: the prior does not see this structure
+                self.context = None
+                ys, xs = np.nonzero(result.mask)
+                where = (float(z), float(ys.mean() + self.oy), float(xs.mean() + self.ox))
+                self.decisions.append(Decision(None, True, "kept", f"the prior sees {seen:.0%} of the prompted "
+                                               "slice's structure: slices beyond it prompted without CPD", where))
         if result is not None and self.context is not None:
             self.context.remember(z, result.mask, self.p.points_on(z))
         return result

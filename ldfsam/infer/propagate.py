@@ -66,13 +66,27 @@ class PropagationConfig:
     # ligament between roots, not a gap between the rows; near the enamel (a crown's occlusal end) the guard stays.
     root_grey: float = 0.95  # between the real CT's necks (0.84-0.92 of the window) and crowns (0.97-0.99)
     root_sections: int = 2  # a crown's last, partial-volume slice can be dentin-dark for one slice; 0: rule off
+    # A section also counts as the root's side where it lies in bone: the median grey of the ring around it is at
+    # least ``root_bone`` of the prompted crown's. Where the window saturates dentin like enamel (the real CT: the
+    # enamel test above rarely fires) this is what tells the jaw: rings of its root sections 0.58-0.78 of the crown,
+    # the phantom's crown tip crossing into the touching row 0.44 (soft tissue around). 0 or above 1: off.
+    root_bone: float = 0.5
     follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
     follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
     # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island
     # (at least follow_whole of the bright region it belongs to lies within follow_mm of the previous mask) ...
     follow_keep: float = 0.2
     follow_whole: float = 0.5
-    follow_growth: float = 0.1  # ... and at most this much larger than the narrowest section followed so far
+    follow_growth: float = 0.1  # ... and at most this much larger than the narrowest section followed so far,
+    # or this many voxels larger, whichever is more: on 1 mm voxels a root's section of 6-20 voxels changes by a
+    # voxel or two with partial volume alone, which 10 % (under one voxel) would read as a wider structure.
+    follow_growth_voxels: int = 2
+    # Where SAM's mask vanishes or is too small on the root's side (``root_sections``), the root is followed
+    # there too (its apex narrows below what SAM marks); False: propagation stops there as elsewhere.
+    follow_vanished: bool = True
+    # With a prior: on a root's side, where CPD's prior and the carried prompts stop agreeing (a prior that does not
+    # mark roots), the root is followed on the image as where SAM's mask vanishes; False: the structure ends there.
+    follow_past_prior: bool = True
 
 
 @dataclass
@@ -81,7 +95,7 @@ class SliceResult:
     low: object  # torch 1×1×S×S, SAM's own logits (the next slice's mask prompt)
     iou: float = 1.0  # SAM's predicted IoU of this mask
     narrowest: float = np.inf  # where the mask was followed (``Propagator.follow``): the least area of that chain
-    dentin: int = 0  # how many sections up to this one in a row hold no enamel (``PropagationConfig.root_grey``)
+    dentin: int = 0  # how many sections up to this one in a row are the root's side (``root_grey``, ``root_bone``)
 
     @property
     def mask(self) -> np.ndarray:
@@ -249,17 +263,18 @@ class Propagator(StopRules):
         """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
         prompts = self.prompts(z, prev)
         if prompts is None:
-            return None, "the prior and the carried prompts stop agreeing"
+            why = "the prior and the carried prompts stop agreeing"
+            return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
         box, points = prompts
         logits, low, iou = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
             return None, "left the box"
         logits = self._cut(logits, box, prev.mask, points)
         area = int((logits > 0).sum())
-        if area == 0:
-            return None, "vanished"
-        if area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area:
-            return None, "too small"
+        small = "vanished" if area == 0 else "too small" if (
+            area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area) else ""
+        if small:
+            return self._follow_vanished(z, prev, small, area)
         stats = self.measure(z, logits > 0, prev.mask, iou)
         rules = self.cfg.stop_rules and not self.p.points_on(z)
         narrowest = np.inf
@@ -280,6 +295,22 @@ class Propagator(StopRules):
         if why:
             return None, why
         return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin)), ""
+
+    def _follow_vanished(self, z: int, prev: SliceResult, why: str, area: int
+                         ) -> Tuple[Optional[SliceResult], str]:
+        """Where SAM's mask on slice z vanished or is too small (``why``; ``area`` voxels): on a root's side with
+        ``follow_vanished``, the root followed there as where a stop rule fires; else (None, why)."""
+        c = self.cfg
+        if not (c.follow_vanished and c.stop_rules and c.follow and self.on_root(prev) and not self.p.points_on(z)):
+            return None, why
+        followed = self.follow(z, prev)
+        if followed is None:
+            return None, why
+        logits, stats = followed
+        stats.update(followed=1.0, sam_area=float(area), root_side=1.0)
+        self.trace.setdefault(z, stats)
+        narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
+        return SliceResult(logits, prev.low, 1.0, narrowest, self._dentin(stats, prev.dentin)), ""
 
     def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
@@ -303,6 +334,7 @@ class Propagator(StopRules):
                                    [start], {1: "empty", -1: "empty"})
         self.primary_area = float(first.mask.sum())
         self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
+        first.dentin = self._dentin(self.primary_stats, 0)  # a prompted section in bone counts (``root_bone``)
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]

@@ -14,10 +14,13 @@
   and SAM's mask is not darker than its ring (a darker mask lies in a gap: the tooth ended), the slice keeps the
   part that continues the previous mask instead: its pixels near that mask that are closer to the tooth's grey
   than to the surroundings' (``StopRules.follow``). The root ends where no such part is left.
-- The root's side (``root_grey``, ``root_sections``). The gap guard above is lifted once the last sections held no
-  enamel (their mean grey below ``root_grey`` of the prompted crown's): the structure is then in the jaw, where a
-  SAM mask darker than its ring lies on the bone or the ligament between roots; near the enamel, at a crown's
-  occlusal end where the other row may touch it, the guard stays.
+- The root's side (``root_grey``, ``root_sections``, ``root_bone``). The gap guard above is lifted once the last
+  sections held no enamel (their mean grey below ``root_grey`` of the prompted crown's) or lay in bone (the median
+  grey of the ring around them at least ``root_bone`` of the crown's; where a window saturates dentin like enamel,
+  as on the real head CT, only this tells the jaw): the structure is then in the jaw, where a SAM mask darker than
+  its ring lies on the bone or the ligament between roots; near the enamel, at a crown's occlusal end where the
+  other row may touch it (in soft tissue, air or the other crown), the guard stays. There the root is also
+  followed where SAM's mask vanishes or is too small (``follow_vanished``): its apex narrows below what SAM marks.
 """
 
 from __future__ import annotations
@@ -68,15 +71,19 @@ class StopRules:
         ring = ndimage.binary_dilation(mask, iterations=self.ring) & ~mask
         inside = float(grey[mask].mean())
         around = float(grey[ring].mean()) if ring.any() else inside
-        out = {"area": float(area), "iou": float(iou), "grey": inside, "contrast": inside - around}
+        out = {"area": float(area), "iou": float(iou), "grey": inside, "contrast": inside - around,
+               "ring_median": float(np.median(grey[ring])) if ring.any() else inside}
         if prev is not None:
             out["on_previous"] = float(np.count_nonzero(mask & prev)) / area
             out["area_ratio"] = area / max(1.0, prev_area)
         return out
 
     def _dentin(self, stats: Dict[str, float], before: int) -> int:
-        """``SliceResult.dentin`` of a section measured as ``stats`` after ``before`` such sections."""
-        return before + 1 if stats["grey"] < self.cfg.root_grey * self.primary_stats["grey"] else 0
+        """``SliceResult.dentin`` of a section measured as ``stats`` after ``before`` such sections: it counts where
+        the section holds no enamel (``root_grey``) or lies in bone (``root_bone``)."""
+        c, crown = self.cfg, self.primary_stats["grey"]
+        in_bone = 0 < c.root_bone <= 1 and stats.get("ring_median", 0.0) >= c.root_bone * crown
+        return before + 1 if stats["grey"] < c.root_grey * crown or in_bone else 0
 
     def on_root(self, prev: Section) -> bool:
         """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``
@@ -90,10 +97,10 @@ class StopRules:
         mask: its pixels within ``follow_slope`` × the slice distance (at least a voxel) of that mask whose grey is
         at least ``follow_level`` of the way from the surroundings' (the median of a ring around them) to the
         structure's (the primary slice's mean), in the pieces touching the previous mask. (logits, measures) where
-        that part passes the contrast rule, is at most ``follow_growth`` larger than the narrowest section of the
-        chain it continues (a root narrows towards its apex) and covers ``follow_keep`` of the previous mask or
-        holds ``follow_whole`` of the bright region it belongs to; None where it does not (the root has ended) or
-        where SAM's mask is mostly the structure's grey."""
+        that part passes the contrast rule, is at most ``follow_growth`` (or ``follow_growth_voxels``, whichever is
+        more) larger than the narrowest section of the chain it continues (a root narrows towards its apex) and
+        covers ``follow_keep`` of the previous mask or holds ``follow_whole`` of the bright region it belongs to;
+        None where it does not (the root has ended) or where SAM's mask is mostly the structure's grey."""
         c = self.cfg
         near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
         ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
@@ -123,8 +130,9 @@ class StopRules:
         whole, _ = ndimage.label(bright)
         region = np.isin(whole, np.unique(whole[part]))
         area, prev_area = int(part.sum()), int(before.sum())
+        narrowest = min(prev_area, prev.narrowest)
         if (area < self.min_area or area < c.min_area_fraction * self.primary_area
-                or area > (1 + c.follow_growth) * min(prev_area, prev.narrowest)
+                or area > narrowest + max(c.follow_growth * narrowest, c.follow_growth_voxels)
                 or (np.count_nonzero(part & before) < c.follow_keep * min(area, prev_area)
                     and area < c.follow_whole * np.count_nonzero(region))):
             return None
