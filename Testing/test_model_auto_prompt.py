@@ -146,6 +146,8 @@ def test_models_combine_command_writes_the_auto_model_and_keeps_an_existing_file
     cfg, _, meta = read_checkpoint_configs(out)
     assert (cfg.prompt_mode, cfg.auto_box_score) == ("auto", 0.3)
     assert meta["training"]["assembled_from"]["box_model"] == str(box_path)
+    assert main(["info", str(out), "--json"]) == 0  # the box branch is a part of its own
+    assert '"box_branch"' in capsys.readouterr().out
     before = out.read_bytes()
     assert main(["models", "combine", str(ds_path), str(box_path), "-o", str(out)]) == 2
     assert "exists already" in capsys.readouterr().err

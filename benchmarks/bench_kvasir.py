@@ -189,12 +189,14 @@ def _selection_ids(args, pd, prepared: Path, budget: float, sam_size: int, yolo_
 
 
 def _detection_scores(model_path: Path, data: Path, ids) -> list:
-    """Per image the scores of the model's detections (at 0.1, at most 8), on the inputs evaluation gives it."""
+    """Per image the scores of the model's detections (down to the lowest threshold the choice tries, at most 8),
+    on the inputs evaluation gives it."""
     import torch
 
     from ldfsam.checkpoint import load_checkpoint
     from ldfsam.data.images import read_rgb, resize_square
     from ldfsam.evaluate.model_eval import select_cases
+    from ldfsam.finetune.box_conf import CONF_GRID
 
     loaded = load_checkpoint(model_path)
     size = loaded.preprocess.yolo_size
@@ -202,7 +204,7 @@ def _detection_scores(model_path: Path, data: Path, ids) -> list:
     for case in select_cases(data, None, "val", ids)[1]:
         yolo = torch.from_numpy(resize_square(read_rgb(case.image), size, False).copy()).permute(2, 0, 1)
         with torch.no_grad():
-            det = loaded.model.prompt_generator.detect(yolo.float()[None] / 255.0, conf=0.1, max_det=8)[0]
+            det = loaded.model.prompt_generator.detect(yolo.float()[None] / 255.0, conf=min(CONF_GRID), max_det=8)[0]
         scores.append((case.case_id, [float(x) for x in det[:, 4]]))
     return [sc for _, sc in sorted(scores)]
 

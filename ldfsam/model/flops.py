@@ -48,7 +48,9 @@ def gflops_per_part(model: torch.nn.Module) -> Dict[str, float]:
     feats = [f.to(enc_device) for f in features]
     if model.feature_prompts is not None:
         out["feature_prompts"] = _count(lambda: model.feature_prompts(feats))
-        out["mask_decoder"] = _count(lambda: model.decode(embedding, feats)) - out["feature_prompts"]
+        # auto: its feature path (an image it boxes costs what box mode's decoder does instead).
+        decode = model._decode_features if cfg.prompt_mode == "auto" else model.decode
+        out["mask_decoder"] = _count(lambda: decode(embedding, feats)) - out["feature_prompts"]
     else:
         out["feature_prompts"] = 0.0
         box = [torch.tensor([[0.0, 0.0, y / 2, y / 2, 1.0, 0.0]], device=enc_device)]
