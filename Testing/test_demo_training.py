@@ -97,3 +97,26 @@ def test_scratch_and_reestimated_starts(script, tmp_path, monkeypatch):
         want = src.prompt_generator.features(x)
     for a, b in zip(got, want):
         assert float((a - b).norm() / b.norm()) < 1e-4
+
+
+def test_saliency_head_is_copied_unchanged(script, tmp_path):
+    """--saliency-from: a demo model retrained on another encoder keeps the file's SPD head and its record."""
+    from _infer_helpers import save_tiny_model, tiny_model_config
+
+    from ldfsam.checkpoint import load_checkpoint
+    from ldfsam.model.build import build_model
+
+    cfg = tiny_model_config()
+    cfg.saliency.enabled = True
+    source = save_tiny_model(tmp_path / "with_head.safetensors", cfg, seed=3)
+    target_cfg = tiny_model_config()
+    model = build_model(target_cfg)
+    assert model.saliency_head is None
+    record = script.copy_saliency_head(model, target_cfg, source)
+    assert target_cfg.saliency.enabled and record["copied_from"] == source.name
+    theirs = load_checkpoint(source).model.saliency_head.state_dict()
+    ours = model.saliency_head.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k].float()) for k in ours)
+    with pytest.raises(SystemExit, match="no saliency head"):
+        script.copy_saliency_head(build_model(tiny_model_config()), tiny_model_config(),
+                                  save_tiny_model(tmp_path / "without.safetensors"))

@@ -81,13 +81,14 @@ def encoder_rate(model, size: int, batch: int, dtype, repeat: int = 3) -> float:
 
 # Models with trained weights: real prompt generator and masks, the pipeline end to end, Dice against the truth.
 TRAINED = ("demo", "vit_b-phantom")
+DEMO_MODEL = None  # --demo-model: another file for the "demo" preset
 
 
 def trained_file(preset: str) -> Path:
     if preset == "demo":
         from ldfsam.models import resolve_model
 
-        return resolve_model(None)
+        return resolve_model(DEMO_MODEL)
     path = Path.home() / ".cache" / "ldfsam" / "bench" / "vit_b-phantom.safetensors"
     if not path.exists():
         raise SystemExit(f"{path}: missing; make it with python benchmarks/make_vit_b_phantom_model.py")
@@ -131,7 +132,7 @@ def child(args) -> int:
     out = Path(args.workdir) / f"out_{args.preset}_{os.getpid()}.seg.nrrd"
     t = time.perf_counter()
     r = segment_volume(args.volume, out, model=args.model, device="cpu", batch=args.batch, precision=args.precision,
-                       keep_slices=keep, slice_spacing=args.slice_spacing, force=True)
+                       keep_slices=keep, slice_spacing=args.slice_spacing, force=True, encoder=args.encoder)
     seconds = time.perf_counter() - t
     process = time.time() - _process_start()
     out.unlink()
@@ -165,14 +166,22 @@ def main() -> int:
                     help="allocator settings to run each volume with, in turn: default (ldfsam.heap keeps large "
                          "blocks) and/or system (LDFSAM_MALLOC=system); several (repeats allowed, e.g. default "
                          "system system default) give back-to-back ratios")
+    ap.add_argument("--encoders", nargs="+", default=["auto"], choices=("auto", "full", "half"),
+                    help="lite models' image encoder, each run in turn (auto: the one the model was trained on; "
+                         "full: LiteMedSAM's TinyViT; half: the distilled half-resolution student)")
+    ap.add_argument("--demo-model", type=Path, help="the model file the demo preset runs (default: the bundled "
+                    "ldfsam-demo); its encoder figures are of its TinyViT, its runs use --encoders")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--encoder", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--volume", help=argparse.SUPPRESS)
     ap.add_argument("--labels", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global DEMO_MODEL
+    DEMO_MODEL = args.demo_model
     if args.child:
         return child(args)
 
@@ -238,19 +247,20 @@ def main() -> int:
                        "--volume", str(vol), "--labels",
                        str(lab), "--workdir", work, "--batch", str(args.batch), "--precision", args.precision,
                        "--threads", str(args.threads), "--slice-spacing", spacing]
-                for malloc in args.malloc:
+                for malloc, encoder in [(m, e) for m in args.malloc for e in args.encoders]:
+                    cmd_run = cmd + ["--encoder", encoder]
                     env = dict(os.environ)
                     env.pop("LDFSAM_MALLOC", None)
                     if malloc == "system":
                         env["LDFSAM_MALLOC"] = "system"
                     load = os.getloadavg()
-                    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+                    proc = subprocess.run(cmd_run, capture_output=True, text=True, cwd=REPO, env=env)
                     if proc.returncode != 0:
                         print(proc.stderr, file=sys.stderr)
                         return proc.returncode
                     run = json.loads(proc.stdout.strip().splitlines()[-1])
                     run.update(preset=preset, teeth_fraction=fraction, load_avg=load, slice_spacing=spacing,
-                               malloc=malloc, **enc)
+                               malloc=malloc, encoder=encoder, **enc)
                     run["slices_per_s"] = run["slices"] / run["seconds"]
                     results["runs"].append(run)
                     t = run["timings"]
@@ -262,7 +272,7 @@ def main() -> int:
                           f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
                           f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
                           f"{t['cleanup']:.1f} s, write {t['write']:.1f} s, read+load {t['load']:.1f} s | "
-                          f"malloc {malloc}, load average {load[0]:.1f}", flush=True)
+                          f"malloc {malloc}, encoder {encoder}, load average {load[0]:.1f}", flush=True)
     results["machine"]["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

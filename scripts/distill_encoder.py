@@ -3,7 +3,10 @@
 The student's backbone is LiteMedSAM's own TinyViT run at half the input resolution and stays frozen, so every
 training input goes through it once: its two outputs (coarse B×256×32×32, fine B×128×64×64) and the teacher's
 embedding (256×64×64) are cached as float16 files, and the epochs train only the small neck (MSE to the teacher's
-embedding). Training inputs, none of them in the accuracy rule's sets (benchmarks/bench_student_encoder.py):
+embedding; with ``--task-weight W`` plus W × the BCE of LiteMedSAM's frozen decoder's mask on the student's
+embedding to its mask on the teacher's, prompted with the box of each Kvasir image's reference mask: a loss on what
+the decoder reads). ``--init`` continues from a neck; ``--kvasir-dice`` reports held-out box Dice. Training
+inputs, none of them in the accuracy rule's sets (benchmarks/bench_student_encoder.py):
 
 - Kvasir-SEG: the training part of ``bench_kvasir.py``'s split (its 80 validation images excluded); the teacher's
   embeddings are read from a Phase 2 embedding cache when one is given (``--teacher-cache``: the folder of
@@ -13,6 +16,10 @@ embedding). Training inputs, none of them in the accuracy rule's sets (benchmark
   CTs in ../shared/data.
 
     OMP_NUM_THREADS=1 python scripts/distill_encoder.py --work /tmp/distill --out student_neck.safetensors
+
+The bundled neck (``litemedsam-half-neck``): ``--stem --hidden 256 --depth 4 --kvasir-images 100 --phantom-seeds 1
+--epochs 10`` (MSE), then ``--init`` that neck with ``--kvasir-images 720 --phantom-seeds 1 2 3 4 --task-weight 0.02
+--lr 5e-4 --epochs 3``, stored as float16 (docs/model.md).
 """
 
 from __future__ import annotations
@@ -152,6 +159,59 @@ def build_cache(args) -> list:
     return files
 
 
+class TaskLoss:
+    """What the embedding is for: LiteMedSAM's frozen prompt encoder and mask decoder prompted with the box of a
+    Kvasir image's reference mask. ``loss``: BCE of the student's mask logits to the teacher's mask probabilities
+    (soft targets, the teacher's logits computed once from its cached embedding); ``box_dice``: box Dice at 256
+    against the reference mask, student's and teacher's."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from ldfsam.model.lite_weights import load_litemedsam
+
+        parts = load_litemedsam(256)
+        self.prompt_encoder, self.mask_decoder = parts.prompt_encoder, parts.mask_decoder
+        for p in list(self.prompt_encoder.parameters()) + list(self.mask_decoder.parameters()):
+            p.requires_grad_(False)
+        self.pe = self.prompt_encoder.get_dense_pe()
+        self.masks = data_dir / "kvasir-seg" / "masks"
+
+    def attach(self, item: dict, name: str) -> None:
+        import numpy as np
+        import torch
+
+        from ldfsam.data.images import read_mask_image, resize_square
+
+        mask = read_mask_image(self.masks / f"{name}.jpg")
+        ys, xs = np.nonzero(mask)
+        h, w = mask.shape
+        # the box as bench_encoder.kvasir_box_dice gives it (reference mask, scaled to 256)
+        item["box"] = torch.tensor([xs.min() * 256 / w, ys.min() * 256 / h, (xs.max() + 1) * 256 / w,
+                                    (ys.max() + 1) * 256 / h], dtype=torch.float32)
+        item["mask"] = torch.from_numpy(resize_square(mask.astype(np.uint8) * 255, 256, True) > 127)
+        with torch.no_grad():
+            item["teacher_logits"] = self.logits(item["target"].float()[None], [item])[0].to(torch.float16)
+
+    def logits(self, emb, items: list):
+        import torch
+
+        sparse, dense = self.prompt_encoder(len(items), boxes=torch.stack([d["box"] for d in items]))
+        return self.mask_decoder(emb, self.pe, sparse, dense)[:, 0]
+
+    def loss(self, emb, items: list):
+        import torch
+
+        target = torch.sigmoid(torch.stack([d["teacher_logits"] for d in items]).float())
+        return torch.nn.functional.binary_cross_entropy_with_logits(self.logits(emb, items), target)
+
+    def box_dice(self, emb, items: list):
+        def dice(pred, truth):
+            return float(2 * (pred & truth).sum() / max(int(pred.sum() + truth.sum()), 1))
+
+        student = self.logits(emb, items) > 0
+        return ([dice(p, d["mask"]) for p, d in zip(student, items)],
+                [dice(d["teacher_logits"] > 0, d["mask"]) for d in items])
+
+
 def train(args, files: list) -> dict:
     import torch
     from safetensors.torch import load_file, safe_open
@@ -164,14 +224,29 @@ def train(args, files: list) -> dict:
 
     data = [load_file(str(p)) | (load_file(str(p.with_suffix(".image.safetensors"))) if args.stem else {})
             for p in files]
-    groups = [names(p).split("/")[0] for p in files]
+    full_names = [names(p) for p in files]
+    groups = [n.split("/")[0] for n in full_names]
+    task = TaskLoss(args.data_dir) if args.task_weight > 0 or args.kvasir_dice else None
+    if task is not None:
+        for d, name in zip(data, full_names):
+            if name.startswith("kvasir/"):
+                task.attach(d, name.split("/", 1)[1])
+        log(f"box prompts and the teacher's mask logits of {sum('box' in d for d in data)} Kvasir inputs")
     # every 10th input of each source held out: the embedding error on inputs the neck did not see
     held = [i % 10 == 0 for i in range(len(data))]
     tr = [d for d, h in zip(data, held) if not h]
     va = [d for d, h in zip(data, held) if h]
     log(f"training on {len(tr)} inputs, {len(va)} held out; sources {sorted(set(groups))}")
     torch.manual_seed(args.seed)
+    if args.init is not None:  # continue from a distilled neck (its own sizes)
+        from ldfsam.file_format import load_state
+
+        tensors, document = load_state(args.init)
+        c = document["config"]
+        args.hidden, args.depth, args.stem = c["hidden"], c["depth"], c["stem"]
     neck = UpNeck(hidden=args.hidden, depth=args.depth, stem=args.stem)
+    if args.init is not None:
+        neck.load_state_dict(tensors)
     opt = torch.optim.AdamW(neck.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * -(-len(tr) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
@@ -185,6 +260,7 @@ def train(args, files: list) -> dict:
     def evaluate(items) -> dict:
         neck.eval()
         mse = base = cos = 0.0
+        student_dice, teacher_dice = [], []
         with torch.no_grad():
             for i in range(0, len(items), 16):
                 chunk = items[i:i + 16]
@@ -194,9 +270,19 @@ def train(args, files: list) -> dict:
                 mse += ((y - t) ** 2).mean(dim=(1, 2, 3)).sum().item()
                 base += ((up - t) ** 2).mean(dim=(1, 2, 3)).sum().item()
                 cos += torch.nn.functional.cosine_similarity(y, t, dim=1).mean(dim=(1, 2)).sum().item()
+                if task is not None:
+                    k = [j for j, d in enumerate(chunk) if "box" in d]
+                    if k:
+                        s_dice, t_dice = task.box_dice(y[k], [chunk[j] for j in k])
+                        student_dice += s_dice
+                        teacher_dice += t_dice
         neck.train()
         n = max(len(items), 1)
-        return {"mse": mse / n, "mse_bilinear": base / n, "cosine": cos / n}
+        out = {"mse": mse / n, "mse_bilinear": base / n, "cosine": cos / n}
+        if student_dice:  # box Dice at 256 against the reference masks (held-out Kvasir training images)
+            out.update(kvasir_dice=sum(student_dice) / len(student_dice),
+                       kvasir_dice_teacher=sum(teacher_dice) / len(teacher_dice), kvasir_n=len(student_dice))
+        return out
 
     history = [{"epoch": 0, "held_out": evaluate(va)}]
     log(f"epoch 0: held-out {history[-1]['held_out']}")
@@ -206,7 +292,12 @@ def train(args, files: list) -> dict:
         total = 0.0
         for i in range(0, len(order), args.batch):
             chunk = [tr[j] for j in order[i:i + args.batch]]
-            loss = torch.nn.functional.mse_loss(run(chunk), stack(chunk, "target"))
+            y = run(chunk)
+            loss = torch.nn.functional.mse_loss(y, stack(chunk, "target"))
+            if args.task_weight > 0:
+                k = [j for j, d in enumerate(chunk) if "box" in d]
+                if k:
+                    loss = loss + args.task_weight * task.loss(y[k], [chunk[j] for j in k]) * len(k) / len(chunk)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -218,8 +309,14 @@ def train(args, files: list) -> dict:
         log(f"epoch {epoch}: train {total / len(tr):.5f}, held-out {history[-1]['held_out']}, "
             f"{time.process_time() - t0:.0f} s CPU")
         if args.out is not None:
+            if args.keep_epochs:
+                save_neck(args.out.with_name(f"{args.out.stem}.e{epoch}.safetensors"), neck,
+                          {"epochs": epoch, "held_out": history[-1]["held_out"]})
             save_neck(args.out, neck, {"epochs": epoch, "inputs": {g: groups.count(g) for g in sorted(set(groups))},
-                                       "held_out": history[-1]["held_out"], "loss": "mse", "lr": args.lr,
+                                       "held_out": history[-1]["held_out"], "lr": args.lr,
+                                       "loss": "mse" + (f" + {args.task_weight} x box-mask BCE to the teacher's "
+                                                        "(Kvasir)" if args.task_weight > 0 else ""),
+                                       "init": None if args.init is None else args.init.name,
                                        "script": "scripts/distill_encoder.py"})
     return {"history": history, "inputs": len(data), "train": len(tr), "held_out": len(va),
             "sources": {g: groups.count(g) for g in sorted(set(groups))}}
@@ -242,6 +339,13 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--task-weight", type=float, default=0.0,
+                    help="add this weight x the box-mask loss (LiteMedSAM's decoder on the student's embedding "
+                         "against the teacher's, boxes of the Kvasir reference masks); 0: embedding MSE only")
+    ap.add_argument("--kvasir-dice", action="store_true",
+                    help="report held-out Kvasir box Dice each epoch (implied by --task-weight)")
+    ap.add_argument("--init", type=Path, help="start from this distilled neck (its sizes replace --hidden etc.)")
+    ap.add_argument("--keep-epochs", action="store_true", help="also save each epoch's neck (OUT.eN.safetensors)")
     ap.add_argument("--cache-only", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

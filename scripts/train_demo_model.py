@@ -19,6 +19,11 @@ Two phases as in the paper, simplified for a CPU:
    decoder learn the masks with Dice + BCE.
 The trained tensors are stored as float16 to keep the file small. Also writes the demo phantom (a seed not used
 in training).
+
+``--encoder half`` runs Phase 2 on the embeddings of the lite family's distilled half-resolution encoder
+(``ldfsam.infer.encoder_choice``, about a third of TinyViT's operations) instead of LiteMedSAM's own; the file
+records it (``SamConfig.trained_encoder``), so segmentation uses that encoder by default. ``--saliency-from FILE``
+copies SPD's saliency head of another demo model file (``scripts/train_saliency_head.py`` adds it) unchanged.
 """
 
 from __future__ import annotations
@@ -201,6 +206,19 @@ def train_decoder(model, images, masks, steps: int, batch: int, lr: float, max_s
     model.eval()
 
 
+def copy_saliency_head(model, cfg, path: Path) -> dict:
+    """Give ``model`` (configuration ``cfg``) the saliency head of the model file ``path``, unchanged; returns how
+    that head was trained (the file's record)."""
+    from ldfsam.checkpoint import load_checkpoint, read_checkpoint_meta
+
+    other = load_checkpoint(path)
+    if getattr(other.model, "saliency_head", None) is None:
+        raise SystemExit(f"{path}: has no saliency head")
+    cfg.saliency = other.model_cfg.saliency
+    model.saliency_head = other.model.saliency_head.float()
+    return dict(read_checkpoint_meta(path).get("training", {}).get("saliency", {}), copied_from=path.name)
+
+
 def _rgb(images: np.ndarray) -> torch.Tensor:
     """uint8 N×S×S slices -> N×3×S×S float in [0, 1]."""
     return torch.from_numpy(images).float().div_(255)[:, None].expand(-1, 3, -1, -1).contiguous()
@@ -251,6 +269,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encoder", choices=("full", "half"), default="full",
+                    help="the image encoder Phase 2 trains on and the model segments with (full: LiteMedSAM's "
+                         "TinyViT; half: the distilled half-resolution encoder, ldfsam.infer.encoder_choice)")
+    ap.add_argument("--saliency-from", type=Path,
+                    help="a demo model file whose saliency head (scripts/train_saliency_head.py) is copied")
     ap.add_argument("--augment", action="store_true",
                     help="train on augmented phantoms with non-tooth anatomy (ldfsam.data.augment, docs/data.md)")
     args = ap.parse_args()
@@ -295,11 +318,25 @@ def main() -> int:
                                   training={"script": "scripts/train_demo_model.py", "yolo_steps": args.yolo_steps,
                                             "init": args.yolo_init, "pretrained_bn": args.pretrained_bn})
             log(f"saved the prompt generator to {args.phase1}")
+    if args.encoder != "full":
+        from ldfsam.infer.encoder_choice import select_encoder
+
+        cfg.sam.trained_encoder = args.encoder
+        select_encoder(model, args.encoder)
+        log(f"Phase 2 on the {args.encoder} encoder's embeddings")
     train_decoder(model, images, masks, args.sam_steps, args.batch // 2, 1e-4 * 5, args.sam_slices, log)
+    if args.encoder != "full":
+        select_encoder(model, "full")  # the file refers to LiteMedSAM's encoder; the student is built from it
+    saliency = None
+    if args.saliency_from is not None:
+        saliency = copy_saliency_head(model, cfg, args.saliency_from)
+        log(f"saliency head copied from {args.saliency_from}")
     training = {"script": "scripts/train_demo_model.py", "args": {k: str(v) for k, v in vars(args).items()},
                 "data": f"{args.phantoms} procedural phantoms (ldfsam.data.synthetic, seeds 1000+"
                         f"{', augmented' if args.augment else ''})",
                 "note": "synthetic phantoms only; not a clinical model", "seconds": round(time.time() - t0)}
+    if saliency is not None:
+        training["saliency"] = saliency
     # float16 for what training made; the encoder stays as LiteMedSAM published it, so the file refers to it.
     for name, module in model.named_children():
         if name != "image_encoder":

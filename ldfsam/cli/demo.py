@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.add_argument("--encoder", choices=("auto", "full", "half"), default="auto",
+                        help="the model's image encoder: auto (the one it was trained on), full (LiteMedSAM's), "
+                             "half (the distilled half-resolution one: faster; docs/model.md)")
 
 
 def run(args) -> int:
@@ -56,7 +59,7 @@ def _run(args) -> int:
             # The demo's own file in ldfsam's own folder: replacing it on the next run loses nothing.
             output, force = ldfsam_home() / "demo" / "ldfsam-demo.seg.nrrd", True
         result = segment_volume(phantom, output, model=args.model, device=args.device, progress=progress,
-                                force=force)
+                                force=force, encoder=args.encoder)
         truth = sitk.GetArrayViewFromImage(read_volume(truth_path, label=True)) > 0
         pred = result.labels > 0
         inter = int(np.count_nonzero(pred & truth))

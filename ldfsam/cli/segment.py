@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", action="store_true",
                         help="lite models: re-segment each piece of the automatic result with LiteMedSAM's own "
                              "decoder from its box (the refinement pass; docs/training.md)")
+    parser.add_argument("--encoder", choices=("auto", "full", "half"), default="auto",
+                        help="lite models' image encoder: auto (the one the model was trained on), full "
+                             "(LiteMedSAM's TinyViT), half (the distilled half-resolution one: about 3.2x fewer "
+                             "operations per slice; docs/model.md)")
     parser.add_argument("--min-island-mm3", type=float, default=10.0,
                         help="remove connected pieces smaller than this volume in mm³ (default 10; 0 keeps all)")
     parser.add_argument("--slice-spacing", default="auto", metavar="auto|native|Npx|MM",
@@ -127,7 +131,8 @@ def _options(args):
 
     return SegmentOptions(batch=args.batch, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                           fill=not args.no_fill_holes, split=args.split_teeth, precision=args.precision,
-                          slice_spacing=args.slice_spacing, spacing=args.spacing, refine=args.refine)
+                          slice_spacing=args.slice_spacing, spacing=args.spacing, refine=args.refine,
+                          encoder=args.encoder)
 
 
 def _run_cohort(args) -> int:
@@ -194,7 +199,8 @@ def _run_one(args) -> int:
                                 progress=progress, threshold=args.threshold, min_island_mm3=args.min_island_mm3,
                                 fill=not args.no_fill_holes, split=args.split_teeth,
                                 probabilities=args.probabilities, force=args.force, precision=args.precision,
-                                slice_spacing=args.slice_spacing, spacing=args.spacing, refine=args.refine)
+                                slice_spacing=args.slice_spacing, spacing=args.spacing, refine=args.refine,
+                                encoder=args.encoder)
     if args.progress != "json":
         t = result.timings
         print(f"teeth on {result.slices_with_teeth} of the {result.model_slices} slices the model ran on "

@@ -117,7 +117,8 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
                    memory_limit: Optional[int] = None, slice_spacing: SliceSpacing = "auto",
                    keep_slices: Optional[np.ndarray] = None,
                    should_stop: Optional[Callable[[], bool]] = None,
-                   spacing: Optional[Sequence[float]] = None, refine: bool = False) -> SegmentationResult:
+                   spacing: Optional[Sequence[float]] = None, refine: bool = False,
+                   encoder: str = "auto") -> SegmentationResult:
     """Segment the teeth in the volume ``input`` and write ``output`` (.nii/.nii.gz label map or .seg.nrrd).
 
     model: a model name (``ldfsam models list``), a ``.safetensors`` path, or a loaded checkpoint; default: the
@@ -130,12 +131,14 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     keep_slices: bool per input slice (model order) overriding which slices the encoder runs on (benchmarks).
     spacing: the true voxel size (x, y, z) in mm, replacing the file's (one whose header says 0 is refused without).
     refine: the lite family's refinement pass (``ldfsam.infer.refine``).
+    encoder: a lite model's image encoder: "auto" (the one it was trained on), "full" or "half"
+    (``ldfsam.infer.encoder_choice``).
     Every argument and both outputs are checked before any work; an output is never the input, even with
     ``force``. Raises InputError/OutputError/CheckpointError/ConfigError naming the file or the argument;
     KeyboardInterrupt or ``should_stop()`` leave no output.
     """
     options = SegmentOptions(batch, threshold, min_island_mm3, fill, split, precision, memory_limit, slice_spacing,
-                             probabilities is not None, spacing, refine).validate()
+                             probabilities is not None, spacing, refine, encoder=encoder).validate()
     progress = progress or Progress("none")
     t0 = time.perf_counter()
     input = Path(input)

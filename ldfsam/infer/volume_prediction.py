@@ -49,6 +49,11 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
     if memory.reduced:
         progress.log("segment", f"batch reduced from {options.batch} to {memory.batch} to fit in "
                                 f"{memory.available_bytes / 2**30:.1f} GB of memory", level="warning")
+    if options.encoder != "auto" or loaded.model_cfg.sam.trained_encoder != "full" \
+            or "_ldfsam_encoders" in loaded.model.__dict__:  # "auto": the encoder the model was trained on
+        from .encoder_choice import select_encoder
+
+        select_encoder(loaded.model, options.encoder)
     predictor = SlicePredictor(loaded.model, pre.sam_size, pre.yolo_size, device, dtype)
     saliency: Optional[Dict[int, torch.Tensor]] = None
     if options.saliency:

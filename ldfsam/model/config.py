@@ -65,6 +65,9 @@ class SamConfig:
     # interactive prompts. The automatic (feature / box prompted) path never uses them.
     point_prompts: bool = False
     mask_in_chans: int = 0
+    # The image encoder the decoder was trained on, so the one it segments with unless told otherwise: "full" (its
+    # own) or "half" (the lite family's distilled half-resolution student, ldfsam/infer/encoder_choice.py).
+    trained_encoder: Literal["full", "half"] = "full"
     # Official SAM checkpoint the encoder was initialised from (provenance only; None for random init).
     init_checkpoint: Optional[str] = None
     # SAM normalises with ImageNet's mean/std; LiteMedSAM takes the [0, 1] image as it is.

@@ -24,7 +24,7 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 REGISTRY_FILE = RESOURCES / "models.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-KINDS = ("ldfsam", "sam-checkpoint", "prompt-generator")
+KINDS = ("ldfsam", "sam-checkpoint", "prompt-generator", "encoder-neck")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class ModelEntry:
     description: str
     file: str
     # "ldfsam": a segmentation model; "sam-checkpoint": SAM weights to fine-tune from; "prompt-generator":
-    # pretrained YOLOv8 weights that Phase 1 starts from (model/yolo_weights.py)
+    # pretrained YOLOv8 weights that Phase 1 starts from (model/yolo_weights.py); "encoder-neck": the distilled
+    # neck of the lite family's half-resolution encoder (infer/encoder_choice.py)
     kind: str = "ldfsam"
     bundled: Optional[str] = None
     package: Optional[PackageSource] = None

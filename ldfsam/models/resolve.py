@@ -27,8 +27,9 @@ def resolve_model(model: str | Path | None = None) -> Path:
     registry = load_registry()
     entry = registry.get(model)
     if entry is not None and entry.kind != "ldfsam":
-        use = "start Phase 1 from it with `ldfsam distill`" if entry.kind == "prompt-generator" else \
-            "fine-tune from it with `ldfsam finetune`"
+        use = {"prompt-generator": "start Phase 1 from it with `ldfsam distill`",
+               "encoder-neck": "a lite model segments with it given `--encoder half`"}.get(
+            entry.kind, "fine-tune from it with `ldfsam finetune`")
         raise CheckpointError(f"'{model}' is a {entry.kind}, not a segmentation model; {use}", model)
     installed = installed_models()
     if model in installed:

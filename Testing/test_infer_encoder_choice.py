@@ -1,0 +1,91 @@
+"""SegmentOptions.encoder: the lite family's half-resolution student (infer/encoder_choice.py,
+model/tiny_vit_student.py's file and construction)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ldfsam.errors import CheckpointError, ConfigError
+from ldfsam.infer import SegmentOptions
+from ldfsam.infer.encoder_choice import NECK_MODEL, select_encoder
+from ldfsam.model.tiny_vit import TinyViT
+from ldfsam.model.tiny_vit_student import HalfResTinyViT
+from ldfsam.models.registry import load_registry
+
+
+def lite_like(encoder: torch.nn.Module, kind: str = "tiny_vit", trained: str = "full") -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.cfg = SimpleNamespace(sam=SimpleNamespace(encoder=kind, image_size=256, trained_encoder=trained))
+    model.image_encoder = encoder
+    return model
+
+
+def random_teacher(seed: int = 0) -> TinyViT:
+    torch.manual_seed(seed)
+    teacher = TinyViT(image_size=256).eval()
+    with torch.no_grad():
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return teacher
+
+
+def test_options_refuse_an_unknown_encoder():
+    with pytest.raises(ConfigError, match="encoder"):
+        SegmentOptions(encoder="quarter").validate()
+    assert SegmentOptions(encoder="half").validate().encoder == "half"
+    assert SegmentOptions().encoder == "auto"
+
+
+def test_a_model_file_records_the_encoder_it_was_trained_on():
+    from ldfsam.config import from_dict, to_dict
+    from ldfsam.model.config import SamConfig
+
+    assert SamConfig().trained_encoder == "full"  # every earlier model file: LiteMedSAM's own encoder
+    assert from_dict(SamConfig, to_dict(SamConfig(trained_encoder="half"))).trained_encoder == "half"
+    with pytest.raises(ConfigError, match="trained_encoder"):
+        from_dict(SamConfig, {"trained_encoder": "quarter"})
+
+
+def test_auto_is_the_encoder_the_model_was_trained_on():
+    teacher = random_teacher()
+    trained_on_full = lite_like(teacher)
+    select_encoder(trained_on_full, "auto")
+    assert trained_on_full.image_encoder is teacher
+    trained_on_half = lite_like(teacher, trained="half")
+    select_encoder(trained_on_half, "auto")
+    assert isinstance(trained_on_half.image_encoder, HalfResTinyViT)
+    select_encoder(trained_on_half, "full")  # an explicit choice still wins
+    assert trained_on_half.image_encoder is teacher
+
+
+def test_half_is_refused_for_encoders_without_a_student():
+    model = lite_like(torch.nn.Identity(), kind="vit")
+    with pytest.raises(ConfigError, match="only the lite family"):
+        select_encoder(model, "half")
+    select_encoder(model, "full")  # the model's own encoder is always allowed
+    assert isinstance(model.image_encoder, torch.nn.Identity)
+
+
+def test_the_bundled_neck_swaps_in_and_back():
+    entry = load_registry()[NECK_MODEL]
+    assert entry.kind == "encoder-neck" and entry.bundled_path.is_file()
+    teacher = random_teacher()
+    model = lite_like(teacher)
+    select_encoder(model, "half")
+    student = model.image_encoder
+    assert isinstance(student, HalfResTinyViT)
+    assert not any(k.startswith("_ldfsam") for k in model.state_dict())  # the kept encoders are not submodules
+    select_encoder(model, "full")
+    assert model.image_encoder is teacher
+    select_encoder(model, "half")
+    assert model.image_encoder is student  # built once
+
+
+def test_the_bundled_neck_is_named_in_the_catalog_not_as_a_segmentation_model():
+    from ldfsam.models import resolve_model
+
+    with pytest.raises(CheckpointError, match="encoder-neck, not a segmentation model"):
+        resolve_model(NECK_MODEL)
