@@ -58,18 +58,18 @@ def tooth_volume() -> np.ndarray:
 
 class RootSegmenter(BoxSegmenter):
     """SAM's stand-in: brighter than soft tissue in a box; on the hidden root slices and the opposing crown, the
-    box's voxels that are not tooth (``beside``) or nothing (``vanish`` on the root)."""
+    box's voxels that are not tooth, or nothing on the slices ``vanish``."""
 
-    def __init__(self, volume, vanish: bool = False) -> None:
+    def __init__(self, volume, vanish=()) -> None:
         super().__init__(volume, threshold=0.3)
-        self.vanish = vanish
+        self.vanish = set(vanish)
 
     def decode(self, z, box=None, points=(), mask=None, view=None):
         logits, low, iou = super().decode(z, box, points, mask, view)
         if z in HIDDEN or z in OPPOSING:
             y0, y1, x0, x1 = (int(v) for v in box)
             out = np.full(self.volume.shape[1:], -5.0, np.float32)
-            if not (self.vanish and z in HIDDEN):
+            if z not in self.vanish:
                 out[y0:y1 + 1, x0:x1 + 1][self.volume[z, y0:y1 + 1, x0:x1 + 1] < 0.7] = 5.0
             vy0, vy1, vx0, vx1 = view
             logits = out[vy0:vy1, vx0:vx1]
@@ -84,9 +84,9 @@ def span(result):
     return int(zs.min()), int(zs.max())
 
 
-def run(cfg: PropagationConfig, vanish: bool = False):
-    vol = tooth_volume()
-    return Propagator(RootSegmenter(vol, vanish), PROMPT, (1.0, 1.0, 2.0), cfg).run(), vol
+def run(cfg: PropagationConfig, vanish=(), vol=None, prompt=PROMPT):
+    vol = tooth_volume() if vol is None else vol
+    return Propagator(RootSegmenter(vol, vanish), prompt, (1.0, 1.0, 2.0), cfg).run(), vol
 
 
 def test_a_root_in_bone_is_followed_to_its_apex_with_dentin_as_bright_as_enamel():
@@ -108,11 +108,25 @@ def test_without_the_rules_the_root_ends_early(cfg, end):
 
 
 def test_the_root_is_followed_where_sams_mask_vanishes():
-    result, _ = run(PropagationConfig(), vanish=True)
+    result, _ = run(PropagationConfig(), vanish=HIDDEN)
     assert span(result) == (APEX, CROWN[-1]), (span(result), result.stopped)
     assert result.trace[HIDDEN[-1]]["sam_area"] == 0.0
-    result, _ = run(PropagationConfig(follow_vanished=False), vanish=True)
+    result, _ = run(PropagationConfig(follow_vanished=False), vanish=HIDDEN)
     assert span(result) == (SAM_ROOT[0], CROWN[-1]) and result.stopped[-1] == "vanished"
+
+
+def test_where_sams_mask_vanishes_beyond_a_crowns_tip_the_other_row_is_not_followed():
+    """The crown's last two slices are partial volume (dentin-dark, so the enamel test takes them for the root's
+    side); beyond them SAM's mask vanishes on the touching opposing crown. It lies in air, not bone: not followed
+    (``root_bone``), where without that requirement it is."""
+    vol = tooth_volume()
+    for z in CROWN[-2:]:
+        vol[z][disc(32, 32, 6)] = 0.8
+    prompt = VoxelPrompt("tooth", (15, 15, 25, 39, 25, 39), False, [], (0, 23))
+    result, _ = run(PropagationConfig(), vanish=OPPOSING, vol=vol, prompt=prompt)
+    assert span(result) == (APEX, CROWN[-1]) and result.stopped[1] == "vanished", (span(result), result.stopped)
+    result, _ = run(PropagationConfig(root_bone=0), vanish=OPPOSING, vol=vol, prompt=prompt)
+    assert span(result)[1] > CROWN[-1], span(result)
 
 
 class Maps:

@@ -82,7 +82,9 @@ class PropagationConfig:
     # voxel or two with partial volume alone, which 10 % (under one voxel) would read as a wider structure.
     follow_growth_voxels: int = 2
     # Where SAM's mask vanishes or is too small on the root's side (``root_sections``), the root is followed
-    # there too (its apex narrows below what SAM marks); False: propagation stops there as elsewhere.
+    # there too (its apex narrows below what SAM marks), where the followed section lies in bone (``root_bone``;
+    # on a held-out phantom a crown's partial-volume tip passed the enamel test and was followed into the other
+    # row without this); False: propagation stops there as elsewhere.
     follow_vanished: bool = True
     # With a prior: on a root's side, where CPD's prior and the carried prompts stop agreeing (a prior that does not
     # mark roots), the root is followed on the image as where SAM's mask vanishes; False: the structure ends there.
@@ -299,7 +301,9 @@ class Propagator(StopRules):
     def _follow_vanished(self, z: int, prev: SliceResult, why: str, area: int
                          ) -> Tuple[Optional[SliceResult], str]:
         """Where SAM's mask on slice z vanished or is too small (``why``; ``area`` voxels): on a root's side with
-        ``follow_vanished``, the root followed there as where a stop rule fires; else (None, why)."""
+        ``follow_vanished``, the root followed there as where a stop rule fires, if the followed section lies in
+        bone (``root_bone``: a root's apex does, a crown's tip beyond the enamel test's two sections does not);
+        else (None, why)."""
         c = self.cfg
         if not (c.follow_vanished and c.stop_rules and c.follow and self.on_root(prev) and not self.p.points_on(z)):
             return None, why
@@ -307,6 +311,8 @@ class Propagator(StopRules):
         if followed is None:
             return None, why
         logits, stats = followed
+        if 0 < c.root_bone <= 1 and stats["ring_median"] < c.root_bone * self.primary_stats["grey"]:
+            return None, why  # not in bone: a crown's partial-volume tip beyond two dentin-dark sections
         stats.update(followed=1.0, sam_area=float(area), root_side=1.0)
         self.trace.setdefault(z, stats)
         narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
