@@ -24,6 +24,8 @@ in training).
 (``ldfsam.infer.encoder_choice``, about a third of TinyViT's operations) instead of LiteMedSAM's own; the file
 records it (``SamConfig.trained_encoder``), so segmentation uses that encoder by default. ``--saliency-from FILE``
 copies SPD's saliency head of another demo model file (``scripts/train_saliency_head.py`` adds it) unchanged.
+``--from FILE`` starts from a trained demo model instead (its prompt generator, saliency head and configuration
+kept, Phase 1 skipped): Phase 2 continues from its feature prompt heads and decoder, e.g. on the other encoder.
 """
 
 from __future__ import annotations
@@ -272,6 +274,8 @@ def main() -> int:
     ap.add_argument("--encoder", choices=("full", "half"), default="full",
                     help="the image encoder Phase 2 trains on and the model segments with (full: LiteMedSAM's "
                          "TinyViT; half: the distilled half-resolution encoder, ldfsam.infer.encoder_choice)")
+    ap.add_argument("--from", dest="from_model", type=Path,
+                    help="a trained demo model file to continue from (Phase 1 skipped; Phase 2 from its weights)")
     ap.add_argument("--saliency-from", type=Path,
                     help="a demo model file whose saliency head (scripts/train_saliency_head.py) is copied")
     ap.add_argument("--augment", action="store_true",
@@ -295,14 +299,23 @@ def main() -> int:
 
     cfg = demo_model_config()
     pre = PreprocessConfig(target_spacing=None, sam_size=256, yolo_size=256)
-    model = build_model(cfg)
-    load_pretrained_sam(model)
+    if args.from_model is not None:
+        from ldfsam.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(args.from_model)
+        model, cfg, pre = loaded.model.float(), loaded.model_cfg, loaded.preprocess
+        log(f"model from {args.from_model}")
+    else:
+        model = build_model(cfg)
+        load_pretrained_sam(model)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters")
     images, masks, boxes = make_slices(args.phantoms, 256, pre, augment=args.augment)
     log(f"data: {len(images)} slices from {args.phantoms} phantoms, {int(masks.reshape(len(masks), -1).any(1).sum())}"
         " with teeth")
-    if args.phase1 is not None and args.phase1.is_file():
+    if args.from_model is not None:
+        pass  # its prompt generator
+    elif args.phase1 is not None and args.phase1.is_file():
         from ldfsam.model.prompt_generator import load_prompt_generator_weights
 
         state, _, _ = load_prompt_generator_weights(args.phase1)
