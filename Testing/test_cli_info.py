@@ -75,3 +75,29 @@ def test_info_of_a_prompt_generator_file(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] == sum(p.numel() for p in gen.parameters())
     assert info["config"]["num_classes"] == 3 and info["training"] == {"epochs": 4}
+
+
+def test_info_of_the_bundled_demo_model(tmp_path, capsys):
+    """The demo model stores no encoder (it names LiteMedSAM's published weights as its base) and carries a
+    saliency head: info counts both from the configuration, and refuses a base it does not know."""
+    import torch
+
+    from ldfsam.cli import main
+    from ldfsam.file_format import read_document, read_tensors, save_state
+
+    demo = REPO / "ldfsam" / "resources" / "demo" / "ldfsam_demo.safetensors"
+    document = read_document(demo)
+    assert document["base"]["name"] == "litemedsam"
+    assert main(["info", str(demo), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["base"] == {"name": "litemedsam", "sha256": document["base"]["sha256"]}
+    assert info["parts"]["image_encoder"]["total"] > 5_000_000  # LiteMedSAM's TinyViT, counted though not stored
+    assert info["parts"]["saliency_head"]["total"] > 0
+    assert info["total"] == sum(part["total"] for part in info["parts"].values())
+
+    document["base"]["name"] = "someone-elses-encoder"
+    tampered = tmp_path / "tampered.safetensors"
+    save_state(tampered, read_tensors(demo, lambda key: torch.float32), document)
+    assert main(["info", str(tampered)]) == 2
+    err = capsys.readouterr().err
+    assert str(tampered) in err and "base weights this ldfsam does not know" in err

@@ -20,6 +20,7 @@ PARTS = OrderedDict([
     ("prompt_generator", "prompt generator (YOLOv8)"),
     ("feature_prompts", "feature prompt encoder"),
     ("box_branch", "box branch (auto mode)"),
+    ("saliency_head", "tooth saliency head (prior)"),
 ])
 
 
@@ -92,6 +93,7 @@ def _from_file(path: Path) -> Dict[str, Any]:
     from ..errors import CheckpointError, ConfigError
     from ..model.build import build_model
     from ..model.config import ModelConfig
+    from ..model.pretrained import LITEMEDSAM
 
     meta = read_checkpoint_meta(path)
     try:
@@ -100,14 +102,25 @@ def _from_file(path: Path) -> Dict[str, Any]:
     except ConfigError as e:
         raise CheckpointError(f"has an invalid model configuration: {e}", path) from None
     header, _ = read_header(path)
+    # A lite model whose encoder is LiteMedSAM's unchanged does not store it (checkpoint.save_checkpoint): those
+    # tensors come from the verified installed weights when the model is loaded, so they are not looked for here.
+    base = meta.get("base")
+    if base is not None and (not isinstance(base, dict) or base.get("name") != LITEMEDSAM
+                             or not isinstance(base.get("prefix"), str)):
+        raise CheckpointError(f"refers to base weights this ldfsam does not know ({base!r})", path)
     # The counts come from the configuration; check them against the tensors actually stored.
     for name, p in model.named_parameters():
+        if base is not None and name.startswith(base["prefix"]):
+            continue
         entry = header.get(name)
         if entry is None or tuple(entry["shape"]) != tuple(p.shape):
             raise CheckpointError(f"its tensor {name} does not match its configuration "
                                   f"({None if entry is None else tuple(entry['shape'])} vs {tuple(p.shape)})", path)
-    return {"source": str(path), "cfg": cfg, "model": model, "training": meta.get("training", {}),
-            "package_version": meta.get("package_version")}
+    out = {"source": str(path), "cfg": cfg, "model": model, "training": meta.get("training", {}),
+           "package_version": meta.get("package_version")}
+    if base is not None:
+        out["base"] = {"name": base["name"], "sha256": base.get("sha256")}
+    return out
 
 
 def collect(spec: str) -> Dict[str, Any]:
@@ -130,7 +143,7 @@ def collect(spec: str) -> Dict[str, Any]:
     out = {"source": source["source"], "architecture": _architecture(source["cfg"], source["model"])}
     out.update(summarize(source["model"]))
     out["gflops"] = gflops_per_part(source["model"])
-    for key in ("training", "package_version"):
+    for key in ("training", "package_version", "base"):
         if key in source:
             out[key] = source[key]
     return out
@@ -147,9 +160,11 @@ def format_table(info: Dict[str, Any]) -> str:
              f"  mask decoder      {a['decoder']}",
              f"  prompt generator  {a['prompt_generator']}",
              f"  feature prompts   {a['feature_prompts']}",
-             f"  prompt mode       {a['prompt_mode']}; classes: {', '.join(a['class_names'])}",
-             "",
-             f"  {'parameters':<36}{'total':>14}{'trainable (Phase 2)':>22}"]
+             f"  prompt mode       {a['prompt_mode']}; classes: {', '.join(a['class_names'])}"]
+    if info.get("base"):
+        lines.append(f"  image encoder     {info['base']['name']}'s published weights, not stored in the file "
+                     f"(taken from the installed copy, SHA256 {info['base']['sha256']})")
+    lines += ["", f"  {'parameters':<36}{'total':>14}{'trainable (Phase 2)':>22}"]
     for key, label in PARTS.items():
         part = info["parts"][key]
         lines.append(f"  {label:<36}{part['total']:>14,}{part['trainable']:>22,}")
