@@ -1,8 +1,9 @@
 """Reaching a root's apex where the window saturates dentin like enamel (the real head CT of docs/segmentation.md):
-``PropagationConfig.root_bone`` (a section in bone is the root's side), ``follow_growth_voxels`` (a section may grow
-by a voxel or two), ``follow_vanished`` (following where SAM's mask vanishes on the root's side; off by default),
-and with a prior ``follow_past_prior`` (following where CPD stops on the root's side) and ``ContextConfig.min_seen``
-(no CPD where the prior does not see the prompted structure), both off by default, plus ``ValidationConfig.box_fill``.
+``PropagationConfig.root_bone`` / ``root_bone_max`` (a section in bone is the root's side), ``follow_growth_voxels``
+(a section may grow by a voxel or two), ``follow_vanished`` (following where SAM's mask vanishes on the root's side;
+off by default), and with a prior ``follow_past_prior`` (following where CPD stops on the root's side) and
+``ContextConfig.min_seen`` (no CPD where the prior does not see the prompted structure), both off by default, plus
+``ValidationConfig.box_fill``.
 
 A synthetic tooth on 1 × 1 × 2 mm voxels: a crown in air, its root in bone below it, dentin as bright as enamel,
 an opposing crown touching the crown's tip. The segmenter stands in for SAM's habits on the real CT's root slices:
@@ -60,8 +61,8 @@ class RootSegmenter(BoxSegmenter):
     """SAM's stand-in: brighter than soft tissue in a box; on the hidden root slices and the opposing crown, the
     box's voxels that are not tooth, or nothing on the slices ``vanish``."""
 
-    def __init__(self, volume, vanish=()) -> None:
-        super().__init__(volume, threshold=0.3)
+    def __init__(self, volume, vanish=(), threshold: float = 0.3) -> None:
+        super().__init__(volume, threshold=threshold)
         self.vanish = set(vanish)
 
     def decode(self, z, box=None, points=(), mask=None, view=None):
@@ -126,6 +127,19 @@ def test_where_sams_mask_vanishes_beyond_a_crowns_tip_the_other_row_is_not_follo
     result, _ = run(PropagationConfig(follow_vanished=True), vanish=OPPOSING, vol=vol, prompt=prompt)
     assert span(result) == (APEX, CROWN[-1]) and result.stopped[1] == "vanished", (span(result), result.stopped)
     result, _ = run(PropagationConfig(follow_vanished=True, root_bone=0), vanish=OPPOSING, vol=vol, prompt=prompt)
+    assert span(result)[1] > CROWN[-1], span(result)
+
+
+def test_a_crown_among_bright_neighbours_is_not_taken_for_a_root_in_bone():
+    """Crowded crowns (neighbouring teeth all around, a ring brighter than bone) touching the opposing crown: their
+    sections are not the root's side (``root_bone_max``), so the gap guard keeps the opposing crown out."""
+    vol = tooth_volume()
+    for z in CROWN:
+        vol[z][vol[z] == AIR] = 0.85
+    seg = RootSegmenter(vol, threshold=0.9)
+    result = Propagator(seg, PROMPT, (1.0, 1.0, 2.0), PropagationConfig()).run()
+    assert span(result)[1] == CROWN[-1], (span(result), result.stopped)
+    result = Propagator(seg, PROMPT, (1.0, 1.0, 2.0), PropagationConfig(root_bone_max=2.0)).run()
     assert span(result)[1] > CROWN[-1], span(result)
 
 

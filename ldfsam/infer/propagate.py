@@ -71,6 +71,9 @@ class PropagationConfig:
     # enamel test above rarely fires) this is what tells the jaw: rings of its root sections 0.58-0.78 of the crown,
     # the phantom's crown tip crossing into the touching row 0.44 (soft tissue around). 0 or above 1: off.
     root_bone: float = 0.5
+    # ... and at most ``root_bone_max`` of it: a brighter ring is mostly teeth (a crowded arch's neighbours around a
+    # crown: 0.8-1.07 of the crown on phantoms at 0.5 mm), not bone (the real CT's root rings: up to 0.78).
+    root_bone_max: float = 0.8
     follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
     follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
     # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island

@@ -82,7 +82,8 @@ class StopRules:
         """``SliceResult.dentin`` of a section measured as ``stats`` after ``before`` such sections: it counts where
         the section holds no enamel (``root_grey``) or lies in bone (``root_bone``)."""
         c, crown = self.cfg, self.primary_stats["grey"]
-        in_bone = 0 < c.root_bone <= 1 and stats.get("ring_median", 0.0) >= c.root_bone * crown
+        ring = stats.get("ring_median", 0.0)
+        in_bone = 0 < c.root_bone <= 1 and c.root_bone * crown <= ring <= c.root_bone_max * crown
         return before + 1 if stats["grey"] < c.root_grey * crown or in_bone else 0
 
     def on_root(self, prev: Section) -> bool:
