@@ -14,13 +14,14 @@
   and SAM's mask is not darker than its ring (a darker mask lies in a gap: the tooth ended), the slice keeps the
   part that continues the previous mask instead: its pixels near that mask that are closer to the tooth's grey
   than to the surroundings' (``StopRules.follow``). The root ends where no such part is left.
-- The root's side (``root_grey``, ``root_sections``, ``root_bone``). The gap guard above is lifted once the last
-  sections held no enamel (their mean grey below ``root_grey`` of the prompted crown's) or lay in bone (the median
-  grey of the ring around them at least ``root_bone`` of the crown's; where a window saturates dentin like enamel,
-  as on the real head CT, only this tells the jaw): the structure is then in the jaw, where a SAM mask darker than
-  its ring lies on the bone or the ligament between roots; near the enamel, at a crown's occlusal end where the
-  other row may touch it (in soft tissue, air or the other crown), the guard stays. There the root is also
-  followed where SAM's mask vanishes or is too small (``follow_vanished``): its apex narrows below what SAM marks.
+- The root's side (``root_grey``, ``root_sections``, ``root_bone``, ``root_bone_max``). The gap guard above is
+  lifted once the last sections held no enamel (their mean grey below ``root_grey`` of the prompted crown's) or lay
+  in bone (the median grey of the ring around them between ``root_bone`` and ``root_bone_max`` of the crown's:
+  darker is soft tissue or air, brighter is neighbouring teeth; where a window saturates dentin like enamel, as on
+  the real head CT, only this tells the jaw): the structure is then in the jaw, where a SAM mask darker than its
+  ring lies on the bone or the ligament between roots; near the enamel, at a crown's occlusal end where the other
+  row may touch it, the guard stays. With ``follow_vanished`` (off by default) the root is also followed there
+  where SAM's mask vanishes or is too small, if the followed section lies in bone.
 """
 
 from __future__ import annotations
