@@ -91,7 +91,6 @@ def test_the_bundled_neck_is_named_in_the_catalog_not_as_a_segmentation_model():
         resolve_model(NECK_MODEL)
 
 
-@pytest.mark.slow  # 43 s on a loaded 2-core machine (the demo model's set-up and 8 slices)
 def test_segmenting_uses_the_encoder_the_model_was_trained_on(tmp_path):
     """segment_volume's default (auto) takes the encoder a model file records (the override: test above)."""
     import SimpleITK as sitk
