@@ -33,3 +33,17 @@ def small_model(mode: str = "dense+sparse", classes=("tooth",)):
 def inputs(batch: int, sam: int = 256, yolo: int = 256, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, sam, sam, generator=g), torch.rand(batch, 3, yolo, yolo, generator=g)
+
+
+def random_tiny_vit(seed: int = 0):
+    """LiteMedSAM's TinyViT layout at 256 with random weights and BatchNorm statistics (eval mode)."""
+    from ldfsam.model.tiny_vit import TinyViT
+
+    torch.manual_seed(seed)
+    teacher = TinyViT(image_size=256).eval()
+    with torch.no_grad():
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return teacher

