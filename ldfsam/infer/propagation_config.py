@@ -1,0 +1,65 @@
+"""``PropagationConfig``: the numbers of prompted propagation (``propagate.Propagator``) and of its stop rules
+(``stop_rules.StopRules``, whose docstring explains each rule). Every rule is a named field, on or off here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PropagationConfig:
+    margin_mm: float = 2.0  # growth of the previous mask's box, at least ...
+    margin_fraction: float = 0.15  # ... this share of its side
+    min_area_mm2: float = 1.0
+    min_area_fraction: float = 0.05
+    inside_fraction: float = 0.5
+    agree_iou: float = 0.97  # where blending between anchors stops (see above); above 1: blend all the way
+    mask_prompt: bool = False  # previous slice's logits as SAM's mask prompt (measured: see docs/segmentation.md)
+    # The encoder's view of a structure with a box: a square of this many times the box's longer side (at least
+    # min_view voxels) around it, so that a tooth fills a good part of LiteMedSAM's 256×256 input; 0: whole slices.
+    view_context: float = 3.0
+    min_view: int = 32
+    # Stop rules (see stop_rules.py); ``stop_rules=False`` gives the propagation without them.
+    stop_rules: bool = True
+    ring_mm: float = 1.5  # width of the ring around a mask that its contrast is measured against
+    min_contrast: float = 0.25  # ends where the contrast falls below this share of the primary slice's ...
+    min_primary_contrast: float = 0.05  # ... (a rule only for structures that differ from their surroundings)
+    min_on_previous: float = 0.5  # ends where less than this share of the mask lies on the previous one (a jump)
+    # Following a root where SAM's mask leaves it (see stop_rules.py); ``follow=False``: stop there.
+    follow: bool = True
+    # Only where SAM's mask is not darker than its surroundings: a root is followed through the bone, where SAM's
+    # mask is bone-grey; a mask darker than its ring lies in a gap (between the rows, beyond a cusp).
+    follow_gap: float = 0.0
+    # ... except on a root's side: once the last ``root_sections`` sections in a row held no enamel (mean grey below
+    # ``root_grey`` of the prompted crown's), the structure is in the jaw, where a darker SAM mask is the bone or the
+    # ligament between roots, not a gap between the rows; near the enamel (a crown's occlusal end) the guard stays.
+    root_grey: float = 0.95  # between the real CT's necks (0.84-0.92 of the window) and crowns (0.97-0.99)
+    root_sections: int = 2  # a crown's last, partial-volume slice can be dentin-dark for one slice; 0: rule off
+    # A section also counts as the root's side where it lies in bone: the median grey of the ring around it is at
+    # least ``root_bone`` of the prompted crown's. Where the window saturates dentin like enamel (the real CT: the
+    # enamel test above rarely fires) this is what tells the jaw: rings of its root sections 0.58-0.78 of the crown,
+    # the phantom's crown tip crossing into the touching row 0.44 (soft tissue around). 0 or above 1: off.
+    root_bone: float = 0.5
+    # ... and at most ``root_bone_max`` of it: a brighter ring is mostly teeth (a crowded arch's neighbours around a
+    # crown: 0.8-1.07 of the crown on phantoms at 0.5 mm), not bone (the real CT's root rings: up to 0.78).
+    root_bone_max: float = 0.8
+    follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
+    follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
+    # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island
+    # (at least follow_whole of the bright region it belongs to lies within follow_mm of the previous mask) ...
+    follow_keep: float = 0.2
+    follow_whole: float = 0.5
+    follow_growth: float = 0.1  # ... and at most this much larger than the narrowest section followed so far,
+    # or this many voxels larger, whichever is more: on 1 mm voxels a root's section of 6-20 voxels changes by a
+    # voxel or two with partial volume alone, which 10 % (under one voxel) would read as a wider structure.
+    follow_growth_voxels: int = 2
+    # True: where SAM's mask vanishes or is too small on the root's side (``root_sections``), the root is followed
+    # there too (its apex narrows below what SAM marks), where the followed section lies in bone (``root_bone``).
+    # Off: measured, it gains nothing on the real head CT and on held-out phantoms at 0.5 mm it followed crowns 1-2
+    # slices into the touching row (a crowded arch puts neighbouring teeth in a crown's ring: "in bone").
+    follow_vanished: bool = False
+    # True: with a prior, on a root's side, where CPD's prior and the carried prompts stop agreeing (a prior that
+    # does not mark roots), the root is followed on the image if the followed section lies in bone (``root_bone``).
+    # Off: on the real head CT it gains 1-2 slices on three teeth, but on held-out phantoms at 0.5 mm it followed
+    # two crowns 2-4 slices into the touching row (a crowded arch's crown rings read as bone).
+    follow_past_prior: bool = False
