@@ -80,3 +80,9 @@ class BoxSegmenter:
             out[y0 + h // 4:y1 + 1 - h // 4, x0 + w // 4:x1 + 1 - w // 4] = 5.0
         vy0, vy1, vx0, vx1 = view
         return out[vy0:vy1, vx0:vx1], torch.zeros(1, 1, 4, 4), 0.9
+
+
+def disc(cy: float, cx: float, r: float, n: int = 64) -> np.ndarray:
+    """An n×n boolean disc of radius r centred at (cy, cx): a tooth's section in the synthetic propagation tests."""
+    yy, xx = np.mgrid[:n, :n]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 import pytest
-from _infer_helpers import BoxSegmenter
+from _infer_helpers import BoxSegmenter, disc
 
 from ldfsam.infer.context_prompts import ContextConfig, PriorPropagator
 from ldfsam.infer.prompt_validation import ValidationConfig, validate_box
@@ -33,11 +33,6 @@ OPPOSING = range(18, 24)  # the other row's crown, touching the tip
 # Root sections towards the apex: a few voxels each, one or two voxels more or less from slice to slice (partial
 # volume), as on the real CT's 1 mm voxels.
 EXTRA = {9: 2, 8: 0, 7: 2, 6: 1, 5: 0, 4: 0}
-
-
-def disc(cy: float, cx: float, r: float, n: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[:n, :n]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 def tooth_volume() -> np.ndarray:

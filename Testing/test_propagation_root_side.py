@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _infer_helpers import BoxSegmenter
+from _infer_helpers import BoxSegmenter, disc
 
 from ldfsam.infer.prompts import VoxelPrompt
 from ldfsam.infer.propagate import PropagationConfig, Propagator
@@ -38,11 +38,6 @@ class BesideTheRoot(BoxSegmenter):
             vy0, vy1, vx0, vx1 = view
             logits = out[vy0:vy1, vx0:vx1]
         return logits, low, iou
-
-
-def disc(cy: float, cx: float, r: float, n: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[:n, :n]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 def tooth_volume() -> np.ndarray:

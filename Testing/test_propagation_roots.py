@@ -11,7 +11,7 @@ fails if the part is removed) it ends at the neck.
 from __future__ import annotations
 
 import numpy as np
-from _infer_helpers import BoxSegmenter
+from _infer_helpers import BoxSegmenter, disc
 
 from ldfsam.infer.prompts import VoxelPrompt
 from ldfsam.infer.propagate import PropagationConfig, Propagator
@@ -22,11 +22,6 @@ AIR, BONE, TOOTH = 0.1, 0.45, 0.95
 def leaky_segmenter(volume: np.ndarray) -> BoxSegmenter:
     """SAM's stand-in taking bone and tooth alike (everything brighter than soft tissue)."""
     return BoxSegmenter(volume, threshold=0.3)
-
-
-def disc(cy: float, cx: float, r: float, n: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[:n, :n]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 def tooth_volume() -> np.ndarray:
