@@ -41,6 +41,14 @@ BOX_COUNTS: Tuple[int, ...] = (1, 2, 3, 5, 8, 16, 32)
 MAX_RUN_ITEMS = 256
 
 
+def middle_tied(scores: Dict[float, float]) -> float:
+    """The threshold in the middle of those tied at the best score (the lower of two middles): the highest tied
+    threshold sits just under the weakest right detection of a few selection images, the lowest just above noise."""
+    best = max(scores.values())
+    tied = sorted(t for t, v in scores.items() if v == best)
+    return tied[(len(tied) - 1) // 2]
+
+
 def _paint(boxes: np.ndarray, size: int) -> np.ndarray:
     grid = np.zeros((size, size), bool)
     for x0, y0, x1, y1 in np.asarray(boxes, float).reshape(-1, 4):
@@ -95,8 +103,7 @@ def choose_box_prompts(generator: torch.nn.Module, dataset, max_boxes: int = 32,
     scores = {(float(t), k): box_cover_dice(detections, references, size, float(t), k) for t in grid for k in counts}
     best = max(scores.values())
     k = min(n for (_, n), v in scores.items() if v == best)
-    tied = sorted(t for (t, n), v in scores.items() if n == k and v == best)
-    return tied[(len(tied) - 1) // 2], k, scores
+    return middle_tied({t: v for (t, n), v in scores.items() if n == k}), k, scores
 
 
 def choose_for_run(cfg: Any, model: torch.nn.Module, data: Any) -> Optional[Dict[str, Any]]:

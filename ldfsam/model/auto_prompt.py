@@ -45,17 +45,16 @@ def choose_box_score(scores: Sequence[Sequence[float]], box_dice: Sequence[float
     detector trained on few images scores its boxes in the hundredths: Kvasir-SEG at 10 % chose 0.02, at 100 %
     0.4). Ties go to the middle tied threshold (the lower of two middles), as box mode's confidence does
     (``finetune/box_conf.py``)."""
-    if grid is None:
-        from ..finetune.box_conf import CONF_GRID as grid
+    from ..finetune.box_conf import CONF_GRID, middle_tied
+
+    grid = CONF_GRID if grid is None else grid
     if not len(scores) or not len(scores) == len(box_dice) == len(feature_dice):
         raise ValueError("choose_box_score needs per-image scores and both Dice lists, of one length")
     means = {}
     for t in grid:
         one = [sum(s >= t for s in sc) == 1 for sc in scores]
         means[float(t)] = float(np.mean([b if o else f for o, b, f in zip(one, box_dice, feature_dice)]))
-    best = max(means.values())
-    tied = sorted(t for t, v in means.items() if v == best)
-    return tied[(len(tied) - 1) // 2], means
+    return middle_tied(means), means
 
 
 def branch_boxes(detections: List[torch.Tensor], conf: float, max_boxes: int) -> List[torch.Tensor]:
