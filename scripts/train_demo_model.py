@@ -149,9 +149,11 @@ def train_prompt_generator(model, images, boxes, steps: int, batch: int, lr: flo
         p.requires_grad_(False)
 
 
-def train_decoder(model, images, masks, steps: int, batch: int, lr: float, max_slices: int, log) -> None:
+def train_decoder(model, images, masks, steps: int, batch: int, lr: float, max_slices: int, log,
+                  extra: Optional[tuple] = None) -> None:
     """Phase 2 on cached embeddings: at most ``max_slices`` slices (those with teeth first, one in eight empty),
-    each encoded once by the frozen encoder; then the Phase 2 parameters train with Dice + BCE."""
+    each encoded once by the frozen encoder; then the Phase 2 parameters train with Dice + BCE.
+    ``extra``: (images, masks) of further slices that are all used (the pseudo-labelled real CT slices)."""
     from ldfsam.finetune.embedding_cache import EmbeddingCache, encode, encoder_fingerprint, image_key
     from ldfsam.finetune.loss import dice_bce_loss, hard_dice
     from ldfsam.finetune.precision import autocast, resolve_precision
@@ -164,6 +166,9 @@ def train_decoder(model, images, masks, steps: int, batch: int, lr: float, max_s
     n_teeth = min(len(teeth), max_slices - n_empty)
     chosen = np.sort(np.concatenate([rng.choice(teeth, n_teeth, replace=False),
                                      rng.choice(empty, n_empty, replace=False)]))
+    if extra is not None:
+        chosen = np.concatenate([chosen, np.arange(len(images), len(images) + len(extra[0]))])
+        images, masks = np.concatenate([images, extra[0]]), np.concatenate([masks, extra[1]])
     # bf16 autocast where the CPU has native bf16 (2-3× faster for TinyViT and the decoder), else fp32.
     precision = resolve_precision("auto", torch.device("cpu"))
     cache = EmbeddingCache(encoder_fingerprint(model), precision=precision)
@@ -278,6 +283,14 @@ def main() -> int:
                     help="a trained demo model file to continue from (Phase 1 skipped; Phase 2 from its weights)")
     ap.add_argument("--saliency-from", type=Path,
                     help="a demo model file whose saliency head (scripts/train_saliency_head.py) is copied")
+    ap.add_argument("--pseudo-volumes", nargs="+", metavar="PATH[:Z0-Z1]",
+                    help="real volumes whose slices join Phase 2 with the teacher's automatic output as masks "
+                         "(scripts/demo_pseudo_labels.py)")
+    ap.add_argument("--negative-volumes", nargs="+", metavar="PATH[:Z0-Z1]",
+                    help="real volumes without teeth (e.g. a head CT's cranium) whose slices join Phase 2 as "
+                         "background")
+    ap.add_argument("--pseudo-teacher", default="ldfsam-demo",
+                    help="the model whose automatic output labels --pseudo-volumes (default: the bundled demo model)")
     ap.add_argument("--augment", action="store_true",
                     help="train on augmented phantoms with non-tooth anatomy (ldfsam.data.augment, docs/data.md)")
     args = ap.parse_args()
@@ -337,7 +350,23 @@ def main() -> int:
         cfg.sam.trained_encoder = args.encoder
         select_encoder(model, args.encoder)
         log(f"Phase 2 on the {args.encoder} encoder's embeddings")
-    train_decoder(model, images, masks, args.sam_steps, args.batch // 2, 1e-4 * 5, args.sam_slices, log)
+    extra, pseudo = None, None
+    if args.pseudo_volumes or args.negative_volumes:
+        import hashlib
+
+        from demo_pseudo_labels import pseudo_label_slices
+
+        from ldfsam.infer.model_loading import check_model_file, load_model
+
+        teacher_file = check_model_file(args.pseudo_teacher)
+        teacher_sha = hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+        teacher = load_model(teacher_file) if args.pseudo_volumes else None
+        parts = [pseudo_label_slices(specs, t, 256, pre, log)
+                 for specs, t in ((args.pseudo_volumes, teacher), (args.negative_volumes, None)) if specs]
+        del teacher
+        extra = [np.concatenate([p[i] for p in parts]) for i in (0, 1)]
+        pseudo = [r for p in parts for r in p[2]]
+    train_decoder(model, images, masks, args.sam_steps, args.batch // 2, 1e-4 * 5, args.sam_slices, log, extra)
     if args.encoder != "full":
         select_encoder(model, "full")  # the file refers to LiteMedSAM's encoder; the student is built from it
     saliency = None
@@ -350,6 +379,12 @@ def main() -> int:
                 "note": "synthetic phantoms only; not a clinical model", "seconds": round(time.time() - t0)}
     if saliency is not None:
         training["saliency"] = saliency
+    if pseudo is not None:
+        training["pseudo_labels"] = {"teacher": str(args.pseudo_teacher), "teacher_sha256": teacher_sha,
+                                     "volumes": pseudo, "note": "real CT slices labelled by the teacher's automatic "
+                                                                "output (knowledge distillation), not by hand"}
+        training["note"] = ("synthetic phantoms and real CT slices labelled by a model or as background; not a "
+                            "clinical model")
     # float16 for what training made; the encoder stays as LiteMedSAM published it, so the file refers to it.
     for name, module in model.named_children():
         if name != "image_encoder":
