@@ -19,6 +19,11 @@ Pipeline, all with seed 2025, for each annotation budget:
    default 0.25.
 4. Validation Dice and IoU of each model on the held-out images at their original resolution, with 95 %
    bootstrap CIs, and the learnt α of the dense prompt.
+5. The wall and CPU time of every stage (prepare, each budget's Phase 1, box confidence, each mode's training and
+   evaluation, auto's threshold), printed as a table at the end and kept in ``results.json`` (``stages``;
+   ``whole_run_s`` their sum). Run again on the same ``--out`` after an interruption, the benchmark resumes and
+   the stages an earlier invocation finished keep their figures, so the whole run's time is measured, not
+   estimated.
 
 ``--preset small`` is the randomly initialised small SAM at ``--size``; ``--preset lite`` the pretrained
 LiteMedSAM encoder (frozen, SAM input 256, embeddings cached once for all modes) with YOLO at ``--yolo-size``.
@@ -31,10 +36,12 @@ Models and logs go to ``--out`` (outside the repository); the results to ``--out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -57,6 +64,58 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its finished children (Phase 1 runs as one)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class StageClock:
+    """Wall and CPU time of each stage of the benchmark, kept in ``results["stages"]`` (name -> record), so a run's
+    time is measured, not estimated. A stage whose block sets ``info["reused"]`` (its output found, nothing redone)
+    keeps the record of the earlier invocation on the same ``--out`` that did it; a training stage resumed after an
+    interruption counts the training seconds its log recorded before this invocation as well. The results are
+    written to ``path`` after every stage, so an interrupted invocation leaves its finished stages' times behind."""
+
+    def __init__(self, results: dict, earlier: dict, path: Path):
+        self.results, self.earlier, self.path = results, earlier, path
+        results.setdefault("stages", {})
+
+    @contextlib.contextmanager
+    def stage(self, name: str, before_s: float = 0.0):
+        t0, c0 = time.time(), _cpu_s()
+        info: dict = {}
+        yield info
+        if info.pop("reused", False) and name in self.earlier:
+            self.results["stages"][name] = {**self.earlier[name], "earlier_invocation": True}
+            self.path.write_text(json.dumps(self.results, indent=2) + "\n")
+            return
+        self.results["stages"][name] = {
+            "wall_s": round(time.time() - t0 + before_s, 1), "cpu_s": round(_cpu_s() - c0, 1),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2), **info,
+            **({"resumed_with_earlier_s": round(before_s, 1)} if before_s else {})}
+        self.path.write_text(json.dumps(self.results, indent=2) + "\n")
+
+    def table(self) -> str:
+        stages = self.results["stages"]
+        lines = ["| stage | wall s | CPU s (this invocation) | load at end |", "| --- | --- | --- | --- |"]
+        for name, r in stages.items():
+            mark = " (earlier invocation)" if r.get("earlier_invocation") else ""
+            lines.append(f"| {name}{mark} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_average_1min_at_end']} |")
+        total = sum(r["wall_s"] for r in stages.values())
+        lines.append(f"| **whole run** | **{total:.0f}** ({total / 3600:.2f} h) | | |")
+        return "\n".join(lines)
+
+
+def _train_seconds(run: Path) -> float:
+    """Training seconds of a Phase 2 run as its log recorded them (cumulative over resumed attempts), 0 without one."""
+    if not (run / "log.csv").is_file():
+        return 0.0
+    with open(run / "log.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["seconds"]) if rows else 0.0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path(os.environ.get("LDFSAM_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -69,6 +128,9 @@ def main() -> int:
                    help="YOLO input of the lite preset (default 256: P3 32×32, resampled to TinyViT's 64×64 grid; "
                         "the preset's 512 matches the grid but makes Phase 1 4× dearer on a CPU)")
     p.add_argument("--epochs", type=int, default=8, help="Phase 2 epochs (default 8)")
+    p.add_argument("--full-budget-epochs", type=int,
+                   help="Phase 2 epochs of the full budget (1.0) only (default: --epochs). 4 halves the run's "
+                        "longest part at a measured cost (docs/training.md, the benchmark's time)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--alpha-lr-scale", type=float,
@@ -100,7 +162,14 @@ def main() -> int:
         p.error("--out must be outside the repository")
     out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-               "command": " ".join([sys.executable, *sys.argv]), "timings_s": {}, "modes": {}}
+               "command": " ".join([sys.executable, *sys.argv]), "modes": {}}
+    earlier = {}
+    if (out / "results.json").is_file():  # an earlier invocation on this folder: its finished stages keep their time
+        try:
+            earlier = json.loads((out / "results.json").read_text(encoding="utf-8")).get("stages", {})
+        except (OSError, ValueError):
+            earlier = {}
+    clock = StageClock(results, earlier, out / "results.json")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
@@ -110,20 +179,22 @@ def main() -> int:
     sam_size = 256 if args.preset == "lite" else args.size
     yolo_size = args.yolo_size if args.preset == "lite" else args.size
     results["runs"] = {}
-    t0 = time.time()
     prepared = args.prepared.resolve() if args.prepared else out / "prepared"
-    if not (prepared / "prepared.json").is_file():
-        pre = PreprocessConfig(target_spacing=None, sam_size=sam_size, yolo_size=yolo_size, class_names=["polyp"])
-        prepare_dataset(args.data, prepared, pre,
-                        PrepareOptions(kind="2d", test_count=0, val_fraction=0.1, seed=args.seed,
-                                       budgets=budgets, yolo=True), progress=Progress("none"))
+    existed = (prepared / "prepared.json").is_file()
+    with clock.stage("prepare") as info:
+        info["reused"] = existed
+        if not existed:
+            pre = PreprocessConfig(target_spacing=None, sam_size=sam_size, yolo_size=yolo_size, class_names=["polyp"])
+            prepare_dataset(args.data, prepared, pre,
+                            PrepareOptions(kind="2d", test_count=0, val_fraction=0.1, seed=args.seed,
+                                           budgets=budgets, yolo=True), progress=Progress("none"))
     pd = PreparedData(prepared)
     val_ids = pd.case_ids("val")
-    results["timings_s"]["prepare"] = round(time.time() - t0, 1)
     for budget in budgets:
-        run_budget(args, out, env, pd, prepared, budget, val_ids, modes, sam_size, yolo_size, results)
+        run_budget(args, out, env, pd, prepared, budget, val_ids, modes, sam_size, yolo_size, results, clock)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     results["load_average_at_end"] = os.getloadavg()
+    results["whole_run_s"] = round(sum(r["wall_s"] for r in results["stages"].values()), 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n| budget | prompt | val Dice [95% CI] | val IoU [95% CI] | α | steps | train s |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
@@ -133,6 +204,8 @@ def main() -> int:
         print(f"| {r['budget']:.0%} | {r['mode']} | {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}] | "
               f"{i['mean']:.4f} [{i['ci_low']:.4f}, {i['ci_high']:.4f}] | {alpha} | {r['steps']} | "
               f"{r['train_s']:.0f} |")
+    print(f"\nWall time by stage ({results['machine']['cpu']}, {results['machine']['cores']} cores; stages an earlier "
+          f"invocation finished keep its figures):\n{clock.table()}")
     print(f"\nresults: {out / 'results.json'}")
     return 0
 
@@ -210,7 +283,7 @@ def _detection_scores(model_path: Path, data: Path, ids) -> list:
 
 
 def _run_auto(args, out: Path, pd, prepared: Path, budget: float, val_ids, sam_size: int, yolo_size: int,
-              results: dict, tag: str) -> None:
+              results: dict, tag: str, clock: StageClock) -> None:
     """The ``auto`` row: the budget's dense+sparse and box models joined, its box-score threshold chosen on the
     checkpoint-selection images (never on the rest of the validation), then evaluated like every mode."""
     from ldfsam.evaluate.model_eval import evaluate_model
@@ -221,20 +294,22 @@ def _run_auto(args, out: Path, pd, prepared: Path, budget: float, val_ids, sam_s
 
     t0 = time.time()
     ds, box = (out / f"{tag}-finetune-{m}" / "model.safetensors" for m in ("dense_sparse", "box"))
-    sel = sorted(_selection_ids(args, pd, prepared, budget, sam_size, yolo_size))
-    dice = {}
-    for name, path in (("ds", ds), ("box", box)):
-        rows = evaluate_model(str(path), args.data, ids=sel, progress=Progress("none"))
-        dice[name] = [r["dice"] for r in sorted(rows, key=lambda r: r["case_id"])]
-    score, means = choose_box_score(_detection_scores(ds, args.data, sel), dice["box"], dice["ds"])
-    run = out / f"{tag}-auto"
-    run.mkdir(exist_ok=True)
-    model_path = run / "model.safetensors"
-    assemble(ds, box, model_path, score)
+    with clock.stage(f"{tag} auto: threshold and join"):
+        sel = sorted(_selection_ids(args, pd, prepared, budget, sam_size, yolo_size))
+        dice = {}
+        for name, path in (("ds", ds), ("box", box)):
+            rows = evaluate_model(str(path), args.data, ids=sel, progress=Progress("none"))
+            dice[name] = [r["dice"] for r in sorted(rows, key=lambda r: r["case_id"])]
+        score, means = choose_box_score(_detection_scores(ds, args.data, sel), dice["box"], dice["ds"])
+        run = out / f"{tag}-auto"
+        run.mkdir(exist_ok=True)
+        model_path = run / "model.safetensors"
+        assemble(ds, box, model_path, score)
     choose_s = time.time() - t0
     for refine in (False, True) if args.refine else (False,):
         t0 = time.time()
-        rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=refine)
+        with clock.stage(f"{tag} auto{'+refine' if refine else ''}: evaluation"):
+            rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=refine)
         summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
         write_report(run / ("eval-val-refine" if refine else "eval-val"), rows, summary)
         m = summary["metrics"][summary["classes"][0]]
@@ -250,7 +325,7 @@ def _run_auto(args, out: Path, pd, prepared: Path, budget: float, val_ids, sam_s
 
 
 def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids, modes, sam_size: int,
-               yolo_size: int, results: dict) -> None:
+               yolo_size: int, results: dict, clock: StageClock) -> None:
     from ldfsam.evaluate.model_eval import evaluate_model
     from ldfsam.evaluate.report import summarize, write_report
     from ldfsam.finetune.config import FinetuneConfig
@@ -264,30 +339,32 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
     print(f"budget {budget}: {len(train_ids)} training images, {len(val_ids)} validation", flush=True)
     generator = args.prompt_generator
     if generator is None:
-        t0 = time.time()
         phase1 = out / f"{tag}-phase1"
         generator = phase1 / "student.safetensors"
-        if not generator.is_file():
-            cmd = [sys.executable, "-m", "ldfsam", "distill", str(prepared), "-o", str(phase1), "--stage", "student",
-                   "--scheme", "none", "--budget", str(budget * 100), "--imgsz", str(yolo_size),
-                   "--epochs", str(args.phase1_epochs), "--batch", "16", "--progress", "none"]
-            if phase1.exists():
-                cmd.append("--resume")
-            subprocess.run(cmd, check=True, cwd=REPO, env=env)
-        results["timings_s"][f"{tag}-phase1"] = round(time.time() - t0, 1)
+        existed = generator.is_file()
+        with clock.stage(f"{tag} Phase 1") as info:
+            info["reused"] = existed
+            if not existed:
+                cmd = [sys.executable, "-m", "ldfsam", "distill", str(prepared), "-o", str(phase1), "--stage",
+                       "student", "--scheme", "none", "--budget", str(budget * 100), "--imgsz", str(yolo_size),
+                       "--epochs", str(args.phase1_epochs), "--batch", "16", "--progress", "none"]
+                if phase1.exists():
+                    cmd.append("--resume")
+                subprocess.run(cmd, check=True, cwd=REPO, env=env)
     if not generator.is_file():
         found = sorted(generator.parent.glob("*.safetensors"))
         raise SystemExit(f"no prompt generator at {generator} (found: {[str(f) for f in found]})")
     pg_state, pg_cfg, _ = load_prompt_generator_weights(generator)
-    box_conf, max_boxes = _box_conf(args, pd, prepared, budget, pg_state, pg_cfg, yolo_size, sam_size, results,
-                                    tag)
+    with clock.stage(f"{tag} box confidence"):
+        box_conf, max_boxes = _box_conf(args, pd, prepared, budget, pg_state, pg_cfg, yolo_size, sam_size, results,
+                                        tag)
     if "auto" in modes and not {"dense+sparse", "box"} <= set(modes):
         raise SystemExit("mode auto joins the budget's dense+sparse and box models: list both modes too")
     for mode in [m for m in modes if m != "auto"] + (["auto"] if "auto" in modes else []):
         t0 = time.time()
         run = out / f"{tag}-finetune-{mode.replace('+', '_')}"
         if mode == "auto":
-            _run_auto(args, out, pd, prepared, budget, val_ids, sam_size, yolo_size, results, tag)
+            _run_auto(args, out, pd, prepared, budget, val_ids, sam_size, yolo_size, results, tag, clock)
             continue
         prompt_mode = {"box-gt": "box", "zero-shot-gt": "zero-shot"}.get(mode, mode)
         gt = mode.endswith("-gt")
@@ -301,27 +378,30 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         if args.dense_norm:
             model_cfg.feature_prompts.dense_norm = args.dense_norm
         extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}
-        cfg = FinetuneConfig(**extra, data=str(prepared), budget=budget, epochs=args.epochs, batch_size=args.batch,
+        epochs = args.full_budget_epochs if budget >= 1.0 and args.full_budget_epochs else args.epochs
+        cfg = FinetuneConfig(**extra, data=str(prepared), budget=budget, epochs=epochs, batch_size=args.batch,
                              lr=args.lr, seed=args.seed, num_workers=1, max_val_items=args.val_during_training,
                              validate_every_epochs=args.validate_every, box_conf="model",  # chosen above
                              box_prompts="ground_truth" if gt else "detected")
-        if (run / "state.safetensors").is_file():
-            result = finetune(None, None, run, resume=True, progress=Progress("bar"))
-        elif (run / "model.safetensors").is_file() and prompt_mode == "zero-shot":
-            result = None
-        else:
-            result = finetune(cfg, model_cfg, run, progress=Progress("bar"))
+        before_s = _train_seconds(run)
+        had_model = (run / "model.safetensors").is_file()
+        with clock.stage(f"{tag} {mode}: training", before_s=before_s) as info:
+            if (run / "state.safetensors").is_file():
+                result = finetune(None, None, run, resume=True, progress=Progress("bar"))
+            elif had_model and prompt_mode == "zero-shot":
+                result = None
+            else:
+                result = finetune(cfg, model_cfg, run, progress=Progress("bar"))
+            # Training time as the run recorded it (also right for a run resumed after an interruption); the rest
+            # of the stage is building the model and encoding the images the embedding cache lacks.
+            train_s = info["train_s"] = _train_seconds(run)
+            info["reused"] = had_model and train_s == before_s
         model_path = run / "model.safetensors"
         steps = 0 if result is None else result.global_step
-        # Training time as the run recorded it (also right for a run resumed after an interruption).
-        train_s = 0.0
-        if (run / "log.csv").is_file():
-            with open(run / "log.csv", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-                train_s = float(rows[-1]["seconds"]) if rows else 0.0
         t0 = time.time()
-        rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"),
-                              box_prompts=cfg.box_prompts)
+        with clock.stage(f"{tag} {mode}: evaluation"):
+            rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"),
+                                  box_prompts=cfg.box_prompts)
         summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
         write_report(run / "eval-val", rows, summary)
         m = summary["metrics"][summary["classes"][0]]
@@ -334,7 +414,9 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
               f"IoU {m['iou']['mean']:.4f} ({steps} steps, {train_s:.0f} s)", flush=True)
         if args.refine and args.preset == "lite" and prompt_mode not in ("box", "zero-shot"):
             t0 = time.time()
-            rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=True)
+            with clock.stage(f"{tag} {mode}+refine: evaluation"):
+                rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"),
+                                      refine=True)
             summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
             write_report(run / "eval-val-refine", rows, summary)
             m = summary["metrics"][summary["classes"][0]]

@@ -1,0 +1,52 @@
+"""bench_kvasir's stage clock: the whole run's time is the sum of measured stages, also over resumed invocations."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_kvasir", REPO / "benchmarks" / "bench_kvasir.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stages_are_timed_written_and_summed(tmp_path):
+    bench = _bench()
+    path = tmp_path / "results.json"
+    results = {"machine": {}}
+    clock = bench.StageClock(results, {}, path)
+    with clock.stage("b010 box: training") as info:
+        time.sleep(0.2)
+        info["train_s"] = 0.1
+    # Written after every stage, so an interrupted invocation leaves its finished stages behind.
+    on_disk = json.loads(path.read_text())["stages"]["b010 box: training"]
+    assert 0.2 <= on_disk["wall_s"] < 5 and on_disk["train_s"] == 0.1 and "cpu_s" in on_disk
+    with clock.stage("b010 box: evaluation", before_s=100.0):  # resumed: training seconds logged earlier count
+        pass
+    assert 100.0 <= results["stages"]["b010 box: evaluation"]["wall_s"] < 105
+    table = clock.table()
+    total = sum(r["wall_s"] for r in results["stages"].values())
+    assert f"**{total:.0f}**" in table and table.count("\n") == 4
+
+
+def test_a_reused_stage_keeps_the_earlier_invocations_record(tmp_path):
+    bench = _bench()
+    earlier = {"b100 Phase 1": {"wall_s": 694.0, "cpu_s": 970.0, "load_average_1min_at_end": 4.1}}
+    results = {}
+    clock = bench.StageClock(results, earlier, tmp_path / "results.json")
+    with clock.stage("b100 Phase 1") as info:
+        info["reused"] = True  # the student was found: nothing redone
+    with clock.stage("b010 Phase 1") as info:
+        info["reused"] = True  # found, but no earlier record: this invocation's (short) time is what is known
+    assert results["stages"]["b100 Phase 1"]["wall_s"] == 694.0
+    assert results["stages"]["b100 Phase 1"]["earlier_invocation"] is True
+    fresh = results["stages"]["b010 Phase 1"]
+    assert fresh["wall_s"] < 5 and "earlier_invocation" not in fresh
+    assert "(earlier invocation)" in clock.table()
