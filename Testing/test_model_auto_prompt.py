@@ -152,3 +152,63 @@ def test_models_combine_command_writes_the_auto_model_and_keeps_an_existing_file
     assert main(["models", "combine", str(ds_path), str(box_path), "-o", str(out)]) == 2
     assert "exists already" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def _with_record(path, model, data, max_val_items: int = 4):
+    """``model`` saved with a fine-tuning record naming ``data`` and its checkpoint-selection images."""
+    from ldfsam.checkpoint import save_checkpoint
+    from ldfsam.config import to_dict
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.finetune.config import FinetuneConfig
+
+    cfg = FinetuneConfig(data=str(data), val_fraction=0.5, max_val_items=max_val_items, split_seed=3)
+    save_checkpoint(path, model, model.cfg, PreprocessConfig(target_spacing=None, sam_size=256, yolo_size=256,
+                                                             class_names=list(model.cfg.class_names)),
+                    training={"phase": "finetune", "config": to_dict(cfg)})
+    return path
+
+
+def test_combine_chooses_the_box_score_on_the_runs_checkpoint_selection_images(tmp_path, pair, capsys):
+    from _finetune_helpers import toy_disc_dataset
+
+    from ldfsam.checkpoint import load_checkpoint, read_checkpoint_configs
+    from ldfsam.cli import main
+    from ldfsam.finetune.auto_score import choose_for_models, selection_data
+    from ldfsam.finetune.loss import hard_dice
+
+    ds, box, _, box_path = pair
+    data = toy_disc_dataset(tmp_path / "discs", 6, seed=1)
+    ds_path = _with_record(tmp_path / "ds.safetensors", ds, data, max_val_items=2)
+    chosen = choose_for_models(ds_path, box_path)
+    assert chosen["images"] == 2  # the run's max_val_items of its 3 validation images
+    means = chosen["means"]
+    assert chosen["box_score"] in means and means[chosen["box_score"]] == max(means.values())
+    # A threshold's figure is what the auto model joined at it scores on those images (0.5 >= the box model's
+    # confidence 0.25, so its box branch keeps the box model's boxes).
+    joined = load_checkpoint(assemble(ds_path, box_path, tmp_path / "at05.safetensors", box_score=0.5))
+    items = selection_data(load_checkpoint(ds_path), ds_path)
+    with torch.no_grad():
+        dice = [float(hard_dice(joined.model(it["sam_image"][None], it["yolo_image"][None]), it["mask"][None])[0])
+                for it in (items[i] for i in range(len(items)))]
+    assert abs(sum(dice) / len(dice) - means[0.5]) < 1e-6
+    # The dataset moved: without --data the recorded folder is reported missing, --data names its new place.
+    moved = data.rename(tmp_path / "moved")
+    out = tmp_path / "auto.safetensors"
+    assert main(["models", "combine", str(ds_path), str(box_path), "-o", str(out)]) != 0  # --box-score auto
+    assert "no such dataset folder" in capsys.readouterr().err and not out.exists()
+    assert main(["models", "combine", str(ds_path), str(box_path), "-o", str(out), "--data", str(moved)]) == 0
+    assert f"box score {chosen['box_score']} chosen on 2 checkpoint-selection images" in capsys.readouterr().out
+    assert read_checkpoint_configs(out)[0].auto_box_score == chosen["box_score"]
+
+
+def test_combine_auto_needs_a_training_record(tmp_path, pair, capsys):
+    from ldfsam.cli import main
+
+    _, _, ds_path, box_path = pair  # saved without a fine-tuning record
+    out = tmp_path / "auto.safetensors"
+    assert main(["models", "combine", str(ds_path), str(box_path), "-o", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "no fine-tuning record" in err and "--box-score a number" in err and str(ds_path) in err
+    assert not out.exists()
+    assert main(["models", "combine", str(ds_path), str(box_path), "-o", str(out), "--box-score", "high"]) != 0
+    assert "--box-score must be auto or a number" in capsys.readouterr().err and not out.exists()

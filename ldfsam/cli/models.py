@@ -31,9 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("feature_model", help="the dense+sparse model (.safetensors)")
     p.add_argument("box_model", help="the box model (.safetensors)")
     p.add_argument("-o", "--output", required=True, help="the auto model file to write (.safetensors)")
-    p.add_argument("--box-score", type=float, default=0.4,
-                   help="score a lone detected box needs for the box branch (default 0.4: chosen on Kvasir-SEG's "
-                        "checkpoint-selection images at both budgets, docs/training.md)")
+    p.add_argument("--box-score", default="auto",
+                   help="score a lone detected box needs for the box branch: auto (default: chosen on the images the "
+                        "dense+sparse run selected its checkpoint on, read from its training record; both models "
+                        "segment each once) or a number (e.g. 0.4, Kvasir-SEG's choice at the full budget)")
+    p.add_argument("--data", help="with --box-score auto: the dataset folder the dense+sparse model was trained on, "
+                                  "where it has moved since (default: the folder its training record names)")
 
 
 def _size(n: int) -> str:
@@ -138,7 +141,22 @@ def run(args) -> int:
             from ..errors import OutputError
 
             raise OutputError("exists already; choose another output file", out)
-        print(f"wrote {assemble(args.feature_model, args.box_model, out, args.box_score)}")
+        if args.box_score == "auto":
+            from ..finetune.auto_score import choose_for_models
+
+            chosen = choose_for_models(args.feature_model, args.box_model, args.data)
+            score = chosen["box_score"]
+            print(f"box score {score} chosen on {chosen['images']} checkpoint-selection images (Dice of the rule "
+                  f"{chosen['means'][score]:.4f}; dense+sparse alone {chosen['feature_dice']:.4f}, box alone "
+                  f"{chosen['box_dice']:.4f})")
+        else:
+            try:
+                score = float(args.box_score)
+            except ValueError:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"--box-score must be auto or a number, not {args.box_score!r}") from None
+        print(f"wrote {assemble(args.feature_model, args.box_model, out, score)}")
         return 0
     if args.action == "remove":
         from ..models import remove_model
