@@ -163,10 +163,12 @@ def test_with_a_prior_that_does_not_mark_roots_the_root_is_followed_past_cpds_st
     vol = tooth_volume()
     maps = Maps({z: ((vol[z] >= TOOTH) * 0.97 if z in CROWN or z in SAM_ROOT else np.zeros(vol.shape[1:]))
                  for z in range(24)})
-    result = run_prior(maps, PropagationConfig(follow_past_prior=True))
+    # past_prior_in_bone and image_on_root (on by default, test_spd_prior_roots.py) would take its place
+    only = dict(past_prior_in_bone=False, image_on_root=False)
+    result = run_prior(maps, PropagationConfig(follow_past_prior=True, **only))
     assert span(result) == (APEX, CROWN[-1]), (span(result), result.stopped)
     assert result.trace[HIDDEN[-1]]["root_side"] == 1.0
-    result = run_prior(maps, PropagationConfig())  # off by default (docs/segmentation.md: measured)
+    result = run_prior(maps, PropagationConfig(**only))  # off by default (docs/segmentation.md: measured)
     assert span(result) == (SAM_ROOT[0], CROWN[-1])
     assert result.stopped[-1] == "the prior and the carried prompts stop agreeing"
 

@@ -6,9 +6,11 @@ innermost point and the two ends of the mask's core, a centreline), plus the use
 slice z, the prompts of the ``slices`` nearest decoded slices within that distance are carried onto z at the same
 (y, x), and a carried point is kept when the saliency map says "tooth" both on its own slice and on z (dual
 validation). The kept points and the validated clicks of z form the consensus set; it prompts SAM's decoder
-with a box around the salient region that holds them (inside the previous mask's grown box). Where no carried
-point survives and z has no include click of its own, the prior and the carried prompts stop agreeing: the
-structure ends there.
+with a box around the salient region that holds them (inside the previous mask's grown box, with that box's
+margin), and with z's clicks (the carried points themselves only with ``ContextConfig.max_points``). Where no
+carried point survives and z has no include click of its own, the prior and the carried prompts stop agreeing:
+the structure ends there, unless the section lies in bone (``PropagationConfig.past_prior_in_bone``, see
+``stop_rules``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ Point = Tuple[float, float]
 class ContextConfig:
     slices: int = 2  # SPD's context: a few slices (its Fig. 8: more does not hurt, fewer loses the gain)
     points_per_slice: int = 3
-    max_points: int = 4  # consensus points given to the decoder (LiteMedSAM was trained mostly with boxes)
+    # Carried points given to the decoder with the consensus box (the user's validated clicks always are). 0: the
+    # carried points decide where the structure goes on (dual validation) and which salient region the box is fitted
+    # to, but do not prompt LiteMedSAM, which was trained mostly with boxes: on the real head CT a carried point next
+    # to a box shrank the mask to a half or less (tooth 22: 16 -> 2 voxels) and ended roots 1-4 slices early.
+    max_points: int = 0
     # CPD only where the prior sees the structure: at least this share of the prompted slice's mask salient. A prior
     # that does not (the demo prior on the real head CT) cannot tell where the tooth goes on: the slices beyond are
     # prompted as without a prior (the previous mask's box and the stop rules), and validation's decisions stand.
@@ -42,6 +48,10 @@ class ContextConfig:
     # reach without one, but on held-out phantoms at 0.5 mm it let a noisy-click tooth run two more slices into the
     # touching row, so it is not the default.
     min_seen: float = 0.0
+    # The consensus box is fitted to the salient region only where that region fills at least this share of the
+    # previous mask's grown box (as ``ValidationConfig.box_fill`` for a drawn box): a few salient voxels of a tooth
+    # (the demo prior on the real head CT) would shrink the mask slice by slice. 0: always fitted.
+    box_fill: float = 0.2
 
 
 def centreline(mask: np.ndarray, n: int = 3) -> List[Point]:
@@ -67,8 +77,11 @@ def centreline(mask: np.ndarray, n: int = 3) -> List[Point]:
 class ContextPrompts:
     """CPD for one structure on one view: :meth:`remember` each decoded slice, :meth:`prompts` for the next."""
 
-    def __init__(self, maps: SaliencyMaps, view: View, cfg: Optional[ContextConfig] = None) -> None:
+    def __init__(self, maps: SaliencyMaps, view: View, cfg: Optional[ContextConfig] = None,
+                 margin: Tuple[float, float] = (1.0, 1.0), margin_fraction: float = 0.15) -> None:
         self.maps, self.view, self.cfg = maps, view, cfg or ContextConfig()
+        # The consensus box's margin around the salient region: voxels (y, x), at least this share of its side.
+        self.margin, self.margin_fraction = margin, margin_fraction
         self.history: Dict[int, List[Point]] = {}  # slice -> its prompts (slice coordinates)
 
     def remember(self, z: int, mask: np.ndarray, clicks: Sequence[Tuple[float, float, bool]] = ()) -> None:
@@ -111,10 +124,12 @@ class ContextPrompts:
         ids = {int(pieces[int(round(y)) - oy, int(round(x)) - ox]) for y, x in kept}
         region = np.isin(pieces, [i for i in ids if i])
         box = grown
-        if region.any():
+        area = (grown[1] - grown[0] + 1) * (grown[3] - grown[2] + 1)
+        if region.any() and np.count_nonzero(region) >= self.cfg.box_fill * area:
             ys, xs = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-            # A margin as the previous mask's box has: a conservative map must not shrink the tooth slice by slice.
-            my, mx = max(1.0, 0.15 * (ys[-1] - ys[0] + 1)), max(1.0, 0.15 * (xs[-1] - xs[0] + 1))
+            # The margin the previous mask's box has: a conservative map must not shrink the tooth slice by slice.
+            my = max(self.margin[0], self.margin_fraction * (ys[-1] - ys[0] + 1))
+            mx = max(self.margin[1], self.margin_fraction * (xs[-1] - xs[0] + 1))
             fit = (max(grown[0], round(ys[0] + oy - my)), min(grown[1], round(ys[-1] + oy + my)),
                    max(grown[2], round(xs[0] + ox - mx)), min(grown[3], round(xs[-1] + ox + mx)))
             if fit[0] <= fit[1] and fit[2] <= fit[3]:
@@ -138,7 +153,9 @@ class PriorPropagator(Propagator):
         self.decisions: List[Decision] = []
         self._validate(validation or ValidationConfig())
         # ``cpd`` False: validation alone, each next slice prompted by the previous mask's box as without a prior.
-        self.context = ContextPrompts(maps, self.view, context) if cpd else None
+        c = self.cfg  # the margin of propagation's boxes (``PropagationConfig.margin_mm``, ``margin_fraction``)
+        margin = (max(1.0, c.margin_mm / spacing[1]), max(1.0, c.margin_mm / spacing[0]))
+        self.context = ContextPrompts(maps, self.view, context, margin, c.margin_fraction) if cpd else None
 
     def _validate(self, cfg: ValidationConfig) -> None:
         """Replace the prompt's clicks (and a box on one slice) by their validated versions."""
@@ -153,7 +170,10 @@ class PriorPropagator(Propagator):
         box = p.box
         if p.box is not None and not p.box_3d and self.rect is not None:
             z = p.box[0]
-            self.rect, decision = validate_box(z, self.rect, self.maps.map(z, self.view), self.view, t, cfg)
+            c = self.cfg  # the margin propagation gives a mask's box (``PropagationConfig.margin_mm``)
+            margin = (c.margin_mm / self.spacing[1], c.margin_mm / self.spacing[0])
+            self.rect, decision = validate_box(z, self.rect, self.maps.map(z, self.view), self.view, t, cfg, margin,
+                                               c.margin_fraction)
             self.decisions.append(decision)
             box = (z, z, *(int(v) for v in self.rect))
         self.p = replace(p, box=box, points=points)
@@ -161,7 +181,7 @@ class PriorPropagator(Propagator):
     def prompts(self, z: int, prev: SliceResult):
         grown = self._grow(prev.mask)
         clicks = self.p.points_on(z)
-        if self.context is None:
+        if self.context is None or (self.cfg.image_on_root and self.on_root(prev)):
             return grown, clicks
         return self.context.prompts(z, grown, clicks)
 

@@ -211,9 +211,13 @@ class Propagator(StopRules):
     def step(self, z: int, prev: SliceResult) -> Tuple[Optional[SliceResult], str]:
         """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
         prompts = self.prompts(z, prev)
+        past_prior = ""
         if prompts is None:
             why = "the prior and the carried prompts stop agreeing"
-            return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
+            if not (self.cfg.past_prior_in_bone and self.cfg.stop_rules):
+                return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
+            # Prompted as without a prior; the prior's veto stands unless the section lies in bone (below).
+            prompts, past_prior = (self._grow(prev.mask), self.p.points_on(z)), why
         box, points = prompts
         logits, low, iou = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
@@ -228,7 +232,7 @@ class Propagator(StopRules):
         rules = self.cfg.stop_rules and not self.p.points_on(z)
         narrowest = np.inf
         why = self._ends(stats) if rules else ""
-        root = self.on_root(prev)
+        root = self.on_root(prev) or (self.cfg.gap_in_bone and self.in_bone(stats))
         if rules and self.cfg.follow and (stats["contrast"] >= self.cfg.follow_gap or root):
             followed = self.follow(z, prev, None if why else stats["grey"])
             if followed is not None:
@@ -240,6 +244,10 @@ class Propagator(StopRules):
                     stats["root_side"] = 1.0
                 why, low = "", prev.low
                 narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
+        if past_prior:
+            stats["past_prior"] = 1.0
+            if not why and not self.in_bone(stats):
+                why = past_prior
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
         if why:
             return None, why

@@ -43,6 +43,9 @@ class PropagationConfig:
     # ... and at most ``root_bone_max`` of it: a brighter ring is mostly teeth (a crowded arch's neighbours around a
     # crown: 0.8-1.07 of the crown on phantoms at 0.5 mm), not bone (the real CT's root rings: up to 0.78).
     root_bone_max: float = 0.8
+    # True: the gap guard is lifted on a slice whose SAM mask itself lies in bone (``StopRules.in_bone``), not only
+    # after ``root_sections`` such sections: a gap between the rows is ringed by air or soft tissue, not bone.
+    gap_in_bone: bool = True
     follow_slope: float = 0.5  # a root's side moves by at most this many mm per mm between slices (about 27°)
     follow_level: float = 0.5  # dentin: grey at least this far from the surroundings' (ring median) to the tooth's
     # A followed section continues the previous mask: it covers at least follow_keep of it, or it is an island
@@ -63,3 +66,11 @@ class PropagationConfig:
     # Off: on the real head CT it gains 1-2 slices on three teeth, but on held-out phantoms at 0.5 mm it followed
     # two crowns 2-4 slices into the touching row (a crowded arch's crown rings read as bone).
     follow_past_prior: bool = False
+    # True: with a prior, where CPD's prior and the carried prompts stop agreeing, the slice is prompted as without a
+    # prior (the previous mask's grown box, the stop rules, root following), and the section is kept where it lies
+    # in bone (``StopRules.in_bone``): a prior that is silent inside the jaw is no evidence against a root (the demo
+    # prior does not mark the real head CT's roots), while its veto stands in air, soft tissue and among the other
+    # row's crowns. Takes the place of ``follow_past_prior`` where both are on.
+    past_prior_in_bone: bool = True
+    # True: with a prior, on a root's side (``StopRules.on_root``) the slices are prompted as without one.
+    image_on_root: bool = True

@@ -20,8 +20,14 @@
   darker is soft tissue or air, brighter is neighbouring teeth; where a window saturates dentin like enamel, as on
   the real head CT, only this tells the jaw): the structure is then in the jaw, where a SAM mask darker than its
   ring lies on the bone or the ligament between roots; near the enamel, at a crown's occlusal end where the other
-  row may touch it, the guard stays. With ``follow_vanished`` (off by default) the root is also followed there
-  where SAM's mask vanishes or is too small, if the followed section lies in bone.
+  row may touch it, the guard stays. With ``gap_in_bone`` the guard is also lifted on a slice whose SAM mask itself
+  lies in bone (a gap between the rows is ringed by air or soft tissue): a root prompted at its neck is followed
+  from the next slice. With ``follow_vanished`` (off by default) the root is also followed there where SAM's mask
+  vanishes or is too small, if the followed section lies in bone.
+- With a prior (``context_prompts.PriorPropagator``): where CPD's prior and carried prompts stop agreeing, the slice
+  is prompted as without a prior and kept where its section lies in bone (``past_prior_in_bone``; a prior silent
+  inside the jaw is no evidence against a root, its veto stands in air, soft tissue and among other crowns); on the
+  root's side the slices are prompted as without a prior (``image_on_root``).
 """
 
 from __future__ import annotations
@@ -82,10 +88,15 @@ class StopRules:
     def _dentin(self, stats: Dict[str, float], before: int) -> int:
         """``SliceResult.dentin`` of a section measured as ``stats`` after ``before`` such sections: it counts where
         the section holds no enamel (``root_grey``) or lies in bone (``root_bone``)."""
+        return before + 1 if stats["grey"] < self.cfg.root_grey * self.primary_stats["grey"] or self.in_bone(
+            stats) else 0
+
+    def in_bone(self, stats: Dict[str, float]) -> bool:
+        """Whether a section measured as ``stats`` lies in bone: the median grey of its ring between ``root_bone``
+        and ``root_bone_max`` of the prompted crown's (darker: soft tissue or air; brighter: neighbouring teeth)."""
         c, crown = self.cfg, self.primary_stats["grey"]
         ring = stats.get("ring_median", 0.0)
-        in_bone = 0 < c.root_bone <= 1 and c.root_bone * crown <= ring <= c.root_bone_max * crown
-        return before + 1 if stats["grey"] < c.root_grey * crown or in_bone else 0
+        return 0 < c.root_bone <= 1 and c.root_bone * crown <= ring <= c.root_bone_max * crown
 
     def on_root(self, prev: Section) -> bool:
         """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``

@@ -1,0 +1,149 @@
+"""A root followed as far with a prior as without one where the prior does not mark roots (the demo prior on the real
+head CT, docs/segmentation.md): ``PropagationConfig.past_prior_in_bone`` (CPD's stop overruled where the section lies
+in bone), ``image_on_root`` (on the root's side the slices prompted as without a prior), ``gap_in_bone`` (the gap
+guard lifted on a slice whose SAM mask lies in bone), ``ContextConfig.max_points`` 0 (carried points do not prompt
+the decoder), and the margins of a validated box and of CPD's consensus box (``PropagationConfig.margin_mm``).
+
+The synthetic tooth of test_propagation_root_in_bone: a crown in air, its root in bone, dentin as bright as enamel,
+an opposing crown touching its tip. Each test fails when its rule is switched off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from _infer_helpers import disc
+from test_propagation_root_in_bone import (
+    APEX,
+    CROWN,
+    HIDDEN,
+    OPPOSING,
+    PROMPT,
+    SAM_ROOT,
+    TOOTH,
+    Maps,
+    RootSegmenter,
+    run_prior,
+    span,
+    tooth_volume,
+)
+
+from ldfsam.infer.context_prompts import ContextConfig, ContextPrompts, PriorPropagator
+from ldfsam.infer.prompt_validation import ValidationConfig, validate_box
+from ldfsam.infer.prompts import VoxelPrompt
+from ldfsam.infer.propagate import PropagationConfig, Propagator
+
+CPD_STOP = "the prior and the carried prompts stop agreeing"
+
+
+def crown_and_root_maps(vol: np.ndarray, root=SAM_ROOT) -> Maps:
+    """A prior that marks the crown and the given root slices, and nothing else (no apex, no opposing crown)."""
+    return Maps({z: ((vol[z] >= TOOTH) * 0.97 if z in CROWN or z in root else np.zeros(vol.shape[1:]))
+                 for z in range(vol.shape[0])})
+
+
+class Recorder(RootSegmenter):
+    """The stand-in recording what the decoder was given: every call's points, each slice's first box."""
+
+    def __init__(self, volume) -> None:
+        super().__init__(volume)
+        self.calls, self.boxes = [], {}
+
+    def decode(self, z, box=None, points=(), mask=None, view=None):
+        self.calls.append((z, list(points)))
+        self.boxes.setdefault(z, tuple(box))
+        return super().decode(z, box, points, mask, view)
+
+
+def test_where_cpd_stops_in_bone_the_root_is_followed_as_without_a_prior():
+    vol = tooth_volume()
+    maps = crown_and_root_maps(vol)
+    result = run_prior(maps, PropagationConfig(image_on_root=False))
+    assert span(result) == (APEX, CROWN[-1]), (span(result), result.stopped)
+    assert all(result.trace[z].get("past_prior") == 1.0 for z in HIDDEN)
+    result = run_prior(maps, PropagationConfig(image_on_root=False, past_prior_in_bone=False))
+    assert span(result) == (SAM_ROOT[0], CROWN[-1]) and result.stopped[-1] == CPD_STOP, (span(result), result.stopped)
+
+
+def test_the_priors_stop_stands_outside_bone():
+    """With the gap guard off, propagation without a prior follows the crown into the touching opposing crown (in
+    air); the prior, which does not mark that crown, ends the structure at its own tip: the section there is not in
+    bone, so CPD's stop stands."""
+    vol = tooth_volume()
+    maps = crown_and_root_maps(vol)
+    cfg = PropagationConfig(follow_gap=-np.inf, view_context=0)
+    plain = Propagator(RootSegmenter(vol), PROMPT, (1.0, 1.0, 2.0), cfg).run()
+    assert span(plain)[1] > CROWN[-1], span(plain)
+    result = run_prior(maps, PropagationConfig(follow_gap=-np.inf))
+    assert span(result)[1] == CROWN[-1] and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert result.trace[OPPOSING[0]]["past_prior"] == 1.0
+
+
+def test_on_the_roots_side_the_slices_are_prompted_as_without_a_prior():
+    """A prior whose salient region on the root slices lies beside the root (it holds the carried points, so CPD
+    goes on): its consensus box would be fitted to that region; on the root's side the decoder gets the previous
+    mask's box, as without a prior."""
+    vol = tooth_volume()
+    beside = {z: np.where(disc(32, 38, 4) | disc(32, 32, 1), 0.97, 0.0) for z in list(SAM_ROOT) + list(HIDDEN)}
+    maps = Maps({z: beside.get(z, (vol[z] >= TOOTH) * 0.97 if z in CROWN else np.zeros(vol.shape[1:]))
+                 for z in range(vol.shape[0])})
+    seg = Recorder(vol)
+    Propagator(seg, PROMPT, (1.0, 1.0, 2.0), PropagationConfig(view_context=0)).run()
+    plain = dict(seg.boxes)
+    root = range(APEX, SAM_ROOT[-2])  # the root's side: two sections in bone before each
+    for on in (True, False):
+        seg = Recorder(vol)
+        PriorPropagator(seg, PROMPT, (1.0, 1.0, 2.0), PropagationConfig(view_context=0, image_on_root=on),
+                        maps=maps).run()
+        same = [z for z in root if seg.boxes.get(z) == plain[z]]
+        assert (same == list(root)) == on, (on, same, seg.boxes, plain)
+
+
+def test_a_root_prompted_in_bone_is_followed_from_the_next_slice():
+    """A box on the root's first slice in bone: on the next one SAM's mask lies beside the root, darker than its
+    ring. The ring is bone, not the air of a gap between the rows, so the gap guard is lifted there already."""
+    prompt = VoxelPrompt("root", (SAM_ROOT[0], SAM_ROOT[0], 29, 35, 29, 35), False, [], (0, 23))
+    vol = tooth_volume()
+    for on, first in ((True, APEX), (False, SAM_ROOT[0])):
+        cfg = PropagationConfig(view_context=0, gap_in_bone=on)
+        result = Propagator(RootSegmenter(vol, threshold=0.9), prompt, (1.0, 1.0, 2.0), cfg).run()
+        assert span(result)[0] == first, (on, span(result), result.stopped)
+    assert result.trace[HIDDEN[-1]]["sam_contrast" if on else "contrast"] < 0
+
+
+def test_carried_points_do_not_prompt_the_decoder_by_default():
+    vol = tooth_volume()
+    maps = Maps({z: (vol[z] >= TOOTH) * 0.97 for z in range(vol.shape[0])})
+    for context, carried in ((None, False), (ContextConfig(max_points=4), True)):
+        seg = Recorder(vol)
+        PriorPropagator(seg, PROMPT, (1.0, 1.0, 2.0), PropagationConfig(view_context=0), maps=maps,
+                        context=context).run()
+        assert any(points for _, points in seg.calls) == carried, seg.calls
+
+
+def test_a_validated_box_keeps_a_margin_around_the_priors_tooth():
+    prob = np.zeros((64, 64))
+    prob[disc(32, 32, 4)] = 0.97  # rows and columns 28-36
+    view = (0, 64, 0, 64)
+    cfg = ValidationConfig()
+    drawn = (27.0, 37.0, 26.0, 38.0)  # one and two voxels around it
+    assert validate_box(16, drawn, prob, view, 0.5, cfg, (2.0, 2.0))[0] == drawn
+    assert validate_box(16, drawn, prob, view, 0.5, cfg)[0] == (28.0, 36.0, 28.0, 36.0)  # without a margin
+    loose = (24.0, 37.0, 26.0, 41.0)
+    assert validate_box(16, loose, prob, view, 0.5, cfg, (2.0, 2.0))[0] == (26.0, 37.0, 26.0, 38.0)
+    short = (30.0, 37.0, 26.0, 38.0)  # cuts the tooth: moved out to the margin
+    assert validate_box(16, short, prob, view, 0.5, cfg, (2.0, 2.0))[0] == (26.0, 37.0, 26.0, 38.0)
+    # the propagator gives the margin of its boxes, in voxels
+    pp = PriorPropagator(RootSegmenter(tooth_volume()), PROMPT, (0.5, 0.5, 2.0), PropagationConfig(view_context=0),
+                         maps=Maps({z: np.zeros((64, 64)) for z in range(24)}))
+    assert pp.context.margin == (4.0, 4.0)
+
+
+def test_the_consensus_box_keeps_the_margin_of_propagations_boxes():
+    prob = np.zeros((64, 64))
+    prob[24:41, 24:41] = 0.97
+    maps = Maps({z: prob for z in range(3)})
+    grown = (16.0, 48.0, 16.0, 48.0)
+    for margin, box in (((3.0, 3.0), (21.0, 43.0, 21.0, 43.0)), ((1.0, 1.0), (23.0, 41.0, 23.0, 41.0))):
+        cpd = ContextPrompts(maps, (0, 64, 0, 64), margin=margin, margin_fraction=0.0)
+        cpd.remember(0, prob > 0.5)
+        assert cpd.prompts(1, grown, [])[0] == box, margin
