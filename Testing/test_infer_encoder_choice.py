@@ -93,8 +93,10 @@ def test_segmenting_uses_the_encoder_the_model_was_trained_on(tmp_path):
     volume = tmp_path / "phantom.nii.gz"
     sitk.WriteImage(image, str(volume))
     loaded = load_model("ldfsam-demo")
-    assert loaded.model_cfg.sam.trained_encoder == "full"
-    loaded.model_cfg.sam.trained_encoder = "half"  # as a model trained on the student records it
+    assert loaded.model_cfg.sam.trained_encoder == "half"  # the bundled demo model was trained on the student
     segment_volume(volume, tmp_path / "a.nii.gz", model=loaded, slice_spacing="native")
     assert isinstance(loaded.model.image_encoder, HalfResTinyViT)
     assert isinstance(loaded.model._ldfsam_encoders["full"], TinyViT)  # kept for encoder="full"
+    loaded.model_cfg.sam.trained_encoder = "full"  # as every model trained on LiteMedSAM's own encoder records it
+    segment_volume(volume, tmp_path / "b.nii.gz", model=loaded, slice_spacing="native")
+    assert isinstance(loaded.model.image_encoder, TinyViT)

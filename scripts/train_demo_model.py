@@ -7,7 +7,9 @@ file: the model refers to it by the SHA256 of the LiteMedSAM weights), its pretr
 decoder fine-tuned, dense+sparse feature prompts from a YOLOv8n prompt generator at 256 px (P3 32×32, resampled
 to the 64×64 embedding grid: Phase 1 at 512 would cost four times as much CPU). Trained only on synthetic
 phantoms (``ldfsam.data.synthetic``, with ``--augment`` the CBCT-realism augmentations and non-tooth anatomy of
-``ldfsam.data.augment``). What it is not: a clinical model; it has never seen a real scan.
+``ldfsam.data.augment``); with ``--pseudo-volumes`` / ``--negative-volumes`` Phase 2 also sees real CT slices
+labelled by a teacher model's automatic output or as background (``scripts/demo_pseudo_labels.py``: knowledge
+distillation, no hand-made label). What it is not: a clinical model; it has never seen a labelled real scan.
 
 Two phases as in the paper, simplified for a CPU:
 1. the YOLOv8n prompt generator learns to detect teeth (ultralytics' detection loss on per-tooth boxes; no
@@ -240,7 +242,12 @@ def write_phantom(folder: Path) -> None:
     sitk.WriteImage(labels, str(folder / "phantom_labels.nii.gz"), True)
 
 
-def register_bundled(model: Path) -> None:
+DESCRIPTION = "Demo model bundled with ldfsam: trained on synthetic phantoms only, not a clinical model."
+DESCRIPTION_PSEUDO = ("Demo model bundled with ldfsam: trained on synthetic phantoms and on real head CT slices "
+                      "labelled by an earlier demo model's output (no hand-made label); not a clinical model.")
+
+
+def register_bundled(model: Path, description: str = DESCRIPTION) -> None:
     """Record the bundled model's size and SHA256 in ``ldfsam/resources/models.json`` (entry ``ldfsam-demo``)."""
     import hashlib
 
@@ -251,7 +258,7 @@ def register_bundled(model: Path) -> None:
         "bundled": str(model.resolve().relative_to(REPO / "ldfsam" / "resources")),
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "size": model.stat().st_size,
-        "description": "Demo model bundled with ldfsam: trained on synthetic phantoms only, not a clinical model.",
+        "description": description,
     }
     data["models"] = [entry] + [m for m in data["models"] if m["name"] != "ldfsam-demo"]
     registry.write_text(json.dumps(data, indent=2) + "\n")
@@ -394,7 +401,7 @@ def main() -> int:
     write_phantom(args.out.parent)
     log(f"wrote the demo phantom to {args.out.parent}")
     if args.out.resolve().parent == DEMO_DIR.resolve():
-        register_bundled(args.out)
+        register_bundled(args.out, DESCRIPTION if pseudo is None else DESCRIPTION_PSEUDO)
         log("recorded its size and SHA256 in ldfsam/resources/models.json")
     print(json.dumps({"model": str(args.out), "seconds": round(time.time() - t0)}))
     return 0

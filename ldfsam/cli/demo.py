@@ -72,5 +72,6 @@ def _run(args) -> int:
               f"{result.slices_with_teeth} with teeth) in "
               f"{result.timings['total']:.1f} s; wrote {output}")
         print(f"Dice against the phantom's truth: {dice:.4f}")
-        print("(demo model trained on synthetic phantoms only; not a clinical model)")
+        print("(demo model trained on synthetic phantoms and on real CT slices labelled by a model, never by hand; "
+              "not a clinical model)")
     return 0

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format of the outputs written into a folder (default seg.nrrd)")
     parser.add_argument("--model", default=None,
                         help="model name (see `ldfsam models list`) or path to a .safetensors model "
-                             "(default: the bundled demo model, trained on synthetic phantoms only)")
+                             "(default: the bundled demo model, trained on synthetic phantoms; not a clinical model)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--batch", type=int, default=8,
                         help="slices per batch (default 8; reduced automatically to fit the available memory)")

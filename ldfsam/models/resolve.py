@@ -8,7 +8,7 @@ from ..errors import CheckpointError, InputError
 from .cache import MODEL_SUFFIX, installed_models
 from .registry import load_registry
 
-# The model used when none is named: the demo model shipped in the package (synthetic phantoms only).
+# The model used when none is named: the demo model shipped in the package (synthetic phantoms; no hand-labelled scan).
 DEFAULT_MODEL = "ldfsam-demo"
 
 
