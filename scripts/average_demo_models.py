@@ -6,7 +6,7 @@ A and B must be the same network trained from a common start (``scripts/train_de
 their weights lie in one basin and the average is a model between them: e.g. a model fine-tuned on phantoms only
 and the same model fine-tuned further with pseudo-labelled real CT (``--pseudo-volumes``), the weight setting how
 much of the second's caution on real scans the average keeps. The configuration, preprocessing and encoder (not
-stored: LiteMedSAM's, by reference) are A's; the file records both parents and the weight.
+stored: LiteMedSAM's, by reference, the same in both) are A's; the file records both parents and the weight.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def average(a: Path, b: Path, weight: float):
     differing = 0
     with torch.no_grad():
         for key, value in first.model.state_dict().items():
-            if key.startswith("image_encoder.") or not value.is_floating_point():
-                continue  # the encoder is LiteMedSAM's in both (frozen); integer buffers are counters
+            if not value.is_floating_point():
+                continue  # integer buffers are counters (the lite family's frozen encoder is equal in both)
             differing += int(not torch.equal(value, theirs[key]))
             value.lerp_(theirs[key].to(value.dtype), weight)
     return first.model, first.model_cfg, first.preprocess, differing
