@@ -45,6 +45,7 @@ class SliceResult:
     iou: float = 1.0  # SAM's predicted IoU of this mask
     narrowest: float = np.inf  # where the mask was followed (``Propagator.follow``): the least area of that chain
     dentin: int = 0  # how many sections up to this one in a row are the root's side (``root_grey``, ``root_bone``)
+    in_bone: bool = False  # this section and every one from the prompted slice to it lay in bone (``in_bone``)
 
     @property
     def mask(self) -> np.ndarray:
@@ -214,7 +215,7 @@ class Propagator(StopRules):
         past_prior = ""
         if prompts is None:
             why = "the prior and the carried prompts stop agreeing"
-            if not (self.cfg.past_prior_in_bone and self.cfg.stop_rules):
+            if not (self.cfg.past_prior_in_bone and self.cfg.stop_rules and prev.in_bone):
                 return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
             # Prompted as without a prior; the prior's veto stands unless the section lies in bone (below).
             prompts, past_prior = (self._grow(prev.mask), self.p.points_on(z)), why
@@ -251,7 +252,8 @@ class Propagator(StopRules):
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
         if why:
             return None, why
-        return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin)), ""
+        return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin),
+                           prev.in_bone and self.in_bone(stats)), ""
 
     def _follow_vanished(self, z: int, prev: SliceResult, why: str, area: int
                          ) -> Tuple[Optional[SliceResult], str]:
@@ -271,7 +273,8 @@ class Propagator(StopRules):
         stats.update(followed=1.0, sam_area=float(area), root_side=1.0)
         self.trace.setdefault(z, stats)
         narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
-        return SliceResult(logits, prev.low, 1.0, narrowest, self._dentin(stats, prev.dentin)), ""
+        return SliceResult(logits, prev.low, 1.0, narrowest, self._dentin(stats, prev.dentin),
+                           prev.in_bone and self.in_bone(stats)), ""
 
     def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
@@ -296,6 +299,7 @@ class Propagator(StopRules):
         self.primary_area = float(first.mask.sum())
         self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
         first.dentin = self._dentin(self.primary_stats, 0)  # a prompted section in bone counts (``root_bone``)
+        first.in_bone = self.in_bone(self.primary_stats)
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]

@@ -67,10 +67,12 @@ class PropagationConfig:
     # two crowns 2-4 slices into the touching row (a crowded arch's crown rings read as bone).
     follow_past_prior: bool = False
     # True: with a prior, where CPD's prior and the carried prompts stop agreeing, the slice is prompted as without a
-    # prior (the previous mask's grown box, the stop rules, root following), and the section is kept where it lies
-    # in bone (``StopRules.in_bone``): a prior that is silent inside the jaw is no evidence against a root (the demo
-    # prior does not mark the real head CT's roots), while its veto stands in air, soft tissue and among the other
-    # row's crowns. Takes the place of ``follow_past_prior`` where both are on.
+    # prior (the previous mask's grown box, the stop rules, root following), and the section is kept where it and
+    # every section from the prompted slice to it lie in bone (``StopRules.in_bone``): a prior that is silent inside
+    # the jaw is no evidence against a root (the demo prior does not mark the real head CT's roots), while its veto
+    # stands in air, soft tissue, among crowded crowns, and in the other row's bone reached across the gap (a noisy
+    # phantom box taken by the other row's crown ran three slices into that tooth's root without the chain test).
+    # Takes the place of ``follow_past_prior`` where both are on.
     past_prior_in_bone: bool = True
     # True: with a prior, on a root's side (``StopRules.on_root``) the slices are prompted as without one.
     image_on_root: bool = True
