@@ -181,7 +181,9 @@ class PriorPropagator(Propagator):
     def prompts(self, z: int, prev: SliceResult):
         grown = self._grow(prev.mask)
         clicks = self.p.points_on(z)
-        if self.context is None or (self.cfg.image_on_root and self.on_root(prev)):
+        # on a root's side reached without leaving bone (``SliceResult.in_bone``; not another tooth's root reached
+        # across the gap between the rows), prompted as without a prior
+        if self.context is None or (self.cfg.image_on_root and prev.in_bone and self.on_root(prev)):
             return grown, clicks
         return self.context.prompts(z, grown, clicks)
 

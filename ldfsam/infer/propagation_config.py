@@ -74,5 +74,7 @@ class PropagationConfig:
     # phantom box taken by the other row's crown ran three slices into that tooth's root without the chain test).
     # Takes the place of ``follow_past_prior`` where both are on.
     past_prior_in_bone: bool = True
-    # True: with a prior, on a root's side (``StopRules.on_root``) the slices are prompted as without one.
+    # True: with a prior, on a root's side (``StopRules.on_root``) reached without leaving bone (every section from
+    # the prompted slice in bone) the slices are prompted as without one. Without the bone chain a noisy phantom box
+    # taken by the other row's crown ran two slices further into that tooth's root.
     image_on_root: bool = True
