@@ -1,8 +1,9 @@
 """A root followed as far with a prior as without one where the prior does not mark roots (the demo prior on the real
 head CT, docs/segmentation.md): ``PropagationConfig.past_prior_in_bone`` (CPD's stop overruled where the section lies
 in bone), ``image_on_root`` (on the root's side the slices prompted as without a prior), ``gap_in_bone`` (the gap
-guard lifted on a slice whose SAM mask lies in bone), ``ContextConfig.max_points`` 0 (carried points do not prompt
-the decoder), and the margins of a validated box and of CPD's consensus box (``PropagationConfig.margin_mm``).
+guard lifted on a slice whose SAM mask lies in bone), ``ContextConfig.points_with_box`` 0 (carried points do
+not prompt the decoder next to a box), and the margins of a validated box and of CPD's consensus box
+(``PropagationConfig.margin_mm``).
 
 The synthetic tooth of test_propagation_root_in_bone: a crown in air, its root in bone, dentin as bright as enamel,
 an opposing crown touching its tip. Each test fails when its rule is switched off.
@@ -122,10 +123,10 @@ def test_a_root_prompted_in_bone_is_followed_from_the_next_slice():
     assert result.trace[HIDDEN[-1]]["sam_contrast" if on else "contrast"] < 0
 
 
-def test_carried_points_do_not_prompt_the_decoder_by_default():
+def test_carried_points_do_not_prompt_the_decoder_next_to_a_box():
     vol = tooth_volume()
     maps = Maps({z: (vol[z] >= TOOTH) * 0.97 for z in range(vol.shape[0])})
-    for context, carried in ((None, False), (ContextConfig(max_points=4), True)):
+    for context, carried in ((None, False), (ContextConfig(points_with_box=4), True)):
         seg = Recorder(vol)
         PriorPropagator(seg, PROMPT, (1.0, 1.0, 2.0), PropagationConfig(view_context=0), maps=maps,
                         context=context).run()

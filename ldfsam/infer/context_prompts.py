@@ -7,10 +7,10 @@ slice z, the prompts of the ``slices`` nearest decoded slices within that distan
 (y, x), and a carried point is kept when the saliency map says "tooth" both on its own slice and on z (dual
 validation). The kept points and the validated clicks of z form the consensus set; it prompts SAM's decoder
 with a box around the salient region that holds them (inside the previous mask's grown box, with that box's
-margin), and with z's clicks (the carried points themselves only with ``ContextConfig.max_points``). Where no
-carried point survives and z has no include click of its own, the prior and the carried prompts stop agreeing:
-the structure ends there, unless the section lies in bone (``PropagationConfig.past_prior_in_bone``, see
-``stop_rules``).
+margin), and with z's clicks and the carried points (for a structure prompted with a box, only up to
+``ContextConfig.points_with_box`` of them). Where no carried point survives and z has no include click of its
+own, the prior and the carried prompts stop agreeing: the structure ends there, unless the section lies in bone
+(``PropagationConfig.past_prior_in_bone``, see ``stop_rules``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ Point = Tuple[float, float]
 class ContextConfig:
     slices: int = 2  # SPD's context: a few slices (its Fig. 8: more does not hurt, fewer loses the gain)
     points_per_slice: int = 3
-    # Carried points given to the decoder with the consensus box (the user's validated clicks always are). 0: the
-    # carried points decide where the structure goes on (dual validation) and which salient region the box is fitted
-    # to, but do not prompt LiteMedSAM, which was trained mostly with boxes: on the real head CT a carried point next
-    # to a box shrank the mask to a half or less (tooth 22: 16 -> 2 voxels) and ended roots 1-4 slices early.
-    max_points: int = 0
+    max_points: int = 4  # consensus points given to the decoder (LiteMedSAM was trained mostly with boxes)
+    # ... for a structure prompted with a box, at most this many carried points (its slices' own clicks always): the
+    # carried points decide where it goes on (dual validation) and which salient region the box is fitted to, but
+    # next to the box a point shrank LiteMedSAM's mask on the real head CT to a half or less (tooth 22: 16 -> 2
+    # voxels) and ended roots 1-4 slices early. Prompted with clicks alone, the carried points keep the decoder on
+    # the tooth (held-out phantom, noisy clicks on tooth 36: 13-20 with them, 13-26 into the other row without).
+    points_with_box: int = 0
     # CPD only where the prior sees the structure: at least this share of the prompted slice's mask salient. A prior
     # that does not (the demo prior on the real head CT) cannot tell where the tooth goes on: the slices beyond are
     # prompted as without a prior (the previous mask's box and the stop rules), and validation's decisions stand.
@@ -108,7 +110,7 @@ class ContextPrompts:
                         kept.append((y, x))
         return kept, total
 
-    def prompts(self, z: int, grown: Box, clicks: Sequence[Tuple[float, float, bool]]
+    def prompts(self, z: int, grown: Box, clicks: Sequence[Tuple[float, float, bool]], box_prompt: bool = False
                 ) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z, or None where the prior and the carried prompts stop agreeing. ``grown``:
         the previous mask's grown box (the consensus box stays inside it); ``clicks``: z's validated clicks."""
@@ -117,7 +119,8 @@ class ContextPrompts:
         if not kept and not includes:
             return None
         consensus = list(clicks) + [(y, x, True) for y, x in kept]
-        consensus = consensus[: max(self.cfg.max_points, len(clicks))]
+        limit = self.cfg.points_with_box if box_prompt else self.cfg.max_points
+        consensus = consensus[: max(limit, len(clicks))]
         salient = self.maps.salient(z, self.view)
         pieces, _ = ndimage.label(salient)
         oy, ox = self.view[0], self.view[2]
@@ -185,7 +188,7 @@ class PriorPropagator(Propagator):
         # across the gap between the rows), prompted as without a prior
         if self.context is None or (self.cfg.image_on_root and prev.in_bone and self.on_root(prev)):
             return grown, clicks
-        return self.context.prompts(z, grown, clicks)
+        return self.context.prompts(z, grown, clicks, self.p.box is not None)
 
     def anchor(self, z: int) -> Optional[SliceResult]:
         result = super().anchor(z)
