@@ -185,8 +185,9 @@ class PriorPropagator(Propagator):
         grown = self._grow(prev.mask)
         clicks = self.p.points_on(z)
         # on a root's side reached without leaving bone (``SliceResult.in_bone``; not another tooth's root reached
-        # across the gap between the rows), prompted as without a prior
-        if self.context is None or (self.cfg.image_on_root and prev.in_bone and self.on_root(prev)):
+        # across the gap between the rows), prompted as without a prior, whose stop rules then end the root
+        c = self.cfg
+        if self.context is None or (c.image_on_root and c.stop_rules and prev.in_bone and self.on_root(prev)):
             return grown, clicks
         return self.context.prompts(z, grown, clicks, self.p.box is not None)
 
