@@ -50,9 +50,11 @@ class ContextConfig:
     # reach without one, but on held-out phantoms at 0.5 mm it let a noisy-click tooth run two more slices into the
     # touching row, so it is not the default.
     min_seen: float = 0.0
-    # The consensus box is fitted to the salient region only where that region fills at least this share of the
-    # previous mask's grown box (as ``ValidationConfig.box_fill`` for a drawn box): a few salient voxels of a tooth
-    # (the demo prior on the real head CT) would shrink the mask slice by slice. 0: always fitted.
+    # For a structure prompted with a box, the consensus box is fitted to the salient region only where that region
+    # fills at least this share of the previous mask's grown box (as ``ValidationConfig.box_fill`` for a drawn box):
+    # a few salient voxels of a tooth (the demo prior on the real head CT) would shrink the mask slice by slice
+    # (tooth 25: root end 12 instead of 9). With clicks alone always fitted (measured: held-out phantoms' noisy
+    # clicks lost 0.017 Dice with the rule). 0: always fitted.
     box_fill: float = 0.2
 
 
@@ -128,7 +130,8 @@ class ContextPrompts:
         region = np.isin(pieces, [i for i in ids if i])
         box = grown
         area = (grown[1] - grown[0] + 1) * (grown[3] - grown[2] + 1)
-        if region.any() and np.count_nonzero(region) >= self.cfg.box_fill * area:
+        fill = self.cfg.box_fill if box_prompt else 0.0
+        if region.any() and np.count_nonzero(region) >= fill * area:
             ys, xs = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
             # The margin the previous mask's box has: a conservative map must not shrink the tooth slice by slice.
             my = max(self.margin[0], self.margin_fraction * (ys[-1] - ys[0] + 1))
