@@ -160,3 +160,16 @@ def test_the_consensus_box_keeps_the_margin_of_propagations_boxes():
         cpd = ContextPrompts(maps, (0, 64, 0, 64), margin=margin, margin_fraction=0.0)
         cpd.remember(0, prob > 0.5)
         assert cpd.prompts(1, grown, [])[0] == box, margin
+
+
+def test_a_few_salient_voxels_do_not_shrink_a_box_prompted_structures_consensus_box():
+    prob = np.zeros((64, 64))
+    prob[31:34, 31:34] = 0.97  # 9 voxels of a structure whose grown box is 25 × 25
+    maps = Maps({z: prob for z in range(3)})
+    grown = (20.0, 44.0, 20.0, 44.0)
+    fitted = (30.0, 34.0, 30.0, 34.0)
+    for cfg, box_prompt, box in ((ContextConfig(), True, grown), (ContextConfig(box_fill=0), True, fitted),
+                                 (ContextConfig(), False, fitted)):
+        cpd = ContextPrompts(maps, (0, 64, 0, 64), cfg, margin=(1.0, 1.0), margin_fraction=0.0)
+        cpd.remember(0, prob > 0.5)
+        assert cpd.prompts(1, grown, [], box_prompt)[0] == box, (cfg, box_prompt)
