@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_kvasir", REPO / "benchmarks" / "bench_kvasir.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_kvasir.py")
 
 
 def test_stages_are_timed_written_and_summed(tmp_path):

@@ -3,24 +3,18 @@ automatic output or as background (negatives), and the slice ranges that keep th
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "demo_pseudo_labels.py"
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("demo_pseudo_labels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_pseudo_labels"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("scripts/demo_pseudo_labels.py", register=True)
     sys.modules.pop("demo_pseudo_labels", None)
 
 

@@ -3,26 +3,21 @@ export) through ``ldfsam.distill``'s code path, pretrained BatchNorm frozen, the
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 from _yolo_onnx import fake_package, fused_yolo, onnx_bytes
 
 from ldfsam.model.config import PromptGeneratorConfig
 from ldfsam.model.prompt_generator import PromptGenerator
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
-
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/train_demo_model.py")
     return module
 
 

