@@ -60,6 +60,7 @@ def _same_results(out: Path, ref: Path) -> None:
         assert np.array_equal(_labels(out / name), _labels(ref / name)), name
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_a_folder_of_volumes_per_volume_events_and_manifest(scans, reference):
     out, events = reference
     cohort = [e for e in events if e["phase"] == "cohort"]

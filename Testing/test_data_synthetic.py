@@ -120,6 +120,7 @@ def test_bad_arguments_are_named():
         training_slices(0, 64)
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_phantom_vs_real_script_writes_the_picture(tmp_path, data_dir):
     import subprocess
     import sys

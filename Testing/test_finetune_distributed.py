@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _finetune_helpers import toy_disc_dataset
 
@@ -40,6 +41,7 @@ def _gradients(run: Path):
     return {k: v / (1 - BETA1) for k, v in tensors.items() if k.endswith(".exp_avg")}
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_torchrun_two_processes_match_one_process(tmp_path):
     data = toy_disc_dataset(tmp_path / "toy", n=8, seed=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

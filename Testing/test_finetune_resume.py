@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _finetune_helpers import toy_disc_dataset
 
@@ -36,6 +37,7 @@ def _state(run: Path):
     return load_state(run / "state.safetensors")
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     data = toy_disc_dataset(tmp_path / "toy", n=10, seed=1)
     ref_run, run = tmp_path / "ref", tmp_path / "run"

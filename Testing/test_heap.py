@@ -39,6 +39,7 @@ def _probe(path: str = "plain", **env) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_large_blocks_are_reused_instead_of_faulted_in_again():
     system = _probe(LDFSAM_MALLOC="system")
     tuned = _probe()
@@ -49,6 +50,7 @@ def test_large_blocks_are_reused_instead_of_faulted_in_again():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_fused_encoder_needs_no_heap_setting():
     """The float32 CPU path keeps every activation below glibc's mmap limit, so freed blocks are reused without the
     setting (and the process does not keep a large peak heap)."""

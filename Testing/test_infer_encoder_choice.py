@@ -81,6 +81,7 @@ def test_the_bundled_neck_is_named_in_the_catalog_not_as_a_segmentation_model():
         resolve_model(NECK_MODEL)
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_segmenting_uses_the_encoder_the_model_was_trained_on(tmp_path):
     """segment_volume's default (auto) takes the encoder a model file records (the override: test above)."""
     import SimpleITK as sitk

@@ -52,6 +52,7 @@ def dice(a, b):
     return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_box_prompt_segments_one_tooth_and_stops_at_its_ends(phantom, session):
     _, image, truth = phantom
     lo, hi = tooth_box(image, truth)

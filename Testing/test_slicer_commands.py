@@ -86,6 +86,7 @@ def _phantom_file(path: Path, shape=(24, 64, 64)):
     return path, sitk.GetArrayFromImage(labels)
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_real_segment_run_drives_progress_and_its_seg_nrrd_maps_to_segments(tmp_path, demo_model):
     """``ldfsam segment`` with the module's default model and options (individual teeth), as the module runs it."""
     import slicerio
@@ -117,6 +118,7 @@ def test_real_segment_run_drives_progress_and_its_seg_nrrd_maps_to_segments(tmp_
     assert 2 * (mask & teeth).sum() / (mask.sum() + teeth.sum()) > 0.5
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_cancelling_a_real_segment_run_leaves_nothing_behind(tmp_path, demo_model):
     output = tmp_path / "teeth.seg.nrrd"
     cbct, _ = _phantom_file(tmp_path / "cbct.nrrd", shape=(128, 64, 64))  # seconds of work at batch 1
@@ -330,6 +332,7 @@ def test_train_settings_are_checked_before_anything_starts(tmp_path):
             _settings(tmp_path, **bad).check()
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_train_commands_are_accepted_by_the_core_after_a_real_prepare(tmp_path):
     s = _settings(tmp_path, teacher_scale="s", student_scale="n", sam_preset="small", distill_epochs=3,
                   finetune_epochs=4, batch_size=2, device="CPU", sam_checkpoint=str(tmp_path / "sam.pth"))

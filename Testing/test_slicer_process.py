@@ -120,6 +120,7 @@ def test_poll_never_blocks_and_separates_events_from_other_output(tmp_path):
     assert state.percent == 100 and state.done_phases == ["segment"]
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_a_failing_core_command_reports_its_real_cause(tmp_path):
     import SimpleITK as sitk
 

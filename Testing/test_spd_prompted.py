@@ -69,6 +69,7 @@ def _decoded_with(sam, z, y, x) -> bool:
                for key in sam.memo)
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_an_include_click_on_bone_is_dropped_with_a_prior_and_used_without(phantom, session):
     _, image, truth = phantom
     lo, hi, zm, (by, bx) = crown_box_and_bone(image, truth)

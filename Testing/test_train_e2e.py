@@ -54,6 +54,7 @@ def reference(dataset) -> tuple:
     return run, [parse_event(line) for line in proc.stdout.splitlines()]
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_one_command_runs_every_stage_and_names_it(reference):
     run, events = reference
     assert events and all(e is not None for e in events), "stdout holds events only"
@@ -76,6 +77,7 @@ def test_one_command_runs_every_stage_and_names_it(reference):
     assert cfg["prepare"]["spacing"] is None and cfg["evaluate"]["bootstrap"] == 200
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_phase1_reports_validation_scores_per_epoch(reference):
     run, events = reference
     for role in ("teacher", "student"):
@@ -89,6 +91,7 @@ def test_phase1_reports_validation_scores_per_epoch(reference):
         assert {"epoch", "loss", "precision", "recall", "mAP50", "mAP50_95"} <= set(header)
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_report_has_every_section_and_its_images_decode(reference):
     from PIL import Image
 
@@ -117,6 +120,7 @@ def test_report_has_every_section_and_its_images_decode(reference):
     assert re.findall(r'<section id="(\w+)"', (run / "report.html").read_text()) == list(SECTIONS)
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_evaluate_takes_the_run_folder_and_its_splits_files(reference, dataset, tmp_path, capsys):
     from ldfsam.cli import main
 

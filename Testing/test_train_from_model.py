@@ -136,6 +136,7 @@ def test_a_warning_when_the_counted_pixels_are_almost_all_tooth(tmp_path):
     assert shares["teeth"] > MOSTLY_TOOTH > shares["slices"] > 0
 
 
+@pytest.mark.slow  # over 14 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_a_fine_tune_from_a_model_moves_its_weights_from_the_parents(tmp_path):
     """Phase 2 from a model file, a few steps: the decoder and prompt heads move (a fine-tune that leaves the
     weights where they were fails here), yet stay close to the parent's (it started from them, not from SAM's
