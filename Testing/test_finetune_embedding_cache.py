@@ -123,7 +123,7 @@ def test_training_on_the_cache_matches_training_without_it(tmp_path, home):
     assert np.allclose(a, b, rtol=2e-3), (a, b)
     assert cached.best_val_dice == pytest.approx(plain.best_val_dice, abs=0.01)
     phases = [e["phase"] for e in events if e["kind"] == "done"]
-    assert phases == ["embeddings", "finetune"]
+    assert phases == ["embeddings", "features", "finetune"]  # the frozen YOLO's features cached too
     # The cache holds the 8 training and validation images, once.
     assert len(list((home / "cache" / "embeddings").glob("*/*.safetensors"))) == 8
 

@@ -73,6 +73,9 @@ class FinetuneConfig:
     # "auto": when the image encoder has no trainable parameter (the lite preset), encode every image once and
     # train on the cached embeddings (finetune/embedding_cache.py); "off": encode in every step.
     embedding_cache: EmbeddingCacheMode = "auto"
+    # "auto": with cached embeddings and a frozen prompt generator, compute each image's YOLO features once and
+    # train on them (finetune/feature_cache.py); "off": run the prompt generator in every step.
+    feature_cache: EmbeddingCacheMode = "auto"
 
     def validate(self) -> None:
         from ..errors import ConfigError

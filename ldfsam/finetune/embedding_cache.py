@@ -172,7 +172,8 @@ def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
 
 
 class FromEmbeddings(torch.nn.Module):
-    """LDFSAM from cached embeddings: ``forward(embedding B×D×G×G, yolo_image, boxes=None) -> logits``.
+    """LDFSAM from cached embeddings: ``forward(embedding B×D×G×G, yolo_image, boxes=None) -> logits``;
+    ``yolo_image`` may be the prompt generator's cached features (P3, P4, P5) instead (feature_cache.py).
 
     A module (not a function) so that DistributedDataParallel can wrap it like the model itself.
     """
@@ -183,4 +184,6 @@ class FromEmbeddings(torch.nn.Module):
 
     def forward(self, embedding: torch.Tensor, yolo_image: torch.Tensor,
                 boxes: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        if isinstance(yolo_image, (tuple, list)):
+            return self.model.decode(embedding, tuple(yolo_image), boxes)
         return self.model.decode(embedding, self.model.prompt_features(yolo_image), boxes)

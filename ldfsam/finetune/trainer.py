@@ -25,6 +25,7 @@ from . import distributed
 from .config import FinetuneConfig
 from .data import RunData
 from .embedding_cache import EmbeddingCache, FromEmbeddings, encode_dataset, encoder_fingerprint, encoder_is_frozen
+from .feature_cache import FeatureCache, cache_features, features_cacheable, generator_fingerprint
 from .gt_boxes import BoxPrompted, boxes_from_masks
 from .loss import dice_bce_loss, hard_dice
 from .optim import make_optimizer, set_lr
@@ -62,17 +63,23 @@ def cosine_lr(cfg: FinetuneConfig, step: int, total: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
-def _forward(net, image: torch.Tensor, yolo: torch.Tensor, mask: torch.Tensor, gt_boxes: bool) -> torch.Tensor:
-    """``image`` is the SAM image, or its cached embedding when ``net`` is a FromEmbeddings."""
+def _forward(net, image: torch.Tensor, yolo, mask: torch.Tensor, gt_boxes: bool) -> torch.Tensor:
+    """``image`` is the SAM image, or its cached embedding when ``net`` is a FromEmbeddings; ``yolo`` the YOLO
+    image, or its cached features (P3, P4, P5) with a FromEmbeddings."""
     if not gt_boxes:
         return net(image, yolo)
-    return net(image, yolo, boxes_from_masks(mask, yolo.shape[-1] / mask.shape[-1]))
+    # The YOLO input's size: P3 has stride 8.
+    yolo_size = yolo[0].shape[-1] * 8 if isinstance(yolo, (tuple, list)) else yolo.shape[-1]
+    return net(image, yolo, boxes_from_masks(mask, yolo_size / mask.shape[-1]))
 
 
 def _to_device(batch: Dict[str, Any], device: torch.device):
     image = batch["embedding"] if "embedding" in batch else batch["sam_image"]
-    return (image.to(device, non_blocking=True), batch["yolo_image"].to(device, non_blocking=True),
-            batch["mask"].to(device, non_blocking=True))
+    if "yolo_features" in batch:
+        yolo = tuple(f.to(device, non_blocking=True) for f in batch["yolo_features"])
+    else:
+        yolo = batch["yolo_image"].to(device, non_blocking=True)
+    return image.to(device, non_blocking=True), yolo, batch["mask"].to(device, non_blocking=True)
 
 
 def _valid(batch: Dict[str, Any], device: torch.device) -> Optional[torch.Tensor]:
@@ -106,6 +113,12 @@ class Trainer:
         if self.cached:
             self._cache_embeddings()
         # SPD: the saliency head's loss (a model with a head) and PSC on pairs of adjacent slices.
+        spd_wanted = psc_enabled(cfg, data) or getattr(self.model, "saliency_head", None) is not None
+        # The frozen prompt generator's features, once per image (feature_cache.py); SPD's pairs keep their images.
+        self.features_cached = (self.cached and not self.zero_shot and not spd_wanted
+                                and cfg.feature_cache == "auto" and features_cacheable(self.model))
+        if self.features_cached:
+            self._cache_features()
         pairs = with_psc_pairs(self.data.train) if psc_enabled(cfg, data) else None
         self.psc = pairs is not None
         if pairs is not None:
@@ -144,6 +157,24 @@ class Trainer:
             self.data.val = encode_dataset(self.model, self.data.val, cache, self.cfg.batch_size,
                                            report(0 if self.zero_shot else len(self.data.train)), self.precision)
         self.progress.done("embeddings", message=f"image embeddings ready in {time.monotonic() - start:.1f} s")
+
+    def _cache_features(self) -> None:
+        """The frozen prompt generator's P3/P4/P5 of every training and validation image, once; feature_cache.py."""
+        cache = FeatureCache(generator_fingerprint(self.model), precision=self.precision)
+        sets = [s for s in (self.data.train, self.data.val) if s is not None and len(s)]
+        total = sum(len(s) for s in sets)
+        self.progress.start("features", total=total, message=f"YOLO features: {total} items, cache {cache.dir}")
+        start, offset = time.monotonic(), 0
+        for which in ("train", "val"):
+            dataset = getattr(self.data, which)
+            if dataset is None or not len(dataset):
+                continue
+            setattr(self.data, which, cache_features(
+                self.model, dataset, cache, self.cfg.batch_size,
+                lambda i, n, computed, base=offset: self.progress.update("features", base + i, total,
+                                                                         computed=computed), self.precision))
+            offset += len(dataset)
+        self.progress.done("features", message=f"YOLO features ready in {time.monotonic() - start:.1f} s")
 
     def _net(self) -> torch.nn.Module:
         """What one step calls: the model, or a wrapper taking given boxes and/or cached embeddings."""

@@ -4,7 +4,8 @@ Trained: the encoder's adapters, the feature prompt encoder (Φmix, the dense he
 prompt encoder, the mask decoder and SPD's saliency head (when the model has one). Frozen: the ViT encoder's original
 weights and the whole YOLO prompt generator.
 Parameters that the configured prompt mode never uses are frozen too, so that every trainable parameter receives
-a gradient: SAM's box-corner embeddings take part only in box mode. A ``zero-shot`` model trains nothing: it is the
+a gradient: SAM's box-corner embeddings take part only in box mode; the decoder's attention key biases never change
+its output. A ``zero-shot`` model trains nothing: it is the
 pretrained SAM prompted with the detected boxes. Nor does an ``auto`` model: it is joined from a trained
 ``dense+sparse`` and a trained ``box`` model (``model/auto_prompt.py``), and Phase 2 refuses it.
 """
@@ -21,6 +22,10 @@ def _is_trainable(name: str, prompt_mode: str, num_classes: int) -> bool:
         return False
     if name.startswith("mask_decoder.iou_prediction_head."):
         return False  # SAM's IoU head (interactive use): Phase 2 has no IoU target
+    if name.startswith("mask_decoder.transformer.") and name.endswith(".k_proj.bias"):
+        # An attention's key bias adds one constant to all of a query's logits, which the softmax drops: it never
+        # changes the output, its gradient is 0 (the few-token attention does not even compute it; transformer.py).
+        return False
     if name.startswith("mask_decoder.output_hypernetworks_mlps."):
         return int(name.split(".")[2]) < num_classes  # the class masks, not SAM's multimask outputs
     if name.startswith("image_encoder."):
