@@ -88,20 +88,28 @@ def test_new_generator_weights_or_content_miss_the_cache_and_a_damaged_file_is_r
     assert generator_fingerprint(model) != before
 
 
-def test_only_a_frozen_generator_whose_features_are_used_is_cached():
+def test_only_a_frozen_generator_is_cached_and_none_needs_no_features(tmp_path, home):
     assert features_cacheable(_model(frozen_encoder_config("dense+sparse")))
     assert features_cacheable(_model(frozen_encoder_config("box")))
-    assert not features_cacheable(_model(frozen_encoder_config("none")))  # no YOLO pass at all
     model = _model(frozen_encoder_config("sparse"))
     next(model.prompt_generator.parameters()).requires_grad_(True)
     assert not features_cacheable(model)
+    none = _model(frozen_encoder_config("none")).eval()  # no YOLO pass at all: nothing computed, nothing stored
+    assert features_cacheable(none)
+    cache = FeatureCache(generator_fingerprint(none))
+    items = cache_features(none, _dataset(tmp_path / "toy", n=2), cache)
+    assert items[0]["yolo_features"] == [] and "yolo_image" not in items[0] and not cache.dir.exists()
 
 
 def _losses(run):
     return [float(r["train_loss"]) for r in csv.DictReader(open(run / "log.csv"))]
 
 
-@pytest.mark.parametrize("mode,box_prompts", [("dense+sparse", "detected"), ("box", "ground_truth")])
+@pytest.mark.parametrize("mode,box_prompts", [
+    ("dense+sparse", "detected"),
+    # Two trainings each: the other modes run with the slow suite.
+    pytest.param("box", "ground_truth", marks=pytest.mark.slow),
+    pytest.param("none", "detected", marks=pytest.mark.slow)])
 def test_training_on_cached_features_matches_training_without_them(tmp_path, home, monkeypatch, mode, box_prompts):
     """The same run with and without the feature cache: the same losses and validation Dice, and with the cache the
     prompt generator runs only to fill it (one pass per batch of new images), never in a training step."""
@@ -123,10 +131,13 @@ def test_training_on_cached_features_matches_training_without_them(tmp_path, hom
                      progress=Progress("none"))
     steps = 2 * 3  # 6 training images, batch 2, 2 epochs
     assert cached.global_step == plain.global_step == steps
-    # Without the cache: every training step and validation batch; with it: the 8 images once (batches of 2). Both
-    # runs also pass one image when the generator is built (to learn its channel counts).
-    assert sum(calls) >= 1 + steps * 2 and sum(cached_calls) == 1 + 8, (calls, cached_calls)
+    # Without the cache: every training step and validation batch; with it: the 8 images once (batches of 2); in
+    # none mode never. Both runs also pass one image when the generator is built (to learn its channel counts).
+    if mode == "none":
+        assert sum(calls) == sum(cached_calls) == 1
+    else:
+        assert sum(calls) >= 1 + steps * 2 and sum(cached_calls) == 1 + 8, (calls, cached_calls)
     a, b = _losses(tmp_path / "cached"), _losses(tmp_path / "plain")
     assert np.allclose(a, b, rtol=1e-4), (a, b)
     assert cached.best_val_dice == pytest.approx(plain.best_val_dice, abs=1e-3)
-    assert len(list((home / "cache" / "yolo-features").glob("*/*.safetensors"))) == 8
+    assert len(list((home / "cache" / "yolo-features").glob("*/*.safetensors"))) == (0 if mode == "none" else 8)

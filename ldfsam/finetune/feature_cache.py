@@ -47,9 +47,10 @@ def generator_fingerprint(model: torch.nn.Module) -> str:
 
 
 def features_cacheable(model: torch.nn.Module) -> bool:
-    """True when the prompt generator is frozen and the prompt mode uses its features (``none`` makes no YOLO pass)."""
-    return (model.cfg.prompt_mode != "none"
-            and not any(p.requires_grad for p in model.prompt_generator.parameters()))
+    """True when a step never needs the YOLO image: the prompt generator is frozen, or the prompt mode makes no
+    YOLO pass at all (``none``: its items then carry no features, ``yolo_features`` is empty)."""
+    return (model.cfg.prompt_mode == "none"
+            or not any(p.requires_grad for p in model.prompt_generator.parameters()))
 
 
 class FeatureCache:
@@ -131,6 +132,9 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         else:
             item = dict(self.dataset[index])
             item.pop("yolo_image")
+        if not self.keys:  # prompt mode none: no features
+            item["yolo_features"] = []
+            return item
         features = self.cache.get(self.keys[index])
         if features is None:
             raise RuntimeError(f"YOLO features {self.cache.path(self.keys[index])} vanished during the run")
@@ -144,8 +148,11 @@ def cache_features(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
                    precision: str = "fp32") -> CachedFeatureDataset:
     """Look every item's features up, compute the missing ones in batches with the model's prompt generator (in
     eval mode and under the run's ``precision``, as Phase 2's steps run it), and return the dataset with features.
-    ``on_progress(done, total, computed)`` is called after each item."""
+    ``on_progress(done, total, computed)`` is called after each item. In prompt mode ``none`` nothing is computed
+    (the items carry an empty ``yolo_features``)."""
     from .precision import autocast
+
+    needed = model.cfg.prompt_mode != "none"
     generator = model.prompt_generator
     was_training = generator.training
     generator.eval()
@@ -177,6 +184,8 @@ def cache_features(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
             image = item["yolo_image"]
             if embeddings is not None:
                 fields.append({k: _compact(v) for k, v in item.items() if k not in IMAGES})
+            if not needed:
+                continue
             key = image_key(image)
             keys.append(key)
             if key not in pending_keys and cache.get(key) is None:
