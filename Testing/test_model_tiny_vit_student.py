@@ -104,3 +104,19 @@ def test_a_file_that_is_not_a_neck_is_refused(tmp_path):
     save_state(path, {"w": torch.zeros(2)}, {"format": "ldfsam-model", "version": 1})
     with pytest.raises(CheckpointError, match="not an LDFSAM encoder neck file"):
         half_resolution_encoder(random_tiny_vit(), path)
+
+
+def test_inference_runs_the_first_stage_per_image_and_the_rest_as_one_batch():
+    # One image at a time through the attention stages cost two threads about twice the CPU time of one batch.
+    net = student()
+    prepare_for_inference(net.backbone)
+    batches = {"patch_embed": [], "attention": [], "neck": []}
+    net.backbone.patch_embed.register_forward_hook(lambda m, a, o: batches["patch_embed"].append(a[0].shape[0]))
+    net.backbone.layers[1].blocks[0].register_forward_hook(lambda m, a, o: batches["attention"].append(a[0].shape[0]))
+    net.up_neck.register_forward_hook(lambda m, a, o: batches["neck"].append(a[0].shape[0]))
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        out = net(x)
+        one_by_one = torch.cat([net(x[i:i + 1]) for i in range(3)])
+    assert batches == {"patch_embed": [1, 1, 1, 1, 1, 1], "attention": [3, 1, 1, 1], "neck": [3, 1, 1, 1]}
+    torch.testing.assert_close(out, one_by_one, rtol=1e-5, atol=1e-5)

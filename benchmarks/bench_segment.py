@@ -144,7 +144,8 @@ def child(args) -> int:
     out = Path(args.workdir) / f"out_{args.preset}_{os.getpid()}.seg.nrrd"
     t = time.perf_counter()
     r = segment_volume(args.volume, out, model=args.model, device="cpu", batch=args.batch, precision=args.precision,
-                       keep_slices=keep, slice_spacing=args.slice_spacing, force=True, encoder=args.encoder)
+                       keep_slices=keep, slice_spacing=args.slice_spacing, force=True, encoder=args.encoder,
+                       interpolate_embeddings=args.between_child == "on")
     seconds = time.perf_counter() - t
     process = time.time() - _process_start()
     out.unlink()
@@ -157,7 +158,8 @@ def child(args) -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a shared machine, unlike wall time
     print(json.dumps({"seconds": seconds, "process_seconds": process, "slices": r.slices,
                       "cpu_seconds": usage.ru_utime + usage.ru_stime, "system_seconds": usage.ru_stime,
-                      "model_slices": r.model_slices, "encoded": r.slices_with_teeth, "batch": r.batch,
+                      "model_slices": r.model_slices, "with_teeth": r.slices_with_teeth,
+                      "encoded": r.encoded_slices, "batch": r.batch,
                       "peak_bytes": peak, "dice": dice, "timings": r.timings}))
     return 0
 
@@ -181,11 +183,15 @@ def main() -> int:
     ap.add_argument("--encoders", nargs="+", default=["auto"], choices=("auto", "full", "half"),
                     help="lite models' image encoder, each run in turn (auto: the one the model was trained on; "
                          "full: LiteMedSAM's TinyViT; half: the distilled half-resolution student)")
+    ap.add_argument("--between", nargs="+", default=["on"], choices=("on", "off"),
+                    help="slices between two encoded neighbours decoded on their interpolated embeddings (on, the "
+                         "default) or encoded (off); each run in turn, as --encoders")
     ap.add_argument("--demo-model", type=Path, help="the model file the demo preset runs (default: the bundled "
                     "ldfsam-demo); its runs and its encoder figures use --encoders")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--encoder", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--between-child", default="on", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--volume", help=argparse.SUPPRESS)
@@ -265,8 +271,9 @@ def main() -> int:
                        "--volume", str(vol), "--labels",
                        str(lab), "--workdir", work, "--batch", str(args.batch), "--precision", args.precision,
                        "--threads", str(args.threads), "--slice-spacing", spacing]
-                for malloc, encoder in [(m, e) for m in args.malloc for e in args.encoders]:
-                    cmd_run = cmd + ["--encoder", encoder]
+                for malloc, encoder, between in [(m, e, b) for m in args.malloc for e in args.encoders
+                                                 for b in args.between]:
+                    cmd_run = cmd + ["--encoder", encoder, "--between-child", between]
                     env = dict(os.environ)
                     env.pop("LDFSAM_MALLOC", None)
                     if malloc == "system":
@@ -278,7 +285,7 @@ def main() -> int:
                         return proc.returncode
                     run = json.loads(proc.stdout.strip().splitlines()[-1])
                     run.update(preset=preset, teeth_fraction=fraction, load_avg=load, slice_spacing=spacing,
-                               malloc=malloc, encoder=encoder, **encs[encoder])
+                               malloc=malloc, encoder=encoder, between=between, **encs[encoder])
                     run["slices_per_s"] = run["slices"] / run["seconds"]
                     results["runs"].append(run)
                     t = run["timings"]
@@ -286,11 +293,13 @@ def main() -> int:
                     print(f"{preset} teeth {fraction:.0%}, --slice-spacing {spacing}: {run['seconds']:.1f} s/volume "
                           f"({run['process_seconds']:.1f} s process, {run['cpu_seconds']:.0f} s CPU){dice}, "
                           f"{run['slices_per_s']:.1f} slices/s, model on {run['model_slices']}, "
-                          f"{run['encoded']} encoded, peak {run['peak_bytes'] / 2**30:.2f} GB, batch "
-                          f"{run['batch']} | yolo {t['predict.prompt_features']:.1f} s, encoder "
+                          f"{run['with_teeth']} with teeth, {run['encoded']} encoded, peak "
+                          f"{run['peak_bytes'] / 2**30:.2f} GB, batch {run['batch']} | yolo "
+                          f"{t['predict.prompt_features']:.1f} s, encoder "
                           f"{t['predict.encoder']:.1f} s, decoder {t['predict.decoder']:.1f} s, clean-up "
                           f"{t['cleanup']:.1f} s, write {t['write']:.1f} s, read+load {t['load']:.1f} s | "
-                          f"malloc {malloc}, encoder {encoder}, load average {load[0]:.1f}", flush=True)
+                          f"malloc {malloc}, encoder {encoder}, between {between}, load average {load[0]:.1f}",
+                          flush=True)
     results["machine"]["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

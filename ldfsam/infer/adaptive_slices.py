@@ -63,6 +63,14 @@ class SliceSchedule:
         """Candidates whose fate is known: run, or inside a settled gap (for progress)."""
         return len(self.teeth) + sum(b - a - 1 for a, b in self.settled)
 
+    def encoded_neighbours(self, i: int) -> Optional[Tuple[int, int]]:
+        """(a, b) when candidate ``i`` is run as the middle of a gap between its two neighbouring candidates a and
+        b (the finest level) and both hold teeth, else None."""
+        gap = self.parent.get(i)
+        if gap is None or gap[1] - gap[0] != 2 or not (self.teeth.get(gap[0]) and self.teeth.get(gap[1])):
+            return None
+        return gap
+
     def next_batch(self, size: int) -> Optional[List[int]]:
         if not self.pending:
             self.pending = self._refine()

@@ -72,7 +72,8 @@ def _finish(plan: SlicePlan, prediction: Prediction, loaded_classes: List[str], 
     return SegmentationResult(labels=labels, grid=plan.grid, segment_names=names, probabilities=probs,
                               saliency=saliency,
                               slices=plan.shape[0], slices_with_teeth=prediction.slices_with_teeth,
-                              model_slices=prediction.model_slices, batch=prediction.batch, timings=timings)
+                              model_slices=prediction.model_slices, batch=prediction.batch, timings=timings,
+                              encoded_slices=prediction.encoded)
 
 
 def _done(progress: Progress, result: SegmentationResult, output: Optional[PathLike]) -> None:
@@ -118,7 +119,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
                    keep_slices: Optional[np.ndarray] = None,
                    should_stop: Optional[Callable[[], bool]] = None,
                    spacing: Optional[Sequence[float]] = None, refine: bool = False,
-                   encoder: str = "auto") -> SegmentationResult:
+                   encoder: str = "auto", interpolate_embeddings: bool = True) -> SegmentationResult:
     """Segment the teeth in the volume ``input`` and write ``output`` (.nii/.nii.gz label map or .seg.nrrd).
 
     model: a model name (``ldfsam models list``), a ``.safetensors`` path, or a loaded checkpoint; default: the
@@ -133,12 +134,15 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     refine: the lite family's refinement pass (``ldfsam.infer.refine``).
     encoder: a lite model's image encoder: "auto" (the one it was trained on), "full" or "half"
     (``ldfsam.infer.encoder_choice``).
+    interpolate_embeddings: with slice_spacing "auto", decode a slice between two encoded neighbouring candidates
+    on their interpolated embeddings instead of encoding it (:class:`SegmentOptions`).
     Every argument and both outputs are checked before any work; an output is never the input, even with
     ``force``. Raises InputError/OutputError/CheckpointError/ConfigError naming the file or the argument;
     KeyboardInterrupt or ``should_stop()`` leave no output.
     """
     options = SegmentOptions(batch, threshold, min_island_mm3, fill, split, precision, memory_limit, slice_spacing,
-                             probabilities is not None, spacing, refine, encoder=encoder).validate()
+                             probabilities is not None, spacing, refine, encoder=encoder,
+                             interpolate_embeddings=interpolate_embeddings).validate()
     progress = progress or Progress("none")
     t0 = time.perf_counter()
     input = Path(input)

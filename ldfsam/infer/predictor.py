@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
 EMPTY_LOGIT = -20.0
+# A slice decoded between two encoded ones: (embedding a, embedding b, weight of b), each embedding D×G×G.
+Between = Tuple[torch.Tensor, torch.Tensor, float]
 
 
 def _fused_generator(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,6 +85,12 @@ class SlicePredictor:
         self.times: Dict[str, float] = {"inputs": 0.0, "prompt_features": 0.0, "detect": 0.0, "encoder": 0.0,
                                         "decoder": 0.0}
         self.encoded = 0
+        # Slices decoded on an embedding interpolated between two encoded neighbours (``between`` of ``predict``).
+        self.interpolated = 0
+        # With ``keep_embeddings``, each ``predict`` leaves the embeddings it encoded in ``embeddings`` (batch row ->
+        # 256×G×G, a copy), so that slices between encoded ones can be decoded without an encoder pass.
+        self.keep_embeddings = False
+        self.embeddings: Dict[int, torch.Tensor] = {}
         # The refinement pass (infer/refine.py), set by the pipeline when asked for: None runs none.
         self.refiner = None
         # SPD's saliency map (model/saliency.py) on the embeddings the decoder uses: set ``want_saliency`` and each
@@ -127,13 +135,17 @@ class SlicePredictor:
                                                    max_det=cfg.max_boxes)
 
     @torch.inference_mode()
-    def predict(self, slices: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, slices: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                between: Optional[Sequence[Optional[Between]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Slices B×H×W -> (logits B×C×S×S float32 on the CPU, has_teeth B bool).
 
         ``keep`` (B bool) overrides the prompt generator's choice of slices that hold teeth (benchmarks use the
         phantom's truth to time a given share of tooth slices with untrained weights).
+        ``between`` (B entries, None or (embedding a, embedding b, w)): a slice with an entry that holds teeth is
+        not encoded; the decoder gets ``lerp(a, b, w)`` instead, with the slice's own prompt features.
         """
         model = self.model
+        self.embeddings = {}
         t = time.perf_counter()
         sam, yolo = self.inputs(slices)
         t = self._tick("inputs", t)
@@ -164,8 +176,23 @@ class SlicePredictor:
                 self.saliency = torch.full((n, 1, grid, grid), EMPTY_LOGIT, dtype=torch.float32)
             return out, keep
         sel = idx.to(self.device)
+        rows = idx.tolist()
+        mixed = [k for k, j in enumerate(rows) if between is not None and between[j] is not None]
+        encode = sorted(set(range(len(rows))) - set(mixed))
         with self._autocast():
-            embeddings = model.encode_image(sam.index_select(0, sel))
+            embeddings = None
+            if encode:
+                embeddings = model.encode_image(sam.index_select(0, sel if not mixed else sel[encode]))
+            if mixed:
+                parts = [None] * len(rows)
+                for e, k in enumerate(encode):
+                    parts[k] = embeddings[e]
+                for k in mixed:
+                    a, b, w = between[rows[k]]
+                    parts[k] = torch.lerp(a.to(self.device), b.to(self.device), float(w))
+                embeddings = torch.stack(parts)
+            if self.keep_embeddings:
+                self.embeddings = {rows[k]: embeddings[k].clone() for k in encode}
             t = self._tick("encoder", t)
             feats = tuple(f.index_select(0, sel) for f in features)
             boxes = None
@@ -180,7 +207,8 @@ class SlicePredictor:
                 self.saliency[idx] = head
         out[idx] = logits.float().cpu()
         self._tick("decoder", t)
-        self.encoded += int(idx.numel())
+        self.encoded += len(encode)
+        self.interpolated += len(mixed)
         return out, keep
 
     def _tick(self, stage: str, t0: float) -> float:

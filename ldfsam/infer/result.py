@@ -25,8 +25,10 @@ class SegmentationResult:
     probabilities: Optional[np.ndarray] = None
     saliency: Optional[np.ndarray] = None  # SPD's tooth saliency map (z×y×x float32 on the input grid), if asked
     slices: int = 0
-    slices_with_teeth: int = 0  # model slices on which the prompt generator found teeth (encoder passes)
+    slices_with_teeth: int = 0  # model slices on which the prompt generator found teeth
     model_slices: int = 0  # slices the model ran on (all of them with slice_spacing="native")
+    # Of the slices with teeth, those through the image encoder (the others: SegmentOptions.interpolate_embeddings).
+    encoded_slices: int = 0
     batch: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
     outputs: Dict[str, str] = field(default_factory=dict)

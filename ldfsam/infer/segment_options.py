@@ -32,6 +32,10 @@ class SegmentOptions:
     # The image encoder of a lite model: "auto" (the one its decoder was trained on), "full" (its own TinyViT) or
     # "half" (the distilled half-resolution student, about 3.2x fewer FLOPs per slice; infer/encoder_choice.py).
     encoder: str = "auto"
+    # Coarse to fine (slice_spacing "auto"): a candidate run between two neighbouring candidates that both hold
+    # teeth is decoded on the linear interpolation of their image embeddings, with its own prompt features,
+    # instead of being encoded (infer/volume_prediction.py). False encodes every model slice that holds teeth.
+    interpolate_embeddings: bool = True
 
     def validate(self) -> SegmentOptions:
         """Raise ConfigError naming the argument of the first bad value."""

@@ -17,6 +17,11 @@ from .segment_options import SegmentOptions
 from .slice_plan import SlicePlan
 from .slice_sampling import SliceFiller
 
+# The largest distance along z (in model pixels, the field of view / S) across which a slice is decoded on the
+# interpolated embeddings of its two neighbouring candidates (SegmentOptions.interpolate_embeddings): candidates are
+# about one model pixel apart, rounded to whole input slices, so two of them span up to about 2.5.
+MAX_BETWEEN_PX = 2.5
+
 
 @dataclass
 class Prediction:
@@ -29,6 +34,7 @@ class Prediction:
     batch: int
     times: Dict[str, float]
     saliency: Optional[np.ndarray] = None
+    encoded: int = -1  # slices through the image encoder (the others with teeth were decoded between two of them)
 
 
 def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, progress: Progress,
@@ -72,6 +78,13 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
     m = len(plan.positions)
     schedule = SliceSchedule(plan.positions, SliceFiller(labels, cut, n_classes, probs), cut,
                              coarse=COARSE_STEP if plan.adaptive else 1)
+    # Embeddings of encoded model slices whose neighbouring candidates may still run (``encoded_neighbours``).
+    embeddings: Dict[int, torch.Tensor] = {}
+    predictor.keep_embeddings = options.interpolate_embeddings and plan.adaptive
+    # Interpolated only across MAX_BETWEEN_PX model pixels along z (input slices here), the in-plane detail the
+    # model resolves: on thin-sliced CBCT two candidates, not across thick slices.
+    pixel_mm = min(nx * plan.spacing[0], ny * plan.spacing[1]) / pre.sam_size
+    reach = MAX_BETWEEN_PX * pixel_mm / plan.spacing[2]
     with_teeth = 0
     every = f"{plan.spacing[2] * (nz - 1) / max(1, m - 1):.2g} mm"
     where = (f"up to {m} ({every} apart where the teeth change, up to {COARSE_STEP}x that where they do not)"
@@ -85,17 +98,36 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
         keep = None
         if keep_slices is not None:
             keep = torch.from_numpy(np.asarray(keep_slices, dtype=bool)[plan.positions[chosen]])
-        logits, has = predictor.predict(torch.from_numpy(block), keep)
+        between = None
+        if predictor.keep_embeddings:
+            between = [_between(schedule, embeddings, plan.positions, i, reach) for i in chosen]
+        logits, has = predictor.predict(torch.from_numpy(block), keep, between)
+        embeddings.update({chosen[j]: e for j, e in predictor.embeddings.items()})
         if saliency is not None:
             saliency.update({int(plan.positions[i]): predictor.saliency[j] if h else None
                              for j, (i, h) in enumerate(zip(chosen, has.tolist()))})
         with_teeth += int(has.sum())
         schedule.record(chosen, logits, has)
+        for i in [i for i in embeddings if i < schedule.flushed]:  # every gap before ``flushed`` is settled
+            del embeddings[i]
         progress.update("segment", schedule.resolved, m, slices_with_teeth=with_teeth,
                         model_slices=schedule.model_slices)
     return Prediction(labels, probs, with_teeth, schedule.model_slices, memory.batch,
                       {f"predict.{k}": round(v, 3) for k, v in predictor.times.items()},
-                      None if saliency is None else saliency_map(saliency, plan.shape))
+                      None if saliency is None else saliency_map(saliency, plan.shape), predictor.encoded)
+
+
+def _between(schedule: SliceSchedule, embeddings: Dict[int, Any], positions: np.ndarray, i: int, reach: float):
+    """For candidate ``i`` run between two encoded neighbours (the finest level of the coarse-to-fine choice) at
+    most ``reach`` input slices apart: their embeddings and the weight of the second, by position; else None
+    (``i`` is encoded)."""
+    gap = schedule.encoded_neighbours(i)
+    if gap is None or gap[0] not in embeddings or gap[1] not in embeddings:
+        return None
+    a, b = gap
+    if positions[b] - positions[a] > reach:
+        return None
+    return embeddings[a], embeddings[b], float((positions[i] - positions[a]) / (positions[b] - positions[a]))
 
 
 def saliency_map(logits: Dict[int, Any], shape: Tuple[int, int, int]) -> np.ndarray:

@@ -84,16 +84,19 @@ class HalfResTinyViT(nn.Module):
         x = F.avg_pool2d(x, 2)
         if b.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = b.layers[0](b.patch_embed(x))
+        if x.shape[0] > 1 and not torch.is_grad_enabled():
+            # The first stage (the largest grid, all convolutions) one image at a time, so that its activations
+            # stay small (PIECE_BYTES in tiny_vit.py); the rest as one batch: its grids are small, and one image at
+            # a time there costs two threads about twice the CPU time of one (waiting for each other).
+            x = torch.cat([b.layers[0](b.patch_embed(x[i:i + 1])) for i in range(x.shape[0])])
+        else:
+            x = b.layers[0](b.patch_embed(x))
         fine, x = b.layers[1].blocks_and_merge(x)
         for layer in b.layers[2:]:
             x = layer(x)
         return b.neck(x), fine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > 1 and not torch.is_grad_enabled():
-            # One image at a time, as the teacher's fused path runs: every activation stays small.
-            return torch.cat([self.forward(x[i:i + 1]) for i in range(x.shape[0])])
         return self.up_neck(*self.features(x), x if self.up_neck.stem is not None else None)
 
 
