@@ -180,6 +180,7 @@ def main() -> int:
           f"{os.getloadavg()}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rules = "without the stop rules" if args.no_stop_rules else "with the stop rules"
+    rules += f", prior {args.prior}" if args.prior else ", no prior"
     for kind in kinds:
         chosen = {n: m for n, m in masks.items() if n.endswith(f" {kind}") or (kind == "box3d" and n in LOWER_3D)}
         if chosen:

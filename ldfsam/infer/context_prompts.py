@@ -56,6 +56,13 @@ class ContextConfig:
     # (tooth 25: root end 12 instead of 9). With clicks alone always fitted (measured: held-out phantoms' noisy
     # clicks lost 0.017 Dice with the rule). 0: always fitted.
     box_fill: float = 0.2
+    # For a structure prompted with clicks alone, the consensus box's margin around the salient region: this many
+    # voxels (at least ``PropagationConfig.margin_fraction`` of its side). With a box, propagation's margin
+    # (``margin_mm``: a conservative map, as the demo prior's on the real head CT, must not shrink the tooth slice by
+    # slice). With clicks the prior holds the tooth (the clicks are on it), and the wider margin let the decoder
+    # take in more than the tooth: noisy clicks on held-out phantoms lost 0.017 Dice with 2 mm (4 voxels of 0.5 mm),
+    # every slice range unchanged. 0 or less: propagation's margin as for a box.
+    click_margin: float = 1.0
 
 
 def centreline(mask: np.ndarray, n: int = 3) -> List[Point]:
@@ -161,6 +168,9 @@ class PriorPropagator(Propagator):
         # ``cpd`` False: validation alone, each next slice prompted by the previous mask's box as without a prior.
         c = self.cfg  # the margin of propagation's boxes (``PropagationConfig.margin_mm``, ``margin_fraction``)
         margin = (max(1.0, c.margin_mm / spacing[1]), max(1.0, c.margin_mm / spacing[0]))
+        context = context or ContextConfig()
+        if prompt.box is None and context.click_margin > 0:
+            margin = (context.click_margin, context.click_margin)
         self.context = ContextPrompts(maps, self.view, context, margin, c.margin_fraction) if cpd else None
 
     def _validate(self, cfg: ValidationConfig) -> None:

@@ -45,7 +45,9 @@ class SliceResult:
     iou: float = 1.0  # SAM's predicted IoU of this mask
     narrowest: float = np.inf  # where the mask was followed (``Propagator.follow``): the least area of that chain
     dentin: int = 0  # how many sections up to this one in a row are the root's side (``root_grey``, ``root_bone``)
-    in_bone: bool = False  # this section and every one from the prompted slice to it lay in bone (``in_bone``)
+    # this section and every one from the prompted slice to it lay in bone (``in_bone``; the prompted one itself
+    # only without ``chain_skips_prompt``)
+    in_bone: bool = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -299,7 +301,7 @@ class Propagator(StopRules):
         self.primary_area = float(first.mask.sum())
         self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
         first.dentin = self._dentin(self.primary_stats, 0)  # a prompted section in bone counts (``root_bone``)
-        first.in_bone = self.in_bone(self.primary_stats)
+        first.in_bone = self.cfg.chain_skips_prompt or self.in_bone(self.primary_stats)
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]

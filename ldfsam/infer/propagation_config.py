@@ -78,3 +78,9 @@ class PropagationConfig:
     # the prompted slice in bone) the slices are prompted as without one. Without the bone chain a noisy phantom box
     # taken by the other row's crown ran two slices further into that tooth's root.
     image_on_root: bool = True
+    # True: the bone chain of ``past_prior_in_bone`` and ``image_on_root`` starts below the prompted slice: the
+    # prompted section is where the user drew the box or clicked, and its ring is what the user drew around (a crown
+    # among its neighbours' crowns: the real head CT's tooth 22, 0.87 of its crown's grey); the chain tests where
+    # propagation went from there. False: the prompted section must lie in bone too (tooth 22 then ends a slice
+    # before its root's end with the demo prior).
+    chain_skips_prompt: bool = True
