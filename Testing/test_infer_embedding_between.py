@@ -85,3 +85,28 @@ def test_neighbours_further_apart_than_the_reach_are_encoded():
     assert _between(_Schedule((0, 2)), {2: b}, positions, 1, reach) is None  # no embedding kept for 0
     assert _between(_Schedule(None), {0: a, 2: b}, positions, 1, reach) is None
     assert 2.0 <= MAX_BETWEEN_PX < 3.0  # two candidates about one model pixel apart, not thick slices
+
+
+@pytest.mark.slow  # two segmentations with the bundled demo model: about a minute on a loaded 2-core machine
+def test_on_a_thin_sliced_phantom_the_demo_model_encodes_fewer_slices_within_the_accuracy_rule(tmp_path):
+    import SimpleITK as sitk
+
+    from ldfsam.data.phantom import make_phantom
+    from ldfsam.infer import segment_volume
+
+    # 0.1 mm slices of a 64 mm field of view (0.25 mm model pixels): candidates 2-3 slices apart, as on the
+    # thin-sliced CBCT the interpolation is meant for.
+    image, truth = make_phantom((64, 160, 160), spacing=(0.4, 0.4, 0.1), seed=11, teeth_fraction=0.8)
+    path = tmp_path / "thin.nrrd"
+    sitk.WriteImage(image, str(path))
+    truth = sitk.GetArrayFromImage(truth) > 0
+    loaded = load_model(None)
+    runs = {}
+    for on in (False, True):
+        r = segment_volume(path, None, model=loaded, device="cpu", precision="fp32", interpolate_embeddings=on)
+        pred = r.labels > 0
+        runs[on] = (r, 2 * np.count_nonzero(pred & truth) / (pred.sum() + truth.sum()))
+    (off, dice_off), (on, dice_on) = runs[False], runs[True]
+    assert off.encoded_slices == off.slices_with_teeth > 0
+    assert on.encoded_slices < on.slices_with_teeth
+    assert dice_off > 0.8 and dice_on >= dice_off - 0.01, (dice_off, dice_on)
