@@ -49,16 +49,22 @@ def test_only_finest_level_middles_between_two_tooth_slices_are_offered():
     count = 101
     schedule = SliceSchedule(np.arange(count), SliceFiller(np.zeros((count, 40, 48), np.uint8), 0.0, 1), 0.0,
                              coarse=COARSE_STEP)
-    offered, runs = {}, []
+    offered, runs, kept, most = {}, [], set(), 0
     while (chosen := schedule.next_batch(8)) is not None:
         for i in chosen:
             gap = schedule.encoded_neighbours(i)
             if gap is not None:
                 offered[i] = gap
+                assert set(gap) <= kept  # an embedding dropped as no longer needed is never asked for
         runs.extend(chosen)
         logits, has = _model(chosen)
         schedule.record(chosen, logits, has)
+        kept |= {i for i, h in zip(chosen, has.tolist()) if h and i not in offered}
+        kept = {i for i in kept if schedule.may_be_neighbour(i)}  # as the pipeline drops them
+        most = max(most, len(kept))
     assert offered, "the disc model's changing stretches reach the finest level"
+    encoded = [i for i in runs if schedule.teeth[i] and i not in offered]
+    assert not kept and most < len(encoded)  # dropped along the way, not only at the end
     for i, (a, b) in offered.items():
         assert (a, b) == (i - 1, i + 1) and schedule.teeth[a] and schedule.teeth[b]
     # Middles at the finest level next to a tooth-free slice (where teeth begin or end) are encoded.

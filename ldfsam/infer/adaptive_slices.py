@@ -71,6 +71,21 @@ class SliceSchedule:
             return None
         return gap
 
+    def may_be_neighbour(self, i: int) -> bool:
+        """Whether model slice ``i`` may still be an end of a gap that ``encoded_neighbours`` offers: the gap to
+        the model slice before or after it has candidates inside and is not settled (or there is none yet)."""
+        done = sorted(self.teeth)
+        k = done.index(i)
+        for j in (done[k - 1] if k > 0 else None, done[k + 1] if k + 1 < len(done) else None):
+            if j is None:
+                if 0 < i < len(self.positions) - 1:
+                    return True  # the candidates on that side are not run yet
+                continue
+            a, b = min(i, j), max(i, j)
+            if b - a > 1 and (a, b) not in self.settled:
+                return True
+        return False
+
     def next_batch(self, size: int) -> Optional[List[int]]:
         if not self.pending:
             self.pending = self._refine()

@@ -108,7 +108,7 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
                              for j, (i, h) in enumerate(zip(chosen, has.tolist()))})
         with_teeth += int(has.sum())
         schedule.record(chosen, logits, has)
-        for i in [i for i in embeddings if i < schedule.flushed]:  # every gap before ``flushed`` is settled
+        for i in [i for i in embeddings if not schedule.may_be_neighbour(i)]:  # 4 MB each: only those still needed
             del embeddings[i]
         progress.update("segment", schedule.resolved, m, slices_with_teeth=with_teeth,
                         model_slices=schedule.model_slices)
