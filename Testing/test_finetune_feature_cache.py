@@ -72,6 +72,30 @@ def test_over_cached_embeddings_an_item_is_made_without_reading_its_image(tmp_pa
     assert reads == []
 
 
+def test_the_embedding_pass_notes_what_the_feature_cache_needs_so_images_are_read_once(tmp_path, home, monkeypatch):
+    from ldfsam.finetune.embedding_cache import EmbeddingCache, encode_dataset, encoder_fingerprint
+    from ldfsam.finetune.feature_cache import ItemNotes
+    from ldfsam.finetune.image_dataset import ImageMaskDataset
+
+    model = _model(frozen_encoder_config()).eval()
+    dataset = _dataset(tmp_path / "toy", n=4)
+    reads = []
+    original = ImageMaskDataset.__getitem__
+    monkeypatch.setattr(ImageMaskDataset, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    rounds = []
+    for _ in range(2):
+        reads.clear()
+        notes = ItemNotes()
+        embedded = encode_dataset(model, dataset, EmbeddingCache(encoder_fingerprint(model)), on_item=notes)
+        cached = cache_features(model, embedded, FeatureCache(generator_fingerprint(model)), notes=notes)
+        rounds.append((list(reads), [cached[i] for i in range(len(dataset))]))
+    # First round: one pass, then the images whose features were missing; second round (all cached): one pass.
+    assert sorted(rounds[0][0]) == sorted(list(range(4)) * 2) and rounds[1][0] == [0, 1, 2, 3]
+    for a, b in zip(rounds[0][1], rounds[1][1]):
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["embedding"], b["embedding"])
+        assert all(torch.equal(x, y) for x, y in zip(a["yolo_features"], b["yolo_features"]))
+
+
 def test_new_generator_weights_or_content_miss_the_cache_and_a_damaged_file_is_recomputed(tmp_path, home):
     model = _model(frozen_encoder_config()).eval()
     dataset = _dataset(tmp_path / "toy", n=2)

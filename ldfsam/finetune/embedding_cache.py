@@ -129,9 +129,11 @@ def encode(model: torch.nn.Module, images: torch.Tensor, precision: str = "fp32"
 
 def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, cache: EmbeddingCache,
                    batch_size: int = 8, on_progress: Optional[Callable[[int, int, int], None]] = None,
-                   precision: str = "fp32") -> CachedEmbeddingDataset:
+                   precision: str = "fp32", on_item: Optional[Callable[[int, Dict[str, object]], None]] = None
+                   ) -> CachedEmbeddingDataset:
     """Look every item up, encode the missing ones in batches (in ``precision``: the cache's), and return the
-    dataset with embeddings. ``on_progress(done, total, encoded)`` is called after each item."""
+    dataset with embeddings. ``on_progress(done, total, encoded)`` is called after each item; ``on_item(index,
+    item)`` with each item read (the feature cache takes what it needs from this pass instead of reading again)."""
     from ..heap import reuse_large_blocks
 
     reuse_large_blocks()
@@ -155,7 +157,10 @@ def encode_dataset(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
 
     total = len(dataset)
     for index in range(total):
-        image = dataset[index]["sam_image"]
+        item = dataset[index]
+        if on_item is not None:
+            on_item(index, item)
+        image = item["sam_image"]
         key = image_key(image)
         keys.append(key)
         if key not in pending_keys and cache.get(key) is None:

@@ -101,6 +101,22 @@ def _compact(value: object) -> object:
     return value
 
 
+class ItemNotes:
+    """What the feature cache needs of each item (its YOLO input's key, its small fields), noted while another pass
+    reads the items anyway (``encode_dataset``'s ``on_item``), so that the images are not read a second time."""
+
+    def __init__(self) -> None:
+        self.keys: Dict[int, str] = {}
+        self.fields: Dict[int, Dict[str, object]] = {}
+
+    def __call__(self, index: int, item: Dict[str, object]) -> None:
+        self.keys[index] = image_key(item["yolo_image"])
+        self.fields[index] = {k: _compact(v) for k, v in item.items() if k not in IMAGES}
+
+    def complete(self, total: int) -> bool:
+        return len(self.keys) == total and set(self.keys) == set(range(total))
+
+
 def _embedding_dataset(dataset: torch.utils.data.Dataset):
     from .embedding_cache import CachedEmbeddingDataset
 
@@ -145,11 +161,12 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
 @torch.no_grad()
 def cache_features(model: torch.nn.Module, dataset: torch.utils.data.Dataset, cache: FeatureCache,
                    batch_size: int = 8, on_progress: Optional[Callable[[int, int, int], None]] = None,
-                   precision: str = "fp32") -> CachedFeatureDataset:
+                   precision: str = "fp32", notes: Optional[ItemNotes] = None) -> CachedFeatureDataset:
     """Look every item's features up, compute the missing ones in batches with the model's prompt generator (in
     eval mode and under the run's ``precision``, as Phase 2's steps run it), and return the dataset with features.
     ``on_progress(done, total, computed)`` is called after each item. In prompt mode ``none`` nothing is computed
-    (the items carry an empty ``yolo_features``)."""
+    (the items carry an empty ``yolo_features``). ``notes``: the items' keys and fields noted by an earlier pass over
+    ``dataset`` (then an image is read again only where its features are missing)."""
     from .precision import autocast
 
     needed = model.cfg.prompt_mode != "none"
@@ -178,17 +195,22 @@ def cache_features(model: torch.nn.Module, dataset: torch.utils.data.Dataset, ca
     embeddings = _embedding_dataset(dataset)
     inner = embeddings.dataset if embeddings is not None else dataset  # the images, without reading embeddings
     fields: List[Dict[str, object]] = []
+    noted = notes is not None and embeddings is not None and notes.complete(total)
     try:
         for index in range(total):
-            item = inner[index]
-            image = item["yolo_image"]
-            if embeddings is not None:
-                fields.append({k: _compact(v) for k, v in item.items() if k not in IMAGES})
+            if noted:
+                item, key = None, notes.keys[index]
+                fields.append(notes.fields[index])
+            else:
+                item = inner[index]
+                key = image_key(item["yolo_image"])
+                if embeddings is not None:
+                    fields.append({k: _compact(v) for k, v in item.items() if k not in IMAGES})
             if not needed:
                 continue
-            key = image_key(image)
             keys.append(key)
             if key not in pending_keys and cache.get(key) is None:
+                image = (item if item is not None else inner[index])["yolo_image"]
                 pending.append(image)
                 pending_keys.append(key)
                 if len(pending) >= batch_size:

@@ -25,7 +25,7 @@ from . import distributed
 from .config import FinetuneConfig
 from .data import RunData
 from .embedding_cache import EmbeddingCache, FromEmbeddings, encode_dataset, encoder_fingerprint, encoder_is_frozen
-from .feature_cache import FeatureCache, cache_features, features_cacheable, generator_fingerprint
+from .feature_cache import FeatureCache, ItemNotes, cache_features, features_cacheable, generator_fingerprint
 from .gt_boxes import BoxPrompted, boxes_from_masks
 from .loss import dice_bce_loss, hard_dice
 from .optim import make_optimizer, set_lr
@@ -110,15 +110,17 @@ class Trainer:
             raise ConfigError("box_prompts 'ground_truth' needs a box prompt mode (box or zero-shot), not "
                               f"{model_cfg.prompt_mode!r}")
         self.cached = cfg.embedding_cache == "auto" and encoder_is_frozen(self.model)
-        if self.cached:
-            self._cache_embeddings()
-        # SPD: the saliency head's loss (a model with a head) and PSC on pairs of adjacent slices.
         spd_wanted = psc_enabled(cfg, data) or getattr(self.model, "saliency_head", None) is not None
         # The frozen prompt generator's features, once per image (feature_cache.py); SPD's pairs keep their images.
         self.features_cached = (self.cached and not self.zero_shot and not spd_wanted
                                 and cfg.feature_cache == "auto" and features_cacheable(self.model))
+        # What the feature cache needs of each item, noted while the embeddings' pass reads them.
+        notes = {"train": ItemNotes(), "val": ItemNotes()} if self.features_cached else {}
+        if self.cached:
+            self._cache_embeddings(notes)
         if self.features_cached:
-            self._cache_features()
+            self._cache_features(notes)
+        # SPD: the saliency head's loss (a model with a head) and PSC on pairs of adjacent slices.
         pairs = with_psc_pairs(self.data.train) if psc_enabled(cfg, data) else None
         self.psc = pairs is not None
         if pairs is not None:
@@ -136,7 +138,7 @@ class Trainer:
                                     "loss_count": 0, "best_val_dice": None, "best_epoch": None, "bad_validations": 0,
                                     "skipped_steps": 0, "complete": False, "seconds": 0.0}
 
-    def _cache_embeddings(self) -> None:
+    def _cache_embeddings(self, notes: Dict[str, ItemNotes]) -> None:
         """Encode every training and validation image once (the encoder is frozen); see embedding_cache.py."""
         cache = EmbeddingCache(encoder_fingerprint(self.model), precision=self.precision)
         total = (0 if self.zero_shot else len(self.data.train)) + (len(self.data.val) if self.data.val else 0)
@@ -152,13 +154,14 @@ class Trainer:
         start = time.monotonic()
         if not self.zero_shot:  # a zero-shot run only validates
             self.data.train = encode_dataset(self.model, self.data.train, cache, self.cfg.batch_size, report(0),
-                                             self.precision)
+                                             self.precision, notes.get("train"))
         if self.data.val is not None and len(self.data.val):
             self.data.val = encode_dataset(self.model, self.data.val, cache, self.cfg.batch_size,
-                                           report(0 if self.zero_shot else len(self.data.train)), self.precision)
+                                           report(0 if self.zero_shot else len(self.data.train)), self.precision,
+                                           notes.get("val"))
         self.progress.done("embeddings", message=f"image embeddings ready in {time.monotonic() - start:.1f} s")
 
-    def _cache_features(self) -> None:
+    def _cache_features(self, notes: Dict[str, ItemNotes]) -> None:
         """The frozen prompt generator's P3/P4/P5 of every training and validation image, once; feature_cache.py."""
         cache = FeatureCache(generator_fingerprint(self.model), precision=self.precision)
         sets = [s for s in (self.data.train, self.data.val) if s is not None and len(s)]
@@ -172,7 +175,8 @@ class Trainer:
             setattr(self.data, which, cache_features(
                 self.model, dataset, cache, self.cfg.batch_size,
                 lambda i, n, computed, base=offset: self.progress.update("features", base + i, total,
-                                                                         computed=computed), self.precision))
+                                                                         computed=computed), self.precision,
+                notes.get(which)))
             offset += len(dataset)
         self.progress.done("features", message=f"YOLO features ready in {time.monotonic() - start:.1f} s")
 
