@@ -2,8 +2,9 @@
 head CT, docs/segmentation.md): ``PropagationConfig.past_prior_in_bone`` (CPD's stop overruled where the section lies
 in bone), ``image_on_root`` (on the root's side the slices prompted as without a prior), ``gap_in_bone`` (the gap
 guard lifted on a slice whose SAM mask lies in bone), ``ContextConfig.points_with_box`` 0 (carried points do
-not prompt the decoder next to a box), and the margins of a validated box and of CPD's consensus box
-(``PropagationConfig.margin_mm``).
+not prompt the decoder next to a box), the margins of a validated box and of CPD's consensus box
+(``PropagationConfig.margin_mm``; ``ContextConfig.click_margin`` for structures prompted with clicks alone), and
+``chain_skips_prompt`` (the bone chain starts below the prompted section).
 
 The synthetic tooth of test_propagation_root_in_bone: a crown in air, its root in bone, dentin as bright as enamel,
 an opposing crown touching its tip. Each test fails when its rule is switched off.
