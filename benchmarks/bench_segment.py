@@ -183,9 +183,9 @@ def main() -> int:
     ap.add_argument("--encoders", nargs="+", default=["auto"], choices=("auto", "full", "half"),
                     help="lite models' image encoder, each run in turn (auto: the one the model was trained on; "
                          "full: LiteMedSAM's TinyViT; half: the distilled half-resolution student)")
-    ap.add_argument("--between", nargs="+", default=["on"], choices=("on", "off"),
-                    help="slices between two encoded neighbours decoded on their interpolated embeddings (on, the "
-                         "default) or encoded (off); each run in turn, as --encoders")
+    ap.add_argument("--between", nargs="+", default=["off"], choices=("on", "off"),
+                    help="slices between two encoded neighbours decoded on their interpolated embeddings (on) or "
+                         "encoded (off, the product's default); each run in turn, as --encoders")
     ap.add_argument("--demo-model", type=Path, help="the model file the demo preset runs (default: the bundled "
                     "ldfsam-demo); its runs and its encoder figures use --encoders")
     ap.add_argument("--json", type=Path, help="also write the results here")

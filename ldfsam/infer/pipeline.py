@@ -119,7 +119,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
                    keep_slices: Optional[np.ndarray] = None,
                    should_stop: Optional[Callable[[], bool]] = None,
                    spacing: Optional[Sequence[float]] = None, refine: bool = False,
-                   encoder: str = "auto", interpolate_embeddings: bool = True) -> SegmentationResult:
+                   encoder: str = "auto", interpolate_embeddings: bool = False) -> SegmentationResult:
     """Segment the teeth in the volume ``input`` and write ``output`` (.nii/.nii.gz label map or .seg.nrrd).
 
     model: a model name (``ldfsam models list``), a ``.safetensors`` path, or a loaded checkpoint; default: the
@@ -135,7 +135,7 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     encoder: a lite model's image encoder: "auto" (the one it was trained on), "full" or "half"
     (``ldfsam.infer.encoder_choice``).
     interpolate_embeddings: with slice_spacing "auto", decode a slice between two encoded neighbouring candidates
-    on their interpolated embeddings instead of encoding it (:class:`SegmentOptions`).
+    on their interpolated embeddings instead of encoding it (off by default: :class:`SegmentOptions`).
     Every argument and both outputs are checked before any work; an output is never the input, even with
     ``force``. Raises InputError/OutputError/CheckpointError/ConfigError naming the file or the argument;
     KeyboardInterrupt or ``should_stop()`` leave no output.
