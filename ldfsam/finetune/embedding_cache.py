@@ -55,31 +55,48 @@ def encoder_is_frozen(model: torch.nn.Module) -> bool:
     return not any(p.requires_grad for p in model.image_encoder.parameters())
 
 
-class EmbeddingCache:
-    """The embeddings of one encoder, one file per image."""
+class TensorFileCache:
+    """Named tensors per image, one safetensors file per image key, in a folder per fingerprint and precision
+    (``$LDFSAM_HOME/cache/<kind>/<fingerprint>``): what the embedding and the feature caches share."""
+
+    kind = ""
 
     def __init__(self, fingerprint: str, root: Optional[Path] = None, precision: str = "fp32"):
-        # Embeddings computed in bf16 differ from fp32 ones by rounding: each precision has its own folder.
+        # Tensors computed in bf16/fp16 differ from fp32 ones by rounding: each precision has its own folder.
         suffix = "" if precision == "fp32" else f"-{precision}"
-        self.dir = Path(root or ldfsam_home() / "cache" / "embeddings") / f"{fingerprint[:32]}{suffix}"
+        self.dir = Path(root or ldfsam_home() / "cache" / self.kind) / f"{fingerprint[:32]}{suffix}"
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.safetensors"
 
-    def get(self, key: str) -> Optional[torch.Tensor]:
-        """The embedding D×G×G (float32), or None when absent or unreadable (it is then computed again)."""
+    def _load(self, key: str) -> Optional[Dict[str, torch.Tensor]]:
+        """The file's tensors, or None when absent or unreadable (they are then computed again)."""
         p = self.path(key)
         if not p.is_file():
             return None
         try:
-            return load_file(str(p))["embedding"].float()
+            return load_file(str(p))
         except Exception:  # noqa: BLE001 - a damaged cache file is a miss, never an error
             return None
 
-    def put(self, key: str, embedding: torch.Tensor) -> None:
+    def _save(self, key: str, tensors: Dict[str, torch.Tensor]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path(key)) as tmp:
-            save_file({"embedding": embedding.detach().to(STORE_DTYPE).cpu().contiguous()}, str(tmp))
+            save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp))
+
+
+class EmbeddingCache(TensorFileCache):
+    """The embeddings of one encoder, one file per image."""
+
+    kind = "embeddings"
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        """The embedding D×G×G (float32), or None when absent or unreadable (it is then computed again)."""
+        tensors = self._load(key)
+        return None if tensors is None or "embedding" not in tensors else tensors["embedding"].float()
+
+    def put(self, key: str, embedding: torch.Tensor) -> None:
+        self._save(key, {"embedding": embedding.to(STORE_DTYPE)})
 
 
 class CachedEmbeddingDataset(torch.utils.data.Dataset):

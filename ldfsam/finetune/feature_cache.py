@@ -23,15 +23,11 @@ and the frozen forward pass cost a step: docs/training.md, "Where a step's time 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
-from ..home import ldfsam_home
-from .embedding_cache import image_key
+from .embedding_cache import TensorFileCache, image_key
 
 LEVELS = ("p3", "p4", "p5")
 
@@ -53,32 +49,21 @@ def features_cacheable(model: torch.nn.Module) -> bool:
             or not any(p.requires_grad for p in model.prompt_generator.parameters()))
 
 
-class FeatureCache:
-    """The P3/P4/P5 of one prompt generator, one file per image."""
+class FeatureCache(TensorFileCache):
+    """The P3/P4/P5 of one prompt generator, one file per image (features computed under bf16/fp16 autocast, as
+    such a run's steps compute them, have their own folder)."""
 
-    def __init__(self, fingerprint: str, root: Optional[Path] = None, precision: str = "fp32"):
-        # Features computed under bf16/fp16 autocast (as such a run's steps compute them) have their own folder.
-        suffix = "" if precision == "fp32" else f"-{precision}"
-        self.dir = Path(root or ldfsam_home() / "cache" / "yolo-features") / f"{fingerprint[:32]}{suffix}"
-
-    def path(self, key: str) -> Path:
-        return self.dir / f"{key}.safetensors"
+    kind = "yolo-features"
 
     def get(self, key: str) -> Optional[Tuple[torch.Tensor, ...]]:
         """(P3, P4, P5) of one image (C×H×W each, float32), or None when absent or unreadable."""
-        p = self.path(key)
-        if not p.is_file():
+        tensors = self._load(key)
+        if tensors is None or any(name not in tensors for name in LEVELS):
             return None
-        try:
-            tensors = load_file(str(p))
-            return tuple(tensors[name] for name in LEVELS)
-        except Exception:  # noqa: BLE001 - a damaged cache file is a miss, never an error
-            return None
+        return tuple(tensors[name] for name in LEVELS)
 
     def put(self, key: str, features: Tuple[torch.Tensor, ...]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path(key)) as tmp:
-            save_file({name: f.detach().float().cpu().contiguous() for name, f in zip(LEVELS, features)}, str(tmp))
+        self._save(key, {name: f.float() for name, f in zip(LEVELS, features)})
 
 
 IMAGES = ("sam_image", "yolo_image", "embedding")
