@@ -67,6 +67,7 @@ def test_finetune_warns_of_both_random_parts_then_reports_its_failure(tmp_path):
     assert {e["phase"] for e in warnings} == {"finetune"}
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_library_names_arguments_the_command_line_names_flags(tmp_path):
     """One error, two audiences: segment_volume says threshold=1.5, ldfsam segment says --threshold 1.5."""
     import numpy as np

@@ -81,6 +81,7 @@ def test_box_prompt_segments_one_tooth_and_stops_at_its_ends(phantom, session):
                                                                                       :block.shape[2]])
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_exclude_click_changes_its_slice_and_the_propagation_from_it_only(phantom, session, monkeypatch):
     _, image, truth = phantom
     lo, hi = tooth_box(image, truth)

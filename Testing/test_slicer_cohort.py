@@ -52,6 +52,7 @@ def test_the_command_is_accepted_by_the_core(tmp_path):
         segment_many_argv(["a"], "/out", "m", fmt="nrrd", python=PY)
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: the default suite stays under 10 min; CI runs it (-m slow)
 def test_a_real_run_gives_per_volume_progress_outputs_and_failures(tmp_path):
     from ldfsam.data.phantom import make_phantom
 
