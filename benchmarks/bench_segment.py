@@ -191,7 +191,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--encoder", default="auto", help=argparse.SUPPRESS)
-    ap.add_argument("--between-child", default="on", help=argparse.SUPPRESS)
+    ap.add_argument("--between-child", default="off", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--volume", help=argparse.SUPPRESS)
