@@ -63,6 +63,30 @@ def test_a_box_is_fitted_to_the_tooth_it_mostly_covers():
     assert validate_box(3, (46.0, 50.0, 40.0, 60.0), prob, VIEW, 0.5, ValidationConfig())[1].action == "kept"
 
 
+def test_a_box_is_not_extended_into_a_touching_tooth_through_the_maps_uncertain_band():
+    # Tooth B (drawn around) at slice (40, 65), r 6; a neighbour A at (40, 52), r 3, joined to it by a bridge in the
+    # map's uncertain band (0.7): one component at the head's threshold, 80 % of it inside the drawn box. As on the
+    # real head CT's teeth 22 and 23, the bridge is where the two touch, not B cut by the box.
+    prob = np.maximum(disc(cy=30, cx=45, r=6), disc(cy=30, cx=32, r=3)) * 0.97
+    prob[29:32, 35:39] = 0.7
+    box = (34.0, 46.0, 59.0, 71.0)  # B's crown and a voxel of margin; its left side cuts the bridge
+    fitted, decision = validate_box(3, box, prob, VIEW, 0.5, ValidationConfig())
+    assert decision.action == "kept" and fitted == box
+    # Extended to the whole component (the rule off), the box would reach over A.
+    old, was = validate_box(3, box, prob, VIEW, 0.5, ValidationConfig(extend_level=0.5))
+    assert was.action == "extended" and old[2] < 56
+    # A box that cuts B itself is still extended onto B's confident pixels, not over the bridge.
+    short = (34.0, 46.0, 63.0, 71.0)
+    fitted, decision = validate_box(3, short, prob, VIEW, 0.5, ValidationConfig())
+    assert decision.action == "extended" and fitted[2] == 59.0
+    # A tail of uncertain pixels one voxel past the side (the real CT's 23: 0.68 and 0.82) extends nothing either.
+    tail = disc(cy=30, cx=45, r=6) * 0.97
+    tail[33:35, 37:40] = 0.75
+    fitted, decision = validate_box(3, box, tail, VIEW, 0.5, ValidationConfig())
+    assert fitted[2] == 59.0, decision
+    assert validate_box(3, box, tail, VIEW, 0.5, ValidationConfig(extend_level=0.5))[0][2] < 59.0
+
+
 class Maps:
     """Known saliency maps by slice (the interface of saliency_prior.SaliencyMaps)."""
 

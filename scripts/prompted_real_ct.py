@@ -133,6 +133,8 @@ def main() -> int:
     p.add_argument("--tag", default="", help="added to the pictures' names")
     p.add_argument("--json", type=Path, help="also write the per-structure results (and what the rules measured)")
     p.add_argument("--prior", default=None, help="SPD's prior: a model with a saliency head (e.g. ldfsam-demo)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
     args = p.parse_args()
     import SimpleITK as sitk
     import torch
@@ -140,7 +142,7 @@ def main() -> int:
     from ldfsam.infer.prompted import PromptedSession
     from ldfsam.infer.prompts import parse_prompts
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     kinds = args.kinds.split(",")
     entries, boxes = [], {}
     for kind in kinds:
@@ -155,7 +157,7 @@ def main() -> int:
             entries.append(entry)
             boxes[entry["name"]] = box
     session = PromptedSession(args.input, propagation=PropagationConfig(stop_rules=not args.no_stop_rules),
-                              prior=args.prior)
+                              prior=args.prior, precision=args.precision)
     ct = sitk.GetArrayFromImage(session.image)
     out, masks = [], {}
     t_all = time.perf_counter()
