@@ -4,7 +4,8 @@ in bone), ``image_on_root`` (on the root's side the slices prompted as without a
 guard lifted on a slice whose SAM mask lies in bone), ``ContextConfig.points_with_box`` 0 (carried points do
 not prompt the decoder next to a box), the margins of a validated box and of CPD's consensus box
 (``PropagationConfig.margin_mm``; ``ContextConfig.click_margin`` for structures prompted with clicks alone), and
-``chain_skips_prompt`` (the bone chain starts below the prompted section).
+``chain_skips_prompt`` (the bone chain starts below the prompted section) and ``chain_dentin`` (a section without
+enamel continues the chain of ``past_prior_in_bone`` though its ring is darker than bone).
 
 The synthetic tooth of test_propagation_root_in_bone: a crown in air, its root in bone, dentin as bright as enamel,
 an opposing crown touching its tip. Each test fails when its rule is switched off.
@@ -206,3 +207,28 @@ def test_a_prompted_section_among_bright_neighbours_does_not_break_the_bone_chai
         result = PriorPropagator(RootSegmenter(vol, threshold=0.9), prompt, (1.0, 1.0, 2.0), cfg, maps=maps).run()
         assert span(result)[0] == first, (skip, span(result), result.stopped)
         assert result.trace[z]["ring_median"] > 0.8 * result.trace[z]["grey"]
+
+
+def test_a_dentin_neck_ringed_darker_than_bone_continues_the_bone_chain():
+    """A box on the root's first section in bone; on the next slice the root is dentin (darker than the crown's
+    enamel) ringed by soft tissue darker than bone, as the real head CT's 17 beside the maxillary sinus (rings 0.48-0.49
+    of its crown); below it the root lies in bone and the prior marks it down to slice 10 only. With
+    ``chain_dentin`` that section continues the bone chain (it holds no enamel: not a crown's tip crossing into the
+    other row), so the root goes on past CPD's stop as without a prior; without it CPD's stop stands."""
+    vol = tooth_volume()
+    z = SAM_ROOT[-2]
+    root = vol[z] >= TOOTH
+    vol[z][disc(32, 32, 8) & ~root] = 0.4  # under root_bone (0.5 of the crown's 0.95): soft tissue, not bone
+    vol[z][root] = 0.85  # dentin: under root_grey (0.95) of the crown's grey
+    maps = crown_and_root_maps(tooth_volume())  # the prior marks the root there
+    prompt = VoxelPrompt("root", (SAM_ROOT[-1], SAM_ROOT[-1], 28, 36, 28, 36), False, [], (0, 23))
+    for on, first in ((True, APEX), (False, SAM_ROOT[0])):
+        cfg = PropagationConfig(view_context=0, image_on_root=False, chain_dentin=on)
+        result = PriorPropagator(RootSegmenter(vol, threshold=0.7), prompt, (1.0, 1.0, 2.0), cfg, maps=maps).run()
+        assert span(result)[0] == first, (on, span(result), result.stopped)
+    assert result.trace[z]["ring_median"] < 0.5 * result.trace[SAM_ROOT[-1]]["grey"]
+    # A crown in air (enamel, ringed by air) still breaks the chain: CPD's stop stands there.
+    cfg = PropagationConfig(view_context=0, image_on_root=False, chain_dentin=True)
+    result = PriorPropagator(RootSegmenter(tooth_volume(), threshold=0.9), PROMPT, (1.0, 1.0, 2.0), cfg,
+                             maps=crown_and_root_maps(tooth_volume())).run()
+    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1] == CPD_STOP, (span(result), result.stopped)

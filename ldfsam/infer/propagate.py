@@ -48,6 +48,8 @@ class SliceResult:
     # this section and every one from the prompted slice to it lay in bone (``in_bone``; the prompted one itself
     # only without ``chain_skips_prompt``)
     in_bone: bool = False
+    # ... or held no enamel (``StopRules.in_jaw``, ``chain_dentin``): the chain of ``past_prior_in_bone``
+    in_jaw: bool = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -217,7 +219,7 @@ class Propagator(StopRules):
         past_prior = ""
         if prompts is None:
             why = "the prior and the carried prompts stop agreeing"
-            if not (self.cfg.past_prior_in_bone and self.cfg.stop_rules and prev.in_bone):
+            if not (self.cfg.past_prior_in_bone and self.cfg.stop_rules and prev.in_jaw):
                 return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
             # Prompted as without a prior; the prior's veto stands unless the section lies in bone (below).
             prompts, past_prior = (self._grow(prev.mask), self.p.points_on(z)), why
@@ -249,13 +251,14 @@ class Propagator(StopRules):
                 narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
         if past_prior:
             stats["past_prior"] = 1.0
-            if not why and not self.in_bone(stats):
+            if not why and not self.in_jaw(stats):
                 why = past_prior
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
         if why:
             return None, why
         return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin),
-                           prev.in_bone and self.in_bone(stats)), ""
+                           prev.in_bone and self.in_bone(stats),
+                           prev.in_jaw and self.in_jaw(stats)), ""
 
     def _follow_vanished(self, z: int, prev: SliceResult, why: str, area: int
                          ) -> Tuple[Optional[SliceResult], str]:
@@ -276,7 +279,8 @@ class Propagator(StopRules):
         self.trace.setdefault(z, stats)
         narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
         return SliceResult(logits, prev.low, 1.0, narrowest, self._dentin(stats, prev.dentin),
-                           prev.in_bone and self.in_bone(stats)), ""
+                           prev.in_bone and self.in_bone(stats),
+                           prev.in_jaw and self.in_jaw(stats)), ""
 
     def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
@@ -301,7 +305,7 @@ class Propagator(StopRules):
         self.primary_area = float(first.mask.sum())
         self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
         first.dentin = self._dentin(self.primary_stats, 0)  # a prompted section in bone counts (``root_bone``)
-        first.in_bone = self.cfg.chain_skips_prompt or self.in_bone(self.primary_stats)
+        first.in_bone = first.in_jaw = self.cfg.chain_skips_prompt or self.in_bone(self.primary_stats)
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]

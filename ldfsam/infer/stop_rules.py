@@ -98,6 +98,15 @@ class StopRules:
         ring = stats.get("ring_median", 0.0)
         return 0 < c.root_bone <= 1 and c.root_bone * crown <= ring <= c.root_bone_max * crown
 
+    def in_jaw(self, stats: Dict[str, float]) -> bool:
+        """Whether a section measured as ``stats`` continues the bone chain (``SliceResult.in_bone``): it lies in
+        bone, or (``chain_dentin``) it holds no enamel and is not ringed by teeth."""
+        if self.in_bone(stats):
+            return True
+        c, crown = self.cfg, self.primary_stats["grey"]
+        return (c.chain_dentin and stats.get("ring_median", 0.0) <= c.root_bone_max * crown
+                and stats["grey"] < c.root_grey * crown)
+
     def on_root(self, prev: Section) -> bool:
         """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``
         sections held no enamel (``PropagationConfig.root_grey``). There the gap guard (``follow_gap``) is lifted."""
