@@ -1,0 +1,106 @@
+"""Paired differences between the rows of a ``bench_kvasir.py`` run: per budget, every row against the detected-box
+baseline and the comparisons the docs' tables quote (dense+sparse against sparse, dense and none, auto against
+dense+sparse, each refinement pass against its row), as a markdown table.
+
+A difference is the mean over the validation images of (Dice of row A − Dice of row B) on the same images, with
+the percentile bootstrap CI of that mean (B = 1000, seed 2025, ``ldfsam.evaluate.bootstrap``) and the number of
+images on which A is better and worse. The per-image Dice is read from each run's ``eval-val/per_case.csv``
+(``eval-val-refine`` for the ``+refine`` rows); nothing is recomputed.
+
+    python benchmarks/kvasir_paired.py /work/runs/kvasir-lite            # the table
+    python benchmarks/kvasir_paired.py DIR --json DIR/paired.json         # also kept as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ldfsam.evaluate.bootstrap import bootstrap_mean_ci  # noqa: E402
+
+# (A, B) pairs beyond "every row − box"; a pair whose rows the run lacks is skipped.
+PAIRS = (("dense+sparse", "sparse"), ("dense+sparse", "dense"), ("dense+sparse", "none"), ("dense", "none"),
+         ("auto", "dense+sparse"), ("auto+refine", "dense+sparse+refine"))
+
+
+def per_image_dice(run: dict) -> Dict[str, float]:
+    """case id -> Dice of one row of results.json (its model's folder, eval-val or eval-val-refine)."""
+    folder = Path(run["model"]).parent / ("eval-val-refine" if run["mode"].endswith("+refine") else "eval-val")
+    with open(folder / "per_case.csv", encoding="utf-8") as f:
+        return {r["case_id"]: float(r["dice"]) for r in csv.DictReader(f) if r["class"] != "all"}
+
+
+def paired(a: Dict[str, float], b: Dict[str, float], resamples: int = 1000, seed: int = 2025) -> dict:
+    """Mean of A − B over the images both scored, its bootstrap CI, and how many images A wins and loses."""
+    ids = sorted(set(a) & set(b))
+    if len(ids) != len(a) or len(ids) != len(b):
+        raise SystemExit(f"the rows scored different images ({len(a)} and {len(b)}, {len(ids)} in common)")
+    diff = [a[i] - b[i] for i in ids]
+    ci = bootstrap_mean_ci(diff, resamples=resamples, seed=seed)
+    return {"mean": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "n": len(ids),
+            "better": sum(d > 0 for d in diff), "worse": sum(d < 0 for d in diff)}
+
+
+def _fmt(p: Optional[dict]) -> str:
+    if p is None:
+        return ""
+    return (f"{p['mean']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] "
+            f"({p['better']} better, {p['worse']} worse)")
+
+
+def compare(results: dict, baseline: str = "box") -> List[dict]:
+    """One entry per row (its Dice, CI and the difference to the budget's ``baseline``) and per extra pair."""
+    by_budget: Dict[float, Dict[str, dict]] = {}
+    for run in results["runs"].values():
+        by_budget.setdefault(float(run["budget"]), {})[run["mode"]] = run
+    out: List[dict] = []
+    for budget, runs in sorted(by_budget.items(), reverse=True):
+        dice = {mode: per_image_dice(run) for mode, run in runs.items()}
+        for mode, run in runs.items():
+            vs = None if mode == baseline or baseline not in dice else paired(dice[mode], dice[baseline])
+            out.append({"budget": budget, "a": mode, "b": baseline, "dice": run["dice"], "paired": vs})
+        pairs: List[Tuple[str, str]] = list(PAIRS) + [(m, m.removesuffix("+refine")) for m in runs
+                                                      if m.endswith("+refine")]
+        for a, b in pairs:
+            if a in dice and b in dice:
+                out.append({"budget": budget, "a": a, "b": b, "dice": None, "paired": paired(dice[a], dice[b])})
+    return out
+
+
+def table(rows: List[dict], baseline: str) -> str:
+    lines = [f"| budget | prompt | val Dice [95 % CI] | − {baseline} (paired) |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        if r["dice"] is not None:
+            d = r["dice"]
+            lines.append(f"| {r['budget']:.0%} | {r['a']} | {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}]"
+                         f" | {_fmt(r['paired'])} |")
+    lines += ["", "| budget | A − B | paired difference [95 % CI] |", "| --- | --- | --- |"]
+    for r in rows:
+        if r["dice"] is None:
+            lines.append(f"| {r['budget']:.0%} | {r['a']} − {r['b']} | {_fmt(r['paired'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="the benchmark folder (its results.json)")
+    p.add_argument("--baseline", default="box", help="the row every other row is compared with (default box)")
+    p.add_argument("--json", type=Path, help="also write the comparisons here")
+    args = p.parse_args(argv)
+    results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+    rows = compare(results, args.baseline)
+    print(table(rows, args.baseline))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
