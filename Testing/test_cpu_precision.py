@@ -63,7 +63,7 @@ def test_measured_once_then_read_from_the_cache(home):
     first = cp.measured_precision(TINY)
     entries = json.loads(path.read_text())
     key = cp.cache_key()
-    assert cp.cpu_name() in key and torch.__version__ in key
+    assert cp.cpu_name() in key and cp.cpu_identity() in key and torch.__version__ in key
     assert entries == {key: dataclasses.asdict(first)}
     stamp = path.stat().st_mtime_ns
     # A hit returns the stored figures (a new measurement would time differently) and writes nothing.
@@ -146,3 +146,24 @@ def test_segment_measures_once_and_says_so(home, tmp_path):
         assert start["precision"] == {"bf16": "bfloat16", "fp32": "float32"}[cp.cached_measurement().choice]
     assert len(said[0]) == 1 and str(home) in said[0][0]  # the first run measured, and said where it keeps it
     assert said[1] == []  # the second read the cache
+
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+
+processor\t: 1
+model\t\t: 99
+"""
+
+
+def test_one_cpu_name_for_two_generations_gives_two_cache_keys():
+    # A virtual machine named "AMD EPYC" was a Zen 3 (no native bf16) one day and a Zen 4 (bf16 twice as fast)
+    # the next: a choice measured on one must not be read back on the other.
+    zen4 = ZEN3.replace("model\t\t: 1\n", "model\t\t: 17\n", 1)
+    assert cp.cpu_identity(ZEN3) == "AMD EPYC (cpu family 25, model 1, stepping 1)"
+    assert cp.cpu_identity(zen4) == "AMD EPYC (cpu family 25, model 17, stepping 1)"
+    assert cp.cpu_identity("model name\t: Apple M2\n") == "Apple M2"

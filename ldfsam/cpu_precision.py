@@ -4,9 +4,9 @@ A CPU that reports AVX512-BF16 does not always run bf16 faster: on some Xeons to
 fp32 rate. So ``--precision auto`` on a CPU with native bf16 measures both precisions once (a short matmul and a
 short pass through the encoder with a single block, under the same autocast and bf16 encoder weights
 as :class:`ldfsam.infer.predictor.SlicePredictor`) and keeps bf16 only when it is faster over both and its masks
-agree with fp32's. The answer is cached in ``$LDFSAM_HOME/cpu_precision.json``, keyed by the CPU model and the
-torch version (delete the file to measure again). A CPU without native bf16 is never measured: there bf16 is
-emulated and always much slower.
+agree with fp32's. The answer is cached in ``$LDFSAM_HOME/cpu_precision.json``, keyed by the CPU (its name,
+family, model and stepping) and the torch version (delete the file to measure again). A CPU without native bf16
+is never measured: there bf16 is emulated and always much slower.
 """
 
 from __future__ import annotations
@@ -53,6 +53,26 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_identity(cpuinfo: Optional[str] = None) -> str:
+    """The CPU's name with its family, model and stepping where ``/proc/cpuinfo`` gives them (``cpuinfo``: that
+    file's text). Virtual machines often report one name for several generations ("AMD EPYC" for a Zen 3 without
+    native bf16 and a Zen 4 with it), and a choice measured on one must not be reused on the other."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return cpu_name()
+    fields: Dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes the CPU
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    parts = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,7 @@ def cache_path() -> Path:
 
 
 def cache_key() -> str:
-    return f"{cpu_name()} | torch {torch.__version__}"
+    return f"{cpu_identity()} | torch {torch.__version__}"
 
 
 def _read_cache(path: Path) -> Dict[str, dict]:
