@@ -8,7 +8,7 @@ from _model_helpers import random_tiny_vit
 from ldfsam.errors import CheckpointError
 from ldfsam.model.tiny_vit import TinyViT
 from ldfsam.model.tiny_vit_inference import prepare_for_inference
-from ldfsam.model.tiny_vit_student import HalfResTinyViT, UpNeck, half_resolution_encoder, save_neck
+from ldfsam.model.tiny_vit_student import PIECE_IMAGES, HalfResTinyViT, UpNeck, half_resolution_encoder, save_neck
 
 SMALL = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_sizes=(7, 7, 7, 7),
              out_chans=32)
@@ -106,17 +106,21 @@ def test_a_file_that_is_not_a_neck_is_refused(tmp_path):
         half_resolution_encoder(random_tiny_vit(), path)
 
 
-def test_inference_runs_the_first_stage_per_image_and_the_rest_as_one_batch():
-    # One image at a time through the attention stages cost two threads about twice the CPU time of one batch.
+def test_inference_runs_the_first_stage_per_image_and_the_rest_in_pieces_of_bounded_batch():
+    # One image at a time through the attention stages cost two threads about twice the CPU time of one batch; a
+    # whole batch of 8 held 8 images' activations at once (peak memory): pieces of PIECE_IMAGES.
     net = student()
     prepare_for_inference(net.backbone)
     batches = {"patch_embed": [], "attention": [], "neck": []}
     net.backbone.patch_embed.register_forward_hook(lambda m, a, o: batches["patch_embed"].append(a[0].shape[0]))
     net.backbone.layers[1].blocks[0].register_forward_hook(lambda m, a, o: batches["attention"].append(a[0].shape[0]))
     net.up_neck.register_forward_hook(lambda m, a, o: batches["neck"].append(a[0].shape[0]))
-    x = torch.rand(3, 3, 64, 64)
+    n = PIECE_IMAGES + 2
+    assert 2 <= PIECE_IMAGES < 8  # batched, and below the predictor's default batch of 8
+    x = torch.rand(n, 3, 64, 64)
     with torch.inference_mode():
         out = net(x)
-        one_by_one = torch.cat([net(x[i:i + 1]) for i in range(3)])
-    assert batches == {"patch_embed": [1, 1, 1, 1, 1, 1], "attention": [3, 1, 1, 1], "neck": [3, 1, 1, 1]}
+        one_by_one = torch.cat([net(x[i:i + 1]) for i in range(n)])
+    assert batches == {"patch_embed": [1] * (2 * n), "attention": [PIECE_IMAGES, 2] + [1] * n,
+                       "neck": [PIECE_IMAGES, 2] + [1] * n}
     torch.testing.assert_close(out, one_by_one, rtol=1e-5, atol=1e-5)

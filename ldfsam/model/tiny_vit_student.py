@@ -24,6 +24,12 @@ from torch import nn
 from .common import LayerNorm2d
 from .tiny_vit import TinyViT
 
+# Images that go through the student's batched stages (attention stages and neck) at once at inference. A whole
+# batch of 8 held the activations of all 8: alone on 8 slices it added 380 MiB in float32 (189 in bf16) against 121
+# (51) one image at a time; in pieces of 4, 242 (88) at the same CPU time per slice on 2 threads (docs/segmentation.md,
+# "The batched student on a CPU with native bf16, and the batch in pieces of 4").
+PIECE_IMAGES = 4
+
 
 class UpNeck(nn.Module):
     """coarse B×D×g×g + fine B×C×2g×2g -> B×D×2g×2g: the coarse embedding upsampled (bilinear) plus a correction
@@ -86,8 +92,9 @@ class HalfResTinyViT(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         if x.shape[0] > 1 and not torch.is_grad_enabled():
             # The first stage (the largest grid, all convolutions) one image at a time, so that its activations
-            # stay small (PIECE_BYTES in tiny_vit.py); the rest as one batch: its grids are small, and one image at
-            # a time there costs two threads about twice the CPU time of one (waiting for each other).
+            # stay small (PIECE_BYTES in tiny_vit.py); the rest as one batch (``forward`` gives at most PIECE_IMAGES):
+            # its grids are small, and one image at a time there costs two threads about twice the CPU time of one
+            # (waiting for each other).
             x = torch.cat([b.layers[0](b.patch_embed(x[i:i + 1])) for i in range(x.shape[0])])
         else:
             x = b.layers[0](b.patch_embed(x))
@@ -97,6 +104,8 @@ class HalfResTinyViT(nn.Module):
         return b.neck(x), fine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > PIECE_IMAGES and not torch.is_grad_enabled():
+            return torch.cat([self.forward(x[i:i + PIECE_IMAGES]) for i in range(0, x.shape[0], PIECE_IMAGES)])
         return self.up_neck(*self.features(x), x if self.up_neck.stem is not None else None)
 
 
