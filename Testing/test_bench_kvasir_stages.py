@@ -45,3 +45,12 @@ def test_a_reused_stage_keeps_the_earlier_invocations_record(tmp_path):
     fresh = results["stages"]["b010 Phase 1"]
     assert fresh["wall_s"] < 5 and "earlier_invocation" not in fresh
     assert "(earlier invocation)" in clock.table()
+
+
+def test_phase1_epochs_give_a_small_budget_enough_steps():
+    rule = _bench().phase1_epochs
+    assert rule(720, 6, 60) == 6  # 45 steps an epoch: 270 steps, the epochs asked for
+    assert rule(72, 6, 60) == 12  # 5 steps an epoch (the last batch partial): 6 epochs would be 30 steps
+    assert rule(36, 6, 60) == 20
+    assert rule(72, 6, 0) == 6 and rule(72, 20, 60) == 20  # rule off; more epochs asked for are kept
+    assert rule(1, 1, 60) == 60

@@ -47,3 +47,17 @@ def test_rows_of_different_images_are_refused(tmp_path):
     a = {"c1": 0.5, "c2": 0.6}
     with pytest.raises(SystemExit, match="different images"):
         bench.paired(a, {"c1": 0.5, "c3": 0.7})
+
+
+def test_rows_are_compared_with_the_same_rows_of_another_run(tmp_path):
+    bench = load_script("benchmarks/kvasir_paired.py")
+    box = np.linspace(0.5, 0.9, 20)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    runs = {"b010/box": _row(ours, 0.1, "box", box + 0.02), "b010/sparse": _row(ours, 0.1, "sparse", box)}
+    other = {"b010/box": _row(theirs, 0.1, "box", box), "b100/sparse": _row(theirs, 1.0, "sparse", box)}
+    rows = bench.against({"runs": runs}, {"runs": other})
+    assert len(rows) == 1 and rows[0]["a"] == "box"  # sparse is at another budget there
+    assert rows[0]["paired"]["mean"] == pytest.approx(0.02) and rows[0]["paired"]["better"] == 20
+    for folder, r in ((ours, runs), (theirs, other)):
+        folder.joinpath("results.json").write_text(json.dumps({"runs": r}))
+    assert bench.main([str(ours), "--against", str(theirs)]) == 0

@@ -9,6 +9,7 @@ images on which A is better and worse. The per-image Dice is read from each run'
 
     python benchmarks/kvasir_paired.py /work/runs/kvasir-lite            # the table
     python benchmarks/kvasir_paired.py DIR --json DIR/paired.json         # also kept as JSON
+    python benchmarks/kvasir_paired.py DIR --against OTHER                # also each row − the same row of OTHER
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ def compare(results: dict, baseline: str = "box") -> List[dict]:
     return out
 
 
+def against(results: dict, other: dict) -> List[dict]:
+    """Each row of ``results`` − the row of the same budget and mode in ``other`` (another run on the same
+    validation images, e.g. with another Phase 1), for the rows both runs have."""
+    theirs = {(float(r["budget"]), r["mode"]): r for r in other["runs"].values()}
+    out: List[dict] = []
+    for run in results["runs"].values():
+        key = (float(run["budget"]), run["mode"])
+        if key in theirs:
+            out.append({"budget": key[0], "a": run["mode"], "b": f"{run['mode']} (other run)", "dice": None,
+                        "paired": paired(per_image_dice(run), per_image_dice(theirs[key]))})
+    return out
+
+
 def table(rows: List[dict], baseline: str) -> str:
     lines = [f"| budget | prompt | val Dice [95 % CI] | − {baseline} (paired) |", "| --- | --- | --- | --- |"]
     for r in rows:
@@ -92,10 +106,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="the benchmark folder (its results.json)")
     p.add_argument("--baseline", default="box", help="the row every other row is compared with (default box)")
+    p.add_argument("--against", type=Path, help="another benchmark folder: also each row − the same row there")
     p.add_argument("--json", type=Path, help="also write the comparisons here")
     args = p.parse_args(argv)
     results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
     rows = compare(results, args.baseline)
+    if args.against:
+        rows += against(results, json.loads((args.against / "results.json").read_text(encoding="utf-8")))
     print(table(rows, args.baseline))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
