@@ -146,3 +146,17 @@ def test_surface_metrics_equal_monais_own_functions():
                 compute_average_surface_distance(p, r, True, symmetric=True, spacing=spacing),
                 compute_surface_dice(p, r, [1.0], True, spacing=spacing))
     assert (m.hd, m.hd95, m.assd, m.so) == pytest.approx([float(v) for v in expected], rel=1e-5)
+
+
+def test_paired_difference_pairs_cases_by_id_and_refuses_different_cases():
+    from ldfsam.evaluate.bootstrap import paired_difference
+
+    a = {"c1": 0.9, "c2": 0.8, "c3": 0.7, "c4": 0.6}
+    b = {"c4": 0.5, "c3": 0.75, "c2": 0.6, "c1": 0.9}  # another order: paired by id, not position
+    d = paired_difference(a, b)
+    expected = bootstrap_mean_ci([a[k] - b[k] for k in ("c1", "c2", "c3", "c4")])
+    assert d["mean"] == pytest.approx(0.0625)
+    assert (d["ci_low"], d["ci_high"]) == (expected["ci_low"], expected["ci_high"]) and d["ci_low"] < d["ci_high"]
+    assert (d["n"], d["better"], d["worse"]) == (4, 2, 1)
+    with pytest.raises(ValueError, match="different cases"):
+        paired_difference(a, {"c1": 0.9, "c2": 0.8, "c3": 0.7, "c5": 0.6})

@@ -148,11 +148,10 @@ def cpu_seconds_children() -> float:
 
 def paired_gain(before: dict, after: dict, resamples: int = 2000, seed: int = 2025):
     """Mean per-volume Dice gain and its 95 % bootstrap CI (the same volumes scored by both models)."""
-    ids = sorted(before["per_case"])
-    d = np.array([after["per_case"][i] - before["per_case"][i] for i in ids])
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
-    return {"mean": float(d.mean()), "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    from ldfsam.evaluate.bootstrap import paired_difference
+
+    d = paired_difference(after["per_case"], before["per_case"], resamples=resamples, seed=seed)
+    return {"mean": d["mean"], "ci": [d["ci_low"], d["ci_high"]]}
 
 
 def main(argv=None) -> int:

@@ -143,9 +143,9 @@ def phantom_dice(parts, decoders: dict, volume, window, cases) -> dict:
 
 def paired(a: list, b: list, seed: int) -> dict:
     """Means of a and b and the mean of b - a with its 95 % bootstrap CI."""
-    from ldfsam.evaluate.bootstrap import bootstrap_mean_ci
+    from ldfsam.evaluate.bootstrap import paired_difference
 
-    diff = bootstrap_mean_ci([y - x for x, y in zip(a, b)], seed=seed)
+    diff = paired_difference(dict(enumerate(b)), dict(enumerate(a)), seed=seed)
     return {"n": len(a), "fp32": statistics.fmean(a), "variant": statistics.fmean(b), "difference": diff["mean"],
             "difference_ci95": [diff["ci_low"], diff["ci_high"]]}
 

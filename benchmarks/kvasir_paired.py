@@ -3,9 +3,9 @@ baseline and the comparisons the docs' tables quote (dense+sparse against sparse
 dense+sparse, each refinement pass against its row), as a markdown table.
 
 A difference is the mean over the validation images of (Dice of row A − Dice of row B) on the same images, with
-the percentile bootstrap CI of that mean (B = 1000, seed 2025, ``ldfsam.evaluate.bootstrap``) and the number of
-images on which A is better and worse. The per-image Dice is read from each run's ``eval-val/per_case.csv``
-(``eval-val-refine`` for the ``+refine`` rows); nothing is recomputed.
+the percentile bootstrap CI of that mean and the number of images on which A is better and worse (B = 1000, seed
+2025, ``ldfsam.evaluate.bootstrap.paired_difference``). The per-image Dice is read from each run's
+``eval-val/per_case.csv`` (``eval-val-refine`` for the ``+refine`` rows); nothing is recomputed.
 
     python benchmarks/kvasir_paired.py /work/runs/kvasir-lite            # the table
     python benchmarks/kvasir_paired.py DIR --json DIR/paired.json         # also kept as JSON
@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ldfsam.evaluate.bootstrap import bootstrap_mean_ci  # noqa: E402
+from ldfsam.evaluate.bootstrap import paired_difference  # noqa: E402
 
 # (A, B) pairs beyond "every row − box"; a pair whose rows the run lacks is skipped.
 PAIRS = (("dense+sparse", "sparse"), ("dense+sparse", "dense"), ("dense+sparse", "none"), ("dense", "none"),
@@ -38,15 +38,12 @@ def per_image_dice(run: dict) -> Dict[str, float]:
         return {r["case_id"]: float(r["dice"]) for r in csv.DictReader(f) if r["class"] != "all"}
 
 
-def paired(a: Dict[str, float], b: Dict[str, float], resamples: int = 1000, seed: int = 2025) -> dict:
+def paired(a: Dict[str, float], b: Dict[str, float]) -> dict:
     """Mean of A − B over the images both scored, its bootstrap CI, and how many images A wins and loses."""
-    ids = sorted(set(a) & set(b))
-    if len(ids) != len(a) or len(ids) != len(b):
-        raise SystemExit(f"the rows scored different images ({len(a)} and {len(b)}, {len(ids)} in common)")
-    diff = [a[i] - b[i] for i in ids]
-    ci = bootstrap_mean_ci(diff, resamples=resamples, seed=seed)
-    return {"mean": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "n": len(ids),
-            "better": sum(d > 0 for d in diff), "worse": sum(d < 0 for d in diff)}
+    try:
+        return paired_difference(a, b)
+    except ValueError as e:
+        raise SystemExit(f"the rows scored different images: {e}") from None
 
 
 def _fmt(p: Optional[dict]) -> str:

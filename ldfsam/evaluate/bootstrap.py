@@ -1,9 +1,10 @@
-"""Non-parametric bootstrap confidence interval of a mean (section 4.5: B = 1000, 95 %)."""
+"""Non-parametric bootstrap confidence interval of a mean (section 4.5: B = 1000, 95 %), and of a paired
+difference between two scorings of the same cases."""
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
@@ -36,3 +37,17 @@ def bootstrap_mean_ci(values: Sequence[float], resamples: int = DEFAULT_RESAMPLE
         alpha = (1.0 - confidence) / 2.0
         low, high = (float(v) for v in np.quantile(means, [alpha, 1.0 - alpha]))
     return {"mean": mean, "std": std, "ci_low": low, "ci_high": high, "n": n, "excluded": excluded}
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float], resamples: int = DEFAULT_RESAMPLES,
+                      seed: int = DEFAULT_SEED) -> Dict[str, float]:
+    """Mean over the cases of (``a`` − ``b``), case id -> score, with its percentile bootstrap CI, and on how many
+    cases ``a`` is better and worse. Both must score the same cases: a difference over different cases is not
+    paired (ValueError)."""
+    ids = sorted(set(a) & set(b))
+    if len(ids) != len(a) or len(ids) != len(b):
+        raise ValueError(f"the two scorings hold different cases ({len(a)} and {len(b)}, {len(ids)} in common)")
+    diff = [a[i] - b[i] for i in ids]
+    ci = bootstrap_mean_ci(diff, resamples=resamples, seed=seed)
+    return {"mean": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "n": len(ids),
+            "better": sum(d > 0 for d in diff), "worse": sum(d < 0 for d in diff)}
