@@ -4,7 +4,7 @@ difference between two scorings of the same cases."""
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def bootstrap_mean_ci(values: Sequence[float], resamples: int = DEFAULT_RESAMPLE
     return {"mean": mean, "std": std, "ci_low": low, "ci_high": high, "n": n, "excluded": excluded}
 
 
-def paired_difference(a: Mapping[str, float], b: Mapping[str, float], resamples: int = DEFAULT_RESAMPLES,
+def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], resamples: int = DEFAULT_RESAMPLES,
                       seed: int = DEFAULT_SEED) -> Dict[str, float]:
     """Mean over the cases of (``a`` − ``b``), case id -> score, with its percentile bootstrap CI, and on how many
     cases ``a`` is better and worse. Both must score the same cases: a difference over different cases is not
