@@ -167,3 +167,31 @@ def test_one_cpu_name_for_two_generations_gives_two_cache_keys():
     assert cp.cpu_identity(ZEN3) == "AMD EPYC (cpu family 25, model 1, stepping 1)"
     assert cp.cpu_identity(zen4) == "AMD EPYC (cpu family 25, model 17, stepping 1)"
     assert cp.cpu_identity("model name\t: Apple M2\n") == "Apple M2"
+
+
+def test_a_choice_is_not_read_back_under_another_instruction_set(home, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    # A bf16 choice measured with every instruction allowed, as this machine's real measurement...
+    measured = dataclasses.replace(cp.measure(TINY), bf16_encoder_s=0.001, fp32_encoder_s=0.002,
+                                   bf16_matmul_gflops=2000.0, fp32_matmul_gflops=1000.0)
+    for name in cp.ISA_ENV:
+        monkeypatch.delenv(name, raising=False)
+    home.mkdir(parents=True)
+    (home / cp.CACHE_NAME).write_text(json.dumps({cp.cache_key(): dataclasses.asdict(measured)}))
+    assert torch.backends.cpu.get_cpu_capability() in cp.cache_key()
+    probe = ("from ldfsam import cpu_precision as cp; m = cp.cached_measurement(); "
+             "print(cp.cache_key()); print('none' if m is None else m.choice)")
+    # ...is read back by a process on the same CPU with the same instructions...
+    same = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, "LDFSAM_HOME": str(home)}).stdout.splitlines()
+    assert same == [cp.cache_key(), "bf16"]
+    # ...but not by one whose oneDNN may not use the bf16 instructions (bf16 matmuls there run below fp32's rate)
+    # nor one whose torch kernels are held to AVX2: each measures for itself.
+    for limit in ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, {"ATEN_CPU_CAPABILITY": "avx2"}):
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                               env={**os.environ, "LDFSAM_HOME": str(home), **limit}).stdout.splitlines()
+        assert other[0] != cp.cache_key() and other[1] == "none", (limit, other)
+        assert "=".join(*limit.items()) in other[0]

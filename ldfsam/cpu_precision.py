@@ -5,8 +5,9 @@ fp32 rate. So ``--precision auto`` on a CPU with native bf16 measures both preci
 short pass through the encoder with a single block, under the same autocast and bf16 encoder weights
 as :class:`ldfsam.infer.predictor.SlicePredictor`) and keeps bf16 only when it is faster over both and its masks
 agree with fp32's. The answer is cached in ``$LDFSAM_HOME/cpu_precision.json``, keyed by the CPU (its name,
-family, model and stepping) and the torch version (delete the file to measure again). A CPU without native bf16
-is never measured: there bf16 is emulated and always much slower.
+family, model and stepping), the instruction set torch and oneDNN are allowed to use on it, and the torch version
+(delete the file to measure again). A CPU without native bf16 is never measured: there bf16 is emulated and always
+much slower.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from .errors import OutputError
 from .home import ldfsam_home
 
 CACHE_NAME = "cpu_precision.json"
+# Environment variables that restrict (or widen) the instructions torch's kernels, oneDNN and MKL use. The same CPU
+# limited to AVX512 without its bf16 instructions (ONEDNN_MAX_CPU_ISA=AVX512_CORE) runs bf16 matmuls at a fifth
+# of the unrestricted rate and below fp32's, so a choice measured without the limit must not be read back with it.
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+           "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE", "MKL_CBWR")
 # Share of mask pixels on which bf16 must agree with fp32. The probe's masks come from random weights, so every
 # pixel is as close to the threshold as a real mask's boundary pixels: bf16's rounding (about 0.5% of the
 # embedding) flips about 1% of them, while broken bf16 kernels disagree on about half.
@@ -177,8 +183,19 @@ def cache_path() -> Path:
     return ldfsam_home() / CACHE_NAME
 
 
+def instruction_set() -> str:
+    """What torch's kernels may use here (its CPU capability: "AVX512", "AVX2", ...) and every ISA-limiting
+    variable set in the environment, e.g. "AVX2 ONEDNN_MAX_CPU_ISA=AVX2"."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    limits = [f"{name}={os.environ[name]}" for name in ISA_ENV if os.environ.get(name)]
+    return " ".join([capability, *limits])
+
+
 def cache_key() -> str:
-    return f"{cpu_identity()} | torch {torch.__version__}"
+    return f"{cpu_identity()} | {instruction_set()} | torch {torch.__version__}"
 
 
 def _read_cache(path: Path) -> Dict[str, dict]:
