@@ -37,8 +37,8 @@ def phantom(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def session(phantom):
-    # fp32 on every machine: these tests check what prompts do to masks whose ends they rely on, and bf16 (what
-    # auto picks on a CPU with native bf16) moves a mask's end by a slice (test_infer_precision compares the two)
+    # fp32 on every machine (prompted segmentation's auto, named here too): these tests check what prompts do to
+    # masks whose ends they rely on, and bf16 moves a mask's end by a slice
     return PromptedSession(phantom[1], precision="fp32")
 
 
@@ -304,3 +304,18 @@ def test_an_empty_result_has_no_block_and_an_empty_mask():
     empty = StructureResult(np.zeros((0, 0, 0), bool), (3, 4, 5), (8, 9, 10), [3], [3])
     assert empty.block() is None and empty.region == (slice(3, 3), slice(4, 4), slice(5, 5))
     assert empty.mask.shape == (8, 9, 10) and not empty.mask.any()
+
+
+def test_auto_precision_is_float32_on_a_cpu_where_auto_picks_bf16(phantom, monkeypatch):
+    """Where a prompted structure ends rests on mask and map edges that bf16 embeddings move by a voxel (the real
+    head CT: a tooth's result differed between CPUs), so prompted segmentation's auto is float32 on every CPU,
+    while ``ldfsam segment``'s auto still picks bf16 where it measured faster; bf16 stays available when asked."""
+    import torch
+
+    import ldfsam.cpu_precision as cpu_precision
+    from ldfsam.infer.predictor import resolve_precision
+
+    monkeypatch.setattr(cpu_precision, "auto_cpu_precision", lambda: "bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16  # automatic segmentation's choice
+    assert PromptedSession(phantom[1]).sam.dtype == torch.float32
+    assert PromptedSession(phantom[1], precision="bf16").sam.dtype == torch.bfloat16

@@ -34,7 +34,8 @@ HELP = "Answer prompted-segmentation requests (JSON lines on stdin/stdout), keep
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a lite-preset model (default: LiteMedSAM as published)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: the faster of bfloat16 and float32 as measured on this machine")
+                        help="auto: float32 on every CPU (where a prompted structure ends must not depend on "
+                             "the CPU); bf16: faster where the CPU has native bf16")
     parser.add_argument("--prior", metavar="MODEL", default="auto",
                         help="a model with a saliency head that checks the clicks (SPD); auto: the default model "
                              "when it has one; none: every click taken as given")

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8,
                         help="slices per batch (default 8; reduced automatically to fit the available memory)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bfloat16 where the CPU/GPU has native support, else float32")
+                        help="auto: bfloat16 where the CPU/GPU has native support, else float32; with --prompts "
+                             "float32 on every CPU")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     parser.add_argument("--threshold", type=float, default=0.5, help="tooth probability threshold (default 0.5)")
     parser.add_argument("--refine", action="store_true",

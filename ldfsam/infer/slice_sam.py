@@ -11,9 +11,12 @@ and masks stay on the same pixels.
 Embeddings (256×64×64 float32, 4 MB each) are kept per (slice, view) in an LRU cache bounded in bytes: clicks on
 slices already encoded cost only the prompt encoder and decoder.
 
-Precision: ``auto`` is the faster one measured on this machine (``ldfsam.cpu_precision``), as for ``ldfsam
-segment``. With bf16 the encoder's weights become bf16 and the encoder and decoder run under autocast (LayerNorm and
-softmax stay float32); embeddings, logits and IoU come out float32. A TinyViT encoder is prepared for inference
+Precision: ``auto`` is float32 on every CPU, unlike ``ldfsam segment`` (where it is the faster one measured on
+this machine, ``ldfsam.cpu_precision``): where a prompted structure ends is decided by the stop rules and SPD's
+validation on mask and map edges that bf16 embeddings move by a voxel, so with bf16 a tooth's result depended on
+the CPU (docs/segmentation.md, "On a real CT"). ``bf16`` when asked: the encoder's weights become bf16 and the
+encoder and decoder run under autocast (LayerNorm and softmax stay float32); embeddings, logits and IoU come out
+float32. A TinyViT encoder is prepared for inference
 (BatchNorm folded, channels-last) in place.
 """
 
@@ -91,7 +94,8 @@ class SliceSAM:
         from .predictor import resolve_precision
 
         reuse_large_blocks()
-        self.dtype = resolve_precision(precision, torch.device("cpu"))
+        # auto: float32 whatever the CPU (see the module's docstring)
+        self.dtype = torch.float32 if precision == "auto" else resolve_precision(precision, torch.device("cpu"))
         encoder = parts.image_encoder.eval()
         if isinstance(encoder, TinyViT):
             prepare_for_inference(encoder)
