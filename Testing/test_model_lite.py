@@ -126,6 +126,11 @@ def test_model_file_refers_to_the_frozen_encoder(lite_home, tmp_path):
     loaded = load_checkpoint(path).model
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+        assert loaded.state_dict()[key].dtype == value.dtype, key  # BatchNorm's integer counters too
+    # So the loaded model's encoder is the one Phase 2 cached embeddings of: evaluation finds them.
+    from ldfsam.finetune.embedding_cache import encoder_fingerprint
+
+    assert encoder_fingerprint(loaded) == encoder_fingerprint(model)
 
     # A file made on other LiteMedSAM weights is refused, naming the file.
     from ldfsam.checkpoint import load_state, save_state
@@ -144,3 +149,36 @@ def test_model_file_refers_to_the_frozen_encoder(lite_home, tmp_path):
     save_checkpoint(changed, model, model.cfg, pre)
     assert "base" not in read_checkpoint_meta(changed)
     assert torch.equal(load_checkpoint(changed).model.image_encoder.neck[0].weight, model.image_encoder.neck[0].weight)
+
+
+def test_evaluation_runs_in_the_precision_asked_for(lite_home, data_dir, tmp_path):
+    """evaluate_model's ``precision``: bf16 embeddings go to (and come from) the bf16 cache Phase 2 fills on a CPU
+    that picks bf16, the decoder runs under bf16 autocast, and the masks agree with fp32's."""
+    import shutil
+
+    from ldfsam.checkpoint import save_checkpoint
+    from ldfsam.data.config import PreprocessConfig
+    from ldfsam.evaluate.model_eval import evaluate_model
+    from ldfsam.finetune.embedding_cache import EmbeddingCache, encoder_fingerprint
+
+    data = tmp_path / "kvasir"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for image in sorted((data_dir / "kvasir-seg" / "images").glob("*.jpg"))[:2]:
+        shutil.copy(image, data / "images" / image.name)
+        shutil.copy(data_dir / "kvasir-seg" / "masks" / image.name, data / "masks" / image.name)
+    model = lite_model("zero-shot", classes=("polyp",), yolo=256)
+    path = tmp_path / "lite.safetensors"
+    save_checkpoint(path, model, model.cfg, PreprocessConfig(sam_size=256, yolo_size=256, class_names=["polyp"]))
+    fingerprint = encoder_fingerprint(model)
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        rows[precision] = evaluate_model(str(path), data, box_prompts="ground_truth", precision=precision)
+        cache = EmbeddingCache(fingerprint, precision=precision)
+        assert len(list(cache.dir.glob("*.safetensors"))) == 2, precision
+    assert EmbeddingCache(fingerprint, precision="bf16").dir.name.endswith("-bf16")
+    for fp32, bf16 in zip(rows["fp32"], rows["bf16"]):
+        assert fp32["case_id"] == bf16["case_id"]
+        assert fp32["dice"] > 0.8 and abs(fp32["dice"] - bf16["dice"]) < 0.02
+    with pytest.raises(Exception, match="fp16"):
+        evaluate_model(str(path), data, box_prompts="ground_truth", precision="fp16")

@@ -103,7 +103,10 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
     tensors = read_tensors(path, lambda key: encoder_dtype if key.startswith("image_encoder.") else torch.float32)
     if meta.get("base") is not None:
         for key, value in base_tensors(meta["base"], path).items():
-            tensors.setdefault(key, value.to(encoder_dtype if key.startswith("image_encoder.") else torch.float32))
+            # Integer buffers (BatchNorm's num_batches_tracked) keep their dtype, as read_tensors keeps them: as
+            # floats they changed the encoder's fingerprint, and evaluation never met Phase 2's cached embeddings.
+            tensors.setdefault(key, value.to(encoder_dtype if key.startswith("image_encoder.") else torch.float32)
+                               if value.is_floating_point() else value)
     try:
         # Shapes only: every weight comes from the file, so random initialisation (seconds for vit_b) is skipped.
         model = build_model(model_cfg, load_prompt_generator=False, shapes_only=True)

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--refine", action="store_true",
                    help="lite --model on 2D data: the refinement pass (each component of the automatic mask "
                         "re-segmented by LiteMedSAM's unchanged decoder from its box)")
+    m.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="lite --model on 2D data: the encoder and decoder's precision (default fp32; auto: the one "
+                        "Phase 2 picks on this machine, so a model is scored on embeddings like those it trained on)")
     m.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     m.add_argument("--seed", type=int, default=2025, help="bootstrap seed")
     p.add_argument("--out", type=Path, required=True, help="folder for per_case.csv and summary.json")
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace, progress) -> dict:
 
         rows = evaluate_model(args.model, args.data, args.splits, args.split, args.tolerance, args.spacing_2d,
                               args.device, args.threshold, args.limit, args.save_predictions, progress=progress,
-                              box_prompts=args.box_prompts, refine=args.refine)
+                              box_prompts=args.box_prompts, refine=args.refine, precision=args.precision)
     summary = summarize(rows, resamples=args.bootstrap, seed=args.seed, tolerance_mm=args.tolerance)
     paths = write_report(args.out, rows, summary)
     progress.done("evaluate", message=f"per-case metrics: {paths['per_case']}; summary: {paths['summary']}",

@@ -40,10 +40,14 @@ def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Opti
 
 
 def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Optional[np.ndarray] = None,
-                embeddings=None, refiner=None) -> np.ndarray:
+                embeddings=None, refiner=None, precision: str = "fp32", encoder=None) -> np.ndarray:
     """RGB image H×W×3 uint8 -> boolean masks C×H×W; with ``ref`` (H×W bool, box mode) the prompts are the
     boxes of the reference's connected components instead of the detected ones. With ``embeddings`` (an
-    EmbeddingCache of the model's frozen encoder) the image embedding is looked up there, or computed and kept."""
+    EmbeddingCache of the model's frozen encoder, in ``precision``) the image embedding is looked up there, or
+    computed (by ``encoder``, ``embedding_cache.inference_encoder``) and kept. ``precision`` "bf16": the encoder and
+    the rest of the model run under bf16 autocast, as Phase 2 trains and validates on a CPU that picks bf16."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -54,18 +58,19 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
     sam = torch.from_numpy(resize_square(image, pre.sam_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
     yolo = torch.from_numpy(resize_square(image, pre.yolo_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
     model = loaded.model
-    with torch.no_grad():
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
+    with torch.no_grad(), amp:
         boxes = None
         if ref is not None:
             small = torch.from_numpy(resize_square(ref.astype(np.uint8), pre.sam_size, True).copy())[None, None]
             boxes = boxes_from_masks(small, pre.yolo_size / pre.sam_size)
         if embeddings is not None:
-            from ..finetune.embedding_cache import image_key
+            from ..finetune.embedding_cache import encode, image_key
 
             key = image_key(sam[0])
             embedding = embeddings.get(key)
-            if embedding is None:
-                embedding = model.encode_image(sam.to(device)).float()[0]
+            if embedding is None:  # encoded as Phase 2 encodes its images (embedding_cache.encode_dataset)
+                embedding = encode(model, sam, precision, encoder)[0]
                 embeddings.put(key, embedding)
             logits = model.decode(embedding[None].to(device), model.prompt_features(yolo.to(device)), boxes).float()
             if refiner is not None:  # the refinement pass (infer/refine.py) on the same, unconditioned embedding
@@ -82,11 +87,14 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                    tolerance_mm: float = DEFAULT_TOLERANCE_MM, spacing_2d: float = 1.0, device: str = "cpu",
                    threshold: float = 0.5, limit: Optional[int] = None, save_dir: Optional[Path] = None,
                    progress=None, ids: Optional[Sequence[str]] = None,
-                   box_prompts: str = "detected", refine: bool = False) -> List[Dict[str, Any]]:
+                   box_prompts: str = "detected", refine: bool = False,
+                   precision: str = "fp32") -> List[Dict[str, Any]]:
     """Per-case, per-class metric rows of ``model`` (a name or .safetensors path) on ``data`` (all its cases,
     one split of ``splits_file``, or the cases ``ids``). ``box_prompts="ground_truth"``: a box-mode model is
     prompted with the boxes of the reference masks (2D only). ``refine``: the refinement pass of the lite family
-    (``ldfsam.infer.refine``; 2D images, lite models)."""
+    (``ldfsam.infer.refine``; 2D images, lite models). ``precision`` of 2D images (auto, fp32, bf16; auto: the
+    precision Phase 2 picks on this machine, ``finetune.precision``): the embeddings come from the cache of that
+    precision, shared with Phase 2's runs of the same encoder (volumes: the pipeline's own precision)."""
     from ..data.labels import map_labels
 
     kind, cases = select_cases(Path(data), splits_file, split, ids)
@@ -100,13 +108,18 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
     gt_boxes = box_prompts == "ground_truth"
     if gt_boxes and (kind != "2d" or not loaded.model_cfg.uses_boxes):
         raise InputError("ground-truth box prompts need a box-mode model and a 2D dataset", model)
-    embeddings = None
+    embeddings = encoder = None
     if kind == "2d" and loaded.model_cfg.sam.encoder == "tiny_vit":
         # The lite preset's encoder is LiteMedSAM's, frozen: the embeddings of its training run (and of earlier
         # evaluations) are valid here, and it costs 10-20× the rest of the model.
-        from ..finetune.embedding_cache import EmbeddingCache, encoder_fingerprint
+        from ..finetune.embedding_cache import EmbeddingCache, encoder_fingerprint, inference_encoder
+        from ..finetune.precision import resolve_precision
 
-        embeddings = EmbeddingCache(encoder_fingerprint(loaded.model))
+        precision = resolve_precision(precision, loaded.model.pixel_mean.device)
+        if precision not in ("fp32", "bf16"):
+            raise InputError(f"evaluate runs 2D images in fp32 or bf16, not {precision}", model)
+        embeddings = EmbeddingCache(encoder_fingerprint(loaded.model), precision=precision)
+        encoder = inference_encoder(loaded.model)
     refiner = None
     if refine:
         if embeddings is None:
@@ -126,7 +139,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                 raise InputError(f"mask size {ref.shape[::-1]} differs from its image's {image.shape[1::-1]}",
                                  case.label)
             pred = _predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None,
-                               embeddings, refiner)
+                               embeddings, refiner, precision if embeddings is not None else "fp32", encoder)
             pred_classes = np.zeros(ref.shape, np.uint8)
             for c in range(pred.shape[0]):
                 pred_classes[pred[c]] = c + 1
