@@ -47,10 +47,14 @@ def test_a_reused_stage_keeps_the_earlier_invocations_record(tmp_path):
     assert "(earlier invocation)" in clock.table()
 
 
-def test_phase1_epochs_give_a_small_budget_enough_steps():
-    rule = _bench().phase1_epochs
+def test_epochs_give_a_small_budget_enough_steps():
+    rule = _bench().epochs_for_steps
     assert rule(720, 6, 60) == 6  # 45 steps an epoch: 270 steps, the epochs asked for
     assert rule(72, 6, 60) == 12  # 5 steps an epoch (the last batch partial): 6 epochs would be 30 steps
     assert rule(36, 6, 60) == 20
     assert rule(72, 6, 0) == 6 and rule(72, 20, 60) == 20  # rule off; more epochs asked for are kept
     assert rule(1, 1, 60) == 60
+    assert rule(72, 6, 120) == 24 and rule(720, 6, 120) == 6  # the defaults: 120 steps at 10 %, 270 at 100 %
+    assert _bench().PHASE1_BATCH == 16
+    # Phase 2 (batch 8): 216 steps are 24 epochs of the 72 images, and leave the full budget's 8 epochs (720 steps)
+    assert rule(72, 8, 216, 8) == 24 and rule(720, 8, 216, 8) == 8 and rule(73, 8, 216, 8) == 22

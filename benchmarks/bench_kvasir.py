@@ -7,10 +7,12 @@ Pipeline, all with seed 2025, for each annotation budget:
 2. Phase 1 (unless ``--prompt-generator`` is given): a YOLOv8n prompt generator trained on the boxes of the
    budget's training images (``ldfsam distill --stage student --scheme none``: no teacher at CPU scale), for
    ``--phase1-epochs`` epochs, or more at a small budget: as many as give at least ``--phase1-min-steps``
-   optimizer steps (batch 16; ``phase1_epochs``). The defaults (6 epochs, 60 steps) give 6 epochs to the 720
-   images (270 steps) and 12 to the 72 of the 10 % budget (5 steps an epoch: 6 epochs were 30 steps, half of
-   them in the 3-epoch warmup, and left a weak detector).
-3. Phase 2 for each prompt mode with the same data, budget, seed, schedule and frozen prompt generator. Modes:
+   optimizer steps (batch 16; ``epochs_for_steps``). The defaults (6 epochs, 120 steps) give 6 epochs to the 720
+   images (270 steps) and 24 to the 72 of the 10 % budget (5 steps an epoch: 6 epochs were 30 steps, half of
+   them in the 3-epoch warmup, and left a weak detector, mAP50 0.33; 12 epochs 0.63, 24 epochs 0.68).
+3. Phase 2 for each prompt mode with the same data, budget, seed, schedule and frozen prompt generator (``--epochs``,
+   or more at a small budget: at least ``--phase2-min-steps`` steps, 24 epochs at 10 %, where 8 epochs were 72
+   steps; docs/training.md, "Third series"). Modes:
    ``box`` (detected boxes, Table 1's baseline), ``box-gt`` (boxes of the reference masks: an oracle),
    ``zero-shot-gt`` (the pretrained decoder unchanged, prompted with the reference boxes: the oracle of a
    pretrained SAM), ``zero-shot`` (unchanged decoder, detected boxes), ``none`` (the decoder fine-tuned with no
@@ -114,9 +116,10 @@ class StageClock:
 PHASE1_BATCH = 16
 
 
-def phase1_epochs(train_images: int, epochs: int, min_steps: int, batch: int = PHASE1_BATCH) -> int:
-    """Phase 1 epochs for ``train_images`` images: ``epochs``, or more where that gives fewer than ``min_steps``
-    optimizer steps (one step per batch, the last one partial), so a small budget's detector is trained too."""
+def epochs_for_steps(train_images: int, epochs: int, min_steps: int, batch: int = PHASE1_BATCH) -> int:
+    """Epochs for ``train_images`` images: ``epochs``, or more where that gives fewer than ``min_steps`` optimizer
+    steps (one step per batch, the last one partial), so a small budget's detector (Phase 1) and decoder (Phase 2)
+    are trained too."""
     per_epoch = max(1, -(-train_images // batch))
     return max(epochs, -(-min_steps // per_epoch))
 
@@ -145,6 +148,10 @@ def main() -> int:
     p.add_argument("--full-budget-epochs", type=int,
                    help="Phase 2 epochs of the full budget (1.0) only (default: --epochs). 4 halves the run's "
                         "longest part at a measured cost (docs/training.md, the benchmark's time)")
+    p.add_argument("--phase2-min-steps", type=int, default=216,
+                   help="Phase 2 trains for at least this many optimizer steps (--batch): default 216 gives 24 epochs "
+                        "at the 10 %% budget (72 images, 9 steps an epoch), --epochs at the full one (90 an epoch); 0 "
+                        "turns the rule off")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--alpha-lr-scale", type=float,
@@ -153,8 +160,8 @@ def main() -> int:
                    help="normalisation of the dense prompt (default: the preset's; none = the earlier runs')")
     p.add_argument("--phase1-epochs", type=int, default=6,
                    help="Phase 1 epochs (default 6), raised at a small budget by --phase1-min-steps")
-    p.add_argument("--phase1-min-steps", type=int, default=60,
-                   help="Phase 1 trains for at least this many optimizer steps (batch 16): default 60 gives 12 "
+    p.add_argument("--phase1-min-steps", type=int, default=120,
+                   help="Phase 1 trains for at least this many optimizer steps (batch 16): default 120 gives 24 "
                         "epochs at the 10 %% budget (72 images), 6 at the full one; 0 turns the rule off")
     p.add_argument("--prompt-generator", type=Path, help="use this Phase 1 prompt generator instead of training one")
     p.add_argument("--modes", help="comma-separated prompt modes (default small: box,box-gt,dense+sparse; lite: "
@@ -166,6 +173,10 @@ def main() -> int:
     p.add_argument("--refine", action="store_true",
                    help="lite: also evaluate every feature-prompt model with the refinement pass (rows MODE+refine)")
     p.add_argument("--prepared", type=Path, help="reuse this prepared Kvasir folder (default: --out/prepared)")
+    p.add_argument("--eval-precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="precision of the evaluations (default auto: the one Phase 2 trains in on this machine, so "
+                        "a model is scored on embeddings of the precision it was trained on; fp32: the runs before "
+                        "2026-12-07's third series)")
     p.add_argument("--box-conf", default="auto",
                    help="detection confidence of the box modes: auto (default: chosen on the checkpoint-selection "
                         "images, ldfsam/finetune/box_conf.py) or a number (0.25: the model's default)")
@@ -316,7 +327,8 @@ def _run_auto(args, out: Path, pd, prepared: Path, budget: float, val_ids, sam_s
         sel = sorted(_selection_ids(args, pd, prepared, budget, sam_size, yolo_size))
         dice = {}
         for name, path in (("ds", ds), ("box", box)):
-            rows = evaluate_model(str(path), args.data, ids=sel, progress=Progress("none"))
+            rows = evaluate_model(str(path), args.data, ids=sel, progress=Progress("none"),
+                                  precision=args.eval_precision)
             dice[name] = [r["dice"] for r in sorted(rows, key=lambda r: r["case_id"])]
         score, means = choose_box_score(_detection_scores(ds, args.data, sel), dice["box"], dice["ds"])
         run = out / f"{tag}-auto"
@@ -327,7 +339,8 @@ def _run_auto(args, out: Path, pd, prepared: Path, budget: float, val_ids, sam_s
     for refine in (False, True) if args.refine else (False,):
         t0 = time.time()
         with clock.stage(f"{tag} auto{'+refine' if refine else ''}: evaluation"):
-            rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=refine)
+            rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"), refine=refine,
+                                  precision=args.eval_precision)
         summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
         write_report(run / ("eval-val-refine" if refine else "eval-val"), rows, summary)
         m = summary["metrics"][summary["classes"][0]]
@@ -360,7 +373,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         phase1 = out / f"{tag}-phase1"
         generator = phase1 / "student.safetensors"
         existed = generator.is_file()
-        epochs1 = phase1_epochs(len(train_ids), args.phase1_epochs, args.phase1_min_steps)
+        epochs1 = epochs_for_steps(len(train_ids), args.phase1_epochs, args.phase1_min_steps)
         results.setdefault("phase1_epochs", {})[tag] = epochs1
         with clock.stage(f"{tag} Phase 1") as info:
             info["reused"] = existed
@@ -401,6 +414,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
             model_cfg.feature_prompts.dense_norm = args.dense_norm
         extra = {} if args.alpha_lr_scale is None else {"alpha_lr_scale": args.alpha_lr_scale}
         epochs = args.full_budget_epochs if budget >= 1.0 and args.full_budget_epochs else args.epochs
+        epochs = epochs_for_steps(len(train_ids), epochs, args.phase2_min_steps, args.batch)
         cfg = FinetuneConfig(**extra, data=str(prepared), budget=budget, epochs=epochs, batch_size=args.batch,
                              lr=args.lr, seed=args.seed, num_workers=1, max_val_items=args.val_during_training,
                              validate_every_epochs=args.validate_every, box_conf="model",  # chosen above
@@ -423,7 +437,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         t0 = time.time()
         with clock.stage(f"{tag} {mode}: evaluation"):
             rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"),
-                                  box_prompts=cfg.box_prompts)
+                                  box_prompts=cfg.box_prompts, precision=args.eval_precision)
         summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
         write_report(run / "eval-val", rows, summary)
         m = summary["metrics"][summary["classes"][0]]
@@ -438,7 +452,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
             t0 = time.time()
             with clock.stage(f"{tag} {mode}+refine: evaluation"):
                 rows = evaluate_model(str(model_path), args.data, ids=val_ids, progress=Progress("none"),
-                                      refine=True)
+                                      refine=True, precision=args.eval_precision)
             summary = summarize(rows, resamples=1000, seed=args.seed, tolerance_mm=1.0)
             write_report(run / "eval-val-refine", rows, summary)
             m = summary["metrics"][summary["classes"][0]]
