@@ -13,6 +13,8 @@ an opposing crown touching its tip. Each test fails when its rule is switched of
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from _infer_helpers import disc
 from test_propagation_root_in_bone import (
@@ -213,8 +215,9 @@ def test_a_dentin_neck_ringed_darker_than_bone_continues_the_bone_chain():
     """A box on the root's first section in bone; on the next slice the root is dentin (darker than the crown's
     enamel) ringed by soft tissue darker than bone, as the real head CT's 17 beside the maxillary sinus (rings 0.48-0.49
     of its crown); below it the root lies in bone and the prior marks it down to slice 10 only. With
-    ``chain_dentin`` that section continues the bone chain (it holds no enamel: not a crown's tip crossing into the
-    other row), so the root goes on past CPD's stop as without a prior; without it CPD's stop stands."""
+    ``chain_dentin`` (the default) that section continues the bone chain (it holds no enamel: not a crown's tip
+    crossing into the other row), so the root goes on past CPD's stop as without a prior; without it CPD's stop
+    stands."""
     vol = tooth_volume()
     z = SAM_ROOT[-2]
     root = vol[z] >= TOOTH
@@ -222,8 +225,9 @@ def test_a_dentin_neck_ringed_darker_than_bone_continues_the_bone_chain():
     vol[z][root] = 0.85  # dentin: under root_grey (0.95) of the crown's grey
     maps = crown_and_root_maps(tooth_volume())  # the prior marks the root there
     prompt = VoxelPrompt("root", (SAM_ROOT[-1], SAM_ROOT[-1], 28, 36, 28, 36), False, [], (0, 23))
-    for on, first in ((True, APEX), (False, SAM_ROOT[0])):
-        cfg = PropagationConfig(view_context=0, image_on_root=False, chain_dentin=on)
+    for on, first in ((None, APEX), (False, SAM_ROOT[0])):  # None: the default (on)
+        cfg = PropagationConfig(view_context=0, image_on_root=False)
+        cfg = cfg if on is None else replace(cfg, chain_dentin=on)
         result = PriorPropagator(RootSegmenter(vol, threshold=0.7), prompt, (1.0, 1.0, 2.0), cfg, maps=maps).run()
         assert span(result)[0] == first, (on, span(result), result.stopped)
     assert result.trace[z]["ring_median"] < 0.5 * result.trace[SAM_ROOT[-1]]["grey"]

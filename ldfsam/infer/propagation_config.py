@@ -89,5 +89,6 @@ class PropagationConfig:
     # (not brighter than ``root_bone_max``): a neck beside the maxillary sinus or soft tissue (the real head CT's 17:
     # rings 0.48-0.49 of its crown) is dentin, where a crown's tip crossing into the touching row is enamel. In
     # ``image_on_root`` too, it cost noisy clicks on held-out phantoms 0.03 Dice on two teeth (their root slices
-    # prompted without CPD).
-    chain_dentin: bool = False
+    # prompted without CPD). On by default since rows (c), (d0), (d) of the noisy-prompt benchmark were measured with
+    # it: no result lost, a few click results reach their root's end (docs/segmentation.md, *Row (d)*).
+    chain_dentin: bool = True
