@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name (see `ldfsam models list`) or path to a .safetensors model "
                              "(default: the bundled demo model, trained on synthetic phantoms; not a clinical model)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    parser.add_argument("--batch", type=int, default=8,
-                        help="slices per batch (default 8; reduced automatically to fit the available memory)")
+    parser.add_argument("--batch", type=int, default=4,
+                        help="slices per batch (default 4; reduced automatically to fit the available memory)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bfloat16 where the CPU/GPU has native support, else float32; with --prompts "
                              "float32 on every CPU")

@@ -112,7 +112,7 @@ def segment_image(image: sitk.Image, model, *, options: Optional[SegmentOptions]
 
 
 def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model: Any = None, device: str = "auto",
-                   batch: int = 8, progress: Optional[Progress] = None, threshold: float = 0.5,
+                   batch: int = 4, progress: Optional[Progress] = None, threshold: float = 0.5,
                    min_island_mm3: float = 10.0, fill: bool = True, split: bool = False,
                    probabilities: Optional[PathLike] = None, force: bool = False, precision: str = "auto",
                    memory_limit: Optional[int] = None, slice_spacing: SliceSpacing = "auto",
