@@ -54,7 +54,7 @@ def test_epochs_give_a_small_budget_enough_steps():
     assert rule(36, 6, 60) == 20
     assert rule(72, 6, 0) == 6 and rule(72, 20, 60) == 20  # rule off; more epochs asked for are kept
     assert rule(1, 1, 60) == 60
-    assert rule(72, 6, 120) == 24 and rule(720, 6, 120) == 6  # the defaults: 120 steps at 10 %, 270 at 100 %
+    assert rule(72, 6, 120) == 24 and rule(720, 6, 120) == 6  # 120 steps: measured at 10 %, not the default
     assert _bench().PHASE1_BATCH == 16
     # Phase 2 (batch 8): 216 steps are 24 epochs of the 72 images, and leave the full budget's 8 epochs (720 steps)
     assert rule(72, 8, 216, 8) == 24 and rule(720, 8, 216, 8) == 8 and rule(73, 8, 216, 8) == 22

@@ -7,9 +7,10 @@ Pipeline, all with seed 2025, for each annotation budget:
 2. Phase 1 (unless ``--prompt-generator`` is given): a YOLOv8n prompt generator trained on the boxes of the
    budget's training images (``ldfsam distill --stage student --scheme none``: no teacher at CPU scale), for
    ``--phase1-epochs`` epochs, or more at a small budget: as many as give at least ``--phase1-min-steps``
-   optimizer steps (batch 16; ``epochs_for_steps``). The defaults (6 epochs, 120 steps) give 6 epochs to the 720
-   images (270 steps) and 24 to the 72 of the 10 % budget (5 steps an epoch: 6 epochs were 30 steps, half of
-   them in the 3-epoch warmup, and left a weak detector, mAP50 0.33; 12 epochs 0.63, 24 epochs 0.68).
+   optimizer steps (batch 16; ``epochs_for_steps``). The defaults (6 epochs, 60 steps) give 6 epochs to the 720
+   images (270 steps) and 12 to the 72 of the 10 % budget (5 steps an epoch: 6 epochs were 30 steps, half of
+   them in the 3-epoch warmup, and left a weak detector, mAP50 0.33; 12 epochs 0.63; 24 epochs 0.68, but their
+   Phase 2 models scored lower: docs/training.md, "Third series").
 3. Phase 2 for each prompt mode with the same data, budget, seed, schedule and frozen prompt generator (``--epochs``,
    or more at a small budget: at least ``--phase2-min-steps`` steps, 24 epochs at 10 %, where 8 epochs were 72
    steps; docs/training.md, "Third series"). Modes:
@@ -160,8 +161,8 @@ def main() -> int:
                    help="normalisation of the dense prompt (default: the preset's; none = the earlier runs')")
     p.add_argument("--phase1-epochs", type=int, default=6,
                    help="Phase 1 epochs (default 6), raised at a small budget by --phase1-min-steps")
-    p.add_argument("--phase1-min-steps", type=int, default=120,
-                   help="Phase 1 trains for at least this many optimizer steps (batch 16): default 120 gives 24 "
+    p.add_argument("--phase1-min-steps", type=int, default=60,
+                   help="Phase 1 trains for at least this many optimizer steps (batch 16): default 60 gives 12 "
                         "epochs at the 10 %% budget (72 images), 6 at the full one; 0 turns the rule off")
     p.add_argument("--prompt-generator", type=Path, help="use this Phase 1 prompt generator instead of training one")
     p.add_argument("--modes", help="comma-separated prompt modes (default small: box,box-gt,dense+sparse; lite: "
