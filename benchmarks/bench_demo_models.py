@@ -56,7 +56,7 @@ def phantoms(n_aug: int, seed_aug: int, n_clean: int, seed_clean: int):
 
     for family, n, seed0, sampling, augment in (
             ("aug", n_aug, seed_aug, PhantomSampling(), None),
-            ("clean", n_clean, seed_clean, PhantomSampling(noise=(15.0, 70.0), anatomy_p=0.0), AugmentConfig.none())):
+            ("clean", n_clean, seed_clean, PhantomSampling.clean(), AugmentConfig.none())):
         for seed in range(seed0, seed0 + n):
             result, spacing = augmented_phantom(seed, sampling, augment)
             image = sitk.GetImageFromArray(np.asarray(result.image, np.float32))
@@ -65,11 +65,6 @@ def phantoms(n_aug: int, seed_aug: int, n_clean: int, seed_clean: int):
     demo = REPO / "ldfsam" / "resources" / "demo"
     image = sitk.ReadImage(str(demo / "phantom.nii.gz"))
     yield "demo-7", image, sitk.GetArrayFromImage(sitk.ReadImage(str(demo / "phantom_labels.nii.gz"))) > 0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
 def main() -> int:
@@ -91,6 +86,7 @@ def main() -> int:
     import SimpleITK as sitk
 
     from ldfsam.evaluate.bootstrap import paired_difference
+    from ldfsam.evaluate.metrics import overlap_metrics
     from ldfsam.infer.model_loading import load_model
     from ldfsam.infer.pipeline import segment_image
     from ldfsam.infer.segment_options import SegmentOptions
@@ -114,7 +110,7 @@ def main() -> int:
             c0 = time.process_time()
             labels = np.asarray(segment_image(image, loaded, options=options, device="cpu", name=case).labels) > 0
             out["cpu_s"][name] += time.process_time() - c0
-            row[name] = {"dice": dice(labels, truth), "empty_slice_voxels": int(labels[empty].sum())}
+            row[name] = {"dice": overlap_metrics(labels, truth)["dice"], "empty_slice_voxels": int(labels[empty].sum())}
         out["cases"][case] = row
         print(f"[{time.time() - t0:6.0f} s] {case}: " + "  ".join(
             f"{n} {r['dice']:.4f} ({r['empty_slice_voxels']} on empty slices)" for n, r in row.items()), flush=True)

@@ -160,7 +160,7 @@ def main() -> int:
 
         pre = PreprocessConfig(target_spacing=None, sam_size=256, yolo_size=256)
         # The demo script's two phantom families (train_demo_model.make_slices).
-        sampling = PhantomSampling(noise=(15.0, 70.0), anatomy_p=0.0) if args.clean else PhantomSampling()
+        sampling = PhantomSampling.clean() if args.clean else PhantomSampling()
         data = training_slices(args.phantoms, 256, args.seed, pre, sampling,
                                AugmentConfig.none() if args.clean else None)
         images = torch.from_numpy(data.images).float().div_(255)[:, None].expand(-1, 3, -1, -1).contiguous()

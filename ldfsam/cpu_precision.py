@@ -76,7 +76,7 @@ def cpu_identity(cpuinfo: Optional[str] = None) -> str:
             break  # the first processor's block describes the CPU
         name, _, value = line.partition(":")
         fields.setdefault(name.strip(), value.strip())
-    name = fields.get("model name") or platform.processor() or platform.machine()
+    name = fields.get("model name") or cpu_name()
     parts = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
     return f"{name} ({', '.join(parts)})" if parts else name
 

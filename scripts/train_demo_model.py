@@ -67,7 +67,7 @@ def make_slices(n_phantoms: int, size: int, pre, seed0: int = 1000, augment: boo
     from ldfsam.data.augment import AugmentConfig
     from ldfsam.data.synthetic import PhantomSampling, training_slices
 
-    sampling = PhantomSampling() if augment else PhantomSampling(noise=(15.0, 70.0), anatomy_p=0.0)
+    sampling = PhantomSampling() if augment else PhantomSampling.clean()
     data = training_slices(n_phantoms, size, seed0, pre, sampling, None if augment else AugmentConfig.none())
     return data.images, data.masks, data.yolo()
 

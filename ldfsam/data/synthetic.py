@@ -39,6 +39,12 @@ class PhantomSampling:
     # Real jaws' marrow is barely brighter than soft tissue (40); the plain phantom's 650 is bright.
     trabecular_grey: Range = (200.0, 650.0)
 
+    @classmethod
+    def clean(cls) -> PhantomSampling:
+        """Plain jaws with the bundled demo phantom's look (more noise of its own, no non-tooth anatomy): the demo
+        model's second training family, and its clean held-out phantoms."""
+        return cls(noise=(15.0, 70.0), anatomy_p=0.0)
+
 
 @dataclass
 class TrainingSlices:

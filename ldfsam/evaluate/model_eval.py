@@ -8,6 +8,7 @@ the model's own label map. Distances are in mm for volumes and in pixels x ``spa
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -46,8 +47,6 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
     EmbeddingCache of the model's frozen encoder, in ``precision``) the image embedding is looked up there, or
     computed (by ``encoder``, ``embedding_cache.inference_encoder``) and kept. ``precision`` "bf16": the encoder and
     the rest of the model run under bf16 autocast, as Phase 2 trains and validates on a CPU that picks bf16."""
-    import contextlib
-
     import torch
     import torch.nn.functional as F
 

@@ -99,8 +99,9 @@ class StopRules:
         return 0 < c.root_bone <= 1 and c.root_bone * crown <= ring <= c.root_bone_max * crown
 
     def in_jaw(self, stats: Dict[str, float]) -> bool:
-        """Whether a section measured as ``stats`` continues the bone chain (``SliceResult.in_bone``): it lies in
-        bone, or (``chain_dentin``) it holds no enamel and is not ringed by teeth."""
+        """Whether a section measured as ``stats`` continues the chain of ``past_prior_in_bone``
+        (``SliceResult.in_jaw``): it lies in bone, or (``chain_dentin``) it holds no enamel and is not ringed by
+        teeth."""
         if self.in_bone(stats):
             return True
         c, crown = self.cfg, self.primary_stats["grey"]
