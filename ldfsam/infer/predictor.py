@@ -14,6 +14,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .row_threads import RowThreads
+
 EMPTY_LOGIT = -20.0
 # A slice decoded between two encoded ones: (embedding a, embedding b, weight of b), each embedding D×G×G.
 Between = Tuple[torch.Tensor, torch.Tensor, float]
@@ -110,6 +112,9 @@ class SlicePredictor:
             # bf16 weights for the encoder (most of the parameters): half the memory, and autocast has no weight
             # copies to make or cache. Autocast still runs LayerNorm and softmax in float32.
             self.model.image_encoder.to(torch.bfloat16)
+        # On the CPU a batch's slices run side by side, one group per core (``row_threads``): its own intra-op
+        # threads for each, faster than every operator split across all cores (docs/segmentation.md).
+        self._rows = RowThreads(0 if device.type == "cpu" else 1, self._autocast)
         if device.type == "cpu":
             # oneDNN's convolutions are fastest on NHWC; the YOLO backbone is almost all convolutions. (The SAM
             # parts are left alone: converting the adapters' weights would briefly hold two copies of them.)
@@ -152,7 +157,7 @@ class SlicePredictor:
         n = slices.shape[0]
         c = len(model.cfg.class_names)
         with self._autocast():
-            features = self.generator.features(yolo)
+            features = self._rows(self.generator.features, n, yolo)
         t = self._tick("prompt_features", t)
         detections = self._detect(features) if self._needs_boxes() else None
         if keep is None:
@@ -182,7 +187,8 @@ class SlicePredictor:
         with self._autocast():
             embeddings = None
             if encode:
-                embeddings = model.encode_image(sam.index_select(0, sel if not mixed else sel[encode]))
+                embeddings = self._rows(model.encode_image, len(encode),
+                                        sam.index_select(0, sel if not mixed else sel[encode]))
             if mixed:
                 parts = [None] * len(rows)
                 for e, k in enumerate(encode):
@@ -198,7 +204,7 @@ class SlicePredictor:
             boxes = None
             if self._needs_boxes():
                 boxes = [detections[i] for i in idx.tolist()]
-            logits = model.decode(embeddings, feats, boxes=boxes)
+            logits = self._rows(model.decode, len(rows), embeddings, feats, boxes)
             if self.refiner is not None:
                 logits = self.refiner.refine(embeddings, logits)
             if self.want_saliency:
