@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,18 +78,27 @@ def child(args) -> int:
     imports = time.process_time() - t
 
     inclusive: dict = {}
-    depth = [0]
+    # The slice predictor runs a batch's slices on several threads at once (ldfsam/infer/row_threads.py), each
+    # calling the encoder or decoder: a stage's time is from the first of such overlapping calls to the last
+    # one's end (the process's CPU time covers all its threads), not their sum.
+    running: dict = {}
+    lock = threading.Lock()
 
     def wrap(key, func):
         def timed(*a, **k):
-            t0, w0 = time.process_time(), time.perf_counter()
-            depth[0] += 1
+            with lock:
+                count, t0, w0 = running.get(key, (0, time.process_time(), time.perf_counter()))
+                running[key] = (count + 1, t0, w0)
             try:
                 return func(*a, **k)
             finally:
-                depth[0] -= 1
-                cpu, wall = inclusive.setdefault(key, [0.0, 0.0])
-                inclusive[key] = [cpu + time.process_time() - t0, wall + time.perf_counter() - w0]
+                with lock:
+                    count, t0, w0 = running[key]
+                    running[key] = (count - 1, t0, w0)
+                    if count == 1:
+                        del running[key]
+                        cpu, wall = inclusive.setdefault(key, [0.0, 0.0])
+                        inclusive[key] = [cpu + time.process_time() - t0, wall + time.perf_counter() - w0]
         return timed
 
     for stage, module, path in STAGES:
