@@ -10,7 +10,8 @@ with a box around the salient region that holds them (inside the previous mask's
 margin), and with z's clicks and the carried points (for a structure prompted with a box, only up to
 ``ContextConfig.points_with_box`` of them). Where no carried point survives and z has no include click of its
 own, the prior and the carried prompts stop agreeing: the structure ends there, unless the section lies in bone
-(``PropagationConfig.past_prior_in_bone``, see ``stop_rules``).
+(``PropagationConfig.past_prior_in_bone``) or the prior sees most of the section there (``past_prior_seen``: a crown's
+cusp beside the carried centreline points), see ``stop_rules``.
 """
 
 from __future__ import annotations
@@ -203,6 +204,12 @@ class PriorPropagator(Propagator):
         if self.context is None or (c.image_on_root and c.stop_rules and prev.in_bone and self.on_root(prev)):
             return grown, clicks
         return self.context.prompts(z, grown, clicks, self.p.box is not None)
+
+    def seen(self, z: int, mask: np.ndarray) -> float:
+        """The share of ``mask`` (slice z's section, on the view) salient on z's map."""
+        if not mask.any():
+            return 0.0
+        return float(np.mean(self.maps.map(z, self.view)[mask] >= self.maps.threshold))
 
     def anchor(self, z: int) -> Optional[SliceResult]:
         result = super().anchor(z)

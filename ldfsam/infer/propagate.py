@@ -50,6 +50,9 @@ class SliceResult:
     in_bone: bool = False
     # ... or held no enamel (``StopRules.in_jaw``, ``chain_dentin``): the chain of ``past_prior_in_bone``
     in_jaw: bool = False
+    # this section and every one from the prompted slice to it held the prompted crown's enamel
+    # (``StopRules.on_crown``): the chain of ``past_prior_unseen``
+    on_crown: bool = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -219,18 +222,25 @@ class Propagator(StopRules):
         past_prior = ""
         if prompts is None:
             why = "the prior and the carried prompts stop agreeing"
-            if not (self.cfg.past_prior_in_bone and self.cfg.stop_rules and prev.in_jaw):
-                return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
-            # Prompted as without a prior; the prior's veto stands unless the section lies in bone (below).
+            c = self.cfg
+            if not (c.stop_rules and ((c.past_prior_in_bone and prev.in_jaw) or c.past_prior_seen
+                                      or (c.past_prior_unseen and prev.on_crown))):
+                return self._cpd_stop(z, prev, why)
+            # Prompted as without a prior; the prior's veto stands unless a rule below overrules it.
             prompts, past_prior = (self._grow(prev.mask), self.p.points_on(z)), why
+        # decoded only for the prior's own rules (``past_prior_seen``, ``past_prior_unseen``): where they keep no
+        # section, CPD's stop is as before them
+        own = bool(past_prior) and not (self.cfg.past_prior_in_bone and prev.in_jaw)
         box, points = prompts
         logits, low, iou = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
-            return None, "left the box"
+            return self._cpd_stop(z, prev, past_prior) if own else (None, "left the box")
         logits = self._cut(logits, box, prev.mask, points)
         area = int((logits > 0).sum())
         small = "vanished" if area == 0 else "too small" if (
             area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area) else ""
+        if small and own:
+            return self._cpd_stop(z, prev, past_prior)
         if small:
             return self._follow_vanished(z, prev, small, area) if self.cfg.follow_vanished else (None, small)
         stats = self.measure(z, logits > 0, prev.mask, iou)
@@ -251,14 +261,29 @@ class Propagator(StopRules):
                 narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
         if past_prior:
             stats["past_prior"] = 1.0
-            if not why and not self.in_jaw(stats):
+            stats["seen"] = self.seen(z, logits > 0)
+            c = self.cfg
+            kept = ((c.past_prior_in_bone and prev.in_jaw and self.in_jaw(stats))
+                    or (c.past_prior_seen and stats["seen"] >= c.seen_share)
+                    or (c.past_prior_unseen and stats["seen"] <= c.blind_share and prev.on_crown
+                        and self.on_crown(stats)))
+            if own and (why or not kept):
+                if not c.follow_past_prior:
+                    self.trace.setdefault(z, stats)
+                return self._cpd_stop(z, prev, past_prior)
+            if not why and not kept:
                 why = past_prior
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
         if why:
             return None, why
         return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin),
                            prev.in_bone and self.in_bone(stats),
-                           prev.in_jaw and self.in_jaw(stats)), ""
+                           prev.in_jaw and self.in_jaw(stats), prev.on_crown and self.on_crown(stats)), ""
+
+    def _cpd_stop(self, z: int, prev: SliceResult, why: str) -> Tuple[Optional[SliceResult], str]:
+        """Where CPD stopped on slice z and no rule keeps a section there: (None, why), or with
+        ``follow_past_prior`` the root followed there."""
+        return self._follow_vanished(z, prev, why, 0) if self.cfg.follow_past_prior else (None, why)
 
     def _follow_vanished(self, z: int, prev: SliceResult, why: str, area: int
                          ) -> Tuple[Optional[SliceResult], str]:
@@ -280,7 +305,13 @@ class Propagator(StopRules):
         narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
         return SliceResult(logits, prev.low, 1.0, narrowest, self._dentin(stats, prev.dentin),
                            prev.in_bone and self.in_bone(stats),
-                           prev.in_jaw and self.in_jaw(stats)), ""
+                           prev.in_jaw and self.in_jaw(stats), prev.on_crown and self.on_crown(stats)), ""
+
+    def seen(self, z: int, mask: np.ndarray) -> float:
+        """The share of the section ``mask`` (on the view) of slice z that a prior marks as tooth
+        (``PropagationConfig.past_prior_seen``, ``past_prior_unseen``; ``context_prompts.PriorPropagator``); without a
+        prior no CPD stop is ever overruled by it: NaN."""
+        return float("nan")
 
     def prompts(self, z: int, prev: SliceResult) -> Optional[Tuple[Box, List[Tuple[float, float, bool]]]]:
         """(box, points) for slice z from its neighbour's result: the previous mask's grown box and z's clicks.
@@ -306,6 +337,7 @@ class Propagator(StopRules):
         self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
         first.dentin = self._dentin(self.primary_stats, 0)  # a prompted section in bone counts (``root_bone``)
         first.in_bone = first.in_jaw = self.cfg.chain_skips_prompt or self.in_bone(self.primary_stats)
+        first.on_crown = True  # the prompted section is the crown whose grey the enamel test measures against
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]

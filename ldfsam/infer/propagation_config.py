@@ -92,3 +92,22 @@ class PropagationConfig:
     # prompted without CPD). On by default since rows (c), (d0), (d) of the noisy-prompt benchmark were measured with
     # it: no result lost, a few click results reach their root's end (docs/segmentation.md, *Row (d)*).
     chain_dentin: bool = True
+    # True: with a prior, where CPD's prior and the carried prompts stop agreeing, the slice is prompted as without a
+    # prior (the stop rules, root following) and its section kept where the prior sees at least ``seen_share`` of it
+    # (salient at the head's threshold): the carried points are the previous sections' centrelines, and towards a
+    # crown's occlusal end the section shrinks to a cusp beside them (the real head CT's 15 and 25, with the demo
+    # prior: 4-5 voxels, all salient, no carried point on them), where the prior agrees that the section is
+    # tooth. The map is bimodal (per pixel "tooth" or not), so a section the prior sees is salient nearly throughout;
+    # two thirds leaves out the phantoms' crossings into the touching row (40-58 % salient there: there the carried
+    # points' stop stands). Measured: no result of rows (c), (d0), (d) on the six noisy-prompt phantoms changed.
+    past_prior_seen: bool = True
+    seen_share: float = 2 / 3
+    # True: ... and, where the prior sees at most ``blind_share`` of the section, kept where it and every section from
+    # the prompted one hold the prompted crown's enamel (``root_grey``, ``StopRules.on_crown``): a prior blind to a
+    # crown the image shows (the demo prior on the real head CT's 16, 14 and 22: 0-17 % of their next crown sections)
+    # is no evidence against it. Off: on held-out phantoms it took a noisy box already two slices into the touching
+    # row (tooth 11 of seed 9104, PSC-trained prior) five slices further, and noisy clicks of a lower molar two slices
+    # further past its apex (the enamel test is against the prompted section's grey, a click's first slice can be a
+    # partial-volume tip); on the real head CT it brings 16, 14 and 22 to their crowns' ends (docs/segmentation.md).
+    past_prior_unseen: bool = False
+    blind_share: float = 1 / 3
