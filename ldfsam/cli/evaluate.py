@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--refine", action="store_true",
                    help="lite --model on 2D data: the refinement pass (each component of the automatic mask "
                         "re-segmented by LiteMedSAM's unchanged decoder from its box)")
+    m.add_argument("--flips", choices=["none", "h", "hv"], default="none",
+                   help="lite feature-prompt or auto --model on 2D data: test-time flips, the logits averaged over "
+                        "the image and its horizontal flip (h) or its three flips (hv); one encoder pass per flip")
     m.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="lite --model on 2D data: the encoder and decoder's precision (default fp32; auto: the one "
                         "Phase 2 picks on this machine, so a model is scored on embeddings like those it trained on)")
@@ -86,7 +89,8 @@ def _run(args: argparse.Namespace, progress) -> dict:
 
         rows = evaluate_model(args.model, args.data, args.splits, args.split, args.tolerance, args.spacing_2d,
                               args.device, args.threshold, args.limit, args.save_predictions, progress=progress,
-                              box_prompts=args.box_prompts, refine=args.refine, precision=args.precision)
+                              box_prompts=args.box_prompts, refine=args.refine, precision=args.precision,
+                              flips=args.flips)
     summary = summarize(rows, resamples=args.bootstrap, seed=args.seed, tolerance_mm=args.tolerance)
     paths = write_report(args.out, rows, summary)
     progress.done("evaluate", message=f"per-case metrics: {paths['per_case']}; summary: {paths['summary']}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,13 +40,36 @@ def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Opti
     return discovery.kind, sorted(cases, key=lambda c: c.case_id)
 
 
+# Test-time flips of 2D images (``evaluate_model(flips=)``): the flipped axes of each pass (-1 horizontal, -2
+# vertical); the logits of the passes, flipped back, are averaged. Kvasir-SEG, docs/training.md "Fourth series".
+FLIPS: Dict[str, Tuple[Tuple[int, ...], ...]] = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))}
+
+
+def flip_mean(decode: Callable, sam, yolo, flips: str = "none"):
+    """Mean over the passes of ``FLIPS[flips]`` of ``decode(flipped sam, flipped yolo)``, each flipped back:
+    logits B×C×S×S."""
+    import torch
+
+    if flips not in FLIPS:
+        raise InputError(f"flips must be one of {', '.join(FLIPS)}, not {flips!r}")
+    total = None
+    for dims in FLIPS[flips]:
+        out = decode(torch.flip(sam, dims), torch.flip(yolo, dims)) if dims else decode(sam, yolo)
+        out = torch.flip(out.float(), dims) if dims else out.float()
+        total = out if total is None else total + out
+    return total / len(FLIPS[flips])
+
+
 def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Optional[np.ndarray] = None,
-                embeddings=None, refiner=None, precision: str = "fp32", encoder=None) -> np.ndarray:
+                embeddings=None, refiner=None, precision: str = "fp32", encoder=None,
+                flips: str = "none") -> np.ndarray:
     """RGB image H×W×3 uint8 -> boolean masks C×H×W; with ``ref`` (H×W bool, box mode) the prompts are the
     boxes of the reference's connected components instead of the detected ones. With ``embeddings`` (an
     EmbeddingCache of the model's frozen encoder, in ``precision``) the image embedding is looked up there, or
     computed (by ``encoder``, ``embedding_cache.inference_encoder``) and kept. ``precision`` "bf16": the encoder and
-    the rest of the model run under bf16 autocast, as Phase 2 trains and validates on a CPU that picks bf16."""
+    the rest of the model run under bf16 autocast, as Phase 2 trains and validates on a CPU that picks bf16.
+    ``flips`` (with ``embeddings``): the logits averaged over the image and its flips (:data:`FLIPS`), each flip
+    encoded (and cached) as an image of its own."""
     import torch
     import torch.nn.functional as F
 
@@ -66,14 +89,18 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
         if embeddings is not None:
             from ..finetune.embedding_cache import encode, image_key
 
-            key = image_key(sam[0])
-            embedding = embeddings.get(key)
-            if embedding is None:  # encoded as Phase 2 encodes its images (embedding_cache.encode_dataset)
-                embedding = encode(model, sam, precision, encoder)[0]
-                embeddings.put(key, embedding)
-            logits = model.decode(embedding[None].to(device), model.prompt_features(yolo.to(device)), boxes).float()
+            def embed(img):
+                key = image_key(img[0])
+                embedding = embeddings.get(key)
+                if embedding is None:  # encoded as Phase 2 encodes its images (embedding_cache.encode_dataset)
+                    embedding = encode(model, img, precision, encoder)[0]
+                    embeddings.put(key, embedding)
+                return embedding[None].to(device)
+
+            logits = flip_mean(lambda s, y: model.decode(embed(s), model.prompt_features(y.to(device)), boxes),
+                               sam, yolo, flips)
             if refiner is not None:  # the refinement pass (infer/refine.py) on the same, unconditioned embedding
-                logits = refiner.refine(embedding[None].to(device), logits)
+                logits = refiner.refine(embed(sam), logits)
         elif boxes is None:
             logits = model(sam.to(device), yolo.to(device)).float()
         else:
@@ -87,13 +114,15 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                    threshold: float = 0.5, limit: Optional[int] = None, save_dir: Optional[Path] = None,
                    progress=None, ids: Optional[Sequence[str]] = None,
                    box_prompts: str = "detected", refine: bool = False,
-                   precision: str = "fp32") -> List[Dict[str, Any]]:
+                   precision: str = "fp32", flips: str = "none") -> List[Dict[str, Any]]:
     """Per-case, per-class metric rows of ``model`` (a name or .safetensors path) on ``data`` (all its cases,
     one split of ``splits_file``, or the cases ``ids``). ``box_prompts="ground_truth"``: a box-mode model is
     prompted with the boxes of the reference masks (2D only). ``refine``: the refinement pass of the lite family
     (``ldfsam.infer.refine``; 2D images, lite models). ``precision`` of 2D images (auto, fp32, bf16; auto: the
     precision Phase 2 picks on this machine, ``finetune.precision``): the embeddings come from the cache of that
-    precision, shared with Phase 2's runs of the same encoder (volumes: the pipeline's own precision)."""
+    precision, shared with Phase 2's runs of the same encoder (volumes: the pipeline's own precision). ``flips``
+    (``FLIPS``: none, h, hv; 2D images, lite feature-prompt or auto models): test-time flips, the logits averaged
+    over the image and its horizontal (h) or also vertical and both (hv) flips, before the refinement pass."""
     from ..data.labels import map_labels
 
     kind, cases = select_cases(Path(data), splits_file, split, ids)
@@ -119,6 +148,12 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
             raise InputError(f"evaluate runs 2D images in fp32 or bf16, not {precision}", model)
         embeddings = EmbeddingCache(encoder_fingerprint(loaded.model), precision=precision)
         encoder = inference_encoder(loaded.model)
+    if flips not in FLIPS:
+        raise InputError(f"flips must be one of {', '.join(FLIPS)}, not {flips!r}", model)
+    if flips != "none" and (embeddings is None or loaded.model_cfg.uses_boxes):
+        # A box model's image without a box is a constant "no object" logit: averaged, it would erase the boxes
+        # the other passes found.
+        raise InputError("test-time flips need a lite feature-prompt (or auto) model and a 2D dataset", model)
     refiner = None
     if refine:
         if embeddings is None:
@@ -138,7 +173,8 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
                 raise InputError(f"mask size {ref.shape[::-1]} differs from its image's {image.shape[1::-1]}",
                                  case.label)
             pred = _predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None,
-                               embeddings, refiner, precision if embeddings is not None else "fp32", encoder)
+                               embeddings, refiner, precision if embeddings is not None else "fp32", encoder,
+                               flips)
             pred_classes = np.zeros(ref.shape, np.uint8)
             for c in range(pred.shape[0]):
                 pred_classes[pred[c]] = c + 1

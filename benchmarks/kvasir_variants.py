@@ -1,0 +1,170 @@
+"""Inference-time variants of a Kvasir run's dense+sparse and box models, chosen on the checkpoint-selection images.
+
+For each validation image: the logits (the model's S×S grid, in ``--precision``, as ``ldfsam evaluate`` computes them)
+of both models for the image and its horizontal (h), vertical (v) and double (hv) flips, each flip encoded and seen by
+the YOLO as an image of its own, flipped back (``ldfsam.evaluate.model_eval.flip_mean``'s passes). Then the variants:
+flip means, the two models joined (mean of their logits where the box model has a box, else dense+sparse; or their
+maximum), and the refinement pass (``ldfsam.infer.refine``: replace, union, mask prompt) on them. Each is scored at
+the original resolution as ``ldfsam evaluate`` scores; the rule: per run, the variant with the highest mean Dice on
+the checkpoint-selection images (the ``--selection`` evenly spread validation images Phase 2 selects its checkpoint
+on), reported on all validation images and on the others, with paired bootstraps against dense+sparse and box.
+docs/training.md, "Fourth series".
+
+    python benchmarks/kvasir_variants.py --ds RUN/b100-finetune-dense_sparse/model.safetensors \\
+        --box RUN/b100-finetune-box/model.safetensors --prepared RUN/prepared --out variants-b100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+NO_BOX = -50.0  # box mode's "no object" logit is -100
+FLIPS = {"": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
+
+
+def logits_of(ds_path: Path, box_path: Path, data: Path, prepared: Path, precision: str) -> dict:
+    """case id -> {"ref", "embedding", "logits": {(model, flip): S×S}} of every validation image."""
+    import torch
+
+    from ldfsam.checkpoint import load_checkpoint
+    from ldfsam.data.images import read_mask_image, read_rgb, resize_square
+    from ldfsam.data.prepared import PreparedData
+    from ldfsam.evaluate.model_eval import select_cases
+    from ldfsam.finetune.embedding_cache import (
+        EmbeddingCache,
+        encode,
+        encoder_fingerprint,
+        image_key,
+        inference_encoder,
+    )
+
+    ds, box = load_checkpoint(ds_path), load_checkpoint(box_path)
+    pre = ds.preprocess
+    cases = select_cases(data, None, "val", PreparedData(prepared).case_ids("val"))[1]
+    cache = EmbeddingCache(encoder_fingerprint(ds.model), precision=precision)
+    encoder = inference_encoder(ds.model)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    out = {}
+    for case in cases:
+        image = read_rgb(case.image)
+        rec = {"ref": torch.from_numpy(read_mask_image(case.label)), "logits": {}}
+        sam0, yolo0 = (torch.from_numpy(resize_square(image, n, False).copy()).permute(2, 0, 1).float()[None] / 255.0
+                       for n in (pre.sam_size, pre.yolo_size))
+        for name, dims in FLIPS.items():
+            sam, yolo = (torch.flip(t, dims) if dims else t for t in (sam0, yolo0))
+            emb = cache.get(image_key(sam[0]))
+            if emb is None:
+                emb = encode(ds.model, sam, precision, encoder)[0]
+                cache.put(image_key(sam[0]), emb)
+            if not dims:
+                rec["embedding"] = emb
+            with torch.no_grad(), amp:
+                for which, m in (("ds", ds.model), ("box", box.model)):
+                    lg = m.decode(emb[None], m.prompt_features(yolo)).float()
+                    rec["logits"][which, name] = (torch.flip(lg, dims) if dims else lg)[0, 0]
+        out[case.case_id] = rec
+    return out
+
+
+def variants(refine: bool):
+    """name -> function(record) -> S×S logits."""
+    import torch
+
+    def has_box(lg):
+        return bool(lg.max() > NO_BOX)
+
+    def mean(rec, which, flips):
+        ls = [rec["logits"][which, f] for f in flips]
+        if which == "box":  # a flip without a box says nothing; no box anywhere: background
+            ls = [x for x in ls if has_box(x)] or ls[:1]
+        return torch.stack(ls).mean(0)
+
+    def joined(ds, box):
+        return (ds + box) / 2 if has_box(box) else ds
+
+    sets = {"": [""], "_h": ["", "h"], "_v": ["", "v"], "_hv": ["", "h", "v", "hv"]}
+    out = {}
+    for tag, fl in sets.items():
+        out[f"ds{tag}"] = lambda r, fl=fl: mean(r, "ds", fl)
+        out[f"box{tag}"] = lambda r, fl=fl: mean(r, "box", fl)
+        out[f"join_mean{tag}"] = lambda r, fl=fl: joined(mean(r, "ds", fl), mean(r, "box", fl))
+    out["join_max"] = lambda r: torch.maximum(mean(r, "ds", [""]), mean(r, "box", [""]))
+    if refine:
+        from ldfsam.infer.refine import BoxRefiner
+        from ldfsam.model.lite_weights import load_litemedsam
+
+        parts = load_litemedsam()
+        refiners = {"ref": BoxRefiner(parts), "refu": BoxRefiner(parts, combine="union"),
+                    "refmp": BoxRefiner(parts, mask_prompt=True)}
+        for base in ("ds", "ds_h", "ds_hv", "join_mean", "join_mean_h", "join_mean_hv"):
+            for rn, rf in refiners.items():
+                out[f"{base}+{rn}"] = (lambda r, b=out[base], rf=rf:
+                                       rf.refine(r["embedding"][None], b(r)[None, None])[0, 0])
+    return out
+
+
+def dice(logits, ref) -> float:
+    import torch.nn.functional as F
+
+    up = F.interpolate(logits[None, None].float(), size=tuple(ref.shape), mode="bilinear", align_corners=False)
+    pred = up[0, 0] > 0
+    n = int(pred.sum()) + int(ref.sum())
+    return 1.0 if n == 0 else 2.0 * int((pred & ref).sum()) / n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ds", type=Path, required=True, help="the run's dense+sparse model.safetensors")
+    p.add_argument("--box", type=Path, required=True, help="the run's box model.safetensors (same prompt generator)")
+    p.add_argument("--prepared", type=Path, required=True, help="the run's prepared folder (its validation split)")
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("LDFSAM_DATA_DIR", REPO.parent / "shared" / "data"))
+                   / "kvasir-seg")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--selection", type=int, default=24, help="checkpoint-selection images (bench_kvasir's default)")
+    p.add_argument("--no-refine", action="store_true", help="leave out the refinement-pass variants")
+    p.add_argument("--out", type=Path, required=True, help="JSON of the rows and per-image Dice")
+    args = p.parse_args()
+
+    import torch
+
+    from ldfsam.data.splits import read_splits
+    from ldfsam.evaluate.bootstrap import bootstrap_mean_ci, paired_difference
+    from ldfsam.finetune.data import _limit
+
+    records = logits_of(args.ds, args.box, args.data, args.prepared, args.precision)
+    selection = set(_limit(list(read_splits(args.prepared / "splits.json").val), args.selection))
+    ids = sorted(records)
+    other = [i for i in ids if i not in selection]
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    scores = {}
+    for name, fn in variants(not args.no_refine).items():
+        with torch.no_grad(), amp:
+            scores[name] = {i: dice(fn(records[i]).float(), records[i]["ref"].bool()) for i in ids}
+    rows = {}
+    for name, s in scores.items():
+        rows[name] = {"selection": sum(s[i] for i in selection) / len(selection),
+                      "other": sum(s[i] for i in other) / len(other), "all": bootstrap_mean_ci([s[i] for i in ids]),
+                      "minus_ds": paired_difference(s, scores["ds"]), "minus_box": paired_difference(s, scores["box"])}
+    chosen = max(rows, key=lambda n: rows[n]["selection"])
+    args.out.write_text(json.dumps({"chosen": chosen, "rows": rows, "per_image": scores}, indent=1) + "\n")
+    print(f"| variant | {len(selection)} selection | other {len(other)} | all {len(ids)} [95 % CI] | − ds | − box |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    fmt = lambda d: f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"  # noqa: E731
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["selection"]):
+        a = r["all"]
+        print(f"| {name}{' (chosen)' if name == chosen else ''} | {r['selection']:.4f} | {r['other']:.4f} | "
+              f"{a['mean']:.4f} [{a['ci_low']:.4f}, {a['ci_high']:.4f}] | {fmt(r['minus_ds'])} | "
+              f"{fmt(r['minus_box'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
