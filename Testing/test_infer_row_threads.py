@@ -40,8 +40,11 @@ def test_rows_are_split_into_groups_and_joined_in_order():
     x = torch.arange(7.0)[:, None]
     doubled, (plus,) = rows(fn, 7, x, (x,), list(range(7)))
     assert torch.equal(doubled, x * 2) and torch.equal(plus, x + 1)
-    assert sorted(n for _, _, _, n, _ in seen) == [2, 2, 3] and all(n == k for *_, n, k in seen)
-    assert all(name.startswith("ldfsam-rows") and threads == 1 and inference for name, threads, inference, *_ in seen)
+    # Three equal groups of two side by side, each on one thread; the seventh row afterwards on the caller's.
+    assert [n for *_, n, _ in seen[:3]] == [2, 2, 2] and all(n == k for *_, n, k in seen)
+    assert all(name.startswith("ldfsam-rows") and threads == 1 and inference
+               for name, threads, inference, *_ in seen[:3])
+    assert seen[3][0] == threading.current_thread().name and seen[3][3] == 1
     seen.clear()
     rows(fn, 1, x[:1], (x[:1],), [0])  # one row: the caller's own thread
     assert seen[0][0] == threading.current_thread().name

@@ -45,8 +45,9 @@ def _join(parts: List[Any]) -> Any:
 class RowThreads:
     """Runs a function on a batch's rows in up to ``threads`` groups at once, each group on its own thread with
     ``threads // groups`` intra-op threads, and joins the results along dim 0 (a tensor, or a tuple or list of
-    them). ``threads`` 0: the caller's intra-op thread count (``torch.get_num_threads()``) at each call; 1 (or a
-    single row) runs the function as it is, on the caller's threads.
+    them). Rows beyond a multiple of the groups run afterwards on the caller's own threads. ``threads`` 0: the
+    caller's intra-op thread count (``torch.get_num_threads()``) at each call; 1 (or a single row) runs the
+    function as it is, on the caller's threads (and in the caller's thread-local state).
 
     ``context`` makes each worker's thread-local state (inference mode, autocast): torch keeps those per thread.
     """
@@ -60,22 +61,25 @@ class RowThreads:
     def threads(self) -> int:
         return self._threads or torch.get_num_threads()
 
-    def groups(self, rows: int) -> int:
-        return max(1, min(self.threads, rows))
-
     def __call__(self, fn: Callable[..., Any], rows: int, *args: Any) -> Any:
         threads = self.threads
         groups = max(1, min(threads, rows))
         if groups < 2:
             return fn(*args)
+        # Equal groups only: with one thread per group, a group one row longer keeps the others' cores idle for a
+        # whole row, so the rows left over (fewer than the groups) run after them on all the caller's threads.
+        even = rows - rows % groups
         if self._pool is None or self._pool._max_workers < groups:
             self.close()
             self._pool = ThreadPoolExecutor(groups, thread_name_prefix="ldfsam-rows")
-        bounds = [rows * g // groups for g in range(groups + 1)]
+        bounds = [even * g // groups for g in range(groups + 1)]
         intra = max(1, threads // groups)
         futures = [self._pool.submit(self._run, intra, fn, [_cut(v, a, b) for v in args])
                    for a, b in zip(bounds, bounds[1:])]
-        return _join([f.result() for f in futures])
+        parts = [f.result() for f in futures]
+        if even < rows:
+            parts.append(fn(*[_cut(v, even, rows) for v in args]))
+        return _join(parts)
 
     def _run(self, intra: int, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
         # Thread-local: OpenMP's and MKL's thread counts are the calling thread's (the caller's stay as they are).
