@@ -32,9 +32,9 @@ def test_a_slice_between_is_decoded_on_the_interpolated_embedding_without_an_enc
     predictor.keep_embeddings = True
     every, _ = predictor.predict(slices, keep)
     emb = predictor.embeddings
-    assert sorted(emb) == [0, 1, 2] and encoded == [3]
+    assert sorted(emb) == [0, 1, 2] and sum(encoded) == 3  # rows through the encoder (in groups on 2+ threads)
     mixed, _ = predictor.predict(slices, keep, between=[None, (emb[0], emb[2], 0.25), None])
-    assert encoded == [3, 2] and predictor.encoded == 5 and predictor.interpolated == 1
+    assert sum(encoded) == 5 and predictor.encoded == 5 and predictor.interpolated == 1
     assert sorted(predictor.embeddings) == [0, 2]  # only encoded embeddings are handed back
     torch.testing.assert_close(mixed[[0, 2]], every[[0, 2]])
     with torch.inference_mode():
