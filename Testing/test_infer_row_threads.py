@@ -77,3 +77,16 @@ def test_the_predictor_runs_a_batch_side_by_side_with_the_results_of_one_batch(l
     whole, _ = predictor.predict(slices, keep)
     assert [b for _, _, b in calls["encoder"]] == [4]
     torch.testing.assert_close(side, whole, rtol=1e-4, atol=1e-3)
+
+
+def test_threads_started_later_keep_the_callers_count(two_threads):
+    rows = RowThreads(0)
+    rows(lambda x: x @ x.transpose(-1, -2), 4, torch.rand(4, 16, 16))  # the workers run at one thread each
+    later = []
+    thread = threading.Thread(target=lambda: later.append((torch.ones(64, 64) @ torch.ones(64, 64),
+                                                           torch.get_num_threads())[1]))
+    thread.start()
+    thread.join()
+    assert later == [2] and torch.get_num_threads() == 2
+    rows.close()
+

@@ -66,6 +66,7 @@ class RowThreads:
         groups = max(1, min(threads, rows))
         if groups < 2:
             return fn(*args)
+        caller = torch.get_num_threads()
         # Equal groups only: with one thread per group, a group one row longer keeps the others' cores idle for a
         # whole row, so the rows left over (fewer than the groups) run after them on all the caller's threads.
         even = rows - rows % groups
@@ -79,6 +80,9 @@ class RowThreads:
         parts = [f.result() for f in futures]
         if even < rows:
             parts.append(fn(*[_cut(v, even, rows) for v in args]))
+        # A worker's torch.set_num_threads also sets the process-wide count that threads started later begin with:
+        # give that back the caller's, so that such a thread is not left at one intra-op thread.
+        torch.set_num_threads(caller)
         return _join(parts)
 
     def _run(self, intra: int, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
