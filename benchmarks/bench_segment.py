@@ -165,6 +165,8 @@ def child(args) -> int:
 
 
 def main() -> int:
+    from ldfsam.infer.segment_options import SegmentOptions
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["vit_b", "small", "demo"],
                     help="vit_b, small (random weights), demo (the bundled trained small model) and/or "
@@ -172,7 +174,8 @@ def main() -> int:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 1.0])
     ap.add_argument("--slices", type=int, default=420)
     ap.add_argument("--size", type=int, default=650)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=SegmentOptions.batch, help="slices per batch (default: ldfsam "
+                    "segment's)")
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--slice-spacing", default="auto", help="as `ldfsam segment --slice-spacing` (auto, native, mm)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
