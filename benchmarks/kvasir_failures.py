@@ -54,7 +54,7 @@ def main() -> int:
     from ldfsam.checkpoint import load_checkpoint
     from ldfsam.data.images import read_mask_image, read_rgb, resize_square
     from ldfsam.evaluate.model_eval import select_cases
-    from ldfsam.finetune.embedding_cache import EmbeddingCache, encoder_fingerprint, image_key
+    from ldfsam.finetune.embedding_cache import EmbeddingCache, encoder_fingerprint
 
     ids = json.loads((args.prepared / "splits.json").read_text())["val"]
     _, cases = select_cases(args.data, None, "test", ids)
@@ -95,10 +95,7 @@ def main() -> int:
         best_det = [max((box_iou(d, r) for r in refs), default=0.0) for d in dets]
         areas = [(r[2] - r[0]) * (r[3] - r[1]) for r in refs]
         main = int(np.argmax(areas))
-        embedding = embeddings.get(image_key(sam[0]))
-        if embedding is None:
-            embedding = zs.model.encode_image(sam).float()[0]
-            embeddings.put(image_key(sam[0]), embedding)
+        embedding = embeddings.embedding_of(sam[0], lambda sam=sam: zs.model.encode_image(sam).float()[0])
         rows.append({"case_id": case.case_id, "n_ref": len(refs), "n_det": len(dets),
                      "main_ref_area": round(float(areas[main]), 4), "iou_main": round(best_ref[main], 4),
                      "missed": sum(v < 0.5 for v in best_ref), "extra": sum(v < 0.5 for v in best_det),

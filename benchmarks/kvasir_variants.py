@@ -38,13 +38,7 @@ def logits_of(ds_path: Path, box_path: Path, data: Path, prepared: Path, precisi
     from ldfsam.data.images import read_mask_image, read_rgb, resize_square
     from ldfsam.data.prepared import PreparedData
     from ldfsam.evaluate.model_eval import select_cases
-    from ldfsam.finetune.embedding_cache import (
-        EmbeddingCache,
-        encode,
-        encoder_fingerprint,
-        image_key,
-        inference_encoder,
-    )
+    from ldfsam.finetune.embedding_cache import EmbeddingCache, encode, encoder_fingerprint, inference_encoder
 
     ds, box = load_checkpoint(ds_path), load_checkpoint(box_path)
     pre = ds.preprocess
@@ -60,10 +54,7 @@ def logits_of(ds_path: Path, box_path: Path, data: Path, prepared: Path, precisi
                        for n in (pre.sam_size, pre.yolo_size))
         for name, dims in FLIPS.items():
             sam, yolo = (torch.flip(t, dims) if dims else t for t in (sam0, yolo0))
-            emb = cache.get(image_key(sam[0]))
-            if emb is None:
-                emb = encode(ds.model, sam, precision, encoder)[0]
-                cache.put(image_key(sam[0]), emb)
+            emb = cache.embedding_of(sam[0], lambda sam=sam: encode(ds.model, sam, precision, encoder)[0])
             if not dims:
                 rec["embedding"] = emb
             with torch.no_grad(), amp:

@@ -87,20 +87,17 @@ def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Option
             small = torch.from_numpy(resize_square(ref.astype(np.uint8), pre.sam_size, True).copy())[None, None]
             boxes = boxes_from_masks(small, pre.yolo_size / pre.sam_size)
         if embeddings is not None:
-            from ..finetune.embedding_cache import encode, image_key
+            from ..finetune.embedding_cache import encode
 
-            def embed(img):
-                key = image_key(img[0])
-                embedding = embeddings.get(key)
-                if embedding is None:  # encoded as Phase 2 encodes its images (embedding_cache.encode_dataset)
-                    embedding = encode(model, img, precision, encoder)[0]
-                    embeddings.put(key, embedding)
-                return embedding[None].to(device)
+            def embed(img):  # encoded as Phase 2 encodes its images (embedding_cache.encode_dataset)
+                return embeddings.embedding_of(img[0], lambda: encode(model, img, precision, encoder)[0])[None].to(
+                    device)
 
-            logits = flip_mean(lambda s, y: model.decode(embed(s), model.prompt_features(y.to(device)), boxes),
-                               sam, yolo, flips)
+            embedding = embed(sam)
+            logits = flip_mean(lambda s, y: model.decode(embedding if s is sam else embed(s),
+                                                         model.prompt_features(y.to(device)), boxes), sam, yolo, flips)
             if refiner is not None:  # the refinement pass (infer/refine.py) on the same, unconditioned embedding
-                logits = refiner.refine(embed(sam), logits)
+                logits = refiner.refine(embedding, logits)
         elif boxes is None:
             logits = model(sam.to(device), yolo.to(device)).float()
         else:

@@ -49,7 +49,7 @@ def selection_signals(feature: Any, box: Any, items) -> Tuple[List[List[float]],
     """Per image of ``items`` (``sam_image``, ``yolo_image``, ``mask``): the feature model's detection scores (down
     to the lowest threshold tried, at most 8), the box model's Dice and the feature model's Dice."""
     from .box_conf import CONF_GRID
-    from .embedding_cache import EmbeddingCache, encoder_fingerprint, encoder_is_frozen, image_key
+    from .embedding_cache import EmbeddingCache, encoder_fingerprint, encoder_is_frozen
     from .loss import hard_dice
 
     models = (feature.model.eval(), box.model.eval())
@@ -58,12 +58,10 @@ def selection_signals(feature: Any, box: Any, items) -> Tuple[List[List[float]],
     for i in range(len(items)):
         item = items[i]
         sam, yolo, mask = item["sam_image"][None].float(), item["yolo_image"][None].float(), item["mask"][None]
-        embedding = None if cache is None else cache.get(image_key(sam[0]))
-        if embedding is None:
-            embedding = models[0].encode_image(sam).float()[0]
-            if cache is not None:
-                cache.put(image_key(sam[0]), embedding)
-        embedding = embedding[None].float()
+        def compute(sam=sam):
+            return models[0].encode_image(sam).float()[0]
+
+        embedding = (compute() if cache is None else cache.embedding_of(sam[0], compute))[None]
         det = models[0].prompt_generator.detect(yolo, conf=min(CONF_GRID), max_det=8)[0]
         scores.append([float(s) for s in det[:, 4]])
         for model, out in ((models[1], box_dice), (models[0], feature_dice)):

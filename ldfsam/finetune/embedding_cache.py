@@ -98,6 +98,15 @@ class EmbeddingCache(TensorFileCache):
     def put(self, key: str, embedding: torch.Tensor) -> None:
         self._save(key, {"embedding": embedding.to(STORE_DTYPE)})
 
+    def embedding_of(self, sam_image: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The embedding D×G×G of ``sam_image`` (3×S×S): the cached one, or ``compute()``'s, kept."""
+        key = image_key(sam_image)
+        embedding = self.get(key)
+        if embedding is None:
+            embedding = compute()
+            self.put(key, embedding)
+        return embedding
+
 
 class CachedEmbeddingDataset(torch.utils.data.Dataset):
     """A Phase 2 dataset whose items carry ``embedding`` (D×G×G, from the cache) instead of ``sam_image``."""
