@@ -154,6 +154,8 @@ def main() -> int:
                         "at the 10 %% budget (72 images, 9 steps an epoch), --epochs at the full one (90 an epoch); 0 "
                         "turns the rule off")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--flip-augment", choices=["none", "h", "hv"], default="none",
+                   help="Phase 2 flip augmentation (FinetuneConfig.flip_augment; default none, as the paper)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--alpha-lr-scale", type=float,
                    help="the dense prompt's α learns at this multiple of --lr (default: FinetuneConfig's)")
@@ -419,7 +421,7 @@ def run_budget(args, out: Path, env, pd, prepared: Path, budget: float, val_ids,
         cfg = FinetuneConfig(**extra, data=str(prepared), budget=budget, epochs=epochs, batch_size=args.batch,
                              lr=args.lr, seed=args.seed, num_workers=1, max_val_items=args.val_during_training,
                              validate_every_epochs=args.validate_every, box_conf="model",  # chosen above
-                             box_prompts="ground_truth" if gt else "detected")
+                             box_prompts="ground_truth" if gt else "detected", flip_augment=args.flip_augment)
         before_s = _train_seconds(run)
         had_model = (run / "model.safetensors").is_file()
         with clock.stage(f"{tag} {mode}: training", before_s=before_s) as info:

@@ -18,7 +18,7 @@ _FIELDS = {
     "max_steps": "max_steps", "seed": "seed",
     "precision": "precision", "workers": "num_workers", "checkpoint_every": "checkpoint_every_steps",
     "validate_every": "validate_every_epochs", "early_stop": "early_stop_patience", "box_prompts": "box_prompts",
-    "box_conf": "box_conf",
+    "box_conf": "box_conf", "flip_augment": "flip_augment",
 }
 
 
@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--alpha-lr-scale", type=float,
                    help="the dense prompt's α learns at this multiple of --lr (default: FinetuneConfig's)")
     t.add_argument("--grad-clip", type=float)
+    t.add_argument("--flip-augment", choices=["none", "h", "hv"],
+                   help="one-class models: each epoch shows every training item as itself or a flip (h: horizontal, "
+                        "hv: also vertical and both), each flip encoded once (default none)")
     t.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     t.add_argument("--seed", type=int)
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])

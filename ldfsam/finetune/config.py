@@ -11,6 +11,7 @@ BoxPrompts = Literal["detected", "ground_truth"]
 EmbeddingCacheMode = Literal["auto", "off"]
 BoxConfMode = Literal["auto", "model"]
 PscMode = Literal["auto", "on", "off"]
+FlipAugment = Literal["none", "h", "hv"]
 
 
 @dataclass
@@ -51,6 +52,11 @@ class FinetuneConfig:
     psc_weight: float = 0.1
     # Clip the gradient norm (0: off); the norm is also how a non-finite step is detected and skipped.
     grad_clip: float = 0.0
+    # Flip augmentation (finetune/flip_augment.py): each epoch shows every training item once, as itself or one of
+    # its flips ("h": horizontal; "hv": also vertical and both), each flip encoded and cached once as an image of
+    # its own. One-class models only. "none" as the paper (section 4.2 names no augmentation); measured on
+    # Kvasir-SEG in docs/training.md, "Fifth series".
+    flip_augment: FlipAugment = "none"
     # Stop after this many optimiser steps in total (None: train all epochs).
     max_steps: Optional[int] = None
     seed: int = 2025

@@ -26,6 +26,7 @@ from .config import FinetuneConfig
 from .data import RunData
 from .embedding_cache import EmbeddingCache, FromEmbeddings, encode_dataset, encoder_fingerprint, encoder_is_frozen
 from .feature_cache import FeatureCache, ItemNotes, cache_features, features_cacheable, generator_fingerprint
+from .flip_augment import VARIANTS, FlipVariants, VariantBatchSampler, check_flips
 from .gt_boxes import BoxPrompted, boxes_from_masks
 from .loss import dice_bce_loss, hard_dice
 from .optim import make_optimizer, set_lr
@@ -109,6 +110,11 @@ class Trainer:
         if self.gt_boxes and not model_cfg.uses_boxes:
             raise ConfigError("box_prompts 'ground_truth' needs a box prompt mode (box or zero-shot), not "
                               f"{model_cfg.prompt_mode!r}")
+        # Flip augmentation: the flips are training items of their own, encoded and cached like the others.
+        check_flips(cfg.flip_augment, list(model_cfg.class_names), psc_enabled(cfg, data))
+        self.variants = 1 if self.zero_shot else len(VARIANTS[cfg.flip_augment])
+        if self.variants > 1:
+            self.data.train = FlipVariants(self.data.train, cfg.flip_augment)
         self.cached = cfg.embedding_cache == "auto" and encoder_is_frozen(self.model)
         spd_wanted = psc_enabled(cfg, data) or getattr(self.model, "saliency_head", None) is not None
         # The frozen prompt generator's features, once per image (feature_cache.py); SPD's pairs keep their images.
@@ -128,8 +134,12 @@ class Trainer:
         self.spd = self.psc or getattr(self.model, "saliency_head", None) is not None
         self.provenance = {**self.provenance, "psc": self.psc}
         self.optimizer = make_optimizer(self.model, cfg) if self.params else None
-        self.sampler = ResumableBatchSampler(len(data.train), cfg.batch_size, env.rank, env.world_size,
-                                             shuffle=True, seed=cfg.seed)
+        if self.variants > 1:
+            self.sampler = VariantBatchSampler(len(data.train) // self.variants, self.variants, cfg.batch_size,
+                                               env.rank, env.world_size, seed=cfg.seed)
+        else:
+            self.sampler = ResumableBatchSampler(len(data.train), cfg.batch_size, env.rank, env.world_size,
+                                                 shuffle=True, seed=cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.state_path = self.run_dir / STATE_FILE
@@ -301,8 +311,9 @@ class Trainer:
                                           else None, find_unused_parameters=True)
         limit = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         log = RunLog(self.run_dir, resume_step=pos["global_step"]) if env.is_main else None
+        flips = f" ({self.variants} flip variants each)" if self.variants > 1 else ""
         self.progress.start(PHASE, total=limit, epochs=cfg.epochs, message=(
-            f"fine-tuning: {len(self.data.train)} training items, {self.steps_per_epoch} steps/epoch x "
+            f"fine-tuning: {self.sampler.size} training items{flips}, {self.steps_per_epoch} steps/epoch x "
             f"{cfg.epochs} epochs, {env.world_size} process(es), {self.precision}"), step=pos["global_step"])
         chosen = self.provenance.get("box_conf")
         if isinstance(chosen, dict) and pos["global_step"] == 0:
