@@ -1,5 +1,6 @@
 """``ldfsam segment INPUT -o OUTPUT``: segment the teeth of a CBCT volume onto its own voxel grid;
-``ldfsam segment INPUT... -o FOLDER``: many volumes with one model load (``ldfsam.infer.cohort``)."""
+``ldfsam segment INPUT... -o FOLDER``: many volumes with one model load (``ldfsam.infer.cohort``);
+``ldfsam segment IMAGE.png -o MASK.png --model M``: a 2D image, one-class lite models (``ldfsam.infer.image_2d``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ HELP = "Segment the teeth in a CBCT volume (output: .nii.gz label map or .seg.nr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="+",
                         help="CBCT volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM series folder; several, a "
-                             "folder of volumes, or @LIST.txt (one path per line) segment into the folder -o")
+                             "folder of volumes, or @LIST.txt (one path per line) segment into the folder -o; or one "
+                             "2D image (.png, .jpg, ...) with a one-class lite --model, its mask written as .png")
     parser.add_argument("-o", "--output", required=True,
                         help="output file; the format follows the extension: .nii.gz/.nii (label map, 1 = tooth) "
                              "or .seg.nrrd (3D Slicer segmentation with names, colours and terminology). For "
@@ -33,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", action="store_true",
                         help="lite models: re-segment each piece of the automatic result with LiteMedSAM's own "
                              "decoder from its box (the refinement pass; docs/training.md)")
+    parser.add_argument("--flips", choices=("none", "h", "hv"), default="none",
+                        help="2D images (one-class lite models): average the logits over the image and its "
+                             "horizontal (h) or also vertical and double (hv) flips; hv costs 4 encoder passes "
+                             "(default none; measured gains in docs/training.md). Volumes never flip")
     parser.add_argument("--encoder", choices=("auto", "full", "half"), default="auto",
                         help="lite models' image encoder: auto (the one the model was trained on), full "
                              "(LiteMedSAM's TinyViT), half (the distilled half-resolution one: about 3.2x fewer "
@@ -123,8 +129,52 @@ def _check_cohort_args(args) -> None:
     _options(args).validate()
 
 
+def _is_2d(args) -> bool:
+    """One 2D image (a photograph), not a volume."""
+    from pathlib import Path
+
+    from ..data.images import IMAGE_SUFFIXES
+
+    return len(args.input) == 1 and Path(args.input[0]).suffix.lower() in IMAGE_SUFFIXES
+
+
 def _run(args) -> int:
+    if _is_2d(args):
+        return _run_2d(args)
+    if args.flips != "none":
+        from ._progress import command_progress
+
+        with command_progress(args, COMMAND):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--flips {args.flips}: applies to 2D images; a flipped CBCT slice swaps the jaw's "
+                              "sides, which a tooth model's classes name")
     return _run_cohort(args) if _is_cohort(args) else _run_one(args)
+
+
+def _run_2d(args) -> int:
+    import time
+
+    from ._progress import command_progress
+
+    with command_progress(args, COMMAND):
+        from ..offline import import_ultralytics
+
+        import_ultralytics()
+        from ..infer.image_2d import segment_2d
+
+        if args.model is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("a 2D image needs --model: a one-class lite model (the default model segments teeth "
+                              "in CBCT volumes)")
+        t0 = time.perf_counter()
+        mask = segment_2d(args.input[0], args.output, model=args.model, flips=args.flips, refine=args.refine,
+                          threshold=args.threshold, precision=args.precision, device=args.device, force=args.force)
+    if args.progress != "json":
+        print(f"{int(mask.sum())} of {mask.size} pixels ({mask.mean():.1%}); flips {args.flips}"
+              f"{', refined' if args.refine else ''}; {time.perf_counter() - t0:.1f} s; wrote {args.output}")
+    return 0
 
 
 def _options(args):

@@ -8,14 +8,16 @@ the model's own label map. Distances are in mm for volumes and in pixels x ``spa
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..infer.image_2d import FLIPS, flip_mean, predict_2d
 from .metrics import DEFAULT_TOLERANCE_MM, pair_metrics
+
+__all__ = ["FLIPS", "evaluate_model", "flip_mean", "select_cases"]
 
 
 def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Optional[Sequence[str]] = None):
@@ -38,72 +40,6 @@ def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Opti
     if not cases:
         raise InputError("no labelled cases to evaluate", folder)
     return discovery.kind, sorted(cases, key=lambda c: c.case_id)
-
-
-# Test-time flips of 2D images (``evaluate_model(flips=)``): the flipped axes of each pass (-1 horizontal, -2
-# vertical); the logits of the passes, flipped back, are averaged. Kvasir-SEG, docs/training.md "Fourth series".
-FLIPS: Dict[str, Tuple[Tuple[int, ...], ...]] = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))}
-
-
-def flip_mean(decode: Callable, sam, yolo, flips: str = "none"):
-    """Mean over the passes of ``FLIPS[flips]`` of ``decode(flipped sam, flipped yolo)``, each flipped back:
-    logits B×C×S×S."""
-    import torch
-
-    if flips not in FLIPS:
-        raise InputError(f"flips must be one of {', '.join(FLIPS)}, not {flips!r}")
-    total = None
-    for dims in FLIPS[flips]:
-        out = decode(torch.flip(sam, dims), torch.flip(yolo, dims)) if dims else decode(sam, yolo)
-        out = torch.flip(out.float(), dims) if dims else out.float()
-        total = out if total is None else total + out
-    return total / len(FLIPS[flips])
-
-
-def _predict_2d(loaded, image: np.ndarray, device, threshold: float, ref: Optional[np.ndarray] = None,
-                embeddings=None, refiner=None, precision: str = "fp32", encoder=None,
-                flips: str = "none") -> np.ndarray:
-    """RGB image H×W×3 uint8 -> boolean masks C×H×W; with ``ref`` (H×W bool, box mode) the prompts are the
-    boxes of the reference's connected components instead of the detected ones. With ``embeddings`` (an
-    EmbeddingCache of the model's frozen encoder, in ``precision``) the image embedding is looked up there, or
-    computed (by ``encoder``, ``embedding_cache.inference_encoder``) and kept. ``precision`` "bf16": the encoder and
-    the rest of the model run under bf16 autocast, as Phase 2 trains and validates on a CPU that picks bf16.
-    ``flips`` (with ``embeddings``): the logits averaged over the image and its flips (:data:`FLIPS`), each flip
-    encoded (and cached) as an image of its own."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..data.images import resize_square
-    from ..finetune.gt_boxes import BoxPrompted, boxes_from_masks
-
-    pre = loaded.preprocess
-    sam = torch.from_numpy(resize_square(image, pre.sam_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
-    yolo = torch.from_numpy(resize_square(image, pre.yolo_size, False).copy()).permute(2, 0, 1).float()[None] / 255.0
-    model = loaded.model
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
-    with torch.no_grad(), amp:
-        boxes = None
-        if ref is not None:
-            small = torch.from_numpy(resize_square(ref.astype(np.uint8), pre.sam_size, True).copy())[None, None]
-            boxes = boxes_from_masks(small, pre.yolo_size / pre.sam_size)
-        if embeddings is not None:
-            from ..finetune.embedding_cache import encode
-
-            def embed(img):  # encoded as Phase 2 encodes its images (embedding_cache.encode_dataset)
-                return embeddings.embedding_of(img[0], lambda: encode(model, img, precision, encoder)[0])[None].to(
-                    device)
-
-            embedding = embed(sam)
-            logits = flip_mean(lambda s, y: model.decode(embedding if s is sam else embed(s),
-                                                         model.prompt_features(y.to(device)), boxes), sam, yolo, flips)
-            if refiner is not None:  # the refinement pass (infer/refine.py) on the same, unconditioned embedding
-                logits = refiner.refine(embedding, logits)
-        elif boxes is None:
-            logits = model(sam.to(device), yolo.to(device)).float()
-        else:
-            logits = BoxPrompted(model)(sam.to(device), yolo.to(device), boxes).float()
-        logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
-    return (torch.sigmoid(logits[0]) > threshold).cpu().numpy()
 
 
 def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, split: str = "test",
@@ -169,7 +105,7 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
             if image.shape[:2] != ref.shape:
                 raise InputError(f"mask size {ref.shape[::-1]} differs from its image's {image.shape[1::-1]}",
                                  case.label)
-            pred = _predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None,
+            pred = predict_2d(loaded, image, loaded.model.pixel_mean.device, threshold, ref if gt_boxes else None,
                                embeddings, refiner, precision if embeddings is not None else "fp32", encoder,
                                flips)
             pred_classes = np.zeros(ref.shape, np.uint8)
