@@ -83,13 +83,15 @@ def test_where_cpd_stops_in_bone_the_root_is_followed_as_without_a_prior():
 def test_the_priors_stop_stands_outside_bone():
     """With the gap guard off, propagation without a prior follows the crown into the touching opposing crown (in
     air); the prior, which does not mark that crown, ends the structure at its own tip: the section there is not in
-    bone, so CPD's stop stands."""
+    bone, so CPD's stop stands. (``past_prior_unseen``, on by default, keeps sections the prior is blind to that
+    continue the crown's enamel: the opposing crown here is as bright, so without the gap guard it would follow the
+    crown into it; that rule leaves the occlusal end to the image's rules, test_spd_prior_crown.py.)"""
     vol = tooth_volume()
     maps = crown_and_root_maps(vol)
     cfg = PropagationConfig(follow_gap=-np.inf, view_context=0)
     plain = Propagator(RootSegmenter(vol), PROMPT, (1.0, 1.0, 2.0), cfg).run()
     assert span(plain)[1] > CROWN[-1], span(plain)
-    result = run_prior(maps, PropagationConfig(follow_gap=-np.inf))
+    result = run_prior(maps, PropagationConfig(follow_gap=-np.inf, past_prior_unseen=False))
     assert span(result)[1] == CROWN[-1] and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
 
 

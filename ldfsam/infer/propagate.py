@@ -50,9 +50,10 @@ class SliceResult:
     in_bone: bool = False
     # ... or held no enamel (``StopRules.in_jaw``, ``chain_dentin``): the chain of ``past_prior_in_bone``
     in_jaw: bool = False
-    # this section and every one from the prompted slice to it held the prompted crown's enamel
-    # (``StopRules.on_crown``): the chain of ``past_prior_unseen``
+    # this section and every one from the prompted slice to it held the crown's enamel (``StopRules.on_crown``): the
+    # chain of ``past_prior_unseen``; ``crown_grey``: the grey its enamel test is against (``unseen_brightest``)
     on_crown: bool = False
+    crown_grey: float = 0.0
 
     @property
     def mask(self) -> np.ndarray:
@@ -266,7 +267,7 @@ class Propagator(StopRules):
             kept = ((c.past_prior_in_bone and prev.in_jaw and self.in_jaw(stats))
                     or (c.past_prior_seen and stats["seen"] >= c.seen_share)
                     or (c.past_prior_unseen and stats["seen"] <= c.blind_share and prev.on_crown
-                        and self.on_crown(stats)))
+                        and not self.on_root(prev) and self.on_crown(stats, prev.crown_grey)))
             if own and (why or not kept):
                 if not c.follow_past_prior:
                     self.trace.setdefault(z, stats)
@@ -276,9 +277,15 @@ class Propagator(StopRules):
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
         if why:
             return None, why
+        return self._next(logits, low, iou, narrowest, stats, prev), ""
+
+    def _next(self, logits: np.ndarray, low: object, iou: float, narrowest: float, stats: Dict[str, float],
+              prev: SliceResult) -> SliceResult:
+        """The result of a section measured as ``stats`` that goes on from ``prev``, with the rules' chains."""
+        on_crown = prev.on_crown and self.on_crown(stats, prev.crown_grey)
+        crown = max(prev.crown_grey, stats["grey"]) if on_crown and self.cfg.unseen_brightest else prev.crown_grey
         return SliceResult(logits, low, iou, narrowest, self._dentin(stats, prev.dentin),
-                           prev.in_bone and self.in_bone(stats),
-                           prev.in_jaw and self.in_jaw(stats), prev.on_crown and self.on_crown(stats)), ""
+                           prev.in_bone and self.in_bone(stats), prev.in_jaw and self.in_jaw(stats), on_crown, crown)
 
     def _cpd_stop(self, z: int, prev: SliceResult, why: str) -> Tuple[Optional[SliceResult], str]:
         """Where CPD stopped on slice z and no rule keeps a section there: (None, why), or with
@@ -303,9 +310,7 @@ class Propagator(StopRules):
         stats.update(followed=1.0, sam_area=float(area), root_side=1.0)
         self.trace.setdefault(z, stats)
         narrowest = min(stats["area"], prev.narrowest, float(prev.mask.sum()))
-        return SliceResult(logits, prev.low, 1.0, narrowest, self._dentin(stats, prev.dentin),
-                           prev.in_bone and self.in_bone(stats),
-                           prev.in_jaw and self.in_jaw(stats), prev.on_crown and self.on_crown(stats)), ""
+        return self._next(logits, prev.low, 1.0, narrowest, stats, prev), ""
 
     def seen(self, z: int, mask: np.ndarray) -> float:
         """The share of the section ``mask`` (on the view) of slice z that a prior marks as tooth
@@ -337,7 +342,10 @@ class Propagator(StopRules):
         self.primary_stats = self.trace[start] = self.measure(start, first.mask, None, first.iou)
         first.dentin = self._dentin(self.primary_stats, 0)  # a prompted section in bone counts (``root_bone``)
         first.in_bone = first.in_jaw = self.cfg.chain_skips_prompt or self.in_bone(self.primary_stats)
-        first.on_crown = True  # the prompted section is the crown whose grey the enamel test measures against
+        # the prompted section is the crown whose grey the enamel test measures against: a box's, drawn around it
+        # (a click structure's prompted slice is its first clicked one: a root's apex as well as a crown)
+        first.on_crown = self.p.box is not None or not self.cfg.unseen_box_only
+        first.crown_grey = self.primary_stats["grey"]
         point_slices = sorted({k for k, _, _, _ in self.p.points if lo <= k <= hi and k != start})
         results: Dict[int, SliceResult] = {start: first}
         anchors = [start]

@@ -103,11 +103,22 @@ class PropagationConfig:
     past_prior_seen: bool = True
     seen_share: float = 2 / 3
     # True: ... and, where the prior sees at most ``blind_share`` of the section, kept where it and every section from
-    # the prompted one hold the prompted crown's enamel (``root_grey``, ``StopRules.on_crown``): a prior blind to a
-    # crown the image shows (the demo prior on the real head CT's 16, 14 and 22: 0-17 % of their next crown sections)
-    # is no evidence against it. Off: on held-out phantoms it took a noisy box already two slices into the touching
-    # row (tooth 11 of seed 9104, PSC-trained prior) five slices further, and noisy clicks of a lower molar two slices
-    # further past its apex (the enamel test is against the prompted section's grey, a click's first slice can be a
-    # partial-volume tip); on the real head CT it brings 16, 14 and 22 to their crowns' ends (docs/segmentation.md).
-    past_prior_unseen: bool = False
+    # the prompted one hold the crown's enamel (``root_grey``, ``StopRules.on_crown``), off the root's side
+    # (``on_root``: where a window saturates dentin like enamel, as on the real head CT, roots pass the enamel test;
+    # there the bone chain decides, ``past_prior_in_bone``): a prior blind to a crown the image shows (the demo prior
+    # on the real head CT's 16, 14 and 22: 0-17 % of their next crown sections) is no evidence against it; with it
+    # every upper tooth there ends on the crown side where it ends without a prior. The occlusal end is then the
+    # image's rules' (contrast, the gap guard): where the rows touch with equal enamel and no gap, neither they nor a
+    # blind prior can tell the crown from the other row's.
+    past_prior_unseen: bool = True
     blind_share: float = 1 / 3
+    # True: that enamel test is against the brightest section of the chain so far, not the prompted one. A crown's
+    # enamel is the brightest the chain shows; a box drawn a quarter of the way down a crown can sit on a dimmer
+    # section, against which the other row's crown in occlusion passes as enamel: on a held-out phantom (tooth 11 of
+    # seed 9104, PSC-trained prior, a noisy box that CPD had carried two slices into the lower row: prompted section
+    # 0.89, the crown 0.98, the lower crown 0.90) the rule ran five slices further down the lower incisor.
+    unseen_brightest: bool = True
+    # True: only for a structure prompted with a box, drawn around the crown whose enamel the test is against. A
+    # click structure's prompted slice is its first clicked one, which can be a root's dim apex (held-out phantoms:
+    # noisy clicks on the lower molar 36 start on its apex), against which bone and roots pass as enamel.
+    unseen_box_only: bool = True

@@ -28,9 +28,10 @@
   is prompted as without a prior and kept where its section lies in bone (``past_prior_in_bone``; a prior silent
   inside the jaw is no evidence against a root, its veto stands in air, soft tissue and among other crowns) or where
   the prior itself sees most of it (``past_prior_seen``: towards a crown's occlusal end the section shrinks to a cusp
-  beside the carried centreline points; the prior's map, not its points, says whether it is tooth), and, off by
-  default, where the prior is blind to a section that continues the prompted crown's enamel (``past_prior_unseen``);
-  on the root's side the slices are prompted as without a prior (``image_on_root``).
+  beside the carried centreline points; the prior's map, not its points, says whether it is tooth), and where the
+  prior is blind to a section off the root's side that continues a box-prompted crown's enamel (``past_prior_unseen``:
+  as bright as the brightest section so far, ``unseen_brightest``; ``unseen_box_only``); on the root's side the
+  slices are prompted as without a prior (``image_on_root``).
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ class StopRules:
         return (c.chain_dentin and stats.get("ring_median", 0.0) <= c.root_bone_max * crown
                 and stats["grey"] < c.root_grey * crown)
 
-    def on_crown(self, stats: Dict[str, float]) -> bool:
+    def on_crown(self, stats: Dict[str, float], crown: float = 0.0) -> bool:
         """Whether a section measured as ``stats`` holds the crown's enamel (``past_prior_unseen``): its mean grey
-        at least ``root_grey`` of the prompted crown's (the enamel test of ``_dentin``)."""
-        return stats["grey"] >= self.cfg.root_grey * self.primary_stats["grey"]
+        at least ``root_grey`` of the prompted crown's (the enamel test of ``_dentin``), or with
+        ``unseen_brightest`` of ``crown``, the brightest section's of the chain so far."""
+        reference = max(crown, self.primary_stats["grey"]) if self.cfg.unseen_brightest else self.primary_stats["grey"]
+        return stats["grey"] >= self.cfg.root_grey * reference
 
     def on_root(self, prev: Section) -> bool:
         """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``
