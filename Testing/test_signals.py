@@ -71,3 +71,70 @@ def test_a_cancel_that_reached_a_data_loader_worker_first_is_a_cancel():
     assert _cancel_reached_a_worker_first(RuntimeError("DataLoader worker (pid 1) is killed by signal: Interrupt. "))
     assert not _cancel_reached_a_worker_first(RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed. "))
     assert not _cancel_reached_a_worker_first(RuntimeError("shape mismatch"))
+
+
+# A module whose import is under way when SIGTERM arrives (as numpy's and scipy's lazy submodules were when a
+# cancel reached `ldfsam train` during Phase 2's start): raised there, the interrupt left a half-initialised module.
+SLOW_MODULE = textwrap.dedent("""
+    import os, signal, time
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    COMPLETE = True
+""")
+IMPORTING = textwrap.dedent("""
+    import sys, time
+    from ldfsam.signals import interrupt_on_sigterm
+
+    try:
+        with interrupt_on_sigterm():
+            import slow_module  # noqa: F401
+            time.sleep(10)
+        print("ran to the end", flush=True)
+    except KeyboardInterrupt as e:
+        module = sys.modules.get("slow_module")
+        print("imported" if module else "import broken", getattr(module, "COMPLETE", False), type(e).__name__,
+              flush=True)
+        sys.exit(130)
+""")
+
+
+def test_sigterm_during_an_import_waits_for_the_import_to_finish(tmp_path):
+    (tmp_path / "slow_module.py").write_text(SLOW_MODULE)
+    out = subprocess.run([sys.executable, "-c", IMPORTING], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert out.returncode == 130, out.stdout + out.stderr
+    assert out.stdout.split() == ["imported", "True", "SignalInterrupt"], out.stdout + out.stderr
+
+
+# A command whose code turns the interrupt into another error (what a library left half-initialised by a cancel
+# raises): the command still ends as cancelled, with status 130 and the error named, not a traceback and status 1.
+BROKEN_BY_CANCEL = textwrap.dedent("""
+    import os, signal, sys, time
+    import ldfsam.cli
+    import ldfsam.cli.info as info
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except KeyboardInterrupt:
+            raise AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'")
+        return 0
+
+    info.run = run
+    sys.exit(ldfsam.cli.main(["info", "demo"]))
+""")
+
+
+def test_an_error_that_a_cancel_caused_ends_the_command_as_cancelled():
+    out = subprocess.run([sys.executable, "-c", BROKEN_BY_CANCEL], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130, out.stderr
+    assert "ldfsam info: stopping after a cancel: AttributeError" in out.stderr, out.stderr
+    assert "ldfsam info: cancelled" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_an_error_without_a_cancel_is_still_an_error():
+    code = BROKEN_BY_CANCEL.replace("os.kill(os.getpid(), signal.SIGTERM)", "raise KeyboardInterrupt")
+    code = code.replace("except KeyboardInterrupt:", "except KeyboardInterrupt as e:")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "AttributeError" in out.stderr and "cancelled" not in out.stderr, out.stderr

@@ -227,7 +227,7 @@ def test_an_improvement_run_reports_progress_is_cancelled_and_can_be_resumed(tmp
     assert state.last_event and can_resume(run), process.stderr_tail()
     process.cancel()
     state = _wait(process, 120)
-    assert process.cancelled and process.returncode == 130
+    assert process.cancelled and process.returncode == 130, process.stderr_tail()
     assert failure_message(process.returncode, state, process.stderr_tail(), process.cancelled)
     assert can_resume(run)  # the button now says "Resume improving 'clinic-v1'"
     resumed = BackgroundProcess(improve_argv(str(training), run, "ldfsam-demo", "clinic-v1", resume=True,
@@ -236,4 +236,4 @@ def test_an_improvement_run_reports_progress_is_cancelled_and_can_be_resumed(tmp
     assert state.last_event and state.error is None, resumed.stderr_tail()
     resumed.cancel()
     _wait(resumed, 120)
-    assert resumed.cancelled and resumed.returncode == 130
+    assert resumed.cancelled and resumed.returncode == 130, resumed.stderr_tail()

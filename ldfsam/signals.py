@@ -7,6 +7,11 @@ A signal handler's exception is lost when the handler runs inside code whose exc
 ("Exception ignored in ..."): the at-fork callbacks that run each time a data loader starts its workers, or a
 ``__del__``. Such a lost interrupt is raised again, so a cancelled training stops instead of running on until
 the Slicer module's grace period ends and it is killed.
+
+A signal that arrives while a module is being imported waits until the import has finished: raised inside it,
+it would leave a half-initialised module behind (numpy's and scipy's lazy submodules then fail with
+AttributeError or RecursionError instead of the interrupt, and the command exited 1 instead of 130). Whatever
+exception still escapes a command after a SIGTERM is the cancel's doing: ``cancel_requested`` says so.
 """
 
 from __future__ import annotations
@@ -28,7 +33,30 @@ class SignalInterrupt(KeyboardInterrupt):
     """The KeyboardInterrupt that SIGTERM raises (distinguishable from Ctrl-C where that matters)."""
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+_cancel_requested = False
+
+
+def cancel_requested() -> bool:
+    """Whether a SIGTERM has arrived inside the current :func:`interrupt_on_sigterm` block."""
+    return _cancel_requested
+
+
+def _must_not_raise_here(frame) -> bool:
+    """Inside an import, or inside the hook that re-delivers a lost interrupt (raised there, it is lost for good)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib._bootstrap") or code is _HOOK_CODE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_interrupt(signum, frame):
+    global _cancel_requested
+    _cancel_requested = True
+    if sys.platform != "win32" and _must_not_raise_here(frame):
+        _deliver_later(signum)  # once the import or the hook has finished (an import takes seconds at most)
+        return
     raise SignalInterrupt(f"signal {signum}")
 
 
@@ -51,12 +79,17 @@ def _reraise_lost_interrupts(previous_hook):
     return hook
 
 
+_HOOK_CODE = _reraise_lost_interrupts(None).__code__
+
+
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt (main thread only; a no-op elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _cancel_requested
+    _cancel_requested = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _reraise_lost_interrupts(previous_hook)

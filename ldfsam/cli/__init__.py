@@ -74,15 +74,18 @@ def _main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from ..signals import interrupt_on_sigterm
+    from ..signals import cancel_requested, interrupt_on_sigterm
 
     try:
         with interrupt_on_sigterm():
             try:
                 return int(args._run(args) or 0)
-            except RuntimeError as e:
-                if not _cancel_reached_a_worker_first(e):
+            except Exception as e:
+                if not (cancel_requested() or _cancel_reached_a_worker_first(e)):
                     raise
+                # The cancel broke what was running (a worker, a library's state) before it could stop it cleanly.
+                print(f"ldfsam {args.command}: stopping after a cancel: {type(e).__name__}: {e}", file=sys.stderr,
+                      flush=True)
                 raise KeyboardInterrupt from e
     except LDFSAMError as e:
         from ._progress import error_message
@@ -97,11 +100,12 @@ def _main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
-def _cancel_reached_a_worker_first(error: RuntimeError) -> bool:
+def _cancel_reached_a_worker_first(error: Exception) -> bool:
     """A Cancel sends SIGTERM to the whole process tree; when a data-loader worker dies of it before this process
     handles its own, torch raises this RuntimeError instead of our KeyboardInterrupt."""
     text = str(error)
-    return "DataLoader worker" in text and ("Terminated" in text or "Interrupt" in text)
+    return (isinstance(error, RuntimeError) and "DataLoader worker" in text
+            and ("Terminated" in text or "Interrupt" in text))
 
 
 if __name__ == "__main__":  # pragma: no cover
