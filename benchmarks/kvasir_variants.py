@@ -1,14 +1,18 @@
-"""Inference-time variants of a Kvasir run's dense+sparse and box models, chosen on the checkpoint-selection images.
+"""Inference-time variants of a Kvasir run's dense+sparse and box models, chosen on selection images.
 
-For each validation image: the logits (the model's S×S grid, in ``--precision``, as ``ldfsam evaluate`` computes them)
-of both models for the image and its horizontal (h), vertical (v) and double (hv) flips, each flip encoded and seen by
-the YOLO as an image of its own, flipped back (``ldfsam.evaluate.model_eval.flip_mean``'s passes). Then the variants:
-flip means, the two models joined (mean of their logits where the box model has a box, else dense+sparse; or their
-maximum), and the refinement pass (``ldfsam.infer.refine``: replace, union, mask prompt) on them. Each is scored at
-the original resolution as ``ldfsam evaluate`` scores; the rule: per run, the variant with the highest mean Dice on
-the checkpoint-selection images (the ``--selection`` evenly spread validation images Phase 2 selects its checkpoint
-on), reported on all validation images and on the others, with paired bootstraps against dense+sparse and box.
-docs/training.md, "Fourth series".
+For each validation and selection image: the logits (the model's S×S grid, in ``--precision``, as ``ldfsam evaluate``
+computes them) of both models for the image and its horizontal (h), vertical (v) and double (hv) flips, each flip
+encoded and seen by the YOLO as an image of its own, flipped back (``ldfsam.infer.image_2d.flip_mean``'s passes).
+Then the variants: flip means, the two models joined (mean of their logits where the box model has a box, else
+dense+sparse; or their maximum), and the refinement pass (``ldfsam.infer.refine``: replace, union, mask prompt) on
+them. Each is scored at the original resolution as ``ldfsam evaluate`` scores; the rule: per run, the variant with
+the highest mean Dice on the selection images, reported on all validation images and on the others, with paired
+bootstraps against dense+sparse and box; and the one chosen among the variants a user can run (``PRODUCT``: ``ldfsam
+segment`` / ``evaluate --flips none|h|hv [--refine]``). The selection images: ``--selection-from val`` the
+``--selection`` evenly spread validation images Phase 2 selects its checkpoint on (docs/training.md, "Fourth series":
+24 that were mostly clean single detections, so the rule leaned to the box); ``--selection-from train`` that many
+training images outside the models' ``--budget`` (never a validation image, never one the budget's detector or
+decoder trained on), stratified by polyp area ("Fifth series").
 
     python benchmarks/kvasir_variants.py --ds RUN/b100-finetune-dense_sparse/model.safetensors \\
         --box RUN/b100-finetune-box/model.safetensors --prepared RUN/prepared --out variants-b100.json
@@ -27,27 +31,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 NO_BOX = -50.0  # box mode's "no object" logit is -100
+# The variants a user can run with one model file: ldfsam segment / evaluate --flips none|h|hv [--refine].
+PRODUCT = ("ds", "ds_h", "ds_hv", "ds+ref", "ds_h+ref", "ds_hv+ref")
 FLIPS = {"": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
 
-def logits_of(ds_path: Path, box_path: Path, data: Path, prepared: Path, precision: str) -> dict:
-    """case id -> {"ref", "embedding", "logits": {(model, flip): S×S}} of every validation image."""
+def logits_of(ds_path: Path, box_path: Path, data: Path, ids, precision: str) -> dict:
+    """case id -> {"ref", "embedding", "logits": {(model, flip): S×S}} of the images ``ids``."""
     import torch
 
     from ldfsam.checkpoint import load_checkpoint
     from ldfsam.data.images import read_mask_image, read_rgb, resize_square
-    from ldfsam.data.prepared import PreparedData
     from ldfsam.evaluate.model_eval import select_cases
     from ldfsam.finetune.embedding_cache import EmbeddingCache, encode, encoder_fingerprint, inference_encoder
 
     ds, box = load_checkpoint(ds_path), load_checkpoint(box_path)
     pre = ds.preprocess
-    cases = select_cases(data, None, "val", PreparedData(prepared).case_ids("val"))[1]
+    cases = select_cases(data, None, "val", ids)[1]
     cache = EmbeddingCache(encoder_fingerprint(ds.model), precision=precision)
     encoder = inference_encoder(ds.model)
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     out = {}
-    for case in cases:
+    for n, case in enumerate(cases):
+        if n % 20 == 0:
+            print(f"logits: {n}/{len(cases)} images", file=sys.stderr, flush=True)
         image = read_rgb(case.image)
         rec = {"ref": torch.from_numpy(read_mask_image(case.label)), "logits": {}}
         sam0, yolo0 = (torch.from_numpy(resize_square(image, n, False).copy()).permute(2, 0, 1).float()[None] / 255.0
@@ -102,6 +109,28 @@ def variants(refine: bool):
     return out
 
 
+def stratified_selection(data: Path, prepared: Path, budget: float, count: int) -> list:
+    """``count`` images of the training split outside the budget's training images (never validation images, never
+    images a budget's model or detector was trained on), stratified by the reference's area: the candidates sorted by
+    their masks' area fraction, then evenly spread over that order (``finetune.data._limit``), so small, medium and
+    large polyps are in the set as in the dataset."""
+    import numpy as np
+
+    from ldfsam.data.images import read_mask_image
+    from ldfsam.data.prepared import PreparedData
+    from ldfsam.evaluate.model_eval import select_cases
+    from ldfsam.finetune.data import _limit
+
+    pd = PreparedData(prepared)
+    used = set(pd.case_ids("train", budget))
+    candidates = [i for i in pd.case_ids("train") if i not in used]
+    if len(candidates) < count:
+        raise SystemExit(f"only {len(candidates)} training images lie outside the {budget:.0%} budget, not {count}")
+    area = {c.case_id: float(np.mean(read_mask_image(c.label))) for c in select_cases(data, None, "train",
+                                                                                        candidates)[1]}
+    return sorted(_limit(sorted(candidates, key=lambda i: (area[i], i)), count))
+
+
 def dice(logits, ref) -> float:
     import torch.nn.functional as F
 
@@ -119,7 +148,15 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=Path(os.environ.get("LDFSAM_DATA_DIR", REPO.parent / "shared" / "data"))
                    / "kvasir-seg")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    p.add_argument("--selection", type=int, default=24, help="checkpoint-selection images (bench_kvasir's default)")
+    p.add_argument("--selection", type=int, default=24,
+                   help="images the rule chooses on: with --selection-from val (default) the first of the validation "
+                        "images evenly spread (24: the checkpoint-selection images of bench_kvasir); with train, "
+                        "this many training images outside --budget, stratified by polyp area")
+    p.add_argument("--selection-from", choices=["val", "train"], default="val",
+                   help="val: choose on validation images (the earlier rule); train: on training images no model of "
+                        "the budget saw (never on the validation images the rows report)")
+    p.add_argument("--budget", type=float, default=0.1,
+                   help="with --selection-from train: the models' annotation budget (its training images excluded)")
     p.add_argument("--no-refine", action="store_true", help="leave out the refinement-pass variants")
     p.add_argument("--out", type=Path, required=True, help="JSON of the rows and per-image Dice")
     args = p.parse_args()
@@ -130,28 +167,41 @@ def main() -> int:
     from ldfsam.evaluate.bootstrap import bootstrap_mean_ci, paired_difference
     from ldfsam.finetune.data import _limit
 
-    records = logits_of(args.ds, args.box, args.data, args.prepared, args.precision)
-    selection = set(_limit(list(read_splits(args.prepared / "splits.json").val), args.selection))
-    ids = sorted(records)
+    val_ids = sorted(read_splits(args.prepared / "splits.json").val)
+    if args.selection_from == "val":
+        selection = set(_limit(val_ids, args.selection))
+    else:
+        selection = set(stratified_selection(args.data, args.prepared, args.budget, args.selection))
+    records = logits_of(args.ds, args.box, args.data, sorted(set(val_ids) | selection), args.precision)
+    ids = val_ids  # the rows: the validation images (with --selection-from train, none of them chooses)
     other = [i for i in ids if i not in selection]
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
     scores = {}
     for name, fn in variants(not args.no_refine).items():
         with torch.no_grad(), amp:
-            scores[name] = {i: dice(fn(records[i]).float(), records[i]["ref"].bool()) for i in ids}
+            scores[name] = {i: dice(fn(records[i]).float(), records[i]["ref"].bool()) for i in records}
     rows = {}
+
+    def on(per_image):  # the validation images' scores
+        return {i: per_image[i] for i in ids}
+
     for name, s in scores.items():
         rows[name] = {"selection": sum(s[i] for i in selection) / len(selection),
                       "other": sum(s[i] for i in other) / len(other), "all": bootstrap_mean_ci([s[i] for i in ids]),
-                      "minus_ds": paired_difference(s, scores["ds"]), "minus_box": paired_difference(s, scores["box"])}
+                      "minus_ds": paired_difference(on(s), on(scores["ds"])),
+                      "minus_box": paired_difference(on(s), on(scores["box"]))}
     chosen = max(rows, key=lambda n: rows[n]["selection"])
-    args.out.write_text(json.dumps({"chosen": chosen, "rows": rows, "per_image": scores}, indent=1) + "\n")
+    offered = max((n for n in rows if n in PRODUCT), key=lambda n: rows[n]["selection"])
+    report = {"chosen": chosen, "chosen_of_product": offered, "selection_from": args.selection_from,
+              "selection": sorted(selection), "rows": rows, "per_image": scores}
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"| variant | {len(selection)} selection | other {len(other)} | all {len(ids)} [95 % CI] | − ds | − box |\n"
           "| --- | --- | --- | --- | --- | --- |")
     fmt = lambda d: f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"  # noqa: E731
     for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["selection"]):
         a = r["all"]
-        print(f"| {name}{' (chosen)' if name == chosen else ''} | {r['selection']:.4f} | {r['other']:.4f} | "
+        mark = " (chosen)" * (name == chosen) + " (chosen of the product's)" * (name == offered)
+        print(f"| {name}{mark} | {r['selection']:.4f} | {r['other']:.4f} | "
               f"{a['mean']:.4f} [{a['ci_low']:.4f}, {a['ci_high']:.4f}] | {fmt(r['minus_ds'])} | "
               f"{fmt(r['minus_box'])} |")
     return 0
