@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..infer.image_2d import FLIPS, flip_mean, predict_2d
+from ..infer.image_2d import FLIPS, check_test_flips, flip_mean, predict_2d
 from .metrics import DEFAULT_TOLERANCE_MM, pair_metrics
 
 __all__ = ["FLIPS", "evaluate_model", "flip_mean", "select_cases"]
@@ -81,11 +81,8 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
             raise InputError(f"evaluate runs 2D images in fp32 or bf16, not {precision}", model)
         embeddings = EmbeddingCache(encoder_fingerprint(loaded.model), precision=precision)
         encoder = inference_encoder(loaded.model)
-    if flips not in FLIPS:
-        raise InputError(f"flips must be one of {', '.join(FLIPS)}, not {flips!r}", model)
-    if flips != "none" and (embeddings is None or loaded.model_cfg.uses_boxes):
-        # A box model's image without a box is a constant "no object" logit: averaged, it would erase the boxes
-        # the other passes found.
+    check_test_flips(flips, loaded.model_cfg, model)
+    if flips != "none" and embeddings is None:
         raise InputError("test-time flips need a lite feature-prompt (or auto) model and a 2D dataset", model)
     refiner = None
     if refine:

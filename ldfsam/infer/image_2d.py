@@ -50,7 +50,7 @@ class Uncached:
         return compute()
 
 
-def check_flips(flips: str, model_cfg, name) -> None:
+def check_test_flips(flips: str, model_cfg, name) -> None:
     """Test-time flips need a lite feature-prompt (or auto) model: a box model's flip without a box is a constant
     "no object" logit that, averaged, would erase the boxes the other passes found."""
     if flips not in FLIPS:
@@ -137,7 +137,7 @@ def segment_2d(input, output=None, *, model, flips: str = "none", refine: bool =
     if cfg.sam.encoder != "tiny_vit" or len(cfg.class_names) != 1:
         raise InputError(f"segmenting a 2D image needs a one-class lite model; this one is preset {cfg.sam.preset!r} "
                          f"with {len(cfg.class_names)} class(es)", str(model))
-    check_flips(flips, cfg, str(model))
+    check_test_flips(flips, cfg, str(model))
     precision = resolve_precision(precision, loaded.model.pixel_mean.device)
     if precision not in ("fp32", "bf16"):
         raise InputError(f"2D images run in fp32 or bf16, not {precision}", str(model))
