@@ -24,9 +24,10 @@ from scipy import ndimage
 
 from .prompt_validation import Decision, ValidationConfig, validate_box, validate_points
 from .prompts import VoxelPrompt
-from .propagate import PropagationConfig, Propagator, SliceResult, StructureResult
+from .propagate import PropagationConfig, Propagator
 from .saliency_prior import SaliencyMaps
 from .slice_sam import SliceSAM
+from .structure_result import SliceResult, StructureResult
 
 Box = Tuple[float, float, float, float]
 View = Tuple[int, int, int, int]

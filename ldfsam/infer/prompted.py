@@ -21,8 +21,9 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..progress import Progress
 from .prompts import StructurePrompt, VoxelPrompt, parse_prompts, read_prompts, to_voxels
-from .propagate import PropagationConfig, Propagator, StructureResult
+from .propagate import PropagationConfig, Propagator
 from .slice_sam import DEFAULT_CACHE_BYTES, SamParts, SliceSAM, litemedsam_parts, sam_parts_of
+from .structure_result import StructureResult
 
 PathLike = Union[str, Path]
 

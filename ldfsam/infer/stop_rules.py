@@ -48,7 +48,7 @@ OFF = -20.0
 
 
 class Section(Protocol):
-    """What the rules read of the previous slice's result (``propagate.SliceResult``)."""
+    """What the rules read of the previous slice's result (``structure_result.SliceResult``)."""
 
     mask: np.ndarray  # on the propagator's view
     narrowest: float
