@@ -2,7 +2,7 @@
 
 For each validation and selection image: the logits (the model's S×S grid, in ``--precision``, as ``ldfsam evaluate``
 computes them) of both models for the image and its horizontal (h), vertical (v) and double (hv) flips, each flip
-encoded and seen by the YOLO as an image of its own, flipped back (``ldfsam.infer.image_2d.flip_mean``'s passes).
+encoded and seen by the YOLO as an image of its own, flipped back (``ldfsam.infer.predict_2d.flip_mean``'s passes).
 Then the variants: flip means, the two models joined (mean of their logits where the box model has a box, else
 dense+sparse; or their maximum), and the refinement pass (``ldfsam.infer.refine``: replace, union, mask prompt) on
 them. Each is scored at the original resolution as ``ldfsam evaluate`` scores; the rule: per run, the variant with

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..infer.image_2d import FLIPS, check_test_flips, flip_mean, predict_2d
+from ..infer.predict_2d import FLIPS, check_test_flips, flip_mean, predict_2d
 from .metrics import DEFAULT_TOLERANCE_MM, pair_metrics
 
 __all__ = ["FLIPS", "evaluate_model", "flip_mean", "select_cases"]
