@@ -6,7 +6,8 @@ structure's crown enamel (``past_prior_unseen``, against the chain's brightest s
 
 The synthetic tooth of test_propagation_root_in_bone (a crown in air on slices 14-17, the opposing crown touching its
 tip from slice 18), with an oval crown (its centreline along x) whose last two sections are a small cusp off that
-line. Each test fails when its rule is switched off.
+line. Each test fails when its rule is switched off; the last, where a stop reason does not say which of these rules
+kept no section past CPD's stop, and why.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def test_where_the_prior_sees_a_cusp_beside_the_carried_points_the_crown_goes_on
     assert result.trace[CUSP[0]]["past_prior"] == 1.0 and result.trace[CUSP[0]]["seen"] == 1.0
     assert not result.mask[OPPOSING[0]:].any()  # the opposing crown stays out (the gap guard), prior or not
     result = run(vol, maps, past_prior_seen=False)
-    assert span(result)[1] == CUSP[0] - 1 and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[1] == CUSP[0] - 1 and result.stopped[1].startswith(CPD_STOP), (span(result), result.stopped)
 
 
 def test_where_the_prior_sees_only_part_of_the_section_its_stop_stands():
@@ -69,7 +70,7 @@ def test_where_the_prior_sees_only_part_of_the_section_its_stop_stands():
     result = run(vol, maps)
     seen = result.trace[CUSP[0]]["seen"]
     assert 1 / 3 < seen < 2 / 3, seen
-    assert span(result)[1] == CUSP[0] - 1 and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[1] == CUSP[0] - 1 and result.stopped[1].startswith(CPD_STOP), (span(result), result.stopped)
     result = run(vol, maps, seen_share=0.5)
     assert span(result)[1] == CROWN[-1], (span(result), result.stopped)
 
@@ -78,14 +79,14 @@ def test_a_prior_blind_to_the_crowns_enamel_is_overruled_only_with_past_prior_un
     vol = cusp_volume()
     maps = tooth_maps(vol, blind=CROWN[1:])  # sees the prompted section only
     result = run(vol, maps, past_prior_unseen=False)
-    assert span(result)[1] == CROWN[0] and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[1] == CROWN[0] and result.stopped[1].startswith(CPD_STOP), (span(result), result.stopped)
     result = run(vol, maps)  # on by default
     assert span(result)[1] == CROWN[-1], (span(result), result.stopped)
     assert not result.mask[OPPOSING[0]:].any()
     # a cusp darker than the crown's enamel (partial volume) is not overruled: the blind prior's stop stands there
     vol = cusp_volume(tip=0.8)
     result = run(vol, tooth_maps(vol, blind=CROWN[1:]))
-    assert span(result)[1] == CUSP[0] - 1 and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[1] == CUSP[0] - 1 and result.stopped[1].startswith(CPD_STOP), (span(result), result.stopped)
 
 
 def test_a_blind_priors_enamel_test_is_against_the_brightest_crown_section_not_the_prompted_one():
@@ -109,7 +110,8 @@ def test_a_blind_priors_enamel_test_is_against_the_brightest_crown_section_not_t
     result = run_(unseen_brightest=False)
     assert span(result) == (upper[0], other[-1]), (span(result), result.stopped)
     result = run_()
-    assert span(result) == (upper[0], seen_until) and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result) == (upper[0], seen_until), (span(result), result.stopped)
+    assert result.stopped[1].startswith(CPD_STOP), result.stopped
 
 
 def test_a_blind_priors_stop_stands_for_a_structure_prompted_with_clicks_alone():
@@ -140,4 +142,36 @@ def test_a_blind_priors_stop_stands_for_a_structure_prompted_with_clicks_alone()
     result = run_(unseen_box_only=False)
     assert span(result)[0] == beyond, (span(result), result.stopped)
     result = run_()
-    assert span(result)[0] == root[0] and result.stopped[-1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[0] == root[0] and result.stopped[-1].startswith(CPD_STOP), (span(result), result.stopped)
+    assert result.stopped[-1].endswith("past_prior_unseen: a structure prompted without a box (unseen_box_only)")
+    # beyond the root's other end (air) the section decoded past CPD's stop ends the structure by the contrast rule
+    assert result.stopped[1] == f"{CPD_STOP}, and the section decoded there lost its contrast", result.stopped
+
+
+def test_where_the_rules_past_cpds_stop_keep_no_section_the_reason_says_which_rule_and_why():
+    """Where CPD stops, ``past_prior_seen`` and ``past_prior_unseen`` decode the slice and keep no section there, the
+    stop reason says what each of them found against it, not only that CPD stopped; where no rule decodes past CPD's
+    stop, its reason stands alone."""
+    vol = cusp_volume()
+    maps = tooth_maps(vol)
+    half = maps.by_slice[CUSP[0]].copy()
+    half[:35] = 0  # the prior marks 5 of the cusp's 9 voxels (as in the test above)
+    half[35, :32] = 0
+    maps.by_slice[CUSP[0]] = half
+    kept_none = f"{CPD_STOP}, and no rule keeps the section decoded there: "
+    result = run(vol, maps)
+    assert span(result)[1] == CUSP[0] - 1, (span(result), result.stopped)
+    assert result.stopped[1] == kept_none + ("past_prior_seen: the prior sees 56 % of it, less than 67 %; "
+                                             "past_prior_unseen: the prior sees 56 % of it, more than 33 %")
+    result = run(vol, maps, past_prior_unseen=False)
+    assert result.stopped[1] == kept_none + "past_prior_seen: the prior sees 56 % of it, less than 67 %"
+    # a blind prior and a cusp darker than the crown's enamel: past_prior_unseen's enamel test rejects it
+    vol = cusp_volume(tip=0.8)
+    maps = tooth_maps(vol, blind=CROWN[1:])
+    result = run(vol, maps)
+    assert span(result)[1] == CUSP[0] - 1, (span(result), result.stopped)
+    assert result.stopped[1] == kept_none + ("past_prior_seen: the prior sees 0 % of it, less than 67 %; "
+                                             "past_prior_unseen: its grey 0.80 is below 0.90 (0.95 of the crown's "
+                                             "enamel, 0.95)")
+    result = run(vol, maps, past_prior_in_bone=False, past_prior_seen=False, past_prior_unseen=False)
+    assert span(result)[1] == CROWN[0] and result.stopped[1] == CPD_STOP, (span(result), result.stopped)

@@ -75,9 +75,9 @@ def test_where_cpd_stops_in_bone_the_root_is_followed_as_without_a_prior():
     assert span(result)[0] == APEX, (span(result), result.stopped)
     assert all(result.trace[z].get("past_prior") == 1.0 for z in HIDDEN)
     result = run_root(in_bone, past_prior_in_bone=False)
-    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1].startswith(CPD_STOP), (span(result), result.stopped)
     result = run_root(PROMPT)
-    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1].startswith(CPD_STOP), (span(result), result.stopped)
 
 
 def test_the_priors_stop_stands_outside_bone():
@@ -92,7 +92,7 @@ def test_the_priors_stop_stands_outside_bone():
     plain = Propagator(RootSegmenter(vol), PROMPT, (1.0, 1.0, 2.0), cfg).run()
     assert span(plain)[1] > CROWN[-1], span(plain)
     result = run_prior(maps, PropagationConfig(follow_gap=-np.inf, past_prior_unseen=False))
-    assert span(result)[1] == CROWN[-1] and result.stopped[1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[1] == CROWN[-1] and result.stopped[1].startswith(CPD_STOP), (span(result), result.stopped)
 
 
 def test_on_the_roots_side_the_slices_are_prompted_as_without_a_prior():
@@ -237,4 +237,4 @@ def test_a_dentin_neck_ringed_darker_than_bone_continues_the_bone_chain():
     cfg = PropagationConfig(view_context=0, image_on_root=False, chain_dentin=True)
     result = PriorPropagator(RootSegmenter(tooth_volume(), threshold=0.9), PROMPT, (1.0, 1.0, 2.0), cfg,
                              maps=crown_and_root_maps(tooth_volume())).run()
-    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1] == CPD_STOP, (span(result), result.stopped)
+    assert span(result)[0] == SAM_ROOT[0] and result.stopped[-1].startswith(CPD_STOP), (span(result), result.stopped)

@@ -34,7 +34,7 @@ from scipy import ndimage
 from .prompts import VoxelPrompt
 from .propagation_config import PropagationConfig
 from .slice_sam import SliceSAM, View
-from .stop_rules import OFF, StopRules
+from .stop_rules import CPD_STOP, OFF, StopRules
 from .structure_result import SliceResult, StructureResult
 
 Box = Tuple[float, float, float, float]  # (y0, y1, x0, x1) inclusive voxel coordinates
@@ -156,26 +156,25 @@ class Propagator(StopRules):
         prompts = self.prompts(z, prev)
         past_prior = ""
         if prompts is None:
-            why = "the prior and the carried prompts stop agreeing"
             c = self.cfg
             if not (c.stop_rules and ((c.past_prior_in_bone and prev.in_jaw) or c.past_prior_seen
                                       or (c.past_prior_unseen and prev.on_crown))):
-                return self._cpd_stop(z, prev, why)
+                return self._cpd_stop(z, prev, CPD_STOP)
             # Prompted as without a prior; the prior's veto stands unless a rule below overrules it.
-            prompts, past_prior = (self._grow(prev.mask), self.p.points_on(z)), why
+            prompts, past_prior = (self._grow(prev.mask), self.p.points_on(z)), CPD_STOP
         # decoded only for the prior's own rules (``past_prior_seen``, ``past_prior_unseen``): where they keep no
-        # section, CPD's stop is as before them
+        # section, CPD's stop stands as before them, its reason saying why the section decoded there did not go on
         own = bool(past_prior) and not (self.cfg.past_prior_in_bone and prev.in_jaw)
         box, points = prompts
         logits, low, iou = self.sam.decode(z, box, points, prev.low if self.cfg.mask_prompt else None, self.view)
         if self._inside(logits) < self.cfg.inside_fraction:
-            return self._cpd_stop(z, prev, past_prior) if own else (None, "left the box")
+            return self._cpd_stop(z, prev, _past_cpd("left the box")) if own else (None, "left the box")
         logits = self._cut(logits, box, prev.mask, points)
         area = int((logits > 0).sum())
         small = "vanished" if area == 0 else "too small" if (
             area < self.min_area or area < self.cfg.min_area_fraction * self.primary_area) else ""
         if small and own:
-            return self._cpd_stop(z, prev, past_prior)
+            return self._cpd_stop(z, prev, _past_cpd(small))
         if small:
             return self._follow_vanished(z, prev, small, area) if self.cfg.follow_vanished else (None, small)
         stats = self.measure(z, logits > 0, prev.mask, iou)
@@ -197,17 +196,13 @@ class Propagator(StopRules):
         if past_prior:
             stats["past_prior"] = 1.0
             stats["seen"] = self.seen(z, logits > 0)
-            c = self.cfg
-            kept = ((c.past_prior_in_bone and prev.in_jaw and self.in_jaw(stats))
-                    or (c.past_prior_seen and stats["seen"] >= c.seen_share)
-                    or (c.past_prior_unseen and stats["seen"] <= c.blind_share and prev.on_crown
-                        and not self.on_root(prev) and self.on_crown(stats, prev.crown_grey)))
-            if own and (why or not kept):
-                if not c.follow_past_prior:
+            against = self.past_prior_verdict(stats, prev)  # "": a rule keeps the section
+            if own and (why or against):
+                if not self.cfg.follow_past_prior:
                     self.trace.setdefault(z, stats)
-                return self._cpd_stop(z, prev, past_prior)
-            if not why and not kept:
-                why = past_prior
+                return self._cpd_stop(z, prev, _past_cpd(why, against))
+            if not why and against:
+                why = _past_cpd("", against)
         self.trace.setdefault(z, stats)  # the forward chain's, not the backward chain's between anchors
         if why:
             return None, why
@@ -349,6 +344,15 @@ class Propagator(StopRules):
             else:
                 fwd[z] = back
             prev = back
+
+
+def _past_cpd(ended: str, against: str = "") -> str:
+    """The stop reason where CPD stopped and the section decoded there (for the rules past its stop) did not go on:
+    ``ended``, why that section ended the structure (a stop reason of its own), else ``against``, what the rules
+    found against it (``StopRules.past_prior_verdict``)."""
+    if ended:
+        return f"{CPD_STOP}, and the section decoded there {'is too small' if ended == 'too small' else ended}"
+    return f"{CPD_STOP}, and no rule keeps the section decoded there: {against}"
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -31,7 +31,8 @@
   beside the carried centreline points; the prior's map, not its points, says whether it is tooth), and where the
   prior is blind to a section off the root's side that continues a box-prompted crown's enamel (``past_prior_unseen``:
   as bright as the brightest section so far, ``unseen_brightest``; ``unseen_box_only``); on the root's side the
-  slices are prompted as without a prior (``image_on_root``).
+  slices are prompted as without a prior (``image_on_root``). Where these rules decode the slice past CPD's stop and
+  keep no section, the stop reason says what each found against it (``StopRules.past_prior_verdict``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from ..data.preprocess import normalize
 
 # Logit given to voxels a cut removes (never part of the mask).
 OFF = -20.0
+# Why a structure ends where CPD stops (``context_prompts``) and no rule decodes past it; where one does and keeps no
+# section, the reason goes on to say why (``StopRules.past_prior_verdict``).
+CPD_STOP = "the prior and the carried prompts stop agreeing"
 
 
 class Section(Protocol):
@@ -53,12 +57,15 @@ class Section(Protocol):
     mask: np.ndarray  # on the propagator's view
     narrowest: float
     dentin: int
+    in_jaw: bool
+    on_crown: bool
+    crown_grey: float
 
 
 class StopRules:
     """The stop rules and root following of ``propagate.Propagator``, which provides ``cfg``
-    (``PropagationConfig``), ``sam``, ``view``, ``ring`` and ``follow_px`` (voxels), ``min_area``, and from its
-    primary slice ``primary_area`` and ``primary_stats`` (``measure``)."""
+    (``PropagationConfig``), ``sam``, ``view``, ``ring`` and ``follow_px`` (voxels), ``min_area``, its prompt ``p``,
+    and from its primary slice ``primary_area`` and ``primary_stats`` (``measure``)."""
 
     def measure(self, z: int, mask: np.ndarray, prev: Optional[np.ndarray], iou: float) -> Dict[str, float]:
         """What the stop rules look at on slice z: the mask's area (voxels), SAM's predicted IoU, the mean
@@ -116,8 +123,45 @@ class StopRules:
         """Whether a section measured as ``stats`` holds the crown's enamel (``past_prior_unseen``): its mean grey
         at least ``root_grey`` of the prompted crown's (the enamel test of ``_dentin``), or with
         ``unseen_brightest`` of ``crown``, the brightest section's of the chain so far."""
-        reference = max(crown, self.primary_stats["grey"]) if self.cfg.unseen_brightest else self.primary_stats["grey"]
-        return stats["grey"] >= self.cfg.root_grey * reference
+        return stats["grey"] >= self.cfg.root_grey * self._enamel(crown)
+
+    def _enamel(self, crown: float) -> float:
+        """The grey ``on_crown``'s enamel test is against, given the brightest section of the chain so far."""
+        return max(crown, self.primary_stats["grey"]) if self.cfg.unseen_brightest else self.primary_stats["grey"]
+
+    def past_prior_verdict(self, stats: Dict[str, float], prev: Section) -> str:
+        """Where CPD stopped and the slice was prompted as without a prior, whether a rule keeps its section, measured
+        as ``stats`` (with ``seen``, the share the prior sees) after ``prev``: "" where one does
+        (``past_prior_in_bone``, ``past_prior_seen``, ``past_prior_unseen``), else what each of them that applies
+        found against it, with the measures it went by."""
+        c, seen = self.cfg, stats["seen"]
+        share = f"the prior sees {seen * 100:.0f} % of it"
+        against = []
+        if c.past_prior_in_bone and prev.in_jaw:
+            if self.in_jaw(stats):
+                return ""
+            against.append(f"past_prior_in_bone: it leaves the jaw (its ring {stats.get('ring_median', 0.0):.2f}, "
+                           f"its grey {stats['grey']:.2f}, the prompted crown's {self.primary_stats['grey']:.2f})")
+        if c.past_prior_seen:
+            if seen >= c.seen_share:
+                return ""
+            against.append(f"past_prior_seen: {share}, less than {c.seen_share * 100:.0f} %")
+        if c.past_prior_unseen:
+            if not seen <= c.blind_share:
+                against.append(f"past_prior_unseen: {share}, more than {c.blind_share * 100:.0f} %")
+            elif not prev.on_crown:
+                against.append("past_prior_unseen: a structure prompted without a box (unseen_box_only)"
+                               if self.p.box is None and c.unseen_box_only else
+                               "past_prior_unseen: not every section from the prompted one held the crown's enamel")
+            elif self.on_root(prev):
+                against.append("past_prior_unseen: on the root's side (the bone chain decides there)")
+            elif not self.on_crown(stats, prev.crown_grey):
+                enamel = self._enamel(prev.crown_grey)
+                against.append(f"past_prior_unseen: its grey {stats['grey']:.2f} is below {c.root_grey * enamel:.2f} "
+                               f"({c.root_grey:.2f} of the crown's enamel, {enamel:.2f})")
+            else:
+                return ""
+        return "; ".join(against) or "no rule applies"
 
     def on_root(self, prev: Section) -> bool:
         """Whether the structure is on its root's side of the crown beyond ``prev``: the last ``root_sections``
