@@ -24,9 +24,11 @@ decoded slice: the head reads the embedding the decoder has) and times one head 
 slice embeddings (each way starts with an empty decoder memo, so none reuses another's decoder passes): the box,
 then ``--clicks`` include clicks on the tooth (one slice further from its top end each time, where the prior keeps
 them), answered by the worker's handler first without a prior, then with ``MODEL``, then with ``MODEL`` and the
-rules for a prior that does not mark roots switched off (``past_prior_in_bone``, ``image_on_root``,
-``gap_in_bone``: what those rules cost a click). Per click: seconds, slices decoded again, saliency-head passes;
-and the time of one head pass and one decoder pass. The issue's bar:
+rules for a prior that does not see the whole tooth switched off, so that CPD's stop stands wherever it stops: the
+root rules (``past_prior_in_bone``, ``image_on_root``, ``gap_in_bone``) and the crown rules (``past_prior_seen``,
+``past_prior_unseen``), each of which decodes the slice where CPD stopped to test its section (what those rules cost
+a click). Per click: seconds, slices decoded again, saliency-head passes; and the time of one head pass and one
+decoder pass. The issue's bar:
 a click with the prior costs no more than without, beyond one head pass per newly decoded slice, i.e. (seconds
 with the prior − passes × head pass) per decoded slice against seconds per decoded slice without it.
 """
@@ -149,8 +151,10 @@ def compare_prior(image, truth, lo, hi, args, machine) -> dict:
     plain = PromptedSession(image, precision=args.precision)
     spd = PromptedSession(image, precision=args.precision, prior=args.compare_prior)
     spd._sam = plain.sam  # the same LiteMedSAM and embeddings
-    # the prior without the rules for a prior that does not mark roots: what those rules cost a click
-    old_rules = PropagationConfig(past_prior_in_bone=False, image_on_root=False, gap_in_bone=False)
+    # the prior without the rules for a prior that does not see the whole tooth (roots, crowns), CPD's stop standing
+    # wherever it stops: what those rules cost a click
+    old_rules = PropagationConfig(past_prior_in_bone=False, image_on_root=False, gap_in_bone=False,
+                                  past_prior_seen=False, past_prior_unseen=False)
     spd_old = PromptedSession(image, precision=args.precision, prior=args.compare_prior, propagation=old_rules)
     spd_old._sam = plain.sam
     zs = np.nonzero(truth.any((1, 2)))[0]
@@ -163,7 +167,7 @@ def compare_prior(image, truth, lo, hi, args, machine) -> dict:
     out = {"machine": machine, "volume": [args.slices, args.size, args.size], "fdi": args.fdi}
     sam = plain.sam
     with tempfile.TemporaryDirectory() as tmp:
-        for key, session in (("without", plain), ("with", spd), ("with_root_rules_off", spd_old)):
+        for key, session in (("without", plain), ("with", spd), ("with_root_and_crown_rules_off", spd_old)):
             worker = Worker(precision=args.precision)
             worker.session = session
             name = f"Tooth {args.fdi}"
@@ -205,7 +209,7 @@ def compare_prior(image, truth, lo, hi, args, machine) -> dict:
         maps.maps.clear()
         maps.map(z, view)
     head_ms = (time.perf_counter() - t) / 10 * 1000
-    a, b, o = out["without"]["clicks"], out["with"]["clicks"], out["with_root_rules_off"]["clicks"]
+    a, b, o = out["without"]["clicks"], out["with"]["clicks"], out["with_root_and_crown_rules_off"]["clicks"]
     per = [sum(c["seconds"] for c in a) / max(1, sum(c["decoded"] for c in a)),
            (sum(c["seconds"] for c in b) - head_ms / 1000 * sum(c["saliency_passes"] for c in b))
            / max(1, sum(c["decoded"] for c in b))]
@@ -213,13 +217,13 @@ def compare_prior(image, truth, lo, hi, args, machine) -> dict:
     out.update(decoder_ms=decoder_ms, head_ms=head_ms, seconds_per_decoded_slice_without=per[0],
                seconds_per_decoded_slice_with_less_head=per[1], ratio=per[1] / per[0] if per[0] else None,
                decoded_per_click={"without": decoded[0] / len(a), "with": decoded[1] / len(b),
-                                  "with_root_rules_off": decoded[2] / len(o)})
+                                  "with_root_and_crown_rules_off": decoded[2] / len(o)})
     machine["load_after"] = os.getloadavg()
     print(f"one decoder pass {decoder_ms:.1f} ms, one saliency-head pass {head_ms:.1f} ms; per decoded slice of a "
           f"click: {per[0]:.3f} s without the prior, {per[1]:.3f} s with it less its head passes "
           f"(ratio {out['ratio'] if out['ratio'] is None else round(out['ratio'], 3)}); slices decoded per click: "
           f"{decoded[0]} / {decoded[1]} / {decoded[2]} in all without the prior / with it / with it and the root "
-          "rules off", flush=True)
+          "and crown rules off", flush=True)
     return out
 
 
