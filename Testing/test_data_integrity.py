@@ -49,7 +49,7 @@ def test_real_nii_gz_cut_to_a_third_is_refused(data_dir, tmp_path):
     src = data_dir / "ct-headsq" / "headsq.nii.gz"
     cut = _cut(src, tmp_path / "headsq.nii.gz", 1 / 3)
     # What the reader alone does: the whole grid, the missing two thirds as zeros.
-    alone = sitk.GetArrayViewFromImage(sitk.ReadImage(str(cut)))
+    alone = sitk.GetArrayFromImage(sitk.ReadImage(str(cut)))
     assert alone.shape == (93, 64, 64) and np.count_nonzero(alone[60:]) == 0
     _refused(cut, "is incomplete")
     # One byte short of whole is as incomplete.
@@ -115,7 +115,7 @@ def test_nan_and_infinite_nifti_voxels_are_counted(tmp_path, suffix):
     path = tmp_path / f"nan{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
     # What the reader alone does: the three voxels become zeros.
-    alone = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
+    alone = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     assert np.isfinite(alone).all() and alone[2, 3, 4] == 0
     _refused(path, "has 3 voxels that are NaN or infinite")
 

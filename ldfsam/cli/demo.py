@@ -60,7 +60,7 @@ def _run(args) -> int:
             output, force = ldfsam_home() / "demo" / "ldfsam-demo.seg.nrrd", True
         result = segment_volume(phantom, output, model=args.model, device=args.device, progress=progress,
                                 force=force, encoder=args.encoder)
-        truth = sitk.GetArrayViewFromImage(read_volume(truth_path, label=True)) > 0
+        truth = sitk.GetArrayFromImage(read_volume(truth_path, label=True)) > 0  # a view would outlive its image
         pred = result.labels > 0
         inter = int(np.count_nonzero(pred & truth))
         total = int(np.count_nonzero(pred)) + int(np.count_nonzero(truth))
