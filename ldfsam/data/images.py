@@ -8,7 +8,7 @@ decodes the whole file, so an image cut short is an InputError naming it, as is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Dict, Tuple, Union
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ..errors import InputError
 PathLike = Union[str, Path]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_THRESHOLD = 127  # foreground above this grey value (JPEG masks)
+# The flips of an image (C×H×W tensors: -1 horizontal, -2 vertical), the first being the image itself: Phase 2's
+# flip augmentation (finetune/flip_augment.py) and test-time flips (infer/predict_2d.py) use the same ones.
+FLIPS: Dict[str, Tuple[Tuple[int, ...], ...]] = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))}
 
 
 def _decode(path: PathLike, what: str, convert=None) -> np.ndarray:

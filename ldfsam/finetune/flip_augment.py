@@ -13,26 +13,24 @@ Measured on Kvasir-SEG: docs/training.md, "Fifth series".
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 
+from ..data.images import FLIPS
 from .config import FlipAugment
 from .sampler import ResumableBatchSampler
 
-# The flipped axes of each variant (-1 horizontal, -2 vertical); variant 0 is the image itself.
-VARIANTS: Dict[str, Tuple[Tuple[int, ...], ...]] = {"none": ((),), "h": ((), (-1,)),
-                                                     "hv": ((), (-1,), (-2,), (-2, -1))}
 # Item fields that are images of the item's grid (C×H×W): flipped with it. Everything else is kept as it is.
 SPATIAL = ("sam_image", "yolo_image", "mask", "valid")
 
 
 class FlipVariants(torch.utils.data.Dataset):
-    """The items of ``dataset`` and their flips: index ``v * N + i`` is item ``i`` under ``VARIANTS[flips][v]``."""
+    """The items of ``dataset`` and their flips: index ``v * N + i`` is item ``i`` under ``FLIPS[flips][v]``."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, flips: FlipAugment):
         self.dataset, self.flips = dataset, flips
-        self.dims = VARIANTS[flips]
+        self.dims = FLIPS[flips]
         self.base = len(dataset)
 
     def __len__(self) -> int:
@@ -73,8 +71,8 @@ def check_flips(flips: str, class_names: List[str], psc: bool) -> None:
     """Refuse flip augmentation where it would teach wrong labels (several classes) or break slice pairs (PSC)."""
     from ..errors import ConfigError
 
-    if flips not in VARIANTS:
-        raise ConfigError(f"FinetuneConfig: flip_augment must be one of {', '.join(VARIANTS)}, not {flips!r}")
+    if flips not in FLIPS:
+        raise ConfigError(f"FinetuneConfig: flip_augment must be one of {', '.join(FLIPS)}, not {flips!r}")
     if flips == "none":
         return
     if len(class_names) != 1:

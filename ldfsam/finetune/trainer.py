@@ -26,7 +26,7 @@ from .config import FinetuneConfig
 from .data import RunData
 from .embedding_cache import EmbeddingCache, FromEmbeddings, encode_dataset, encoder_fingerprint, encoder_is_frozen
 from .feature_cache import FeatureCache, ItemNotes, cache_features, features_cacheable, generator_fingerprint
-from .flip_augment import VARIANTS, FlipVariants, VariantBatchSampler, check_flips
+from .flip_augment import FLIPS, FlipVariants, VariantBatchSampler, check_flips
 from .gt_boxes import BoxPrompted, boxes_from_masks
 from .loss import dice_bce_loss, hard_dice
 from .optim import make_optimizer, set_lr
@@ -112,7 +112,7 @@ class Trainer:
                               f"{model_cfg.prompt_mode!r}")
         # Flip augmentation: the flips are training items of their own, encoded and cached like the others.
         check_flips(cfg.flip_augment, list(model_cfg.class_names), psc_enabled(cfg, data))
-        self.variants = 1 if self.zero_shot else len(VARIANTS[cfg.flip_augment])
+        self.variants = 1 if self.zero_shot else len(FLIPS[cfg.flip_augment])
         if self.variants > 1:
             self.data.train = FlipVariants(self.data.train, cfg.flip_augment)
         self.cached = cfg.embedding_cache == "auto" and encoder_is_frozen(self.model)

@@ -10,14 +10,12 @@ encoder passes). Volumes never flip: a tooth model's classes are sides of the ja
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 
+from ..data.images import FLIPS
 from ..errors import InputError
-
-# The flipped axes of each pass (-1 horizontal, -2 vertical); the passes' logits, flipped back, are averaged.
-FLIPS: Dict[str, Tuple[Tuple[int, ...], ...]] = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))}
 
 
 def flip_mean(decode: Callable, sam, yolo, flips: str = "none"):
