@@ -10,7 +10,7 @@ import torch
 from test_model_lite import lite_home, lite_model  # noqa: F401 - lite_home is a fixture
 
 from ldfsam.errors import InputError
-from ldfsam.evaluate.model_eval import flip_mean
+from ldfsam.infer.predict_2d import flip_mean
 
 
 def test_flip_mean_flips_each_pass_back():

@@ -30,10 +30,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ldfsam.data.images import FLIPS as IMAGE_FLIPS  # noqa: E402
+
 NO_BOX = -50.0  # box mode's "no object" logit is -100
 # The variants a user can run with one model file: ldfsam segment / evaluate --flips none|h|hv [--refine].
 PRODUCT = ("ds", "ds_h", "ds_hv", "ds+ref", "ds_h+ref", "ds_hv+ref")
-FLIPS = {"": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
+# Each flip on its own (the passes of the product's four-flip mean, ``ldfsam.data.images.FLIPS["hv"]``), so that the
+# variants can combine them.
+FLIPS = dict(zip(("", "h", "v", "hv"), IMAGE_FLIPS["hv"]))
 
 
 def logits_of(ds_path: Path, box_path: Path, data: Path, ids, precision: str) -> dict:

@@ -14,10 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..infer.predict_2d import FLIPS, check_test_flips, flip_mean, predict_2d
+from ..infer.predict_2d import check_test_flips, predict_2d
 from .metrics import DEFAULT_TOLERANCE_MM, pair_metrics
-
-__all__ = ["FLIPS", "evaluate_model", "flip_mean", "select_cases"]
 
 
 def select_cases(folder: Path, splits_file: Optional[str], split: str, ids: Optional[Sequence[str]] = None):
@@ -54,8 +52,9 @@ def evaluate_model(model: str, data: Path, splits_file: Optional[str] = None, sp
     (``ldfsam.infer.refine``; 2D images, lite models). ``precision`` of 2D images (auto, fp32, bf16; auto: the
     precision Phase 2 picks on this machine, ``finetune.precision``): the embeddings come from the cache of that
     precision, shared with Phase 2's runs of the same encoder (volumes: the pipeline's own precision). ``flips``
-    (``FLIPS``: none, h, hv; 2D images, lite feature-prompt or auto models): test-time flips, the logits averaged
-    over the image and its horizontal (h) or also vertical and both (hv) flips, before the refinement pass."""
+    (``predict_2d.FLIPS``: none, h, hv; 2D images, lite feature-prompt or auto models): test-time flips, the logits
+    averaged over the image and its horizontal (h) or also vertical and both (hv) flips, before the refinement
+    pass."""
     from ..data.labels import map_labels
 
     kind, cases = select_cases(Path(data), splits_file, split, ids)
