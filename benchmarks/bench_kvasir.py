@@ -176,6 +176,12 @@ def main() -> int:
     p.add_argument("--refine", action="store_true",
                    help="lite: also evaluate every feature-prompt model with the refinement pass (rows MODE+refine)")
     p.add_argument("--prepared", type=Path, help="reuse this prepared Kvasir folder (default: --out/prepared)")
+    p.add_argument("--hold-out", type=int, default=0,
+                   help="hold this many training images out of every budget's training, stratified by polyp area "
+                        "(kvasir_variants.stratified_by_area); they become what the run selects on (Phase 1's "
+                        "validation, Phase 2's checkpoint selection, the box confidence, auto's threshold, and "
+                        "kvasir_variants.py --selection-from held-out), and no stage sees a validation image before "
+                        "it is scored (a prepared folder of their own: --out/prepared-holdout<N>)")
     p.add_argument("--eval-precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="precision of the evaluations (default auto: the one Phase 2 trains in on this machine, so "
                         "a model is scored on embeddings of the precision it was trained on; fp32: the runs before "
@@ -220,8 +226,12 @@ def main() -> int:
             prepare_dataset(args.data, prepared, pre,
                             PrepareOptions(kind="2d", test_count=0, val_fraction=0.1, seed=args.seed,
                                            budgets=budgets, yolo=True), progress=Progress("none"))
+    if args.hold_out:
+        prepared = hold_out(args.data, prepared, args.hold_out, out / f"prepared-holdout{args.hold_out}")
     pd = PreparedData(prepared)
-    val_ids = pd.case_ids("val")
+    val_ids = pd.case_ids("test" if args.hold_out else "val")  # the images scored
+    if args.hold_out:
+        results["held_out"] = {"prepared": str(prepared), "selection": pd.case_ids("val"), "scored": val_ids}
     for budget in budgets:
         run_budget(args, out, env, pd, prepared, budget, val_ids, modes, sam_size, yolo_size, results, clock)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -240,6 +250,42 @@ def main() -> int:
           f"invocation finished keep its figures):\n{clock.table()}")
     print(f"\nresults: {out / 'results.json'}")
     return 0
+
+
+def hold_out(data: Path, prepared: Path, count: int, dest: Path) -> Path:
+    """A prepared folder like ``prepared`` whose ``count`` training images, stratified by polyp area, no budget trains
+    on: they are its ``val`` split (what a run selects on), the validation images its ``test`` split (what the run
+    scores), the training images the rest in their order (so budgets stay nested). The case cache is shared (a link);
+    the YOLO datasets are exported again for the new splits. Found again in ``dest`` when made before."""
+    import shutil
+
+    from ldfsam.data.prepared import MANIFEST, PreparedData
+    from ldfsam.data.splits import read_splits, write_split_ids
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kvasir_variants import stratified_by_area
+
+    source = PreparedData(prepared)
+    held = stratified_by_area(data, source.case_ids("train"), count)
+    train = [i for i in source.case_ids("train") if i not in set(held)]
+    val = source.case_ids("val")
+    if (dest / MANIFEST).is_file():
+        made = read_splits(dest / "splits.json")
+        if (made.train, sorted(made.val), made.test) != (train, held, val):
+            raise SystemExit(f"{dest} holds other splits than --hold-out {count} of {prepared}: remove it")
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    if not (dest / "cache").exists():
+        (dest / "cache").symlink_to((prepared / "cache").resolve(), target_is_directory=True)
+    shutil.copyfile(prepared / "preprocess.json", dest / "preprocess.json")
+    write_split_ids({"train": train, "val": held, "test": val}, dest / "splits.json", seed=source.splits.seed,
+                    val_fraction=source.splits.val_fraction, held_out_from_train=count,
+                    protocol=f"{prepared}'s splits; val: {count} of its training images stratified by polyp area, "
+                             "held out of training; test: its validation images")
+    manifest = {k: v for k, v in source.manifest.items() if k != "yolo"}  # exported again for the new splits
+    manifest["summary"] = {**manifest.get("summary", {}), "train": len(train), "val": len(held), "test": len(val)}
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return dest
 
 
 def _alpha(model_path: Path):

@@ -12,7 +12,9 @@ segment`` / ``evaluate --flips none|h|hv [--refine]``). The selection images: ``
 ``--selection`` evenly spread validation images Phase 2 selects its checkpoint on (docs/training.md, "Fourth series":
 24 that were mostly clean single detections, so the rule leaned to the box); ``--selection-from train`` that many
 training images outside the models' ``--budget`` (never a validation image, never one the budget's detector or
-decoder trained on), stratified by polyp area ("Fifth series").
+decoder trained on), stratified by polyp area ("Fifth series"); ``--selection-from held-out`` the training images a
+``bench_kvasir.py --hold-out`` run kept out of every model's training (at the full budget, where no training image
+is left over; "Sixth series").
 
     python benchmarks/kvasir_variants.py --ds RUN/b100-finetune-dense_sparse/model.safetensors \\
         --box RUN/b100-finetune-box/model.safetensors --prepared RUN/prepared --out variants-b100.json
@@ -113,26 +115,47 @@ def variants(refine: bool):
     return out
 
 
-def stratified_selection(data: Path, prepared: Path, budget: float, count: int) -> list:
-    """``count`` images of the training split outside the budget's training images (never validation images, never
-    images a budget's model or detector was trained on), stratified by the reference's area: the candidates sorted by
-    their masks' area fraction, then evenly spread over that order (``finetune.data._limit``), so small, medium and
-    large polyps are in the set as in the dataset."""
+def stratified_by_area(data: Path, candidates, count: int) -> list:
+    """``count`` of the images ``candidates`` stratified by the reference's area: sorted by their masks' area fraction,
+    then evenly spread over that order (``finetune.data._limit``), so small, medium and large polyps are in the set as
+    in the dataset. Also the images ``bench_kvasir.py --hold-out`` keeps out of training."""
     import numpy as np
 
     from ldfsam.data.images import read_mask_image
-    from ldfsam.data.prepared import PreparedData
     from ldfsam.evaluate.model_eval import select_cases
     from ldfsam.finetune.data import _limit
+
+    candidates = list(candidates)
+    if len(candidates) < count:
+        raise SystemExit(f"only {len(candidates)} candidate images for a selection set of {count}")
+    area = {c.case_id: float(np.mean(read_mask_image(c.label))) for c in select_cases(data, None, "train",
+                                                                                        candidates)[1]}
+    return sorted(_limit(sorted(candidates, key=lambda i: (area[i], i)), count))
+
+
+def stratified_selection(data: Path, prepared: Path, budget: float, count: int) -> list:
+    """``count`` images of the training split outside the budget's training images (never validation images, never
+    images a budget's model or detector was trained on), stratified by the reference's area (``stratified_by_area``)."""
+    from ldfsam.data.prepared import PreparedData
 
     pd = PreparedData(prepared)
     used = set(pd.case_ids("train", budget))
     candidates = [i for i in pd.case_ids("train") if i not in used]
     if len(candidates) < count:
         raise SystemExit(f"only {len(candidates)} training images lie outside the {budget:.0%} budget, not {count}")
-    area = {c.case_id: float(np.mean(read_mask_image(c.label))) for c in select_cases(data, None, "train",
-                                                                                        candidates)[1]}
-    return sorted(_limit(sorted(candidates, key=lambda i: (area[i], i)), count))
+    return stratified_by_area(data, candidates, count)
+
+
+def held_out_splits(prepared: Path) -> tuple:
+    """(selection, scored) of a prepared folder that ``bench_kvasir.py --hold-out`` made: its held-out training images
+    (the folder's ``val`` split, what the run selected on) and the validation images (its ``test`` split)."""
+    from ldfsam.data.splits import read_splits
+
+    doc = json.loads((prepared / "splits.json").read_text(encoding="utf-8"))
+    if not doc.get("held_out_from_train"):
+        raise SystemExit(f"{prepared} holds no held-out training images (made by bench_kvasir.py --hold-out)")
+    splits = read_splits(prepared / "splits.json")
+    return sorted(splits.val), sorted(splits.test)
 
 
 def dice(logits, ref) -> float:
@@ -156,9 +179,11 @@ def main() -> int:
                    help="images the rule chooses on: with --selection-from val (default) the first of the validation "
                         "images evenly spread (24: the checkpoint-selection images of bench_kvasir); with train, "
                         "this many training images outside --budget, stratified by polyp area")
-    p.add_argument("--selection-from", choices=["val", "train"], default="val",
+    p.add_argument("--selection-from", choices=["val", "train", "held-out"], default="val",
                    help="val: choose on validation images (the earlier rule); train: on training images no model of "
-                        "the budget saw (never on the validation images the rows report)")
+                        "the budget saw (never on the validation images the rows report); held-out: on the training "
+                        "images bench_kvasir.py --hold-out kept out of every model's training (--prepared is that "
+                        "run's prepared folder; the rows report its validation images)")
     p.add_argument("--budget", type=float, default=0.1,
                    help="with --selection-from train: the models' annotation budget (its training images excluded)")
     p.add_argument("--no-refine", action="store_true", help="leave out the refinement-pass variants")
@@ -171,10 +196,14 @@ def main() -> int:
     from ldfsam.evaluate.bootstrap import bootstrap_mean_ci, paired_difference
     from ldfsam.finetune.data import _limit
 
-    val_ids = sorted(read_splits(args.prepared / "splits.json").val)
+    if args.selection_from == "held-out":
+        held, val_ids = held_out_splits(args.prepared)
+        selection = set(held)
+    else:
+        val_ids = sorted(read_splits(args.prepared / "splits.json").val)
     if args.selection_from == "val":
         selection = set(_limit(val_ids, args.selection))
-    else:
+    elif args.selection_from == "train":
         selection = set(stratified_selection(args.data, args.prepared, args.budget, args.selection))
     records = logits_of(args.ds, args.box, args.data, sorted(set(val_ids) | selection), args.precision)
     ids = val_ids  # the rows: the validation images (with --selection-from train, none of them chooses)
