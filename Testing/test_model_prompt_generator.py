@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -77,6 +78,26 @@ def test_has_objects_is_whether_nms_keeps_a_box():
             splits += 0 < int(has.sum()) < len(has)
     assert splits == 3
 
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_has_objects_runs_only_the_class_branch_with_the_full_heads_answer(bf16):
+    """Whether a slice holds teeth needs only the class scores: the box branch does not run, and the answer is the
+    full head's exactly, also at thresholds equal to an image's best score and under bf16 autocast."""
+    torch.manual_seed(2)
+    gen = PromptGenerator(PromptGeneratorConfig(scale="n", num_classes=1, image_size=128)).eval()
+    gen.detector.fuse(verbose=False)  # as the slice predictor runs it
+    feats = tuple(torch.randn(8, c, 128 // s, 128 // s) for c, s in zip(gen.feature_channels, (8, 16, 32)))
+    box_calls = []
+    for branch in gen.head.cv2:
+        branch.register_forward_hook(lambda *_: box_calls.append(1))
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), context:
+        best = gen._head_predictions(feats)[:, 4].amax(dim=1).float()
+        box_calls.clear()
+        for conf in best.tolist() + torch.quantile(best, torch.tensor([0.3, 0.7])).tolist():
+            assert torch.equal(gen.has_objects(feats, conf=conf), best > conf)
+    assert box_calls == []
 
 def test_weight_file_round_trip_and_build(tmp_path, generator):
     from ldfsam.model.build import build_model

@@ -84,6 +84,35 @@ def _done(progress: Progress, result: SegmentationResult, output: Optional[PathL
                   segments=len(result.segment_names), seconds=round(result.timings["total"], 3), **result.outputs)
 
 
+class _Loading:
+    """:func:`load_model` on a thread of its own; :meth:`result` waits for it and raises its error, if any."""
+
+    def __init__(self, model: Any, dtype) -> None:
+        import threading
+
+        self._model, self._dtype = model, dtype
+        self._loaded: Any = None
+        self._error: Optional[BaseException] = None
+        self.seconds = 0.0
+        # A daemon: an input error or a cancel while it loads need not wait for it.
+        self._thread = threading.Thread(target=self._run, name="ldfsam-load-model", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t = time.perf_counter()
+        try:
+            self._loaded = load_model(self._model, encoder_dtype=self._dtype)
+        except BaseException as e:  # handed to the caller in result()
+            self._error = e
+        self.seconds = time.perf_counter() - t
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._loaded
+
+
 def segment_image(image: sitk.Image, model, *, options: Optional[SegmentOptions] = None, device: str = "auto",
                   progress: Optional[Progress] = None, name: str = "volume",
                   should_stop: Optional[Callable[[], bool]] = None,
@@ -155,14 +184,19 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
         pre = read_checkpoint_configs(model_file)[1]
     else:
         pre = model.preprocess
+    # The model file loads on a thread of its own while the volume is read and planned: reading, planning and
+    # building the model each keep one core busy (0.3-0.5 s each; docs/segmentation.md, "Headroom").
+    loading = _Loading(model if model_file is None else model_file, dtype)
     image = read_input(input, options.spacing)
     plan = plan_slices(image, pre, slice_spacing, input.name, input, progress)
     del image  # the model slices' grey values are all that is needed from here on
     t = time.perf_counter()
-    loaded = load_model(model if model_file is None else model_file, encoder_dtype=dtype)
-    timings = {"load": time.perf_counter() - t}
+    loaded = loading.result()
+    # "load": the model's own loading time, most of it beside reading and planning; "prepare": the rest until both
+    # are ready.
+    timings = {"load": loading.seconds}
     t1 = time.perf_counter()
-    timings["prepare"] = t1 - t0 - timings["load"]
+    timings["prepare"] = t - t0
     try:
         prediction = predict(loaded, plan, options, dev, dtype, progress, should_stop, keep_slices)
     except Cancelled as e:

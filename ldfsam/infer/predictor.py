@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,6 +20,34 @@ from .row_threads import RowThreads
 EMPTY_LOGIT = -20.0
 # A slice decoded between two encoded ones: (embedding a, embedding b, weight of b), each embedding D×G×G.
 Between = Tuple[torch.Tensor, torch.Tensor, float]
+
+
+@dataclass
+class Screened:
+    """A batch after the prompt generator (:meth:`SlicePredictor.screen`): per row, the SAM input, the prompt
+    features, the detections (box prompts only) and whether it holds teeth."""
+
+    sam: torch.Tensor  # B×3×S×S
+    features: Tuple[torch.Tensor, ...]  # the prompt generator's P3/P4/P5, B×...
+    detections: Optional[List[torch.Tensor]]  # per row (models prompted with boxes), else None
+    keep: torch.Tensor  # B bool, on the CPU
+
+    def rows(self, rows: Sequence[int]) -> Screened:
+        """These rows only, in this order."""
+        at = torch.tensor(list(rows), dtype=torch.long)
+        dev = at.to(self.sam.device)
+        return Screened(self.sam.index_select(0, dev), tuple(f.index_select(0, dev) for f in self.features),
+                        None if self.detections is None else [self.detections[r] for r in rows], self.keep[at])
+
+    @staticmethod
+    def join(parts: Sequence[Screened]) -> Screened:
+        """Several batches' rows as one batch, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        detections = None if parts[0].detections is None else [d for p in parts for d in p.detections]
+        return Screened(torch.cat([p.sam for p in parts]),
+                        tuple(torch.cat(f) for f in zip(*(p.features for p in parts))), detections,
+                        torch.cat([p.keep for p in parts]))
 
 
 def _fused_generator(model: torch.nn.Module) -> torch.nn.Module:
@@ -149,13 +178,17 @@ class SlicePredictor:
         ``between`` (B entries, None or (embedding a, embedding b, w)): a slice with an entry that holds teeth is
         not encoded; the decoder gets ``lerp(a, b, w)`` instead, with the slice's own prompt features.
         """
-        model = self.model
-        self.embeddings = {}
+        screened = self.screen(slices, keep)
+        return self.finish(screened, between), screened.keep
+
+    @torch.inference_mode()
+    def screen(self, slices: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Screened:
+        """The first half of :meth:`predict`: the model inputs, the prompt generator's features and which slices
+        hold teeth (``keep`` overrides it). :meth:`finish` takes it on, also several batches' rows joined."""
         t = time.perf_counter()
         sam, yolo = self.inputs(slices)
         t = self._tick("inputs", t)
         n = slices.shape[0]
-        c = len(model.cfg.class_names)
         with self._autocast():
             features = self._rows(self.generator.features, n, yolo)
         t = self._tick("prompt_features", t)
@@ -169,9 +202,20 @@ class SlicePredictor:
                 # Which slices hold teeth needs no boxes (feature prompts do not use them): no NMS, and the
                 # head runs in the backbone's precision.
                 with self._autocast():
-                    keep = self.generator.has_objects(features, conf=model.cfg.box_conf).cpu()
-        t = self._tick("detect", t)
-        keep = keep.to(torch.bool).cpu()
+                    keep = self.generator.has_objects(features, conf=self.model.cfg.box_conf).cpu()
+        self._tick("detect", t)
+        return Screened(sam, tuple(features), detections, keep.to(torch.bool).cpu())
+
+    @torch.inference_mode()
+    def finish(self, screened: Screened, between: Optional[Sequence[Optional[Between]]] = None) -> torch.Tensor:
+        """The second half of :meth:`predict`: the encoder and the decoder on the rows that hold teeth -> logits
+        B×C×S×S float32 on the CPU (EMPTY_LOGIT on the others)."""
+        model = self.model
+        self.embeddings = {}
+        t = time.perf_counter()
+        keep, sam, features, detections = screened.keep, screened.sam, screened.features, screened.detections
+        n = keep.shape[0]
+        c = len(model.cfg.class_names)
         out = torch.full((n, c, self.sam_size, self.sam_size), EMPTY_LOGIT, dtype=torch.float32)
         idx = torch.nonzero(keep).flatten()
         self.saliency = None
@@ -179,7 +223,7 @@ class SlicePredictor:
             if self.want_saliency:
                 grid = self.sam_size // 4  # SAM's embedding grid (64 for 256-pixel inputs)
                 self.saliency = torch.full((n, 1, grid, grid), EMPTY_LOGIT, dtype=torch.float32)
-            return out, keep
+            return out
         sel = idx.to(self.device)
         rows = idx.tolist()
         mixed = [k for k, j in enumerate(rows) if between is not None and between[j] is not None]
@@ -203,7 +247,7 @@ class SlicePredictor:
             feats = tuple(f.index_select(0, sel) for f in features)
             boxes = None
             if self._needs_boxes():
-                boxes = [detections[i] for i in idx.tolist()]
+                boxes = [detections[i] for i in rows]
             logits = self._rows(model.decode, len(rows), embeddings, feats, boxes)
             if self.refiner is not None:
                 logits = self.refiner.refine(embeddings, logits)
@@ -215,7 +259,7 @@ class SlicePredictor:
         self._tick("decoder", t)
         self.encoded += len(encode)
         self.interpolated += len(mixed)
-        return out, keep
+        return out
 
     def _tick(self, stage: str, t0: float) -> float:
         now = time.perf_counter()

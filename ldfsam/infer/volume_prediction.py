@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -91,7 +91,22 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
              if plan.adaptive else f"{m} (every {every})" if m < nz else f"{m} (every slice)")
     progress.start("segment", total=m, message=f"segmenting {plan.name}: {nz} slices of {nx}x{ny}, the model on "
                    f"{where}", batch=memory.batch, device=str(device), precision=str(dtype).replace("torch.", ""))
-    while (chosen := schedule.next_batch(memory.batch)) is not None:
+    queue = _Queue(predictor, memory.batch)
+    while True:
+        if not schedule.pending:  # the level's last batch is screened: finish it before choosing the next level
+            queue.drain()
+        for chosen, logits, has in queue.done():
+            embeddings.update({i: queue.embeddings.pop(i) for i in chosen if i in queue.embeddings})
+            if saliency is not None:
+                saliency.update({int(plan.positions[i]): queue.saliency.pop(i, None) for i in chosen})
+            with_teeth += int(has.sum())
+            schedule.record(chosen, logits, has)
+            for i in [i for i in embeddings if not schedule.may_be_neighbour(i)]:  # 4 MB each: only those needed
+                del embeddings[i]
+            progress.update("segment", schedule.resolved, m, slices_with_teeth=with_teeth,
+                            model_slices=schedule.model_slices)
+        if (chosen := schedule.next_batch(memory.batch)) is None:
+            break
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled; no output was written")
         block = normalize(plan.slices[chosen], plan.window)
@@ -101,20 +116,76 @@ def predict(loaded, plan: SlicePlan, options: SegmentOptions, device, dtype, pro
         between = None
         if predictor.keep_embeddings:
             between = [_between(schedule, embeddings, plan.positions, i, reach) for i in chosen]
-        logits, has = predictor.predict(torch.from_numpy(block), keep, between)
-        embeddings.update({chosen[j]: e for j, e in predictor.embeddings.items()})
-        if saliency is not None:
-            saliency.update({int(plan.positions[i]): predictor.saliency[j] if h else None
-                             for j, (i, h) in enumerate(zip(chosen, has.tolist()))})
-        with_teeth += int(has.sum())
-        schedule.record(chosen, logits, has)
-        for i in [i for i in embeddings if not schedule.may_be_neighbour(i)]:  # 4 MB each: only those still needed
-            del embeddings[i]
-        progress.update("segment", schedule.resolved, m, slices_with_teeth=with_teeth,
-                        model_slices=schedule.model_slices)
+        queue.add(chosen, predictor.screen(torch.from_numpy(block), keep), between)
     return Prediction(labels, probs, with_teeth, schedule.model_slices, memory.batch,
                       {f"predict.{k}": round(v, 3) for k, v in predictor.times.items()},
                       None if saliency is None else saliency_map(saliency, plan.shape), predictor.encoded)
+
+
+class _Queue:
+    """Batches screened by the prompt generator whose slices with teeth wait for the encoder and decoder, so that
+    these run on full batches of ``size`` rows taken across the screened ones: a batch of candidates holds an odd
+    number of tooth slices as often as not, and the last one would run alone, the second core barely helping
+    (``row_threads``; docs/segmentation.md). Which slices run is the schedule's alone: a batch is handed back
+    (:meth:`done`) once all its tooth slices are decoded, in order, and everything is drained before the schedule
+    chooses its next level, so the same slices run on the same inputs as batch by batch."""
+
+    def __init__(self, predictor, size: int) -> None:
+        self.predictor, self.size = predictor, max(1, size)
+        # Per screened batch: [candidates, screened rows, logits, between, tooth rows not yet decoded].
+        self.batches: List[list] = []
+        self.teeth: List[Tuple[int, int]] = []  # (batch, row) of the tooth slices waiting, in order
+        self.first = 0  # number of the batch at self.batches[0]
+        self.embeddings: Dict[int, Any] = {}  # candidate -> its embedding (SlicePredictor.keep_embeddings)
+        self.saliency: Dict[int, Any] = {}  # candidate -> the head's logits of a tooth slice (want_saliency)
+
+    def add(self, chosen: List[int], screened, between) -> None:
+        import torch
+
+        from .predictor import EMPTY_LOGIT
+
+        n, c = len(chosen), len(self.predictor.model.cfg.class_names)
+        size = self.predictor.sam_size
+        rows = torch.nonzero(screened.keep).flatten().tolist()
+        logits = torch.full((n, c, size, size), EMPTY_LOGIT, dtype=torch.float32)
+        number = self.first + len(self.batches)
+        self.batches.append([chosen, screened, logits, between, len(rows)])
+        self.teeth.extend((number, r) for r in rows)
+        while len(self.teeth) >= self.size:
+            self._run(self.size)
+
+    def drain(self) -> None:
+        while self.teeth:
+            self._run(self.size)
+
+    def done(self):
+        """The batches whose tooth slices are all decoded, in order: (candidates, logits, has teeth)."""
+        while self.batches and self.batches[0][4] == 0:
+            chosen, screened, logits, _, _ = self.batches.pop(0)
+            self.first += 1
+            yield chosen, logits, screened.keep
+
+    def _run(self, count: int) -> None:
+        from .predictor import Screened
+
+        run, self.teeth = self.teeth[:count], self.teeth[count:]
+        parts, between = [], []
+        for number in sorted({number for number, _ in run}):
+            batch = self.batches[number - self.first]
+            rows = [row for n, row in run if n == number]
+            parts.append(batch[1].rows(rows))
+            between.extend(None if batch[3] is None else batch[3][row] for row in rows)
+        joined = Screened.join(parts)
+        pred = self.predictor
+        out = pred.finish(joined, between if any(b is not None for b in between) else None)
+        for k, (number, row) in enumerate(run):
+            batch = self.batches[number - self.first]
+            batch[2][row] = out[k]
+            batch[4] -= 1
+            if k in pred.embeddings:
+                self.embeddings[batch[0][row]] = pred.embeddings[k]
+            if pred.want_saliency and pred.saliency is not None:
+                self.saliency[batch[0][row]] = pred.saliency[k]
 
 
 def _between(schedule: SliceSchedule, embeddings: Dict[int, Any], positions: np.ndarray, i: int, reach: float):

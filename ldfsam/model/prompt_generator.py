@@ -87,8 +87,15 @@ class PromptGenerator(nn.Module):
     def has_objects(self, features: Tuple[torch.Tensor, ...], conf: float = 0.25) -> torch.Tensor:
         """B bool: whether :meth:`detect_from_features` would return a box scoring above ``conf``, without NMS
         (which always keeps the best-scoring candidate, so the answer is whether any candidate scores above)."""
-        preds = self._head_predictions(features)
-        return preds[:, 4:4 + self.cfg.num_classes].amax(dim=(1, 2)).float() > conf
+        head = self.head
+        if getattr(head, "end2end", False) or getattr(head, "one2one_cv2", None) is not None:
+            preds = self._head_predictions(features)
+            return preds[:, 4:4 + self.cfg.num_classes].amax(dim=(1, 2)).float() > conf
+        # Only the class branch decides: the box branch (3×3 convolutions at 64 channels on every level) is most of
+        # the head's work, and the sigmoid is monotone, so the best score is the sigmoid of the best class logit:
+        # the same answer exactly, in either precision.
+        best = torch.stack([head.cv3[i](f).amax(dim=(1, 2, 3)) for i, f in enumerate(features)], 1).amax(1)
+        return best.sigmoid().float() > conf
 
     def detect(self, image: torch.Tensor, conf: float = 0.25, iou: float = 0.7,
                max_det: int = 300) -> List[torch.Tensor]:
