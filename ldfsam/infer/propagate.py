@@ -13,8 +13,8 @@ Rules (``PropagationConfig`` holds the numbers):
   3D box's rectangle, and never goes past the 3D box's (or the ``slices``) range. A slice with include points
   beyond a stop starts propagation afresh there (prompted by its points and the 3D box's rectangle, if any).
 - Where the structure ends (``stop_rules``: contrast against a ring, a jump off the previous mask) and following a
-  root through the bone where SAM's mask leaves it (``follow``, with the gap guard lifted on the root's side):
-  ``stop_rules.StopRules``, whose docstring has the rules.
+  root through the bone where SAM's mask leaves it (``follow``, with the gap guard lifted on the root's side, and
+  its last section, ``follow_tip``, off by default): ``stop_rules.StopRules``, whose docstring has the rules.
 - Cross-slice consistency: every prompted slice is an anchor. Between two consecutive anchors a and b on one side,
   the slices are propagated from a towards b and from b back towards a, and the two logits are blended linearly
   by distance (weight |z − a| / |b − a| for b's), so each slice agrees with the nearer prompt and the result
@@ -152,7 +152,26 @@ class Propagator(StopRules):
         return SliceResult(logits, low, iou) if (logits > 0).sum() >= self.min_area else None
 
     def step(self, z: int, prev: SliceResult) -> Tuple[Optional[SliceResult], str]:
-        """Slice z prompted from its neighbour's result; (None, why) where propagation stops."""
+        """Slice z prompted from its neighbour's result; (None, why) where propagation stops. Where it stops on a
+        root's side, the root's last section there (``StopRules.tip``) and then the stop."""
+        if prev.ended:
+            return None, prev.ended
+        result, why = self._step(z, prev)
+        if result is not None or not why or why.endswith("left the box"):
+            return result, why
+        tip = self.tip(z, prev)
+        if tip is None:
+            return None, why
+        logits, stats = tip
+        stopped = self.trace.get(z, {})
+        stats.update(tip=1.0, sam_area=stopped.get("sam_area", stopped.get("area", 0.0)))
+        self.trace[z] = stats
+        result = self._next(logits, prev.low, 1.0, min(stats["area"], prev.narrowest), stats, prev)
+        result.ended = f"{why}; the root's last section ({stats['area']:.0f} voxels) kept on slice {z}"
+        return result, ""
+
+    def _step(self, z: int, prev: SliceResult) -> Tuple[Optional[SliceResult], str]:
+        """``step`` without the root's tip."""
         prompts = self.prompts(z, prev)
         past_prior = ""
         if prompts is None:

@@ -61,6 +61,19 @@ class PropagationConfig:
     # Off: measured, it gains nothing on the real head CT and on held-out phantoms at 0.5 mm it followed crowns 1-2
     # slices into the touching row (a crowded arch puts neighbouring teeth in a crown's ring: "in bone").
     follow_vanished: bool = False
+    # True: on a root's side (``root_sections``), where the structure would end on a slice (its mask lost its
+    # contrast, vanished, is too small, or CPD stopped and no rule past its stop keeps a section), the root's last
+    # section is kept there if one is left: the bright part (``follow_level``) within ``follow_slope`` of the previous
+    # section, of at least a voxel but smaller than that section (a root narrows to its apex), passing the contrast
+    # rule, in bone (``root_bone``, ``root_bone_max``); the structure ends after it (one slice at most: a chain of
+    # such sections would follow noise). Root following needs a section of ``min_area_fraction`` of the prompted one
+    # that overlaps the previous section; at an apex the last section is smaller and can lie a voxel beside it.
+    # Measured (docs/segmentation.md, *The root's last section*): on the real head CT 15, 13, 12 and 23 reach their
+    # root's end by the image (11 and 24 a slice past it); on phantoms with exact truth every clean box reaches its
+    # apex (19 of 24 before), but results that crossed the occlusal contact into the other row get that tooth's apex
+    # the same way, one slice further into it (its last section looks the same), so the noisy-prompt table's slices
+    # beyond the tooth and HD95 get worse. Off until a structure's own root side can be told from the other row's.
+    follow_tip: bool = False
     # True: with a prior, on a root's side, where CPD's prior and the carried prompts stop agreeing (a prior that
     # does not mark roots), the root is followed on the image if the followed section lies in bone (``root_bone``).
     # Off: on the real head CT it gains 1-2 slices on three teeth, but on held-out phantoms at 0.5 mm it followed

@@ -24,6 +24,11 @@
   lies in bone (a gap between the rows is ringed by air or soft tissue): a root prompted at its neck is followed
   from the next slice. With ``follow_vanished`` (off by default) the root is also followed there where SAM's mask
   vanishes or is too small, if the followed section lies in bone.
+- The root's tip (``follow_tip``, off by default). Root following needs a section that overlaps the previous one
+  and is not too small; at an apex the last section is a few voxels, or lies a voxel beside the previous one. Where
+  the structure would end on its root's side, that last section is kept if it is narrower than the previous one,
+  bright, passes the contrast rule and lies in bone (``StopRules.tip``), and the structure ends after it. Off: on
+  phantoms a structure that crossed the occlusal contact into the other row gets that tooth's apex the same way.
 - With a prior (``context_prompts.PriorPropagator``): where CPD's prior and carried prompts stop agreeing, the slice
   is prompted as without a prior and kept where its section lies in bone (``past_prior_in_bone``; a prior silent
   inside the jaw is no evidence against a root, its veto stands in air, soft tissue and among other crowns) or where
@@ -218,6 +223,38 @@ class StopRules:
         mask[cy, cx] = part
         stats = self.measure(z, mask, prev.mask, 1.0)
         if self._ends(stats, jump=False):  # the tests above are the jump rule for a root that moves
+            return None
+        return np.where(mask, -OFF, OFF).astype(np.float32), stats
+
+    def tip(self, z: int, prev: Section) -> Optional[Tuple[np.ndarray, Dict[str, float]]]:
+        """Where the structure would end on slice z on its root's side (``follow_tip``), the root's last section
+        there: the pixels within ``follow_slope`` × the slice distance of the previous section at least
+        ``follow_level`` of the way from the surroundings' grey to the tooth's (as ``follow``), in any piece there
+        (at an apex the last voxels can lie beside the previous section), of at least a voxel and fewer than the
+        previous section's (a root narrows to its apex), passing the contrast rule and lying in bone
+        (``in_bone``). (logits, measures), or None. The caller ends the structure after it."""
+        c = self.cfg
+        if not (c.follow_tip and c.stop_rules and c.follow and self.on_root(prev) and not self.p.points_on(z)):
+            return None
+        near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
+        ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
+        r = self.ring + 1
+        h, w = near.shape
+        cy, cx = slice(max(0, ys[0] - r), min(h, ys[-1] + r + 1)), slice(max(0, xs[0] - r), min(w, xs[-1] + r + 1))
+        grey = self._grey(z, cy, cx)
+        near = near[cy, cx]
+        ring = ndimage.binary_dilation(near, iterations=self.ring) & ~near
+        around = float(np.median(grey[ring])) if ring.any() else 0.0
+        tooth = self.primary_stats["grey"]
+        if not ring.any() or tooth <= around:
+            return None
+        part = near & (grey >= around + c.follow_level * (tooth - around))
+        if not 0 < np.count_nonzero(part) < np.count_nonzero(prev.mask):
+            return None
+        mask = np.zeros(prev.mask.shape, bool)
+        mask[cy, cx] = part
+        stats = self.measure(z, mask, prev.mask, 1.0)
+        if self._ends(stats, jump=False) or not self.in_bone(stats):
             return None
         return np.where(mask, -OFF, OFF).astype(np.float32), stats
 

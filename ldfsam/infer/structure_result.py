@@ -29,6 +29,8 @@ class SliceResult:
     # chain of ``past_prior_unseen``; ``crown_grey``: the grey its enamel test is against (``unseen_brightest``)
     on_crown: bool = False
     crown_grey: float = 0.0
+    # a root's tip (``StopRules.tip``, ``PropagationConfig.follow_tip``): the structure ends after this section, why
+    ended: str = ""
 
     @property
     def mask(self) -> np.ndarray:
