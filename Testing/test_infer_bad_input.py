@@ -235,3 +235,14 @@ def test_a_loader_bug_is_not_called_a_bad_model_file(tmp_path, tiny_model, volum
     with pytest.raises(ZeroDivisionError, match="a bug in the model builder"):
         segment_volume(volume, tmp_path / "o.nii.gz", model=tiny_model)
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_no_loading_thread_outlives_a_bad_input(tmp_path):
+    """The model file loads on a thread beside reading the volume; a bad input must not leave it running (in the CLI
+    a thread still inside torch when the interpreter exits aborted the process: status -6, not 2)."""
+    import threading
+
+    with pytest.raises(InputError):
+        segment_volume(tmp_path / "missing.nii.gz", tmp_path / "seg.nii.gz", model="ldfsam-demo")
+    assert [t.name for t in threading.enumerate() if t.name == "ldfsam-load-model"] == []
+    assert not (tmp_path / "seg.nii.gz").exists()

@@ -94,8 +94,10 @@ class _Loading:
         self._loaded: Any = None
         self._error: Optional[BaseException] = None
         self.seconds = 0.0
-        # A daemon: an input error or a cancel while it loads need not wait for it.
-        self._thread = threading.Thread(target=self._run, name="ldfsam-load-model", daemon=True)
+        # Not a daemon: a daemon thread still inside torch's C++ code when the interpreter exits is ended by
+        # pthread_exit, and the process aborts ("terminate called without an active exception", status -6) instead
+        # of reporting a bad input with status 2 or a cancel with 130.
+        self._thread = threading.Thread(target=self._run, name="ldfsam-load-model")
         self._thread.start()
 
     def _run(self) -> None:
@@ -105,6 +107,11 @@ class _Loading:
         except BaseException as e:  # handed to the caller in result()
             self._error = e
         self.seconds = time.perf_counter() - t
+
+    def abandon(self) -> None:
+        """Wait for the thread and drop what it loaded: the input failed or the run was cancelled meanwhile."""
+        self._thread.join()
+        self._loaded = self._error = None
 
     def result(self):
         self._thread.join()
@@ -187,8 +194,12 @@ def segment_volume(input: PathLike, output: Optional[PathLike] = None, *, model:
     # The model file loads on a thread of its own while the volume is read and planned: reading, planning and
     # building the model each keep one core busy (0.3-0.5 s each; docs/segmentation.md, "Headroom").
     loading = _Loading(model if model_file is None else model_file, dtype)
-    image = read_input(input, options.spacing)
-    plan = plan_slices(image, pre, slice_spacing, input.name, input, progress)
+    try:
+        image = read_input(input, options.spacing)
+        plan = plan_slices(image, pre, slice_spacing, input.name, input, progress)
+    except BaseException:
+        loading.abandon()  # the input's error (or the cancel) is the one to report; no thread outlives the call
+        raise
     del image  # the model slices' grey values are all that is needed from here on
     t = time.perf_counter()
     loaded = loading.result()
