@@ -6,12 +6,13 @@ Each run is a child process that runs ``ldfsam demo`` (the bundled phantom and m
 own entry point, with the pipeline's stages wrapped by timers that read the process's CPU time
 (``time.process_time``: all its threads, user + system), so that time other processes take on a shared machine
 does not count. Stages: Python's start, imports (the modules the command imports, done first), the model file
-(header check, reading, building), the slice predictor's set-up (BatchNorm folding, the encoder prepared),
-reading + planning, the prompt generator (features and the teeth check), the image encoder, the mask decoder,
-the rest of prediction (normalising, resizing, the coarse-to-fine schedule, interpolation into the label map),
-the clean-up, writing the .seg.nrrd, the demo's Dice check, and the interpreter's exit (the child's CPU time as
-its parent sees it, less the time at the end of the command). Wall times are reported too (they mean little on a
-shared machine), with the load average at each run's start.
+with reading + planning (the header check, then reading and building the model on a thread of its own beside
+reading and planning the volume: one stage, from the first of them to the last one's end), the slice predictor's
+set-up (BatchNorm folding, the encoder prepared), the prompt generator (features and the teeth check), the image
+encoder, the mask decoder, the rest of prediction (normalising, resizing, the coarse-to-fine schedule,
+interpolation into the label map), the clean-up, writing the .seg.nrrd, the demo's Dice check, and the
+interpreter's exit (the child's CPU time as its parent sees it, less the time at the end of the command). Wall
+times are reported too (they mean little on a shared machine), with the load average at each run's start.
 
 Variants (``--variants``) are run interleaved, ``--repeat`` times each, to compare them by ratios in one run:
 ``default`` (the product as it is) and ``name=ENV=VALUE[,ENV=VALUE]`` for a run with those environment
@@ -40,10 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 # (stage, module, attribute path): wrapped in the child; nested calls are subtracted to give exclusive times.
 STAGES = [
-    ("check + read model file", "ldfsam.infer.pipeline", "check_model_file"),
-    ("model file", "ldfsam.infer.pipeline", "load_model"),
-    ("read + plan", "ldfsam.infer.pipeline", "read_input"),
-    ("read + plan", "ldfsam.infer.pipeline", "plan_slices"),
+    # One stage: the model file loads on a thread of its own beside reading and planning, and the process's CPU
+    # time of two overlapping stages would count each one's CPU in the other's.
+    ("model file, read + plan", "ldfsam.infer.pipeline", "check_model_file"),
+    ("model file, read + plan", "ldfsam.infer.pipeline", "load_model"),
+    ("model file, read + plan", "ldfsam.infer.pipeline", "read_input"),
+    ("model file, read + plan", "ldfsam.infer.pipeline", "plan_slices"),
     ("predictor set-up", "ldfsam.infer.predictor", "SlicePredictor.__init__"),
     ("prompt generator", "ldfsam.model.prompt_generator", "PromptGenerator.features"),
     ("prompt generator", "ldfsam.model.prompt_generator", "PromptGenerator.has_objects"),
@@ -106,7 +109,7 @@ def child(args) -> int:
         *parents, attr = path.split(".")
         for p in parents:
             owner = getattr(owner, p)
-        setattr(owner, attr, wrap((stage, path), getattr(owner, attr)))
+        setattr(owner, attr, wrap(stage, getattr(owner, attr)))
 
     from ldfsam.cli import main
 
@@ -124,22 +127,20 @@ def child(args) -> int:
     out.unlink(missing_ok=True)
 
     def cpu(stage):
-        return sum(v[0] for (s, _), v in inclusive.items() if s == stage)
+        return inclusive.get(stage, [0.0, 0.0])[0]
 
     def wall(stage):
-        return sum(v[1] for (s, _), v in inclusive.items() if s == stage)
+        return inclusive.get(stage, [0.0, 0.0])[1]
 
-    names = ["model file", "predictor set-up", "read + plan", "prompt generator", "encoder", "decoder",
-             "clean-up", "write"]
-    # load_model's time includes nothing else timed; check_model_file reads the header and configs.
+    names = ["model file, read + plan", "predictor set-up", "prompt generator", "encoder", "decoder", "clean-up",
+             "write"]
     stages = {"python start": start_cpu, "imports": imports}
-    stages["model file"] = cpu("model file") + cpu("check + read model file")
-    for n in names[1:]:
+    for n in names:
         stages[n] = cpu(n)
     stages["predict, other"] = cpu("predict") - sum(cpu(n) for n in ("predictor set-up", "prompt generator",
                                                                       "encoder", "decoder"))
     stages["segment_volume, other"] = cpu("segment_volume") - cpu("predict") - sum(
-        stages[n] for n in ("model file", "read + plan", "clean-up", "write"))
+        stages[n] for n in ("model file, read + plan", "clean-up", "write"))
     stages["demo command, other"] = command_cpu - cpu("segment_volume")
     walls = {n: wall(n) for n in names}
     walls["command"] = command_wall
