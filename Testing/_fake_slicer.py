@@ -65,9 +65,11 @@ class StringArray:
 def install() -> Iterator[types.SimpleNamespace]:
     """Put ``qt``, ``vtk``, ``slicer`` (and ``slicer.util``, ``slicer.i18n``, ``slicer.ScriptedLoadableModule``) in
     ``sys.modules``; yields a namespace with the dialogs shown (``errors``)."""
-    from PySide6 import QtCore
+    from PySide6 import QtCore, QtWidgets
 
-    app = QtCore.QCoreApplication.instance() or QtCore.QCoreApplication([])
+    # Slicer runs a QApplication. A QCoreApplication here would stay the process's application, and a later test
+    # that builds widgets would abort the whole run ("Fatal Python error: Aborted" when run after this one alone).
+    app = QtCore.QCoreApplication.instance() or QtWidgets.QApplication([])
     shown = types.SimpleNamespace(errors=[], app=app)
     qt = types.ModuleType("qt")
     qt.QTimer = QtCore.QTimer

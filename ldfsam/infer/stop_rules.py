@@ -185,15 +185,8 @@ class StopRules:
         covers ``follow_keep`` of the previous mask or holds ``follow_whole`` of the bright region it belongs to;
         None where it does not (the root has ended) or where SAM's mask is mostly the structure's grey."""
         c = self.cfg
-        near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
-        ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
-        r = self.ring + 1
-        h, w = near.shape
-        cy, cx = slice(max(0, ys[0] - r), min(h, ys[-1] + r + 1)), slice(max(0, xs[0] - r), min(w, xs[-1] + r + 1))
-        grey = self._grey(z, cy, cx)
-        near, before = near[cy, cx], prev.mask[cy, cx]
-        ring = ndimage.binary_dilation(near, iterations=self.ring) & ~near
-        around = float(np.median(grey[ring])) if ring.any() else float(grey[~near].mean()) if (~near).any() else 0.0
+        cy, cx, grey, near, ring, around = self._around(z, prev)
+        before = prev.mask[cy, cx]
         tooth = self.primary_stats["grey"]
         level = around + c.follow_level * (tooth - around)
         if tooth <= around or (sam_grey is not None and sam_grey >= level):
@@ -236,15 +229,7 @@ class StopRules:
         c = self.cfg
         if not (c.follow_tip and c.stop_rules and c.follow and self.on_root(prev) and not self.p.points_on(z)):
             return None
-        near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
-        ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
-        r = self.ring + 1
-        h, w = near.shape
-        cy, cx = slice(max(0, ys[0] - r), min(h, ys[-1] + r + 1)), slice(max(0, xs[0] - r), min(w, xs[-1] + r + 1))
-        grey = self._grey(z, cy, cx)
-        near = near[cy, cx]
-        ring = ndimage.binary_dilation(near, iterations=self.ring) & ~near
-        around = float(np.median(grey[ring])) if ring.any() else 0.0
+        cy, cx, grey, near, ring, around = self._around(z, prev)
         tooth = self.primary_stats["grey"]
         if not ring.any() or tooth <= around:
             return None
@@ -257,6 +242,21 @@ class StopRules:
         if self._ends(stats, jump=False) or not self.in_bone(stats):
             return None
         return np.where(mask, -OFF, OFF).astype(np.float32), stats
+
+    def _around(self, z: int, prev: Section) -> Tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray, float]:
+        """Slice z around the previous section, for ``follow`` and ``tip``: the region (cy, cx), its grey, the
+        pixels within ``follow_px`` of the section (``near``), a ring of ``ring`` pixels around them and the grey of
+        the surroundings (the ring's median; without a ring the mean outside ``near``)."""
+        near = ndimage.binary_dilation(prev.mask, iterations=self.follow_px)
+        ys, xs = np.nonzero(near.any(1))[0], np.nonzero(near.any(0))[0]
+        r = self.ring + 1
+        h, w = near.shape
+        cy, cx = slice(max(0, ys[0] - r), min(h, ys[-1] + r + 1)), slice(max(0, xs[0] - r), min(w, xs[-1] + r + 1))
+        grey = self._grey(z, cy, cx)
+        near = near[cy, cx]
+        ring = ndimage.binary_dilation(near, iterations=self.ring) & ~near
+        around = float(np.median(grey[ring])) if ring.any() else float(grey[~near].mean()) if (~near).any() else 0.0
+        return cy, cx, grey, near, ring, around
 
     def _grey(self, z: int, cy: slice, cx: slice) -> np.ndarray:
         """Slice z's windowed grey on the view's region (cy, cx)."""
