@@ -138,3 +138,25 @@ def test_an_error_without_a_cancel_is_still_an_error():
     code = code.replace("except KeyboardInterrupt:", "except KeyboardInterrupt as e:")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "AttributeError" in out.stderr and "cancelled" not in out.stderr, out.stderr
+
+
+def test_a_signal_inside_the_logging_module_waits_until_it_has_returned():
+    """Raised in logging's at-fork callback between taking and releasing its module lock (a data loader starting its
+    workers), the interrupt was lost and the lock stayed taken: the cancelled training hung at exit and was killed
+    (status -9, seen in CI). Inside logging the interrupt waits, as inside an import."""
+    import logging
+
+    from ldfsam import signals
+
+    seen = []
+
+    class Probe(logging.Handler):
+        def emit(self, record):
+            seen.append(signals._must_not_raise_here(sys._getframe()))
+
+    log = logging.getLogger("ldfsam-test-signals")
+    log.addHandler(Probe())
+    log.propagate = False
+    log.warning("probe")
+    assert seen == [True]
+    assert not signals._must_not_raise_here(sys._getframe())  # ordinary code is interrupted at once

@@ -10,13 +10,17 @@ the Slicer module's grace period ends and it is killed.
 
 A signal that arrives while a module is being imported waits until the import has finished: raised inside it,
 it would leave a half-initialised module behind (numpy's and scipy's lazy submodules then fail with
-AttributeError or RecursionError instead of the interrupt, and the command exited 1 instead of 130). Whatever
-exception still escapes a command after a SIGTERM is the cancel's doing: ``cancel_requested`` says so.
+AttributeError or RecursionError instead of the interrupt, and the command exited 1 instead of 130). So does a
+signal that arrives inside the ``logging`` module: raised in its at-fork callback between taking and releasing its
+module lock, the interrupt was lost and the lock stayed taken, and the cancelled training hung at exit until it was
+killed (status -9). Whatever exception still escapes a command after a SIGTERM is the cancel's doing:
+``cancel_requested`` says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -42,10 +46,12 @@ def cancel_requested() -> bool:
 
 
 def _must_not_raise_here(frame) -> bool:
-    """Inside an import, or inside the hook that re-delivers a lost interrupt (raised there, it is lost for good)."""
+    """Inside an import, inside the ``logging`` module (its locks), or inside the hook that re-delivers a lost
+    interrupt (raised there, it is lost for good)."""
     while frame is not None:
         code = frame.f_code
-        if code.co_filename.startswith("<frozen importlib._bootstrap") or code is _HOOK_CODE:
+        if (code.co_filename.startswith("<frozen importlib._bootstrap") or code.co_filename == _LOGGING_FILE
+                or code is _HOOK_CODE):
             return True
         frame = frame.f_back
     return False
@@ -80,6 +86,7 @@ def _reraise_lost_interrupts(previous_hook):
 
 
 _HOOK_CODE = _reraise_lost_interrupts(None).__code__
+_LOGGING_FILE = logging.__file__
 
 
 @contextlib.contextmanager
