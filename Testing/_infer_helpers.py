@@ -81,6 +81,16 @@ class BoxSegmenter:
         vy0, vy1, vx0, vx1 = view
         return out[vy0:vy1, vx0:vx1], torch.zeros(1, 1, 4, 4), 0.9
 
+    def beside(self, z, box, view, empty: bool = False) -> np.ndarray:
+        """Logits on the view of a mask that has left the structure: the box's voxels darker than 0.7 (the bone or
+        air beside a root); none with ``empty`` (SAM's mask vanished)."""
+        y0, y1, x0, x1 = (int(v) for v in box)
+        out = np.full(self.volume.shape[1:], -5.0, np.float32)
+        if not empty:
+            out[y0:y1 + 1, x0:x1 + 1][self.volume[z, y0:y1 + 1, x0:x1 + 1] < 0.7] = 5.0
+        vy0, vy1, vx0, vx1 = view
+        return out[vy0:vy1, vx0:vx1]
+
 
 def disc(cy: float, cx: float, r: float, n: int = 64) -> np.ndarray:
     """An n×n boolean disc of radius r centred at (cy, cx): a tooth's section in the synthetic propagation tests."""

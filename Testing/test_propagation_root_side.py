@@ -32,11 +32,7 @@ class BesideTheRoot(BoxSegmenter):
     def decode(self, z, box=None, points=(), mask=None, view=None):
         logits, low, iou = super().decode(z, box, points, mask, view)
         if z in ROOT or z in OPPOSING:
-            y0, y1, x0, x1 = (int(v) for v in box)
-            out = np.full(self.volume.shape[1:], -5.0, np.float32)
-            out[y0:y1 + 1, x0:x1 + 1][self.volume[z, y0:y1 + 1, x0:x1 + 1] < 0.7] = 5.0
-            vy0, vy1, vx0, vx1 = view
-            logits = out[vy0:vy1, vx0:vx1]
+            logits = self.beside(z, box, view)
         return logits, low, iou
 
 
